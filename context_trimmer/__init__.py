@@ -1,0 +1,52 @@
+"""context-trimmer: make every OpenAI chat request lighter.
+
+Stores conversation history in SQL and, before each call, replaces older turns with a
+rolling summary, keeps the last messages verbatim, sets ``max_tokens`` and records a
+token savings report.
+"""
+
+from ._exceptions import (
+    ConfigurationError,
+    EncodingUnavailableError,
+    InvalidMessagesError,
+    PromptTooLargeError,
+    StoreError,
+    SummarizerError,
+    TrimmerError,
+)
+from ._models import ModelInfo, ModelTable
+from ._summarizers import (
+    ExtractiveSummarizer,
+    OpenAISummarizer,
+    Summarizer,
+    SummaryRequest,
+    SummaryResult,
+)
+from ._tokens import count_tokens
+from ._trimmer import FoldResult, Prepared, Trimmer
+from ._validation import validate_messages
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigurationError",
+    "EncodingUnavailableError",
+    "ExtractiveSummarizer",
+    "FoldResult",
+    "InvalidMessagesError",
+    "ModelInfo",
+    "ModelTable",
+    "OpenAISummarizer",
+    "Prepared",
+    "PromptTooLargeError",
+    "StoreError",
+    "Summarizer",
+    "SummarizerError",
+    "SummaryRequest",
+    "SummaryResult",
+    "Trimmer",
+    "TrimmerError",
+    "__version__",
+    "count_tokens",
+    "validate_messages",
+]

@@ -1,0 +1,146 @@
+"""SQLAlchemy models of the history store. Alembic migrations in ``migrations/`` create
+them; ``tests/test_migrations.py`` fails if the two disagree.
+
+- ``ct_messages``: every message ever seen, keyed by its prefix chain hash; append-only.
+- ``ct_token_counts``: each message's tokens, and the running total of its path, per
+  counting key (encoding + image pricing), so stored history is never recounted.
+- ``ct_summaries``: rolling summaries, each keyed by the hash of the last message it
+  covers; immutable, a newer one supersedes by covering more.
+- ``ct_summary_failures``: summarizer calls that failed (never stored as summaries).
+- ``ct_leases``: short leases so two workers never summarize the same span at once.
+- ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
+  API's reported usage when the response is recorded.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+HASH = String(64)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Message(Base):
+    __tablename__ = "ct_messages"
+
+    hash: Mapped[str] = mapped_column(HASH, primary_key=True)
+    parent_hash: Mapped[str | None] = mapped_column(HASH)
+    depth: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TokenCount(Base):
+    __tablename__ = "ct_token_counts"
+
+    message_hash: Mapped[str] = mapped_column(
+        HASH, ForeignKey("ct_messages.hash"), primary_key=True
+    )
+    counting_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    path_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class Summary(Base):
+    __tablename__ = "ct_summaries"
+    __table_args__ = (Index("ix_ct_summaries_anchor_depth", "anchor_hash", "covers_depth"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    anchor_hash: Mapped[str] = mapped_column(HASH)
+    covers_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    covers_depth: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("ct_summaries.id"))
+    text: Mapped[str] = mapped_column(Text)
+    summarizer: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(32))
+    messages_folded: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SummaryFailure(Base):
+    __tablename__ = "ct_summary_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    anchor_hash: Mapped[str] = mapped_column(HASH, index=True)
+    covers_hash: Mapped[str] = mapped_column(HASH)
+    summarizer: Mapped[str] = mapped_column(String(200))
+    error: Mapped[str] = mapped_column(Text)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lease(Base):
+    __tablename__ = "ct_leases"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Request(Base):
+    __tablename__ = "ct_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    conversation_id: Mapped[str] = mapped_column(String(200), index=True)
+    user: Mapped[str | None] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    head_hash: Mapped[str] = mapped_column(HASH)
+    message_count: Mapped[int] = mapped_column(Integer)
+    messages_sent: Mapped[int] = mapped_column(Integer)
+    baseline_tokens: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    summary_id: Mapped[int | None] = mapped_column(ForeignKey("ct_summaries.id"))
+    summary_tokens: Mapped[int] = mapped_column(Integer)
+    max_tokens_requested: Mapped[int | None] = mapped_column(Integer)
+    max_tokens_baseline: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    summarizer_tokens_in: Mapped[int] = mapped_column(Integer)
+    summarizer_tokens_out: Mapped[int] = mapped_column(Integer)
+    folded_synchronously: Mapped[bool] = mapped_column(Boolean)
+    summary_failures: Mapped[int] = mapped_column(Integer)
+
+
+class Usage(Base):
+    __tablename__ = "ct_usage"
+
+    request_id: Mapped[int] = mapped_column(ForeignKey("ct_requests.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

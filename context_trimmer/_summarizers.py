@@ -1,0 +1,309 @@
+"""Summarizers: turn (previous summary + evicted turns) into a new summary.
+
+A summarizer is any object with ``name``, ``prompt_version``, ``input_tokens`` and
+``summarize(request) -> SummaryResult``. Two ship with the library:
+
+- :class:`OpenAISummarizer`: gpt-4o-mini (or any model) through the openai client,
+  against OpenAI or any compatible ``base_url``.
+- :class:`ExtractiveSummarizer`: local, deterministic, no network. It keeps the
+  sentences densest in names, numbers, dates and decisions, in their original order,
+  within the token budget.
+
+:func:`fold` drives either: spans larger than the summarizer's input budget are split
+with langchain-text-splitters and folded chunk by chunk, and every answer is checked,
+so an empty or error-like answer raises :class:`SummarizerError` instead of being
+stored or sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ._exceptions import ConfigurationError, SummarizerError
+
+PROMPT_VERSION = "1"
+
+SYSTEM_PROMPT = """\
+You maintain the running summary of a conversation between a user and an assistant. \
+You receive the current summary (possibly empty) and the messages that follow it. \
+Write the updated summary, which replaces both.
+
+Keep, exactly as written: names of people, places, products and organisations; numbers, \
+amounts, dates and times; decisions made; commitments and promises (who will do what, \
+by when); open questions and unresolved requests; the user's stated preferences, \
+constraints and facts about themselves. Keep the order in which things happened. \
+Drop greetings, small talk and repetition. Never invent anything. Write terse bullet \
+points in the third person. Output only the summary."""
+
+_ERROR_LIKE = re.compile(
+    r"^\s*(error\b|i'?m sorry|i am sorry|sorry, i|i can(no|')t|as an ai\b|"
+    r"rate limit|internal server error|\{\s*\"error\")",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class SummaryRequest:
+    """What a summarizer is asked: fold ``transcript`` into ``previous``."""
+
+    previous: str | None
+    transcript: str
+    budget: int
+    count_tokens: Callable[[str], int]
+
+
+@dataclass(frozen=True)
+class SummaryResult:
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+
+class Summarizer(Protocol):
+    name: str
+    prompt_version: str
+    input_tokens: int
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult: ...
+
+
+def render_transcript(messages: Sequence[Mapping[str, Any]]) -> str:
+    """One line per message: ``role (name): text``, tool calls and results spelled out."""
+    return "\n".join(_render(message) for message in messages)
+
+
+def _render(message: Mapping[str, Any]) -> str:
+    speaker = message["role"]
+    if message.get("name"):
+        speaker += f" ({message['name']})"
+    parts = [_text_of(message.get("content"))]
+    for call in message.get("tool_calls") or ():
+        function = call.get("function", {})
+        parts.append(f"[called {function.get('name')}({function.get('arguments', '')})]")
+    if message["role"] == "tool":
+        speaker += f" result for {message.get('tool_call_id')}"
+    return f"{speaker}: {' '.join(p for p in parts if p)}"
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        kind = part.get("type")
+        if kind in ("text", "refusal"):
+            texts.append(part.get(kind, ""))
+        elif kind == "image_url":
+            texts.append("[image]")
+        else:
+            texts.append(f"[{kind}]")
+    return " ".join(texts)
+
+
+def fold(summarizer: Summarizer, request: SummaryRequest) -> SummaryResult:
+    """Fold a transcript into the previous summary, chunk by chunk when it is large."""
+    chunks = split_transcript(request.transcript, summarizer.input_tokens, request.count_tokens)
+    previous, tokens_in, tokens_out = request.previous, 0, 0
+    for chunk in chunks:
+        try:
+            result = summarizer.summarize(
+                SummaryRequest(previous, chunk, request.budget, request.count_tokens)
+            )
+        except SummarizerError as error:
+            raise SummarizerError(
+                str(error),
+                tokens_in=tokens_in + error.tokens_in,
+                tokens_out=tokens_out + error.tokens_out,
+            ) from error
+        tokens_in += result.tokens_in
+        tokens_out += result.tokens_out
+        previous = checked_summary(result, tokens_in, tokens_out)
+    assert previous is not None
+    return SummaryResult(previous, tokens_in, tokens_out)
+
+
+def split_transcript(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
+    if count(text) <= max_tokens:
+        return [text]
+    splitter = RecursiveCharacterTextSplitter(
+        chunk_size=max_tokens,
+        chunk_overlap=0,
+        length_function=count,
+        separators=["\n", ". ", " ", ""],
+        keep_separator=False,
+    )
+    return splitter.split_text(text)
+
+
+def checked_summary(result: SummaryResult, tokens_in: int, tokens_out: int) -> str:
+    """The summary text, or SummarizerError if it is empty or reads like an error."""
+    text = result.text.strip()
+    if not text:
+        raise SummarizerError(
+            "the summarizer returned an empty summary", tokens_in=tokens_in, tokens_out=tokens_out
+        )
+    if _ERROR_LIKE.match(text):
+        raise SummarizerError(
+            f"the summarizer answered with an error or refusal: {text[:120]!r}",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+    return text
+
+
+class OpenAISummarizer:
+    """Summaries by a chat model (gpt-4o-mini by default) on any OpenAI-compatible API."""
+
+    prompt_version = PROMPT_VERSION
+
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        *,
+        client: Any = None,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        input_tokens: int = 12_000,
+    ):
+        self.model = model
+        self.name = f"openai:{model}"
+        self.input_tokens = input_tokens
+        self._client = client
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout = timeout
+        self._max_retries = max_retries
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import openai
+
+            self._client = openai.OpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                timeout=self._timeout,
+                max_retries=self._max_retries,
+            )
+        return self._client
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult:
+        import openai
+
+        prompt = (
+            f"Current summary:\n{request.previous or '(none yet)'}\n\n"
+            f"New messages:\n{request.transcript}\n\n"
+            f"Write the updated summary in at most {request.budget} tokens."
+        )
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=[
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": prompt},
+                ],
+                max_tokens=request.budget,
+                temperature=0,
+            )
+        except openai.OpenAIError as error:
+            raise SummarizerError(f"{self.name} failed: {type(error).__name__}: {error}") from error
+        usage = getattr(response, "usage", None)
+        tokens_in = getattr(usage, "prompt_tokens", 0) or 0
+        tokens_out = getattr(usage, "completion_tokens", 0) or 0
+        choices = getattr(response, "choices", None) or []
+        text = (choices[0].message.content if choices else None) or ""
+        return SummaryResult(text, tokens_in, tokens_out)
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
+_NUMBER = re.compile(r"\b\d[\d,.:/-]*\b")
+_MONTHS = re.compile(
+    r"\b(jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|sep(tember)?|"
+    r"oct(ober)?|nov(ember)?|dec(ember)?|monday|tuesday|wednesday|thursday|friday|saturday|"
+    r"sunday|yesterday|tomorrow|today|last (week|month|year)|next (week|month|year))\b",
+    re.IGNORECASE,
+)
+_DECISION = re.compile(
+    r"\b(decided|decide|agreed|agree|will|going to|plan|promise|deadline|need to|must|"
+    r"prefer|favorite|favourite|love|hate|always|never|booked|bought|moved|started|"
+    r"finished|joined|adopted|married|signed)\b",
+    re.IGNORECASE,
+)
+
+
+class ExtractiveSummarizer:
+    """Local, deterministic summaries: the most informative sentences, in order.
+
+    Each sentence of the previous summary and of the new transcript is scored by the
+    names, numbers, dates and decision words it carries per token; the best are kept,
+    in their original order, until the budget is full.
+    """
+
+    name = "extractive"
+    prompt_version = PROMPT_VERSION
+    input_tokens = 1_000_000
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult:
+        candidates = _summary_lines(request.previous) + _sentences(request.transcript)
+        scored = [
+            (_score(text, request.count_tokens(text)), position, text)
+            for position, text in enumerate(dict.fromkeys(candidates))
+        ]
+        chosen, used = [], 0
+        for _score_value, position, text in sorted(scored, key=lambda s: (-s[0], s[1])):
+            cost = request.count_tokens(text) + 1
+            if used + cost <= request.budget:
+                chosen.append((position, text))
+                used += cost
+        return SummaryResult("\n".join(text for _, text in sorted(chosen)))
+
+
+def _summary_lines(previous: str | None) -> list[str]:
+    return [line for line in (previous or "").splitlines() if line.strip()]
+
+
+def _sentences(transcript: str) -> list[str]:
+    sentences = []
+    for line in transcript.splitlines():
+        speaker, _, text = line.partition(": ")
+        for sentence in _SENTENCE_END.split(text):
+            sentence = sentence.strip()
+            if len(sentence) > 3:
+                sentences.append(f"{speaker}: {sentence}")
+    return sentences
+
+
+def _score(text: str, tokens: int) -> float:
+    _speaker, _, body = text.partition(": ")
+    signal = (
+        2 * len(_CAPITALISED.findall(body))
+        + 2 * len(_NUMBER.findall(body))
+        + 2 * len(_MONTHS.findall(body))
+        + len(_DECISION.findall(body))
+    )
+    return signal / (tokens + 4)
+
+
+def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
+    """``"extractive"``, ``"openai"``, a Summarizer, or None (OpenAI when a key is set)."""
+    if spec is None:
+        return OpenAISummarizer() if api_key_present else ExtractiveSummarizer()
+    if spec == "extractive":
+        return ExtractiveSummarizer()
+    if spec == "openai":
+        return OpenAISummarizer()
+    if isinstance(spec, str):
+        raise ConfigurationError(
+            f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
+        )
+    return spec

@@ -1,0 +1,710 @@
+"""The Trimmer: prepare() on the hot path, folding off it.
+
+prepare() validates the messages, stores what is new (content-addressed, see
+``_store``), finds the deepest finished summary on the conversation's path and sends
+``[system][summary][verbatim tail]`` with an exact token count and a ``max_tokens``.
+It makes no network call unless the request would cross a hard limit (the model's
+context window or ``max_prompt_tokens``); then it folds synchronously.
+
+Folding is batched for OpenAI's prompt cache: the verbatim tail grows from
+``keep_last`` to ``keep_last + fold_every`` conversational messages, then those
+``fold_every`` are folded at once, so ``[system][summary]`` stays byte-identical between
+folds. A due fold runs on a background thread (or when the app calls ``compact()``),
+under a database lease, so two workers never summarize the same span. A failed
+summary is recorded as a failure, never stored or sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection
+
+from ._exceptions import ConfigurationError, PromptTooLargeError, SummarizerError
+from ._hashing import canonical_json, chain_digests
+from ._models import ModelInfo, ModelTable
+from ._store import HistoryStore, StoredSummary
+from ._summarizers import (
+    ExtractiveSummarizer,
+    Summarizer,
+    SummaryRequest,
+    fold,
+    render_transcript,
+    summarizer_from,
+)
+from ._tokens import REPLY_PRIMING, TokenCounter
+from ._validation import validate_messages
+from ._window import CONTROL_ROLES, anchor_index, assemble, conversational_count, tail_start
+
+log = logging.getLogger("context_trimmer")
+
+Message = Mapping[str, Any]
+SUMMARY_HEADER = "Summary of the earlier conversation:\n"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A request made lighter. ``request()`` gives the kwargs for the SDK call."""
+
+    messages: list[Message]
+    max_tokens: int
+    model: str
+    baseline_tokens: int
+    prompt_tokens: int
+    request_id: int
+    conversation_id: str
+    user: str | None = None
+    tools: list[Message] | None = None
+    summary_id: int | None = None
+    messages_folded: int = 0
+    fold_pending: bool = False
+    max_tokens_param: str = "max_tokens"
+
+    @property
+    def saved_tokens(self) -> int:
+        """Prompt tokens not sent: ``baseline_tokens - prompt_tokens``."""
+        return self.baseline_tokens - self.prompt_tokens
+
+    def request(self, **extra: Any) -> dict[str, Any]:
+        """Keyword arguments for ``client.chat.completions.create``; ``extra`` is merged in."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": self.messages,
+            self.max_tokens_param: self.max_tokens,
+        }
+        if self.tools:
+            kwargs["tools"] = self.tools
+        kwargs.update(extra)
+        return kwargs
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What one fold did: the summary it stored (if any) and what it cost."""
+
+    summary_id: int | None = None
+    messages_folded: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    failures: int = 0
+    reason: str = ""
+
+
+@dataclass
+class _Path:
+    """One prepare() or compact() call's view of the conversation."""
+
+    messages: Sequence[Message]
+    hashes: list[str]
+    anchor: int | None
+    counter: TokenCounter
+    user: str | None
+    new_from: int = 0
+    new_tokens: list[int] = field(default_factory=list)
+    path_before: int = 0
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.counter.info
+
+    @property
+    def anchor_hash(self) -> str | None:
+        return None if self.anchor is None else self.hashes[self.anchor]
+
+    @property
+    def total_tokens(self) -> int:
+        return self.path_before + sum(self.new_tokens)
+
+
+@dataclass(frozen=True)
+class _View:
+    messages: list[Message]
+    prompt_tokens: int
+    tail_tokens: int
+    summary: StoredSummary | None
+    start: int
+    summary_tokens: int
+
+
+class Trimmer:
+    """Stores history in SQL and makes each chat request lighter.
+
+    ``url``: SQLAlchemy URL of the store (default: ``$CONTEXT_TRIMMER_DB``, else a
+    SQLite file under ``~/.local/share/context-trimmer``). ``keep_last``: messages sent
+    verbatim after a fold; ``fold_every``: how many more may accumulate before the next
+    fold; ``keep_tokens``: optional token budget for the verbatim tail.
+    ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
+    when ``OPENAI_API_KEY`` is set, else extractive). ``summary_tokens``: the summary's
+    budget. ``max_tokens``: the default cap on each reply. ``max_prompt_tokens``: fold
+    synchronously above this. ``models``: overrides of the model table.
+    ``background``: fold on a worker thread when due (else call ``compact()``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        keep_last: int = 20,
+        fold_every: int = 10,
+        keep_tokens: int | None = None,
+        summarizer: str | Summarizer | None = None,
+        summary_tokens: int = 1000,
+        max_tokens: int = 1024,
+        max_prompt_tokens: int | None = None,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+        background: bool = True,
+        lease_seconds: float = 120.0,
+        migrate: bool = True,
+    ):
+        _check_count("keep_last", keep_last, minimum=0)
+        _check_count("fold_every", fold_every, minimum=0)
+        _check_count("max_tokens", max_tokens, minimum=1)
+        _check_count("summary_tokens", summary_tokens, minimum=1)
+        if keep_tokens is not None:
+            _check_count("keep_tokens", keep_tokens, minimum=1)
+        if max_prompt_tokens is not None:
+            _check_count("max_prompt_tokens", max_prompt_tokens, minimum=1)
+        self.keep_last = keep_last
+        self.fold_every = fold_every
+        self.keep_tokens = keep_tokens
+        self.summary_tokens = summary_tokens
+        self.max_tokens = max_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.summarizer = summarizer_from(
+            summarizer, api_key_present=bool(os.environ.get("OPENAI_API_KEY"))
+        )
+        self.fallback: Summarizer = ExtractiveSummarizer()
+        self.models = ModelTable(models)
+        self.lease_seconds = lease_seconds
+        self.store = HistoryStore(url, migrate=migrate)
+        self._counters: dict[str, TokenCounter] = {}
+        self._summary_tokens: dict[tuple[int, str], int] = {}
+        self._background = background
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[FoldResult]] = {}
+        self._lock = threading.Lock()
+
+    # -- public API -------------------------------------------------------------------
+
+    def prepare(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str = "gpt-4o",
+        conversation_id: str | None = None,
+        user: str | None = None,
+        tools: Sequence[Message] | None = None,
+        max_tokens: int | None = None,
+    ) -> Prepared:
+        """Store ``messages`` and return the lighter request to send instead."""
+        path = self._path(messages, model, user)
+        tools_tokens = path.counter.tools(tools)
+        sync_fold: FoldResult | None = None
+        with self.store.engine.begin() as connection:
+            self._append(connection, path)
+            view = self._view(connection, path, tools_tokens)
+            if not self._over_limit(path.info, view.prompt_tokens, max_tokens):
+                return self._finish(
+                    connection,
+                    path,
+                    view,
+                    conversation_id,
+                    tools,
+                    max_tokens,
+                    tools_tokens,
+                    sync_fold,
+                )
+        sync_fold = self._fold_to_fit(path, tools_tokens, max_tokens)
+        with self.store.engine.begin() as connection:
+            view = self._view(connection, path, tools_tokens)
+            return self._finish(
+                connection, path, view, conversation_id, tools, max_tokens, tools_tokens, sync_fold
+            )
+
+    async def aprepare(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str = "gpt-4o",
+        conversation_id: str | None = None,
+        user: str | None = None,
+        tools: Sequence[Message] | None = None,
+        max_tokens: int | None = None,
+    ) -> Prepared:
+        """:meth:`prepare`, run on a worker thread so the event loop is never blocked."""
+        return await asyncio.to_thread(
+            self.prepare,
+            messages,
+            model=model,
+            conversation_id=conversation_id,
+            user=user,
+            tools=tools,
+            max_tokens=max_tokens,
+        )
+
+    def compact(
+        self,
+        messages: Sequence[Message] | None = None,
+        *,
+        conversation_id: str | None = None,
+        user: str | None = None,
+        model: str = "gpt-4o",
+        force: bool = False,
+    ) -> FoldResult:
+        """Fold pending turns into the summary now (what the background worker does).
+
+        Give the ``messages`` (as for prepare) or a ``conversation_id`` already prepared.
+        Without ``force`` it folds only when a fold is due, keeping folds batched.
+        """
+        if messages is None:
+            messages, user = self._load_conversation(conversation_id, user)
+        path = self._path(messages, model, user)
+        with self.store.engine.begin() as connection:
+            self._append(connection, path)
+            start = self._summary_start(connection, path)
+        if not force and not self._fold_due(path, start, self._tail_tokens(path, start)):
+            return FoldResult(reason="no fold due")
+        return self._fold(path, keep_last=self.keep_last, sync=False)
+
+    async def acompact(
+        self, messages: Sequence[Message] | None = None, **options: Any
+    ) -> FoldResult:
+        """:meth:`compact` on a worker thread."""
+        return await asyncio.to_thread(self.compact, messages, **options)
+
+    def record(self, prepared: Prepared, response: Any) -> bool:
+        """Store the API's ``usage`` for a prepared request; False if already recorded.
+
+        ``response`` is the SDK's ChatCompletion (or its dict). Without ``usage``
+        (a stream that did not report it) the figures are estimated and marked so.
+        """
+        usage = _get(response, "usage")
+        model = _get(response, "model") or prepared.model
+        if usage is None:
+            values = {
+                "prompt_tokens": prepared.prompt_tokens,
+                "cached_tokens": 0,
+                "completion_tokens": self._completion_estimate(prepared, response),
+                "estimated": True,
+            }
+        else:
+            details = _get(usage, "prompt_tokens_details")
+            values = {
+                "prompt_tokens": int(_get(usage, "prompt_tokens") or 0),
+                "cached_tokens": int(_get(details, "cached_tokens") or 0),
+                "completion_tokens": int(_get(usage, "completion_tokens") or 0),
+                "estimated": False,
+            }
+        return self.store.add_usage({"request_id": prepared.request_id, "model": model, **values})
+
+    async def arecord(self, prepared: Prepared, response: Any) -> bool:
+        return await asyncio.to_thread(self.record, prepared, response)
+
+    def wait_for_folds(self, timeout: float | None = None) -> None:
+        """Block until the background folds scheduled so far have finished."""
+        with self._lock:
+            pending = list(self._pending.values())
+        for future in pending:
+            future.result(timeout)
+
+    def close(self) -> None:
+        """Finish background folds and release the database connections."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self.store.dispose()
+
+    def __enter__(self) -> Trimmer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # -- the hot path -------------------------------------------------------------------
+
+    def _path(self, messages: Sequence[Message], model: str, user: str | None) -> _Path:
+        validate_messages(messages)
+        hashes = [digest.hex() for digest in chain_digests(messages, user)]
+        return _Path(messages, hashes, anchor_index(messages), self._counter(model), user)
+
+    def _counter(self, model: str) -> TokenCounter:
+        counter = self._counters.get(model)
+        if counter is None:
+            counter = self._counters[model] = TokenCounter(self.models.get(model))
+        return counter
+
+    def _append(self, connection: Connection, path: _Path) -> None:
+        key = path.counter.key
+        path.new_from, path.path_before = self.store.counted_prefix(connection, path.hashes, key)
+        new = path.messages[path.new_from :]
+        path.new_tokens = [path.counter.message(m) for m in new]
+        self.store.append(
+            connection,
+            path.messages,
+            [canonical_json(m) for m in new],
+            path.hashes,
+            path.new_from,
+            key,
+            path.new_tokens,
+            path.path_before,
+        )
+
+    def _token_rows(
+        self, connection: Connection, path: _Path, indexes: Sequence[int]
+    ) -> dict[int, tuple[int, int]]:
+        """(tokens, running path total) of each message index, from memory or the store."""
+        found: dict[int, tuple[int, int]] = {}
+        stored = [i for i in indexes if i < path.new_from]
+        rows = self.store.token_rows(connection, path.counter.key, (path.hashes[i] for i in stored))
+        for i in stored:
+            found[i] = (rows[path.hashes[i]].tokens, rows[path.hashes[i]].path_tokens)
+        running = path.path_before
+        for offset, tokens in enumerate(path.new_tokens):
+            running += tokens
+            if path.new_from + offset in indexes:
+                found[path.new_from + offset] = (tokens, running)
+        return found
+
+    def _summary_start(self, connection: Connection, path: _Path) -> int:
+        return _start_of(self._deepest_summary(connection, path))
+
+    def _deepest_summary(self, connection: Connection, path: _Path) -> StoredSummary | None:
+        if path.anchor_hash is None:
+            return None
+        return self.store.deepest_summary(connection, path.anchor_hash, path.hashes)
+
+    def _view(self, connection: Connection, path: _Path, tools_tokens: int) -> _View:
+        summary = self._deepest_summary(connection, path)
+        start = _start_of(summary)
+        summary_message = None if summary is None else self._summary_message(summary)
+        sent, control = assemble(path.messages, start, summary_message)
+        wanted = [*control, *([start - 1] if start else [])]
+        rows = self._token_rows(connection, path, wanted)
+        before_tail = rows[start - 1][1] if start else 0
+        tail_tokens = path.total_tokens - before_tail
+        summary_tokens = 0 if summary is None else self._summary_message_tokens(path, summary)
+        prompt = (
+            sum(rows[i][0] for i in control)
+            + summary_tokens
+            + tail_tokens
+            + REPLY_PRIMING
+            + tools_tokens
+        )
+        return _View(sent, prompt, tail_tokens, summary, start, summary_tokens)
+
+    def _summary_message(self, summary: StoredSummary) -> Message:
+        return {"role": "system", "content": SUMMARY_HEADER + summary.text}
+
+    def _summary_message_tokens(self, path: _Path, summary: StoredSummary) -> int:
+        key = (summary.id, path.counter.key)
+        tokens = self._summary_tokens.get(key)
+        if tokens is None:
+            tokens = path.counter.message(self._summary_message(summary))
+            self._summary_tokens[key] = tokens
+        return tokens
+
+    def _reply_cap(self, info: ModelInfo, max_tokens: int | None) -> int:
+        return min(max_tokens if max_tokens is not None else self.max_tokens, info.max_output)
+
+    def _over_limit(self, info: ModelInfo, prompt_tokens: int, max_tokens: int | None) -> bool:
+        if self.max_prompt_tokens is not None and prompt_tokens > self.max_prompt_tokens:
+            return True
+        return prompt_tokens + self._reply_cap(info, max_tokens) > info.context_window
+
+    def _finish(
+        self,
+        connection: Connection,
+        path: _Path,
+        view: _View,
+        conversation_id: str | None,
+        tools: Sequence[Message] | None,
+        max_tokens: int | None,
+        tools_tokens: int,
+        sync_fold: FoldResult | None,
+    ) -> Prepared:
+        info = path.info
+        self._check_fits(info, view.prompt_tokens)
+        reply = min(self._reply_cap(info, max_tokens), info.context_window - view.prompt_tokens)
+        conversation = conversation_id or (path.anchor_hash or path.hashes[0])[:16]
+        due = self._fold_due(path, view.start, view.tail_tokens)
+        folded = view.summary.covers_depth + 1 if view.summary else 0
+        request_id = self.store.add_request(
+            connection,
+            {
+                "conversation_id": conversation,
+                "user": path.user,
+                "model": info.name,
+                "head_hash": path.hashes[-1],
+                "message_count": len(path.messages),
+                "messages_sent": len(view.messages),
+                "baseline_tokens": path.total_tokens + REPLY_PRIMING + tools_tokens,
+                "prompt_tokens": view.prompt_tokens,
+                "summary_id": view.summary.id if view.summary else None,
+                "summary_tokens": view.summary_tokens,
+                "max_tokens_requested": max_tokens,
+                "max_tokens_baseline": max_tokens if max_tokens is not None else info.max_output,
+                "max_tokens": reply,
+                "summarizer_tokens_in": sync_fold.tokens_in if sync_fold else 0,
+                "summarizer_tokens_out": sync_fold.tokens_out if sync_fold else 0,
+                "folded_synchronously": sync_fold is not None,
+                "summary_failures": sync_fold.failures if sync_fold else 0,
+            },
+        )
+        if due:
+            self._schedule_fold(path)
+        return Prepared(
+            messages=[dict(m) for m in view.messages],
+            max_tokens=reply,
+            model=info.name,
+            baseline_tokens=path.total_tokens + REPLY_PRIMING + tools_tokens,
+            prompt_tokens=view.prompt_tokens,
+            request_id=request_id,
+            conversation_id=conversation,
+            user=path.user,
+            tools=[dict(t) for t in tools] if tools else None,
+            summary_id=view.summary.id if view.summary else None,
+            messages_folded=folded
+            - sum(1 for m in path.messages[:folded] if m["role"] in CONTROL_ROLES),
+            fold_pending=due,
+            max_tokens_param=info.max_tokens_param,
+        )
+
+    def _check_fits(self, info: ModelInfo, prompt_tokens: int) -> None:
+        limit = info.context_window - 1
+        if self.max_prompt_tokens is not None:
+            limit = min(limit, self.max_prompt_tokens)
+        if prompt_tokens > limit:
+            raise PromptTooLargeError(
+                f"the smallest valid request is {prompt_tokens} prompt tokens, over the limit "
+                f"of {limit} for {info.name}: the newest user turn alone is too large. Shorten "
+                "it, or raise max_prompt_tokens / the model's context_window.",
+                prompt_tokens=prompt_tokens,
+                limit=limit,
+            )
+
+    # -- folding ---------------------------------------------------------------------------
+
+    def _tail_tokens(self, path: _Path, start: int) -> int:
+        if start == 0:
+            return path.total_tokens
+        with self.store.engine.connect() as connection:
+            return path.total_tokens - self._token_rows(connection, path, [start - 1])[start - 1][1]
+
+    def _fold_due(self, path: _Path, start: int, tail_tokens: int) -> bool:
+        if conversational_count(path.messages, start) > self.keep_last + self.fold_every:
+            return True
+        return self.keep_tokens is not None and tail_tokens > self.keep_tokens * 3 // 2
+
+    def _fold_to_fit(self, path: _Path, tools_tokens: int, max_tokens: int | None) -> FoldResult:
+        """Over a hard limit: fold now, down to keep_last, then to the newest turn alone."""
+        total = FoldResult()
+        for keep_last in (self.keep_last, 0):
+            result = self._fold(path, keep_last=keep_last, sync=True)
+            total = _add(total, result)
+            with self.store.engine.connect() as connection:
+                view = self._view(connection, path, tools_tokens)
+            if not self._over_limit(path.info, view.prompt_tokens, max_tokens):
+                break
+        return total
+
+    def _schedule_fold(self, path: _Path) -> None:
+        if not self._background or path.anchor_hash is None:
+            return
+        with self._lock:
+            key = path.anchor_hash
+            if key in self._pending and not self._pending[key].done():
+                return
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="context-trimmer-fold")
+            future = self._executor.submit(self._fold_logged, path)
+            self._pending[key] = future
+            future.add_done_callback(lambda _f: self._forget(key, future))
+
+    def _forget(self, key: str, future: Future[FoldResult]) -> None:
+        with self._lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _fold_logged(self, path: _Path) -> FoldResult:
+        try:
+            return self._fold(path, keep_last=self.keep_last, sync=False)
+        except Exception:
+            log.exception("background fold failed for conversation anchor %s", path.anchor_hash)
+            raise
+
+    def _fold(self, path: _Path, *, keep_last: int, sync: bool) -> FoldResult:
+        """Fold everything before the tail into a new summary, under a lease."""
+        with self.store.engine.connect() as connection:
+            summary = self._deepest_summary(connection, path)
+        start = _start_of(summary)
+        cut = tail_start(
+            path.messages,
+            start,
+            keep_last,
+            keep_tokens=self.keep_tokens,
+            tokens_of=lambda i: path.counter.message(path.messages[i]),
+        )
+        evicted = [m for m in path.messages[start:cut] if m["role"] not in CONTROL_ROLES]
+        if not evicted or path.anchor_hash is None:
+            return FoldResult(reason="nothing to fold")
+        lease = f"fold:{summary.covers_hash if summary else path.anchor_hash}"
+        owner = uuid.uuid4().hex
+        if not self.store.acquire_lease(lease, owner, self.lease_seconds):
+            return FoldResult(reason="another worker is folding this span")
+        with self.store.engine.connect() as connection:
+            if _start_of(self._deepest_summary(connection, path)) != start:
+                self.store.release_lease(lease, owner)
+                return FoldResult(reason="another worker folded this span")
+        request = SummaryRequest(
+            previous=summary.text if summary else None,
+            transcript=render_transcript(evicted),
+            budget=self.summary_tokens,
+            count_tokens=path.counter.text,
+        )
+        try:
+            result = self._summarize(path, cut, request, summary, len(evicted), sync=sync)
+        except SummarizerError as error:
+            if sync:
+                self.store.release_lease(lease, owner)
+            # A failed background fold keeps its lease until it expires: that is the
+            # back-off before the next attempt at the same span.
+            return FoldResult(
+                tokens_in=error.tokens_in,
+                tokens_out=error.tokens_out,
+                failures=self._failures_per_attempt(sync),
+                reason=str(error),
+            )
+        except BaseException:
+            self.store.release_lease(lease, owner)
+            raise
+        self.store.release_lease(lease, owner)
+        return result
+
+    def _summarize(
+        self,
+        path: _Path,
+        cut: int,
+        request: SummaryRequest,
+        summary: StoredSummary | None,
+        folded: int,
+        *,
+        sync: bool,
+    ) -> FoldResult:
+        failures, spent_in, spent_out = 0, 0, 0
+        chain = [self.summarizer]
+        if sync and not isinstance(self.summarizer, ExtractiveSummarizer):
+            chain.append(self.fallback)
+        for summarizer in chain:
+            try:
+                result = fold(summarizer, request)
+            except SummarizerError as error:
+                failures += 1
+                spent_in += error.tokens_in
+                spent_out += error.tokens_out
+                self._record_failure(path, cut, summarizer, error)
+                if summarizer is chain[-1]:
+                    raise SummarizerError(
+                        str(error), tokens_in=spent_in, tokens_out=spent_out
+                    ) from error
+                continue
+            label = summarizer.name
+            if summarizer is not self.summarizer:
+                label = f"{summarizer.name} (fallback for {self.summarizer.name})"
+            summary_id = self.store.add_summary(
+                {
+                    "anchor_hash": path.anchor_hash,
+                    "covers_hash": path.hashes[cut - 1],
+                    "covers_depth": cut - 1,
+                    "parent_id": summary.id if summary else None,
+                    "text": result.text,
+                    "summarizer": label,
+                    "prompt_version": summarizer.prompt_version,
+                    "messages_folded": folded + (summary.messages_folded if summary else 0),
+                    "tokens_in": result.tokens_in,
+                    "tokens_out": result.tokens_out,
+                }
+            )
+            return FoldResult(
+                summary_id,
+                folded,
+                spent_in + result.tokens_in,
+                spent_out + result.tokens_out,
+                failures,
+            )
+        raise AssertionError("unreachable")
+
+    def _failures_per_attempt(self, sync: bool) -> int:
+        return 2 if sync and not isinstance(self.summarizer, ExtractiveSummarizer) else 1
+
+    def _record_failure(
+        self, path: _Path, cut: int, summarizer: Summarizer, error: SummarizerError
+    ) -> None:
+        log.warning("summary failed (%s): %s", summarizer.name, error)
+        self.store.add_failure(
+            {
+                "anchor_hash": path.anchor_hash,
+                "covers_hash": path.hashes[cut - 1],
+                "summarizer": summarizer.name,
+                "error": str(error)[:2000],
+                "tokens_in": error.tokens_in,
+                "tokens_out": error.tokens_out,
+            }
+        )
+
+    def _load_conversation(
+        self, conversation_id: str | None, user: str | None
+    ) -> tuple[list[Message], str | None]:
+        if conversation_id is None:
+            raise ConfigurationError("compact() needs the messages or a conversation_id")
+        head = self.store.last_head(conversation_id)
+        if head is None:
+            raise ConfigurationError(
+                f"no prepared request has conversation_id {conversation_id!r}; "
+                "prepare() it first or pass the messages"
+            )
+        with self.store.engine.connect() as connection:
+            bodies = self.store.load_path(connection, head[0])
+        return [json.loads(body) for body in bodies], user if user is not None else head[1]
+
+    def _completion_estimate(self, prepared: Prepared, response: Any) -> int:
+        choices = _get(response, "choices") or []
+        message = _get(choices[0], "message") if choices else None
+        text = _get(message, "content") if message is not None else None
+        return self._counter(prepared.model).text(text) if isinstance(text, str) else 0
+
+
+def _start_of(summary: StoredSummary | None) -> int:
+    return 0 if summary is None else summary.covers_depth + 1
+
+
+def _add(a: FoldResult, b: FoldResult) -> FoldResult:
+    return FoldResult(
+        b.summary_id or a.summary_id,
+        a.messages_folded + b.messages_folded,
+        a.tokens_in + b.tokens_in,
+        a.tokens_out + b.tokens_out,
+        a.failures + b.failures,
+        b.reason or a.reason,
+    )
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _check_count(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
