@@ -8,6 +8,7 @@ serialize: the second finds the schema at head and does nothing.
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from sqlalchemy import Connection, Engine, text
 
 VERSION_TABLE = "context_trimmer_alembic_version"
 _LOCK_ID = 0x63745F6D6967  # "ct_mig": an arbitrary constant advisory-lock key
+_in_process = threading.Lock()
 
 
 def migrations_dir() -> Path:
@@ -58,14 +60,22 @@ def serialize_migrations(connection: Connection) -> None:
 
 def upgrade(engine: Engine, revision: str = "head") -> bool:
     """Bring the schema to ``revision``; returns False when it already was there."""
-    with engine.connect() as connection:
-        if revision == "head" and current_revision(connection) == head_revision():
+    if revision == "head" and _at_head(engine):
+        return False
+    # Alembic keeps its running context in module globals: one migration per process.
+    with _in_process:
+        if revision == "head" and _at_head(engine):
             return False
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), revision)
     return True
 
 
+def _at_head(engine: Engine) -> bool:
+    with engine.connect() as connection:
+        return current_revision(connection) == head_revision()
+
+
 def downgrade(engine: Engine, revision: str) -> None:
-    with engine.begin() as connection:
+    with _in_process, engine.begin() as connection:
         command.downgrade(alembic_config(connection), revision)

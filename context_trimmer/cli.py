@@ -1,0 +1,125 @@
+"""The ``context-trimmer`` command line. Data goes to stdout, progress to stderr.
+
+Every command takes ``--db URL`` (default: ``$CONTEXT_TRIMMER_DB``, else the SQLite file
+under ``~/.local/share/context-trimmer``) and ``--json`` for machine-readable output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from ._exceptions import TrimmerError
+from ._migrate import current_revision, head_revision
+from ._store import HistoryStore, resolve_url
+from ._tokens import count_tokens
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+db_option = click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    default=None,
+    help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def user_errors(function: F) -> F:
+    """Report library errors as one clear line, not a traceback."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except TrimmerError as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: dict[str, Any], as_json: bool, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="context-trimmer")
+def main() -> None:
+    """Make every OpenAI chat request lighter: summaries, exact tokens, a savings report."""
+
+
+@main.group()
+def db() -> None:
+    """Manage the history database."""
+
+
+@db.command("upgrade")
+@db_option
+@json_option
+@user_errors
+def db_upgrade(db_url: str | None, as_json: bool) -> None:
+    """Create or migrate the schema to the newest version (a no-op when current)."""
+    store = HistoryStore(db_url, migrate=False)
+    changed = store.upgrade()
+    with store.engine.connect() as connection:
+        revision = current_revision(connection)
+    store.dispose()
+    url = store.engine.url.render_as_string(hide_password=True)
+    status = "upgraded" if changed else "already current"
+    emit(
+        {"database": url, "revision": revision, "changed": changed},
+        as_json,
+        f"{url}: {status} (revision {revision})",
+    )
+
+
+@db.command("current")
+@db_option
+@json_option
+@user_errors
+def db_current(db_url: str | None, as_json: bool) -> None:
+    """Show the schema revision of the database and the newest one available."""
+    store = HistoryStore(db_url, migrate=False)
+    with store.engine.connect() as connection:
+        revision = current_revision(connection)
+    store.dispose()
+    head = head_revision()
+    emit(
+        {"database": resolve_url(db_url), "revision": revision, "head": head},
+        as_json,
+        f"revision {revision or '(none)'}, newest {head}",
+    )
+
+
+@main.command("count")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--model", default="gpt-4o", show_default=True)
+@json_option
+@user_errors
+def count(file: Path, model: str, as_json: bool) -> None:
+    """Count the prompt tokens of a request: a JSON list of messages, or an object with
+    "messages" (and optionally "tools")."""
+    data = _read_json(file)
+    messages: Any = data.get("messages") if isinstance(data, dict) else data
+    tools = data.get("tools") if isinstance(data, dict) else None
+    tokens = count_tokens(messages, model, tools)
+    emit({"model": model, "prompt_tokens": tokens}, as_json, str(tokens))
+
+
+def _read_json(file: Path) -> Any:
+    try:
+        return json.loads(file.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise click.ClickException(f"{file}: not readable JSON ({error})") from error
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
