@@ -137,7 +137,9 @@ class Request(Base):
 class Usage(Base):
     __tablename__ = "ct_usage"
 
-    request_id: Mapped[int] = mapped_column(ForeignKey("ct_requests.id"), primary_key=True)
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("ct_requests.id"), primary_key=True, autoincrement=False
+    )
     model: Mapped[str] = mapped_column(String(200))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     cached_tokens: Mapped[int] = mapped_column(Integer)

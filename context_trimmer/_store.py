@@ -120,17 +120,23 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     return engine
 
 
+def _insert_or_ignore(connection: Connection, table: Table) -> Any:
+    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
 def insert_ignoring_conflicts(
     connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
-) -> int:
-    """Insert ``rows``, skipping any whose key is already stored; returns rows inserted."""
-    if not rows:
-        return 0
-    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
-    statement = dialect.insert(table).on_conflict_do_nothing()
-    # One row goes as a single statement, so its rowcount says whether it was inserted.
-    parameters = dict(rows[0]) if len(rows) == 1 else list(rows)
-    return connection.execute(statement, parameters).rowcount
+) -> None:
+    """Insert ``rows``, skipping any whose key is already stored."""
+    if rows:
+        connection.execute(_insert_or_ignore(connection, table), list(rows))
+
+
+def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, Any]) -> bool:
+    """Insert one row unless its key is stored; True if it was inserted."""
+    statement = _insert_or_ignore(connection, table).returning(*table.primary_key.columns)
+    return connection.execute(statement, dict(row)).first() is not None
 
 
 @dataclass(frozen=True)
@@ -289,10 +295,7 @@ class HistoryStore:
     def add_summary(self, values: Mapping[str, Any]) -> int | None:
         """Store a summary; returns its id, or None if that span was already summarized."""
         with self.engine.begin() as connection:
-            inserted = insert_ignoring_conflicts(
-                connection, SUMMARIES, [{**values, "created_at": utcnow()}]
-            )
-            if not inserted:
+            if not insert_if_absent(connection, SUMMARIES, {**values, "created_at": utcnow()}):
                 return None
             summary_id = connection.execute(
                 select(SUMMARIES.c.id).where(SUMMARIES.c.covers_hash == values["covers_hash"])
@@ -318,14 +321,15 @@ class HistoryStore:
         expires = now + timedelta(seconds=seconds)
         with self.engine.begin() as connection:
             row = {"key": key, "owner": owner, "expires_at": expires}
-            if insert_ignoring_conflicts(connection, LEASES, [row]):
+            if insert_if_absent(connection, LEASES, row):
                 return True
             taken = connection.execute(
                 update(LEASES)
                 .where(LEASES.c.key == key, LEASES.c.expires_at < now)
                 .values(owner=owner, expires_at=expires)
+                .returning(LEASES.c.key)
             )
-            return taken.rowcount == 1
+            return taken.first() is not None
 
     def release_lease(self, key: str, owner: str) -> None:
         with self.engine.begin() as connection:
@@ -342,9 +346,7 @@ class HistoryStore:
     def add_usage(self, values: Mapping[str, Any]) -> bool:
         """Store the API's usage for a request; False when it was recorded already."""
         with self.engine.begin() as connection:
-            return bool(
-                insert_ignoring_conflicts(connection, USAGE, [{**values, "recorded_at": utcnow()}])
-            )
+            return insert_if_absent(connection, USAGE, {**values, "recorded_at": utcnow()})
 
     def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:
         """The newest head hash and user prepared for ``conversation_id``."""

@@ -178,6 +178,7 @@ class OpenAISummarizer:
         self.name = f"openai:{model}"
         self.input_tokens = input_tokens
         self._client = client
+        self._owns_client = client is None
         self._base_url = base_url
         self._api_key = api_key
         self._timeout = timeout
@@ -195,6 +196,12 @@ class OpenAISummarizer:
                 max_retries=self._max_retries,
             )
         return self._client
+
+    def close(self) -> None:
+        """Close the HTTP client this summarizer created (not one passed in)."""
+        if self._client is not None and self._owns_client:
+            self._client.close()
+            self._client = None
 
     def summarize(self, request: SummaryRequest) -> SummaryResult:
         import openai

@@ -49,6 +49,7 @@ log = logging.getLogger("context_trimmer")
 
 Message = Mapping[str, Any]
 SUMMARY_HEADER = "Summary of the earlier conversation:\n"
+MIN_SUMMARY_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,10 @@ class Trimmer:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        for summarizer in (self.summarizer, self.fallback):
+            close = getattr(summarizer, "close", None)
+            if callable(close):
+                close()
         self.store.dispose()
 
     def __enter__(self) -> Trimmer:
@@ -507,8 +512,13 @@ class Trimmer:
     def _fold_to_fit(self, path: _Path, tools_tokens: int, max_tokens: int | None) -> FoldResult:
         """Over a hard limit: fold now, down to keep_last, then to the newest turn alone."""
         total = FoldResult()
+        reply = self._reply_cap(path.info, max_tokens)
+        limit = path.info.context_window - reply
+        if self.max_prompt_tokens is not None:
+            limit = min(limit, self.max_prompt_tokens)
         for keep_last in (self.keep_last, 0):
-            result = self._fold(path, keep_last=keep_last, sync=True)
+            result = self._fold(path, keep_last=keep_last, sync=True,
+                                prompt_limit=limit - tools_tokens)
             total = _add(total, result)
             with self.store.engine.connect() as connection:
                 view = self._view(connection, path, tools_tokens)
@@ -541,8 +551,13 @@ class Trimmer:
             log.exception("background fold failed for conversation anchor %s", path.anchor_hash)
             raise
 
-    def _fold(self, path: _Path, *, keep_last: int, sync: bool) -> FoldResult:
-        """Fold everything before the tail into a new summary, under a lease."""
+    def _fold(self, path: _Path, *, keep_last: int, sync: bool,
+              prompt_limit: int | None = None) -> FoldResult:
+        """Fold everything before the tail into a new summary, under a lease.
+
+        With ``prompt_limit`` (a synchronous fold to fit a hard limit) the summary's
+        budget shrinks so that the whole request fits under it.
+        """
         with self.store.engine.connect() as connection:
             summary = self._deepest_summary(connection, path)
         start = _start_of(summary)
@@ -567,7 +582,7 @@ class Trimmer:
         request = SummaryRequest(
             previous=summary.text if summary else None,
             transcript=render_transcript(evicted),
-            budget=self.summary_tokens,
+            budget=self._summary_budget(path, cut, prompt_limit),
             count_tokens=path.counter.text,
         )
         try:
@@ -588,6 +603,15 @@ class Trimmer:
             raise
         self.store.release_lease(lease, owner)
         return result
+
+    def _summary_budget(self, path: _Path, cut: int, prompt_limit: int | None) -> int:
+        if prompt_limit is None:
+            return self.summary_tokens
+        count = path.counter.message
+        kept = [m for m in path.messages[:cut] if m["role"] in CONTROL_ROLES]
+        fixed = sum(map(count, kept)) + sum(map(count, path.messages[cut:])) + REPLY_PRIMING
+        fixed += count({"role": "system", "content": SUMMARY_HEADER})
+        return max(MIN_SUMMARY_TOKENS, min(self.summary_tokens, prompt_limit - fixed))
 
     def _summarize(
         self,

@@ -125,7 +125,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "ct_usage",
-        sa.Column("request_id", sa.Integer(), nullable=False),
+        sa.Column("request_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("model", sa.String(length=200), nullable=False),
         sa.Column("prompt_tokens", sa.Integer(), nullable=False),
         sa.Column("cached_tokens", sa.Integer(), nullable=False),
