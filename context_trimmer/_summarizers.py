@@ -17,6 +17,7 @@ stored or sent.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -232,28 +233,36 @@ class OpenAISummarizer:
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
-_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+")
-_NUMBER = re.compile(r"\b\d[\d,.:/-]*\b")
-_MONTHS = re.compile(
-    r"\b(jan(uary)?|feb(ruary)?|mar(ch)?|apr(il)?|may|june?|july?|aug(ust)?|sep(tember)?|"
-    r"oct(ober)?|nov(ember)?|dec(ember)?|monday|tuesday|wednesday|thursday|friday|saturday|"
-    r"sunday|yesterday|tomorrow|today|last (week|month|year)|next (week|month|year))\b",
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
+_OPENER = re.compile(
+    r"^(?:(?:hey|hi|hello|wow|whoa|yeah|yes|yep|oh|ah|aww|haha|omg|lol|cool|great|awesome|"
+    r"thanks|thank you|congrats|nice|sure|ok|okay|well|so)\b[^A-Za-z0-9]*)+",
     re.IGNORECASE,
 )
-_DECISION = re.compile(
-    r"\b(decided|decide|agreed|agree|will|going to|plan|promise|deadline|need to|must|"
-    r"prefer|favorite|favourite|love|hate|always|never|booked|bought|moved|started|"
-    r"finished|joined|adopted|married|signed)\b",
+_FILLER = re.compile(
+    r"\b(?:really|just|super|totally|actually|very|pretty|quite|definitely|literally|"
+    r"so much|kind of|sort of)\s+",
     re.IGNORECASE,
+)
+_STOPWORDS = frozenset(
+    """a an the and or but if then so of to in on at by for with from as is are was were be
+    been being am i me my mine we our you your he she it its they them their this that these
+    those there here what which who whom how why when where do does did done have has had
+    having not no yes can could would should will shall may might must just really very
+    also too than into about over after before up down out off again once all any both each
+    few more most other some such only own same s t don it's i'm i've i'd i'll that's you're
+    thanks thank hey hi wow yeah oh great awesome cool love glad sounds amazing""".split()
 )
 
 
 class ExtractiveSummarizer:
-    """Local, deterministic summaries: the most informative sentences, in order.
+    """Local, deterministic summaries that keep as many distinct facts as fit.
 
-    Each sentence of the previous summary and of the new transcript is scored by the
-    names, numbers, dates and decision words it carries per token; the best are kept,
-    in their original order, until the budget is full.
+    Sentences of the previous summary and of the new transcript are trimmed of openers
+    and filler words; questions and fragments are dropped. Then, greedily, the sentence
+    that adds the most not-yet-kept content words (weighted by rarity: names, numbers,
+    dates and specific nouns are rare) per token is kept, until the budget is full.
+    The kept sentences are written in their original order.
     """
 
     name = "extractive"
@@ -261,18 +270,29 @@ class ExtractiveSummarizer:
     input_tokens = 1_000_000
 
     def summarize(self, request: SummaryRequest) -> SummaryResult:
-        candidates = _summary_lines(request.previous) + _sentences(request.transcript)
-        scored = [
-            (_score(text, request.count_tokens(text)), position, text)
-            for position, text in enumerate(dict.fromkeys(candidates))
-        ]
-        chosen, used = [], 0
-        for _score_value, position, text in sorted(scored, key=lambda s: (-s[0], s[1])):
-            cost = request.count_tokens(text) + 1
-            if used + cost <= request.budget:
-                chosen.append((position, text))
-                used += cost
-        return SummaryResult("\n".join(text for _, text in sorted(chosen)))
+        candidates = list(
+            dict.fromkeys(_summary_lines(request.previous) + _sentences(request.transcript))
+        )
+        words = [_content_words(text) for text in candidates]
+        weight = _rarity(words)
+        costs = [request.count_tokens(text) + 1 for text in candidates]
+        chosen: list[int] = []
+        covered: set[str] = set()
+        used = 0
+        remaining = set(range(len(candidates)))
+        while remaining:
+            best = max(
+                remaining,
+                key=lambda i: (sum(weight[w] for w in words[i] - covered) / costs[i], -i),
+            )
+            remaining.discard(best)
+            if not words[best] - covered:
+                break
+            if used + costs[best] <= request.budget:
+                chosen.append(best)
+                covered |= words[best]
+                used += costs[best]
+        return SummaryResult("\n".join(candidates[i] for i in sorted(chosen)))
 
 
 def _summary_lines(previous: str | None) -> list[str]:
@@ -284,21 +304,28 @@ def _sentences(transcript: str) -> list[str]:
     for line in transcript.splitlines():
         speaker, _, text = line.partition(": ")
         for sentence in _SENTENCE_END.split(text):
-            sentence = sentence.strip()
-            if len(sentence) > 3:
-                sentences.append(f"{speaker}: {sentence}")
+            sentence = _FILLER.sub("", _OPENER.sub("", sentence.strip())).strip()
+            if sentence.endswith("?") or len(_WORD.findall(sentence)) < 4:
+                continue
+            sentences.append(f"{speaker}: {sentence}")
     return sentences
 
 
-def _score(text: str, tokens: int) -> float:
+def _content_words(text: str) -> set[str]:
     _speaker, _, body = text.partition(": ")
-    signal = (
-        2 * len(_CAPITALISED.findall(body))
-        + 2 * len(_NUMBER.findall(body))
-        + 2 * len(_MONTHS.findall(body))
-        + len(_DECISION.findall(body))
-    )
-    return signal / (tokens + 4)
+    return {w.lower() for w in _WORD.findall(body)} - _STOPWORDS
+
+
+def _rarity(words: list[set[str]]) -> dict[str, float]:
+    frequency: dict[str, int] = {}
+    for group in words:
+        for word in group:
+            frequency[word] = frequency.get(word, 0) + 1
+    total = len(words) + 1
+    return {
+        word: math.log(total / count) + (1.0 if word[0].isdigit() else 0.0)
+        for word, count in frequency.items()
+    }
 
 
 def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:

@@ -517,8 +517,9 @@ class Trimmer:
         if self.max_prompt_tokens is not None:
             limit = min(limit, self.max_prompt_tokens)
         for keep_last in (self.keep_last, 0):
-            result = self._fold(path, keep_last=keep_last, sync=True,
-                                prompt_limit=limit - tools_tokens)
+            result = self._fold(
+                path, keep_last=keep_last, sync=True, prompt_limit=limit - tools_tokens
+            )
             total = _add(total, result)
             with self.store.engine.connect() as connection:
                 view = self._view(connection, path, tools_tokens)
@@ -551,8 +552,9 @@ class Trimmer:
             log.exception("background fold failed for conversation anchor %s", path.anchor_hash)
             raise
 
-    def _fold(self, path: _Path, *, keep_last: int, sync: bool,
-              prompt_limit: int | None = None) -> FoldResult:
+    def _fold(
+        self, path: _Path, *, keep_last: int, sync: bool, prompt_limit: int | None = None
+    ) -> FoldResult:
         """Fold everything before the tail into a new summary, under a lease.
 
         With ``prompt_limit`` (a synchronous fold to fit a hard limit) the summary's

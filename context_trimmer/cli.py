@@ -18,8 +18,11 @@ import click
 from . import __version__
 from ._exceptions import TrimmerError
 from ._migrate import current_revision, head_revision
+from ._replay import ReplayResult, load_conversations, replay, request_points
 from ._store import HistoryStore, resolve_url
+from ._summarizers import OpenAISummarizer
 from ._tokens import count_tokens
+from ._trimmer import Trimmer
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +115,79 @@ def count(file: Path, model: str, as_json: bool) -> None:
     tools = data.get("tools") if isinstance(data, dict) else None
     tokens = count_tokens(messages, model, tools)
     emit({"model": model, "prompt_tokens": tokens}, as_json, str(tokens))
+
+
+@main.command("replay")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@db_option
+@click.option(
+    "--summarizer",
+    type=click.Choice(["extractive", "openai"]),
+    default="extractive",
+    show_default=True,
+    help="openai uses OPENAI_API_KEY and OPENAI_BASE_URL.",
+)
+@click.option("--summarizer-model", default="gpt-4o-mini", show_default=True)
+@click.option("--keep-last", default=20, show_default=True, help="Messages sent verbatim.")
+@click.option("--fold-every", default=10, show_default=True, help="Messages per fold.")
+@click.option("--summary-tokens", default=1000, show_default=True, help="Summary budget.")
+@click.option("--model", default="gpt-4o", show_default=True, help="Model the app calls.")
+@json_option
+@user_errors
+def replay_command(
+    file: Path,
+    db_url: str | None,
+    summarizer: str,
+    summarizer_model: str,
+    keep_last: int,
+    fold_every: int,
+    summary_tokens: int,
+    model: str,
+    as_json: bool,
+) -> None:
+    """Replay logged conversations turn by turn through prepare() and report the savings.
+
+    FILE is JSONL (one message list, or {"messages": [...]}, per line) or LoCoMo JSON.
+    Offline by default: the extractive summarizer needs no network.
+    """
+    conversations = load_conversations(file)
+    chosen: Any = summarizer if summarizer == "extractive" else OpenAISummarizer(summarizer_model)
+    total = sum(len(list(request_points(c.messages))) for c in conversations)
+    with (
+        Trimmer(
+            db_url,
+            keep_last=keep_last,
+            fold_every=fold_every,
+            summarizer=chosen,
+            summary_tokens=summary_tokens,
+            background=False,
+        ) as trimmer,
+        click.progressbar(length=total, label="replaying", file=sys.stderr) as bar,
+    ):
+        result = replay(trimmer, conversations, model=model, progress=bar.update)
+    emit(result.as_dict(), as_json, _replay_text(result, model))
+
+
+def _replay_text(result: ReplayResult, model: str) -> str:
+    rows = [
+        ("conversations", f"{result.conversations:,}"),
+        ("requests", f"{result.requests:,}"),
+        ("prompt tokens as given", f"{result.baseline_tokens:,}"),
+        ("prompt tokens sent", f"{result.prompt_tokens:,}"),
+        ("saved", f"{result.saved_tokens:,} ({result.saved_percent:.1f}%)"),
+        ("last request, as given", f"{sum(result.final_baseline_tokens):,}"),
+        ("last request, sent", f"{sum(result.final_prompt_tokens):,}"),
+        ("summaries made", f"{result.summaries:,}"),
+        (
+            "summarizer tokens in/out",
+            f"{result.summarizer_tokens_in:,} / {result.summarizer_tokens_out:,}",
+        ),
+        ("summary failures", f"{result.summary_failures:,}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"Replay through prepare() for {model}:"]
+    lines += [f"  {name:<{width}}  {value:>14}" for name, value in rows]
+    return "\n".join(lines)
 
 
 def _read_json(file: Path) -> Any:

@@ -18,15 +18,18 @@ from .openai_server import FakeOpenAI, Reply
 def conversation() -> list[dict[str, str]]:
     messages = [{"role": "system", "content": "You help."}]
     for turn in range(12):
-        messages += [{"role": "user", "content": f"Fact {turn}: Ana paid {turn * 10} euros."},
-                     {"role": "assistant", "content": f"Saved fact {turn}."}]
+        messages += [
+            {"role": "user", "content": f"Fact {turn}: Ana paid {turn * 10} euros."},
+            {"role": "assistant", "content": f"Saved fact {turn}."},
+        ]
     return messages
 
 
 def app_server(url: str, base_url: str, start: Any, suffix: str) -> tuple[int, str]:
     summarizer = OpenAISummarizer(base_url=base_url, api_key="k", max_retries=0)
-    with Trimmer(url, keep_last=4, fold_every=2, summarizer=summarizer,
-                 background=False) as trimmer:
+    with Trimmer(
+        url, keep_last=4, fold_every=2, summarizer=summarizer, background=False
+    ) as trimmer:
         messages = conversation()
         start.wait()
         trimmer.prepare(messages)
@@ -49,13 +52,19 @@ def test_two_processes_never_summarize_the_same_span(
     with context.Manager() as manager:
         start = manager.Barrier(3)
         with context.Pool(3) as pool:
-            runs = [pool.apply_async(app_server, (postgres_schema_url, slow_server.base_url,
-                                                  start, f"p{i}")) for i in range(3)]
+            runs = [
+                pool.apply_async(
+                    app_server, (postgres_schema_url, slow_server.base_url, start, f"p{i}")
+                )
+                for i in range(3)
+            ]
             results = [run.get(timeout=60) for run in runs]
     assert sum(1 for summary_id, _ in results if summary_id) == 1
     assert len(slow_server.requests) == 1
-    with Trimmer(postgres_schema_url, summarizer="extractive") as trimmer:
-        with trimmer.store.engine.connect() as connection:
-            assert connection.execute(select(func.count()).select_from(SUMMARIES)).scalar() == 1
-            stored = connection.execute(select(func.count()).select_from(MESSAGES)).scalar()
+    with (
+        Trimmer(postgres_schema_url, summarizer="extractive") as trimmer,
+        trimmer.store.engine.connect() as connection,
+    ):
+        assert connection.execute(select(func.count()).select_from(SUMMARIES)).scalar() == 1
+        stored = connection.execute(select(func.count()).select_from(MESSAGES)).scalar()
     assert stored == len(conversation()) + 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +25,12 @@ SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Tra
 def chat(turns: int) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = [SYSTEM]
     for turn in range(turns):
-        messages.append({"role": "user", "content": f"On May {turn + 1} I booked flight "
-                                                    f"AC{100 + turn} to Lisbon for Maria."})
+        messages.append(
+            {
+                "role": "user",
+                "content": f"On May {turn + 1} I booked flight AC{100 + turn} to Lisbon for Maria.",
+            }
+        )
         messages.append({"role": "assistant", "content": f"Noted booking {turn}."})
     return messages
 
@@ -37,15 +42,22 @@ def count_rows(trimmer: Trimmer, table: Any) -> int:
 
 @pytest.fixture
 def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(default=lambda _body: Reply("- Maria booked flights to Lisbon in May.",
-                                                prompt_tokens=300, completion_tokens=12)) as s:
+    with FakeOpenAI(
+        default=lambda _body: Reply(
+            "- Maria booked flights to Lisbon in May.", prompt_tokens=300, completion_tokens=12
+        )
+    ) as s:
         yield s
 
 
 def llm_trimmer(url: str, server: FakeOpenAI, **options: Any) -> Trimmer:
-    summarizer = OpenAISummarizer(base_url=server.base_url, api_key="test-key", max_retries=0,
-                                  timeout=options.pop("timeout", 5.0),
-                                  input_tokens=options.pop("input_tokens", 12_000))
+    summarizer = OpenAISummarizer(
+        base_url=server.base_url,
+        api_key="test-key",
+        max_retries=0,
+        timeout=options.pop("timeout", 5.0),
+        input_tokens=options.pop("input_tokens", 12_000),
+    )
     options.setdefault("background", False)
     return Trimmer(url, keep_last=4, fold_every=2, summarizer=summarizer, **options)
 
@@ -68,8 +80,8 @@ def test_folds_are_batched_and_the_prefix_stays_byte_identical(trimmer: Trimmer)
         prepared = trimmer.prepare(messages[:end])
         prefixes.append(prepared.messages[:2])
         folds += trimmer.compact(messages[:end]).summary_id is not None
-    changes = sum(1 for a, b in zip(prefixes, prefixes[1:]) if a != b)
-    assert folds == changes + (prefixes[-1] != prefixes[-1])  # every change is one fold
+    changes = sum(1 for a, b in itertools.pairwise(prefixes) if a != b)
+    assert folds == changes  # the prefix changes only when a fold lands
     assert 0 < folds <= len(prefixes) // 2  # fold_every=2 turns: at most every other turn
 
 
@@ -87,8 +99,9 @@ def test_layout_is_system_then_summary_then_tail(trimmer: Trimmer) -> None:
 
 def test_max_tokens_defaults_caps_and_room_left(sqlite_url: str) -> None:
     models = {"tiny": {"context_window": 200, "max_output": 100}}
-    with Trimmer(sqlite_url, summarizer="extractive", max_tokens=64, models=models,
-                 background=False) as trimmer:
+    with Trimmer(
+        sqlite_url, summarizer="extractive", max_tokens=64, models=models, background=False
+    ) as trimmer:
         messages = chat(1)
         assert trimmer.prepare(messages).max_tokens == 64
         assert trimmer.prepare(messages, max_tokens=10).max_tokens == 10
@@ -100,20 +113,31 @@ def test_max_tokens_defaults_caps_and_room_left(sqlite_url: str) -> None:
 
 
 def test_request_kwargs(trimmer: Trimmer) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "description": "d",
-                                               "parameters": {"type": "object",
-                                                              "properties": {}}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "f",
+                "description": "d",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
     prepared = trimmer.prepare(chat(1), tools=tools, max_tokens=50)
     assert prepared.request(temperature=0) == {
-        "model": "gpt-4o", "messages": prepared.messages, "max_tokens": 50, "tools": tools,
+        "model": "gpt-4o",
+        "messages": prepared.messages,
+        "max_tokens": 50,
+        "tools": tools,
         "temperature": 0,
     }
     assert prepared.prompt_tokens == count_tokens(prepared.messages, tools=tools)
 
 
 def test_over_a_hard_limit_prepare_folds_synchronously(sqlite_url: str) -> None:
-    with Trimmer(sqlite_url, keep_last=4, summarizer="extractive", max_prompt_tokens=250,
-                 background=False) as trimmer:
+    with Trimmer(
+        sqlite_url, keep_last=4, summarizer="extractive", max_prompt_tokens=250, background=False
+    ) as trimmer:
         prepared = trimmer.prepare(chat(20))
         assert prepared.summary_id is not None
         assert prepared.prompt_tokens <= 250
@@ -123,8 +147,9 @@ def test_over_a_hard_limit_prepare_folds_synchronously(sqlite_url: str) -> None:
 
 
 def test_a_newest_turn_too_large_is_a_clear_error(sqlite_url: str) -> None:
-    with Trimmer(sqlite_url, summarizer="extractive", max_prompt_tokens=50,
-                 background=False) as trimmer:
+    with Trimmer(
+        sqlite_url, summarizer="extractive", max_prompt_tokens=50, background=False
+    ) as trimmer:
         huge = [SYSTEM, {"role": "user", "content": "word " * 200}]
         with pytest.raises(PromptTooLargeError, match="newest user turn alone is too large"):
             trimmer.prepare(huge)
@@ -132,15 +157,24 @@ def test_a_newest_turn_too_large_is_a_clear_error(sqlite_url: str) -> None:
 
 def test_ledger_and_recorded_usage(trimmer: Trimmer) -> None:
     prepared = trimmer.prepare(chat(2), user="ann", conversation_id="c-1")
-    response = {"model": "gpt-4o-2024-08-06", "usage": {
-        "prompt_tokens": 50, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}}
+    response = {
+        "model": "gpt-4o-2024-08-06",
+        "usage": {
+            "prompt_tokens": 50,
+            "completion_tokens": 7,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
+    }
     assert trimmer.record(prepared, response) is True
     assert trimmer.record(prepared, response) is False
     with trimmer.store.engine.connect() as connection:
         request = connection.execute(select(REQUESTS)).one()
         usage = connection.execute(select(USAGE)).one()
     assert (request.conversation_id, request.user, request.baseline_tokens) == (
-        "c-1", "ann", prepared.baseline_tokens)
+        "c-1",
+        "ann",
+        prepared.baseline_tokens,
+    )
     assert (request.max_tokens_requested, request.max_tokens_baseline) == (None, 16_384)
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (50, 7, False)
 
@@ -151,12 +185,13 @@ def test_usage_is_estimated_and_marked_when_missing(trimmer: Trimmer) -> None:
     with trimmer.store.engine.connect() as connection:
         usage = connection.execute(select(USAGE)).one()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (
-        prepared.prompt_tokens, 6, True)
+        prepared.prompt_tokens,
+        6,
+        True,
+    )
 
 
-def test_llm_summaries_are_stored_and_then_no_network_call(
-    db_url: str, server: FakeOpenAI
-) -> None:
+def test_llm_summaries_are_stored_and_then_no_network_call(db_url: str, server: FakeOpenAI) -> None:
     with llm_trimmer(db_url, server) as trimmer:
         messages = chat(8)
         trimmer.prepare(messages)
@@ -168,8 +203,15 @@ def test_llm_summaries_are_stored_and_then_no_network_call(
         assert "Maria booked flights to Lisbon" in prepared.messages[1]["content"]
         assert server.requests[0]["model"] == "gpt-4o-mini"
         prompt = server.requests[0]["messages"][0]["content"]
-        for kept in ("names", "numbers", "dates", "decisions", "commitments",
-                     "open questions", "preferences"):
+        for kept in (
+            "names",
+            "numbers",
+            "dates",
+            "decisions",
+            "commitments",
+            "open questions",
+            "preferences",
+        ):
             assert kept in prompt
 
 
@@ -251,6 +293,9 @@ async def test_aprepare_matches_prepare(trimmer: Trimmer) -> None:
     again = trimmer.prepare(messages)
     result = await trimmer.aprepare(messages)
     assert (result.messages, result.prompt_tokens, result.max_tokens) == (
-        again.messages, again.prompt_tokens, again.max_tokens)
+        again.messages,
+        again.prompt_tokens,
+        again.max_tokens,
+    )
     assert result.baseline_tokens == sync.baseline_tokens
     assert (await trimmer.acompact(messages)).reason == "no fold due"

@@ -1,0 +1,118 @@
+"""Savings and memory on the LoCoMo conversations, replayed turn by turn.
+
+For each conversation: speaker A is the user, speaker B the assistant, session dates
+open each session. Every request goes through prepare(); due folds run in between.
+Reports mean and final prompt tokens sent against the full history, and the share of
+Q&A answers (categories 1-4) whose text is still in the final prepared context among
+those the full history contains.
+
+    python benchmarks/locomo_savings.py [--data ../shared/data/locomo-sample.json]
+        [--summarizer extractive|openai] [--keep-last 20] [--summary-tokens 1000]
+
+--summarizer openai uses OPENAI_API_KEY / OPENAI_BASE_URL (any compatible endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from context_trimmer import OpenAISummarizer, Trimmer
+from context_trimmer._replay import load_conversations, replay
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
+
+
+def answers_in(text: str, qa: list[dict[str, Any]]) -> set[int]:
+    lowered = text.lower()
+    return {i for i, item in enumerate(qa) if str(item["answer"]).lower() in lowered}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--summarizer", choices=["extractive", "openai"], default="extractive")
+    parser.add_argument("--keep-last", type=int, default=20)
+    parser.add_argument("--fold-every", type=int, default=10)
+    parser.add_argument("--summary-tokens", type=int, default=1000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    raw = json.loads(args.data.read_text())
+    rows = []
+    for item, conversation in zip(raw, load_conversations(args.data), strict=True):
+        qa = [q for q in item["qa"] if q.get("category") in (1, 2, 3, 4) and "answer" in q]
+        summarizer: Any = "extractive" if args.summarizer == "extractive" else OpenAISummarizer()
+        with (
+            tempfile.TemporaryDirectory() as folder,
+            Trimmer(
+                f"sqlite:///{folder}/bench.db",
+                keep_last=args.keep_last,
+                fold_every=args.fold_every,
+                summary_tokens=args.summary_tokens,
+                summarizer=summarizer,
+                background=False,
+            ) as trimmer,
+        ):
+            result = replay(trimmer, [conversation])
+            final = trimmer.prepare(conversation.messages)
+        full_text = "\n".join(m["content"] for m in conversation.messages)
+        sent_text = "\n".join(m["content"] for m in final.messages)
+        in_full = answers_in(full_text, qa)
+        kept = answers_in(sent_text, qa) & in_full
+        per_request = [
+            result.prompt_tokens / result.requests,
+            result.baseline_tokens / result.requests,
+        ]
+        rows.append(
+            {
+                "conversation": conversation.id,
+                "messages": len(conversation.messages),
+                "requests": result.requests,
+                "mean_sent": round(per_request[0]),
+                "mean_full": round(per_request[1]),
+                "final_sent": final.prompt_tokens,
+                "final_full": final.baseline_tokens,
+                "final_ratio": round(final.prompt_tokens / final.baseline_tokens, 4),
+                "answers_in_full": len(in_full),
+                "answers_kept": len(kept),
+                "kept_share": round(len(kept) / len(in_full), 4) if in_full else None,
+            }
+        )
+    totals = {
+        "final_ratio_mean": round(statistics.mean(r["final_ratio"] for r in rows), 4),
+        "kept_share_overall": round(
+            sum(r["answers_kept"] for r in rows) / sum(r["answers_in_full"] for r in rows), 4
+        ),
+    }
+    if args.json:
+        print(json.dumps({"summarizer": args.summarizer, "rows": rows, "totals": totals}, indent=2))
+        return
+    header = (
+        f"{'conversation':<12} {'msgs':>5} {'mean sent':>9} {'mean full':>9} "
+        f"{'final sent':>10} {'final full':>10} {'ratio':>6} {'answers kept':>14}"
+    )
+    print(
+        f"summarizer={args.summarizer} keep_last={args.keep_last} "
+        f"fold_every={args.fold_every} summary_tokens={args.summary_tokens}"
+    )
+    print(header)
+    for r in rows:
+        print(
+            f"{r['conversation']:<12} {r['messages']:>5} {r['mean_sent']:>9,} "
+            f"{r['mean_full']:>9,} {r['final_sent']:>10,} {r['final_full']:>10,} "
+            f"{r['final_ratio']:>6.1%} {r['answers_kept']:>5}/{r['answers_in_full']:<3} "
+            f"{r['kept_share']:.0%}"
+        )
+    print(
+        f"final prompt / full history (mean): {totals['final_ratio_mean']:.1%}; "
+        f"answers kept overall: {totals['kept_share_overall']:.1%}"
+    )
+
+
+if __name__ == "__main__":
+    main()
