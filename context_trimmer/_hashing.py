@@ -9,8 +9,11 @@ to everything before it, a stored hash proves its whole prefix is stored too.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,20 +32,42 @@ def canonical_json(message: Mapping[str, Any]) -> str:
     return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def chain_digests(messages: Sequence[Mapping[str, Any]], user: str | None = None) -> list[bytes]:
-    """The prefix chain hash of every message (raw 32-byte digests)."""
+_FAST_PREFIX = {
+    role: b"s" + role.encode() + b"\x00" for role in ("system", "developer", "user", "assistant")
+}
+
+
+def chain_digests(
+    messages: Sequence[Mapping[str, Any]],
+    user: str | None = None,
+    *,
+    previous: bytes | None = None,
+    offset: int = 0,
+) -> list[bytes]:
+    """The prefix chain hash of every message (raw 32-byte digests).
+
+    This runs over the whole list on every prepare(), so the common message
+    ``{"role": ..., "content": "<str>"}`` takes a tight path; anything else is hashed
+    as canonical JSON. The two forms are tagged so they can never collide.
+    """
     sha256 = hashlib.sha256
-    previous = root_digest(user)
-    digests = []
-    for index, message in enumerate(messages):
+    fast = _FAST_PREFIX
+    if previous is None:
+        previous = root_digest(user)
+    digests: list[bytes] = []
+    append = digests.append
+    for index, message in enumerate(messages, offset):
         content = message.get("content")
-        if len(message) == 2 and type(content) is str:
-            # Fast path, tagged so it can never collide with the JSON form.
-            body = b"s" + message["role"].encode() + b"\x00" + _utf8(index, content)
+        prefix = fast.get(message.get("role")) if len(message) == 2 else None  # type: ignore[arg-type]
+        if prefix is not None and type(content) is str:
+            try:
+                body = prefix + content.encode()
+            except UnicodeEncodeError:
+                body = _utf8(index, content)
         else:
             body = b"j" + _json_bytes(index, message)
         previous = sha256(previous + body).digest()
-        digests.append(previous)
+        append(previous)
     return digests
 
 
@@ -66,3 +91,86 @@ def _json_bytes(index: int, message: Mapping[str, Any]) -> bytes:
             index=index,
         ) from error
     return _utf8(index, text)
+
+
+class ChainCache:
+    """Remembers each conversation's last list, so the next prepare() hashes only what is new.
+
+    Apps resend the whole list every turn. Comparing it with a snapshot of the list seen
+    last time is one C-level list comparison; only the messages after the common
+    prefix are validated and hashed. Snapshots are copies, so an app that mutates its
+    messages in place is never served a stale hash. Entries are evicted least recently
+    used once ``max_messages`` snapshots are held.
+    """
+
+    def __init__(self, max_messages: int = 500_000):
+        self.max_messages = max_messages
+        self._entries: OrderedDict[tuple[Any, ...], tuple[list[Any], list[bytes]]] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def known_prefix(self, messages: Sequence[Any], user: str | None) -> int:
+        """How many leading messages equal the last list seen for this conversation."""
+        entry = self._entry(_cache_key(messages, user))
+        if entry is None:
+            return 0
+        snapshots = entry[0]
+        length = min(len(snapshots), len(messages))
+        if list(messages[:length]) == snapshots[:length]:
+            return length
+        return next(i for i in range(length) if messages[i] != snapshots[i])
+
+    def digests(
+        self, messages: Sequence[Mapping[str, Any]], user: str | None, known: int
+    ) -> list[bytes]:
+        """Digests of ``messages``, reusing the first ``known`` from the cache."""
+        key = _cache_key(messages, user)
+        entry = self._entry(key) if known else None
+        if entry is None:
+            known = 0
+            old_snapshots: list[Any] = []
+            old_digests: list[bytes] = []
+        else:
+            old_snapshots, old_digests = entry
+        previous = old_digests[known - 1] if known else None
+        digests = old_digests[:known] + chain_digests(
+            messages[known:], user, previous=previous, offset=known
+        )
+        if key is not None:
+            snapshots = old_snapshots[:known] + [_snapshot(m) for m in messages[known:]]
+            self._store(key, snapshots, digests)
+        return digests
+
+    def _entry(self, key: tuple[Any, ...] | None) -> tuple[list[Any], list[bytes]] | None:
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def _store(self, key: tuple[Any, ...], snapshots: list[Any], digests: list[bytes]) -> None:
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self._held -= len(old[0]) if old else 0
+            self._entries[key] = (snapshots, digests)
+            self._held += len(snapshots)
+            while self._held > self.max_messages and len(self._entries) > 1:
+                _key, (evicted, _digests) = self._entries.popitem(last=False)
+                self._held -= len(evicted)
+
+
+def _cache_key(messages: Sequence[Any], user: str | None) -> tuple[Any, ...] | None:
+    if len(messages) < 2 or type(messages[0]) is not dict or type(messages[1]) is not dict:
+        return None
+    first, second = messages[0].get("content"), messages[1].get("content")
+    if type(first) is not str or type(second) is not str:
+        return None
+    return (user, first, second)
+
+
+def _snapshot(message: Any) -> Any:
+    if type(message) is dict and all(type(v) is str for v in message.values()):
+        return dict(message)
+    return copy.deepcopy(message)

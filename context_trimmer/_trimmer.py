@@ -25,12 +25,12 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection
 
 from ._exceptions import ConfigurationError, PromptTooLargeError, SummarizerError
-from ._hashing import canonical_json, chain_digests
+from ._hashing import ChainCache, canonical_json
 from ._models import ModelInfo, ModelTable
 from ._store import HistoryStore, StoredSummary
 from ._summarizers import (
@@ -105,7 +105,7 @@ class _Path:
     """One prepare() or compact() call's view of the conversation."""
 
     messages: Sequence[Message]
-    hashes: list[str]
+    hashes: Sequence[str]
     anchor: int | None
     counter: TokenCounter
     user: str | None
@@ -188,6 +188,7 @@ class Trimmer:
         self.lease_seconds = lease_seconds
         self.store = HistoryStore(url, migrate=migrate)
         self._counters: dict[str, TokenCounter] = {}
+        self._chains = ChainCache()
         self._summary_tokens: dict[tuple[int, str], int] = {}
         self._background = background
         self._executor: ThreadPoolExecutor | None = None
@@ -337,8 +338,9 @@ class Trimmer:
     # -- the hot path -------------------------------------------------------------------
 
     def _path(self, messages: Sequence[Message], model: str, user: str | None) -> _Path:
-        validate_messages(messages)
-        hashes = [digest.hex() for digest in chain_digests(messages, user)]
+        known = self._chains.known_prefix(messages, user)
+        validate_messages(messages, known_valid=known)
+        hashes = _HexDigests(self._chains.digests(messages, user, known))
         return _Path(messages, hashes, anchor_index(messages), self._counter(model), user)
 
     def _counter(self, model: str) -> TokenCounter:
@@ -706,6 +708,25 @@ class Trimmer:
         message = _get(choices[0], "message") if choices else None
         text = _get(message, "content") if message is not None else None
         return self._counter(prepared.model).text(text) if isinstance(text, str) else 0
+
+
+class _HexDigests(Sequence[str]):
+    """Hex strings of chain digests, converted only where the store looks."""
+
+    def __init__(self, digests: list[bytes]):
+        self._digests = digests
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [digest.hex() for digest in self._digests[index]]
+        return self._digests[index].hex()
 
 
 def _start_of(summary: StoredSummary | None) -> int:

@@ -22,8 +22,12 @@ _PART_TYPES = {
 }
 
 
-def validate_messages(messages: Any) -> None:
-    """Raise :class:`InvalidMessagesError` unless ``messages`` is a valid request body."""
+def validate_messages(messages: Any, *, known_valid: int = 0) -> None:
+    """Raise :class:`InvalidMessagesError` unless ``messages`` is a valid request body.
+
+    ``known_valid``: a leading count already checked as a complete list (so no tool
+    call is pending at its end); only the messages after it are checked.
+    """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidMessagesError(
             f"must be a list of message objects, got {type(messages).__name__}"
@@ -31,7 +35,8 @@ def validate_messages(messages: Any) -> None:
     if not messages:
         raise InvalidMessagesError("is empty; send at least one message")
     unanswered: dict[str, int] = {}
-    for index, message in enumerate(messages):
+    for index in range(known_valid, len(messages)):
+        message = messages[index]
         if (
             type(message) is dict
             and len(message) == 2

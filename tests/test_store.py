@@ -115,3 +115,23 @@ def test_concurrent_writers_lose_nothing(db_url: str) -> None:
     with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
         assert rows(trimmer, MESSAGES) == len(base) + 4 * 8
         assert rows(trimmer, REQUESTS) == 4 * 8
+
+
+def test_messages_mutated_in_place_are_hashed_again(trimmer: Trimmer) -> None:
+    messages = conversation(3)
+    trimmer.prepare(messages)
+    messages[1]["content"] = "Edited in place, same dict object"
+    prepared = trimmer.prepare(messages)
+    assert rows(trimmer, MESSAGES) == 2 * len(messages) - 1
+    assert prepared.baseline_tokens == count_tokens(messages)
+
+
+def test_a_known_prefix_is_still_validated_after_it(trimmer: Trimmer) -> None:
+    import pytest
+
+    from context_trimmer import InvalidMessagesError
+
+    messages = conversation(3)
+    trimmer.prepare(messages)
+    with pytest.raises(InvalidMessagesError, match=r"messages\[7\]\.tool_call_id"):
+        trimmer.prepare([*messages, {"role": "tool", "tool_call_id": "x", "content": "r"}])
