@@ -25,8 +25,10 @@ _in_process = threading.Lock()
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts are (inside the installed package)."""
-    from . import migrations  # type: ignore[attr-defined]
-
+    try:
+        from . import migrations  # type: ignore[attr-defined]
+    except ImportError:  # a source checkout: the scripts are at the repository's top
+        return Path(__file__).resolve().parents[1] / "migrations"
     return Path(migrations.__file__).parent
 
 
