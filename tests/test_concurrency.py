@@ -7,12 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import OpenAISummarizer, Trimmer
 from context_trimmer._store import MESSAGES, SUMMARIES
-
-from .openai_server import FakeOpenAI, Reply
 
 
 def conversation() -> list[dict[str, str]]:

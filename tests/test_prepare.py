@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import (
@@ -16,8 +17,6 @@ from context_trimmer import (
     count_tokens,
 )
 from context_trimmer._store import FAILURES, REQUESTS, SUMMARIES, USAGE
-
-from .openai_server import FakeOpenAI, Reply
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
 
