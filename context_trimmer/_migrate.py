@@ -26,7 +26,7 @@ _in_process = threading.Lock()
 def migrations_dir() -> Path:
     """Where the Alembic scripts are (inside the installed package)."""
     try:
-        from . import migrations  # type: ignore[attr-defined]
+        from . import migrations  # type: ignore[attr-defined,unused-ignore]
     except ImportError:  # a source checkout: the scripts are at the repository's top
         return Path(__file__).resolve().parents[1] / "migrations"
     return Path(migrations.__file__).parent
