@@ -14,9 +14,9 @@ from ._exceptions import (
     SummarizerError,
     TrimmerError,
 )
+from ._extractive import ExtractiveSummarizer
 from ._models import ModelInfo, ModelTable
 from ._summarizers import (
-    ExtractiveSummarizer,
     OpenAISummarizer,
     Summarizer,
     SummaryRequest,

@@ -175,6 +175,15 @@ class HistoryStore:
                 f"cannot open or migrate the database {self.engine.url!r}: {error.orig}"
             ) from error
 
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: not migrated yet)."""
+        with self.engine.connect() as connection:
+            return _migrate.current_revision(connection)
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
     def dispose(self) -> None:
         self.engine.dispose()
 

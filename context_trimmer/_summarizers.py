@@ -5,9 +5,7 @@ A summarizer is any object with ``name``, ``prompt_version``, ``input_tokens`` a
 
 - :class:`OpenAISummarizer`: gpt-4o-mini (or any model) through the openai client,
   against OpenAI or any compatible ``base_url``.
-- :class:`ExtractiveSummarizer`: local, deterministic, no network. It keeps the
-  sentences densest in names, numbers, dates and decisions, in their original order,
-  within the token budget.
+- ``ExtractiveSummarizer`` (in ``_extractive``): local, deterministic, no network.
 
 :func:`fold` drives either: spans larger than the summarizer's input budget are split
 with langchain-text-splitters and folded chunk by chunk, and every answer is checked,
@@ -17,7 +15,6 @@ stored or sent.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +22,7 @@ from typing import Any, Protocol
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ._exceptions import ConfigurationError, SummarizerError
+from ._exceptions import SummarizerError
 
 PROMPT_VERSION = "1"
 
@@ -230,114 +227,3 @@ class OpenAISummarizer:
         choices = getattr(response, "choices", None) or []
         text = (choices[0].message.content if choices else None) or ""
         return SummaryResult(text, tokens_in, tokens_out)
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
-_OPENER = re.compile(
-    r"^(?:(?:hey|hi|hello|wow|whoa|yeah|yes|yep|oh|ah|aww|haha|omg|lol|cool|great|awesome|"
-    r"thanks|thank you|congrats|nice|sure|ok|okay|well|so)\b[^A-Za-z0-9]*)+",
-    re.IGNORECASE,
-)
-_FILLER = re.compile(
-    r"\b(?:really|just|super|totally|actually|very|pretty|quite|definitely|literally|"
-    r"so much|kind of|sort of)\s+",
-    re.IGNORECASE,
-)
-_STOPWORDS = frozenset(
-    """a an the and or but if then so of to in on at by for with from as is are was were be
-    been being am i me my mine we our you your he she it its they them their this that these
-    those there here what which who whom how why when where do does did done have has had
-    having not no yes can could would should will shall may might must just really very
-    also too than into about over after before up down out off again once all any both each
-    few more most other some such only own same s t don it's i'm i've i'd i'll that's you're
-    thanks thank hey hi wow yeah oh great awesome cool love glad sounds amazing""".split()
-)
-
-
-class ExtractiveSummarizer:
-    """Local, deterministic summaries that keep as many distinct facts as fit.
-
-    Sentences of the previous summary and of the new transcript are trimmed of openers
-    and filler words; questions and fragments are dropped. Then, greedily, the sentence
-    that adds the most not-yet-kept content words (weighted by rarity: names, numbers,
-    dates and specific nouns are rare) per token is kept, until the budget is full.
-    The kept sentences are written in their original order.
-    """
-
-    name = "extractive"
-    prompt_version = PROMPT_VERSION
-    input_tokens = 1_000_000
-
-    def summarize(self, request: SummaryRequest) -> SummaryResult:
-        candidates = list(
-            dict.fromkeys(_summary_lines(request.previous) + _sentences(request.transcript))
-        )
-        words = [_content_words(text) for text in candidates]
-        weight = _rarity(words)
-        costs = [request.count_tokens(text) + 1 for text in candidates]
-        chosen: list[int] = []
-        covered: set[str] = set()
-        used = 0
-        remaining = set(range(len(candidates)))
-        while remaining:
-            best = max(
-                remaining,
-                key=lambda i: (sum(weight[w] for w in words[i] - covered) / costs[i], -i),
-            )
-            remaining.discard(best)
-            if not words[best] - covered:
-                break
-            if used + costs[best] <= request.budget:
-                chosen.append(best)
-                covered |= words[best]
-                used += costs[best]
-        return SummaryResult("\n".join(candidates[i] for i in sorted(chosen)))
-
-
-def _summary_lines(previous: str | None) -> list[str]:
-    return [line for line in (previous or "").splitlines() if line.strip()]
-
-
-def _sentences(transcript: str) -> list[str]:
-    sentences = []
-    for line in transcript.splitlines():
-        speaker, _, text = line.partition(": ")
-        for sentence in _SENTENCE_END.split(text):
-            sentence = _FILLER.sub("", _OPENER.sub("", sentence.strip())).strip()
-            if sentence.endswith("?") or len(_WORD.findall(sentence)) < 4:
-                continue
-            sentences.append(f"{speaker}: {sentence}")
-    return sentences
-
-
-def _content_words(text: str) -> set[str]:
-    _speaker, _, body = text.partition(": ")
-    return {w.lower() for w in _WORD.findall(body)} - _STOPWORDS
-
-
-def _rarity(words: list[set[str]]) -> dict[str, float]:
-    frequency: dict[str, int] = {}
-    for group in words:
-        for word in group:
-            frequency[word] = frequency.get(word, 0) + 1
-    total = len(words) + 1
-    return {
-        word: math.log(total / count) + (1.0 if word[0].isdigit() else 0.0)
-        for word, count in frequency.items()
-    }
-
-
-def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
-    """``"extractive"``, ``"openai"``, a Summarizer, or None (OpenAI when a key is set)."""
-    if spec is None:
-        return OpenAISummarizer() if api_key_present else ExtractiveSummarizer()
-    if spec == "extractive":
-        return ExtractiveSummarizer()
-    if spec == "openai":
-        return OpenAISummarizer()
-    if isinstance(spec, str):
-        raise ConfigurationError(
-            f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
-        )
-    return spec

@@ -30,16 +30,16 @@ from typing import Any, overload
 from sqlalchemy import Connection
 
 from ._exceptions import ConfigurationError, PromptTooLargeError, SummarizerError
+from ._extractive import ExtractiveSummarizer
 from ._hashing import ChainCache, canonical_json
 from ._models import ModelInfo, ModelTable
 from ._store import HistoryStore, StoredSummary
 from ._summarizers import (
-    ExtractiveSummarizer,
+    OpenAISummarizer,
     Summarizer,
     SummaryRequest,
     fold,
     render_transcript,
-    summarizer_from,
 )
 from ._tokens import REPLY_PRIMING, TokenCounter
 from ._validation import validate_messages
@@ -727,6 +727,21 @@ class _HexDigests(Sequence[str]):
         if isinstance(index, slice):
             return [digest.hex() for digest in self._digests[index]]
         return self._digests[index].hex()
+
+
+def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
+    """``"extractive"``, ``"openai"``, a Summarizer, or None (OpenAI when a key is set)."""
+    if spec is None:
+        return OpenAISummarizer() if api_key_present else ExtractiveSummarizer()
+    if spec == "extractive":
+        return ExtractiveSummarizer()
+    if spec == "openai":
+        return OpenAISummarizer()
+    if isinstance(spec, str):
+        raise ConfigurationError(
+            f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
+        )
+    return spec
 
 
 def _start_of(summary: StoredSummary | None) -> int:

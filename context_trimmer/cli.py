@@ -17,9 +17,9 @@ import click
 
 from . import __version__
 from ._exceptions import TrimmerError
-from ._migrate import current_revision, head_revision
+from ._migrate import head_revision
 from ._replay import ReplayResult, load_conversations, replay, request_points
-from ._store import HistoryStore, resolve_url
+from ._store import HistoryStore
 from ._summarizers import OpenAISummarizer
 from ._tokens import count_tokens
 from ._trimmer import Trimmer
@@ -72,10 +72,8 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
     """Create or migrate the schema to the newest version (a no-op when current)."""
     store = HistoryStore(db_url, migrate=False)
     changed = store.upgrade()
-    with store.engine.connect() as connection:
-        revision = current_revision(connection)
+    revision, url = store.revision(), store.display_url
     store.dispose()
-    url = store.engine.url.render_as_string(hide_password=True)
     status = "upgraded" if changed else "already current"
     emit(
         {"database": url, "revision": revision, "changed": changed},
@@ -91,12 +89,11 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
 def db_current(db_url: str | None, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one available."""
     store = HistoryStore(db_url, migrate=False)
-    with store.engine.connect() as connection:
-        revision = current_revision(connection)
+    revision, url = store.revision(), store.display_url
     store.dispose()
     head = head_revision()
     emit(
-        {"database": resolve_url(db_url), "revision": revision, "head": head},
+        {"database": url, "revision": revision, "head": head},
         as_json,
         f"revision {revision or '(none)'}, newest {head}",
     )
