@@ -177,7 +177,9 @@ def replay(
             result.baseline_tokens += prepared.baseline_tokens
             result.prompt_tokens += prepared.prompt_tokens
             if prepared.fold_pending:
-                fold = trimmer.compact(prefix, user=conversation.user, model=model)
+                fold = trimmer.compact(
+                    prefix, user=conversation.user, model=model, conversation_id=conversation.id
+                )
                 result.summaries += fold.summary_id is not None
                 result.summarizer_tokens_in += fold.tokens_in
                 result.summarizer_tokens_out += fold.tokens_out

@@ -64,7 +64,7 @@ class Prepared:
     request_id: int
     conversation_id: str
     user: str | None = None
-    tools: list[Message] | None = None
+    tools: list[dict[str, Any]] | None = None
     summary_id: int | None = None
     messages_folded: int = 0
     fold_pending: bool = False
@@ -109,6 +109,10 @@ class _Path:
     anchor: int | None
     counter: TokenCounter
     user: str | None
+    conversation_id: str
+    tools: list[dict[str, Any]] | None = None
+    tools_tokens: int = 0
+    max_tokens: int | None = None
     new_from: int = 0
     new_tokens: list[int] = field(default_factory=list)
     path_before: int = 0
@@ -208,29 +212,18 @@ class Trimmer:
         max_tokens: int | None = None,
     ) -> Prepared:
         """Store ``messages`` and return the lighter request to send instead."""
-        path = self._path(messages, model, user)
-        tools_tokens = path.counter.tools(tools)
-        sync_fold: FoldResult | None = None
+        path = self._path(messages, model, user, conversation_id)
+        path.tools = [dict(t) for t in tools] if tools else None
+        path.tools_tokens = path.counter.tools(tools)
+        path.max_tokens = max_tokens
         with self.store.engine.begin() as connection:
             self._append(connection, path)
-            view = self._view(connection, path, tools_tokens)
-            if not self._over_limit(path.info, view.prompt_tokens, max_tokens):
-                return self._finish(
-                    connection,
-                    path,
-                    view,
-                    conversation_id,
-                    tools,
-                    max_tokens,
-                    tools_tokens,
-                    sync_fold,
-                )
-        sync_fold = self._fold_to_fit(path, tools_tokens, max_tokens)
+            view = self._view(connection, path)
+            if not self._over_limit(path, view.prompt_tokens):
+                return self._finish(connection, path, view, None)
+        sync_fold = self._fold_to_fit(path)
         with self.store.engine.begin() as connection:
-            view = self._view(connection, path, tools_tokens)
-            return self._finish(
-                connection, path, view, conversation_id, tools, max_tokens, tools_tokens, sync_fold
-            )
+            return self._finish(connection, path, self._view(connection, path), sync_fold)
 
     async def aprepare(
         self,
@@ -269,7 +262,7 @@ class Trimmer:
         """
         if messages is None:
             messages, user = self._load_conversation(conversation_id, user)
-        path = self._path(messages, model, user)
+        path = self._path(messages, model, user, conversation_id)
         with self.store.engine.begin() as connection:
             self._append(connection, path)
             start = self._summary_start(connection, path)
@@ -337,11 +330,21 @@ class Trimmer:
 
     # -- the hot path -------------------------------------------------------------------
 
-    def _path(self, messages: Sequence[Message], model: str, user: str | None) -> _Path:
+    def _path(
+        self,
+        messages: Sequence[Message],
+        model: str,
+        user: str | None,
+        conversation_id: str | None = None,
+    ) -> _Path:
         known = self._chains.known_prefix(messages, user)
         validate_messages(messages, known_valid=known)
         hashes = _HexDigests(self._chains.digests(messages, user, known))
-        return _Path(messages, hashes, anchor_index(messages), self._counter(model), user)
+        anchor = anchor_index(messages)
+        default_id = hashes[anchor if anchor is not None else 0][:16]
+        return _Path(
+            messages, hashes, anchor, self._counter(model), user, conversation_id or default_id
+        )
 
     def _counter(self, model: str) -> TokenCounter:
         counter = self._counters.get(model)
@@ -389,7 +392,7 @@ class Trimmer:
             return None
         return self.store.deepest_summary(connection, path.anchor_hash, path.hashes)
 
-    def _view(self, connection: Connection, path: _Path, tools_tokens: int) -> _View:
+    def _view(self, connection: Connection, path: _Path) -> _View:
         summary = self._deepest_summary(connection, path)
         start = _start_of(summary)
         summary_message = None if summary is None else self._summary_message(summary)
@@ -404,7 +407,7 @@ class Trimmer:
             + summary_tokens
             + tail_tokens
             + REPLY_PRIMING
-            + tools_tokens
+            + path.tools_tokens
         )
         return _View(sent, prompt, tail_tokens, summary, start, summary_tokens)
 
@@ -419,29 +422,23 @@ class Trimmer:
             self._summary_tokens[key] = tokens
         return tokens
 
-    def _reply_cap(self, info: ModelInfo, max_tokens: int | None) -> int:
+    def _reply_cap(self, path: _Path) -> int:
+        max_tokens, info = path.max_tokens, path.info
         return min(max_tokens if max_tokens is not None else self.max_tokens, info.max_output)
 
-    def _over_limit(self, info: ModelInfo, prompt_tokens: int, max_tokens: int | None) -> bool:
+    def _over_limit(self, path: _Path, prompt_tokens: int) -> bool:
+        info = path.info
         if self.max_prompt_tokens is not None and prompt_tokens > self.max_prompt_tokens:
             return True
-        return prompt_tokens + self._reply_cap(info, max_tokens) > info.context_window
+        return prompt_tokens + self._reply_cap(path) > info.context_window
 
     def _finish(
-        self,
-        connection: Connection,
-        path: _Path,
-        view: _View,
-        conversation_id: str | None,
-        tools: Sequence[Message] | None,
-        max_tokens: int | None,
-        tools_tokens: int,
-        sync_fold: FoldResult | None,
+        self, connection: Connection, path: _Path, view: _View, sync_fold: FoldResult | None
     ) -> Prepared:
-        info = path.info
+        info, max_tokens, tools_tokens = path.info, path.max_tokens, path.tools_tokens
         self._check_fits(info, view.prompt_tokens)
-        reply = min(self._reply_cap(info, max_tokens), info.context_window - view.prompt_tokens)
-        conversation = conversation_id or (path.anchor_hash or path.hashes[0])[:16]
+        reply = min(self._reply_cap(path), info.context_window - view.prompt_tokens)
+        conversation = path.conversation_id
         due = self._fold_due(path, view.start, view.tail_tokens)
         folded = view.summary.covers_depth + 1 if view.summary else 0
         request_id = self.store.add_request(
@@ -477,7 +474,7 @@ class Trimmer:
             request_id=request_id,
             conversation_id=conversation,
             user=path.user,
-            tools=[dict(t) for t in tools] if tools else None,
+            tools=path.tools,
             summary_id=view.summary.id if view.summary else None,
             messages_folded=folded
             - sum(1 for m in path.messages[:folded] if m["role"] in CONTROL_ROLES),
@@ -511,21 +508,21 @@ class Trimmer:
             return True
         return self.keep_tokens is not None and tail_tokens > self.keep_tokens * 3 // 2
 
-    def _fold_to_fit(self, path: _Path, tools_tokens: int, max_tokens: int | None) -> FoldResult:
+    def _fold_to_fit(self, path: _Path) -> FoldResult:
         """Over a hard limit: fold now, down to keep_last, then to the newest turn alone."""
         total = FoldResult()
-        reply = self._reply_cap(path.info, max_tokens)
+        reply = self._reply_cap(path)
         limit = path.info.context_window - reply
         if self.max_prompt_tokens is not None:
             limit = min(limit, self.max_prompt_tokens)
         for keep_last in (self.keep_last, 0):
             result = self._fold(
-                path, keep_last=keep_last, sync=True, prompt_limit=limit - tools_tokens
+                path, keep_last=keep_last, sync=True, prompt_limit=limit - path.tools_tokens
             )
             total = _add(total, result)
             with self.store.engine.connect() as connection:
-                view = self._view(connection, path, tools_tokens)
-            if not self._over_limit(path.info, view.prompt_tokens, max_tokens):
+                view = self._view(connection, path)
+            if not self._over_limit(path, view.prompt_tokens):
                 break
         return total
 
@@ -650,6 +647,8 @@ class Trimmer:
             summary_id = self.store.add_summary(
                 {
                     "anchor_hash": path.anchor_hash,
+                    "conversation_id": path.conversation_id,
+                    "user": path.user,
                     "covers_hash": path.hashes[cut - 1],
                     "covers_depth": cut - 1,
                     "parent_id": summary.id if summary else None,
@@ -680,6 +679,8 @@ class Trimmer:
         self.store.add_failure(
             {
                 "anchor_hash": path.anchor_hash,
+                "conversation_id": path.conversation_id,
+                "user": path.user,
                 "covers_hash": path.hashes[cut - 1],
                 "summarizer": summarizer.name,
                 "error": str(error)[:2000],

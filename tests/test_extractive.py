@@ -63,9 +63,14 @@ def test_deterministic_across_hash_seeds() -> None:
         "print(summarize(None, TRANSCRIPT * 3, 60))"
     )
     outputs = {
-        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                       check=True, cwd=os.path.dirname(__file__),
-                       env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=os.path.dirname(__file__),
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
         for seed in ("1", "2", "3")
     }
     assert len(outputs) == 1
