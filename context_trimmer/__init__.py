@@ -16,6 +16,7 @@ from ._exceptions import (
 )
 from ._extractive import ExtractiveSummarizer
 from ._models import ModelInfo, ModelTable
+from ._report import Report, ReportRow
 from ._summarizers import (
     OpenAISummarizer,
     Summarizer,
@@ -39,6 +40,8 @@ __all__ = [
     "OpenAISummarizer",
     "Prepared",
     "PromptTooLargeError",
+    "Report",
+    "ReportRow",
     "StoreError",
     "Summarizer",
     "SummarizerError",

@@ -152,6 +152,39 @@ class StoredSummary:
 
 
 @dataclass(frozen=True)
+class LedgerRow:
+    """One prepared request with the usage recorded for it (None when not recorded)."""
+
+    id: int
+    created_at: datetime
+    conversation_id: str
+    user: str | None
+    model: str
+    baseline_tokens: int
+    prompt_tokens: int
+    max_tokens_baseline: int
+    max_tokens: int
+    usage_model: str | None
+    usage_prompt_tokens: int | None
+    cached_tokens: int | None
+    completion_tokens: int | None
+    usage_estimated: bool | None
+
+
+@dataclass(frozen=True)
+class SpendRow:
+    """One summarizer call's cost: a stored summary, or a failed attempt."""
+
+    created_at: datetime
+    conversation_id: str | None
+    user: str | None
+    summarizer: str
+    tokens_in: int
+    tokens_out: int
+    failed: bool
+
+
+@dataclass(frozen=True)
 class TokenRow:
     tokens: int
     path_tokens: int
@@ -357,6 +390,74 @@ class HistoryStore:
         with self.engine.begin() as connection:
             return insert_if_absent(connection, USAGE, {**values, "recorded_at": utcnow()})
 
+    def ledger_rows(self, since: datetime | None, until: datetime | None) -> list[LedgerRow]:
+        """Prepared requests created in ``[since, until)``, with their recorded usage."""
+        r, u = REQUESTS.c, USAGE.c
+        query = (
+            select(
+                r.id,
+                r.created_at,
+                r.conversation_id,
+                r.user,
+                r.model,
+                r.baseline_tokens,
+                r.prompt_tokens,
+                r.max_tokens_baseline,
+                r.max_tokens,
+                u.model,
+                u.prompt_tokens,
+                u.cached_tokens,
+                u.completion_tokens,
+                u.estimated,
+            )
+            .select_from(REQUESTS.outerjoin(USAGE, u.request_id == r.id))
+            .where(*_period(r.created_at, since, until))
+            .order_by(r.id)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            LedgerRow(
+                id=row[0],
+                created_at=as_utc(row[1]),
+                conversation_id=row[2],
+                user=row[3],
+                model=row[4],
+                baseline_tokens=row[5],
+                prompt_tokens=row[6],
+                max_tokens_baseline=row[7],
+                max_tokens=row[8],
+                usage_model=row[9],
+                usage_prompt_tokens=row[10],
+                cached_tokens=row[11],
+                completion_tokens=row[12],
+                usage_estimated=row[13],
+            )
+            for row in rows
+        ]
+
+    def summarizer_spend(self, since: datetime | None, until: datetime | None) -> list[SpendRow]:
+        """Summaries made and summarizer failures in ``[since, until)``."""
+        spend = []
+        with self.engine.connect() as connection:
+            for table, failed in ((SUMMARIES, False), (FAILURES, True)):
+                c = table.c
+                rows = connection.execute(
+                    select(
+                        c.created_at,
+                        c.conversation_id,
+                        c.user,
+                        c.summarizer,
+                        c.tokens_in,
+                        c.tokens_out,
+                    ).where(*_period(c.created_at, since, until))
+                )
+                spend += [
+                    SpendRow(as_utc(row[0]), row[1], row[2], row[3], row[4], row[5], failed)
+                    for row in rows
+                ]
+        return spend
+
     def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:
         """The newest head hash and user prepared for ``conversation_id``."""
         with self.engine.connect() as connection:
@@ -367,6 +468,15 @@ class HistoryStore:
                 .limit(1)
             ).first()
         return None if row is None else (row[0], row[1])
+
+
+def _period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    conditions = []
+    if since is not None:
+        conditions.append(column >= since)
+    if until is not None:
+        conditions.append(column < until)
+    return conditions
 
 
 def as_utc(moment: datetime) -> datetime:

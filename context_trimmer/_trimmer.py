@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, overload
 
 from sqlalchemy import Connection
@@ -33,6 +34,7 @@ from ._exceptions import ConfigurationError, PromptTooLargeError, SummarizerErro
 from ._extractive import ExtractiveSummarizer
 from ._hashing import ChainCache, canonical_json
 from ._models import ModelInfo, ModelTable
+from ._report import GroupBy, Report, build_report
 from ._store import HistoryStore, StoredSummary
 from ._summarizers import (
     OpenAISummarizer,
@@ -303,6 +305,16 @@ class Trimmer:
 
     async def arecord(self, prepared: Prepared, response: Any) -> bool:
         return await asyncio.to_thread(self.record, prepared, response)
+
+    def report(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        group_by: GroupBy | None = None,
+    ) -> Report:
+        """The token savings report for requests in ``[since, until)``, optionally grouped
+        by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``."""
+        return build_report(self.store, self.models, since=since, until=until, group_by=group_by)
 
     def wait_for_folds(self, timeout: float | None = None) -> None:
         """Block until the background folds scheduled so far have finished."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,8 +18,12 @@ import click
 
 from . import __version__
 from ._exceptions import TrimmerError
+from ._html_report import render_html
 from ._migrate import head_revision
+from ._models import ModelTable
 from ._replay import ReplayResult, load_conversations, replay, request_points
+from ._report import GROUPS, Report, build_report
+from ._report_formats import FORMATS, render
 from ._store import HistoryStore
 from ._summarizers import OpenAISummarizer
 from ._tokens import count_tokens
@@ -150,6 +155,7 @@ def replay_command(
     conversations = load_conversations(file)
     chosen: Any = summarizer if summarizer == "extractive" else OpenAISummarizer(summarizer_model)
     total = sum(len(list(request_points(c.messages))) for c in conversations)
+    started = datetime.now(timezone.utc)
     with (
         Trimmer(
             db_url,
@@ -162,7 +168,12 @@ def replay_command(
         click.progressbar(length=total, label="replaying", file=sys.stderr) as bar,
     ):
         result = replay(trimmer, conversations, model=model, progress=bar.update)
-    emit(result.as_dict(), as_json, _replay_text(result, model))
+        report = trimmer.report(since=started, group_by="conversation")
+    emit(
+        {"replay": result.as_dict(), "report": report.as_dict()},
+        as_json,
+        _replay_text(result, model) + "\n\n" + render(report, "table"),
+    )
 
 
 def _replay_text(result: ReplayResult, model: str) -> str:
@@ -185,6 +196,71 @@ def _replay_text(result: ReplayResult, model: str) -> str:
     lines = [f"Replay through prepare() for {model}:"]
     lines += [f"  {name:<{width}}  {value:>14}" for name, value in rows]
     return "\n".join(lines)
+
+
+_DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+@main.command("report")
+@db_option
+@click.option("--since", type=_DATES, help="From this UTC date or time (inclusive).")
+@click.option("--until", type=_DATES, help="Up to this UTC date or time (exclusive).")
+@click.option("--group-by", type=click.Choice(GROUPS), help="One row per day/model/...")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report here instead of stdout.",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write a self-contained HTML report with charts.",
+)
+@json_option
+@user_errors
+def report_command(
+    db_url: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    group_by: str | None,
+    fmt: str,
+    output: Path | None,
+    html_path: Path | None,
+    as_json: bool,
+) -> None:
+    """The token savings report: tokens and dollars, as given vs sent, net of summaries."""
+    store = HistoryStore(db_url)
+    since, until = _utc(since), _utc(until)
+
+    def grouped(by: str | None) -> Report:
+        return build_report(store, ModelTable(), since=since, until=until, group_by=by)
+
+    try:
+        report = grouped(group_by)
+        if html_path is not None:
+            overall = report if group_by is None else grouped(None)
+            html_path.write_text(
+                render_html(overall, grouped("model"), grouped("conversation")), "utf-8"
+            )
+            click.echo(f"wrote {html_path}", err=True)
+    finally:
+        store.dispose()
+    _write(render(report, "json" if as_json else fmt), output)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=timezone.utc)
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", "utf-8")
+        click.echo(f"wrote {output}", err=True)
 
 
 def _read_json(file: Path) -> Any:

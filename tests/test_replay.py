@@ -116,7 +116,9 @@ def test_cli_replay_of_the_shipped_example(sqlite_url: str) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert report["requests"] == 22
+    output = json.loads(result.stdout)
+    report = output["replay"]
+    assert output["report"]["totals"]["requests"] == report["requests"] == 22
+    assert output["report"]["rows"][0]["group"] == "crumb-onboarding"
     assert 0 < report["prompt_tokens"] < report["baseline_tokens"]
     assert report["summaries"] > 0 and report["summary_failures"] == 0

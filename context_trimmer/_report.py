@@ -1,0 +1,264 @@
+"""The token savings report: exact figures from the ledger, the API's usage and prices.
+
+Every figure comes from a counted or reported number; the README defines each one.
+Requests whose usage was never recorded are priced from their exact prepared count
+(with no cached tokens and no completion) and counted in ``estimated_requests``;
+rows with any such request carry ``estimated = True``.
+
+- ``baseline_cost``: the messages as given (``baseline_tokens``) at the input price,
+  plus the completion at the output price. It assumes no prompt-cache hits, so it is
+  an upper bound: a resent full history may have been partly cached.
+- ``actual_cost``: the prompt the API reported, its cached part at the cached price,
+  plus the completion, at the prices of the model that answered.
+- ``summarizer_cost``: summarizer calls (failed ones too) at their model's prices.
+- ``net_saving = baseline_cost - actual_cost - summarizer_cost``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from typing import Any, Literal
+
+from ._exceptions import ConfigurationError
+from ._models import ModelInfo, ModelTable
+from ._store import HistoryStore, LedgerRow, SpendRow
+
+GroupBy = Literal["day", "model", "conversation", "user"]
+GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user")
+PER_MILLION = 1_000_000
+
+
+@dataclass
+class ReportRow:
+    """The figures of one group (or of the totals, where ``group`` is ``"TOTAL"``)."""
+
+    group: str
+    requests: int = 0
+    baseline_tokens: int = 0
+    prompt_tokens: int = 0
+    saved_tokens: int = 0
+    saved_percent: float = 0.0
+    usage_prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    estimated_requests: int = 0
+    max_tokens_before: int = 0
+    max_tokens_after: int = 0
+    tpm_before: int = 0
+    tpm_after: int = 0
+    summaries: int = 0
+    summary_failures: int = 0
+    summarizer_tokens_in: int = 0
+    summarizer_tokens_out: int = 0
+    baseline_cost: float = 0.0
+    actual_cost: float = 0.0
+    summarizer_cost: float = 0.0
+    net_saving: float = 0.0
+    unpriced_requests: int = 0
+    estimated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ReportRow))
+
+
+@dataclass(frozen=True)
+class RequestPoint:
+    """One prepared request, for charts over time."""
+
+    id: int
+    created_at: datetime
+    model: str
+    conversation_id: str
+    baseline_tokens: int
+    prompt_tokens: int
+    net_saving: float
+    estimated: bool
+
+
+@dataclass
+class Report:
+    """Rows per group (empty without ``group_by``) and the totals."""
+
+    since: datetime | None
+    until: datetime | None
+    group_by: str | None
+    rows: list[ReportRow]
+    totals: ReportRow
+    requests: list[RequestPoint] = field(default_factory=list)
+    summarizer_costs: list[tuple[datetime, float]] = field(default_factory=list)
+
+    def timeline(self) -> list[tuple[datetime, float]]:
+        """Net dollars gained at each moment: each request's saving, minus each
+        summarizer call's cost when it was spent, in time order."""
+        events = [(p.created_at, p.net_saving) for p in self.requests]
+        events += [(when, -cost) for when, cost in self.summarizer_costs]
+        return sorted(events, key=lambda event: event[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "group_by": self.group_by,
+            "rows": [row.as_dict() for row in self.rows],
+            "totals": self.totals.as_dict(),
+        }
+
+
+def build_report(
+    store: HistoryStore,
+    models: ModelTable,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    group_by: str | None = None,
+) -> Report:
+    """Aggregate the ledger between ``since`` (inclusive) and ``until`` (exclusive)."""
+    if group_by is not None and group_by not in GROUPS:
+        raise ConfigurationError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
+    ledger = store.ledger_rows(since, until)
+    spend = store.summarizer_spend(since, until)
+    groups: dict[str, ReportRow] = {}
+    totals = ReportRow("TOTAL")
+    points = []
+    for row in ledger:
+        figures = _request_figures(row, models)
+        points.append(_point(row, figures))
+        for target in _targets(groups, totals, _request_key(row, group_by)):
+            _add_request(target, row, figures)
+    costs = []
+    for item in spend:
+        costs.append((item.created_at, _spend_cost(item, models)))
+        for target in _targets(groups, totals, _spend_key(item, group_by)):
+            _add_spend(target, item, models)
+    for report_row in [*groups.values(), totals]:
+        _finish(report_row)
+    rows = sorted(groups.values(), key=lambda r: r.group)
+    return Report(since, until, group_by, rows, totals, points, costs)
+
+
+def _targets(
+    groups: dict[str, ReportRow], totals: ReportRow, key: str | None
+) -> Iterable[ReportRow]:
+    if key is not None:
+        yield groups.setdefault(key, ReportRow(key))
+    yield totals
+
+
+@dataclass(frozen=True)
+class _Figures:
+    usage_prompt: int
+    cached: int
+    completion: int
+    baseline_cost: float
+    actual_cost: float
+    priced: bool
+
+
+def _request_figures(row: LedgerRow, models: ModelTable) -> _Figures:
+    asked = models.get(row.model)
+    answered = models.get(row.usage_model or row.model)
+    prompt = row.usage_prompt_tokens if row.usage_prompt_tokens is not None else row.prompt_tokens
+    cached = row.cached_tokens or 0
+    completion = row.completion_tokens or 0
+    baseline = _cost(asked, row.baseline_tokens, 0, completion)
+    actual = _cost(answered, prompt - cached, cached, completion)
+    priced = asked.input_price is not None and answered.input_price is not None
+    return _Figures(prompt, cached, completion, baseline, actual, priced)
+
+
+def _cost(info: ModelInfo, uncached: int, cached: int, completion: int) -> float:
+    input_price = info.input_price or 0.0
+    cached_price = info.cached_input_price if info.cached_input_price is not None else input_price
+    return (
+        uncached * input_price + cached * cached_price + completion * (info.output_price or 0.0)
+    ) / PER_MILLION
+
+
+def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
+    target.requests += 1
+    target.baseline_tokens += row.baseline_tokens
+    target.prompt_tokens += row.prompt_tokens
+    target.usage_prompt_tokens += figures.usage_prompt
+    target.cached_tokens += figures.cached
+    target.completion_tokens += figures.completion
+    target.estimated_requests += row.usage_estimated is not False
+    target.max_tokens_before += row.max_tokens_baseline
+    target.max_tokens_after += row.max_tokens
+    target.baseline_cost += figures.baseline_cost
+    target.actual_cost += figures.actual_cost
+    target.unpriced_requests += not figures.priced
+
+
+def _add_spend(target: ReportRow, item: SpendRow, models: ModelTable) -> None:
+    target.summaries += not item.failed
+    target.summary_failures += item.failed
+    target.summarizer_tokens_in += item.tokens_in
+    target.summarizer_tokens_out += item.tokens_out
+    target.summarizer_cost += _spend_cost(item, models)
+
+
+def _spend_cost(item: SpendRow, models: ModelTable) -> float:
+    model = summarizer_model(item.summarizer)
+    if model is None:
+        return 0.0
+    return _cost(models.get(model), item.tokens_in, 0, item.tokens_out)
+
+
+def _finish(row: ReportRow) -> None:
+    row.saved_tokens = row.baseline_tokens - row.prompt_tokens
+    row.saved_percent = (
+        round(100 * row.saved_tokens / row.baseline_tokens, 2) if (row.baseline_tokens) else 0.0
+    )
+    row.tpm_before = row.baseline_tokens + row.max_tokens_before
+    row.tpm_after = row.prompt_tokens + row.max_tokens_after
+    row.net_saving = row.baseline_cost - row.actual_cost - row.summarizer_cost
+    for name in ("baseline_cost", "actual_cost", "summarizer_cost", "net_saving"):
+        setattr(row, name, round(getattr(row, name), 6))
+    row.estimated = row.estimated_requests > 0
+
+
+def summarizer_model(summarizer: str) -> str | None:
+    """The priced model behind a summarizer label (``openai:gpt-4o-mini`` -> gpt-4o-mini)."""
+    if summarizer.startswith("openai:"):
+        return summarizer.split(":", 1)[1].split(" ", 1)[0]
+    return None
+
+
+def _point(row: LedgerRow, figures: _Figures) -> RequestPoint:
+    return RequestPoint(
+        row.id,
+        row.created_at,
+        row.model,
+        row.conversation_id,
+        row.baseline_tokens,
+        row.prompt_tokens,
+        figures.baseline_cost - figures.actual_cost,
+        row.usage_estimated is not False,
+    )
+
+
+_REQUEST_KEYS: dict[str, Callable[[LedgerRow], str]] = {
+    "day": lambda row: row.created_at.date().isoformat(),
+    "model": lambda row: row.model,
+    "conversation": lambda row: row.conversation_id,
+    "user": lambda row: row.user or "(none)",
+}
+_SPEND_KEYS: dict[str, Callable[[SpendRow], str]] = {
+    "day": lambda item: item.created_at.date().isoformat(),
+    "model": lambda item: summarizer_model(item.summarizer) or item.summarizer,
+    "conversation": lambda item: item.conversation_id or "(unknown)",
+    "user": lambda item: item.user or "(none)",
+}
+
+
+def _request_key(row: LedgerRow, group_by: str | None) -> str | None:
+    return None if group_by is None else _REQUEST_KEYS[group_by](row)
+
+
+def _spend_key(item: SpendRow, group_by: str | None) -> str | None:
+    return None if group_by is None else _SPEND_KEYS[group_by](item)

@@ -1,0 +1,90 @@
+"""The savings report as a terminal table (rich) and in machine formats.
+
+Machine formats use the field names of :class:`ReportRow`, stable across versions:
+``json`` is one object (``rows`` and ``totals``); ``jsonl`` is one row per line, the
+totals last (``group`` = ``"TOTAL"``); ``csv`` has a header and the same rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from ._report import FIELDS, Report, ReportRow
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def render(report: Report, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(report.as_dict(), indent=2)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(row.as_dict()) for row in _all_rows(report))
+    if fmt == "csv":
+        return _csv(report)
+    return _table(report)
+
+
+def _all_rows(report: Report) -> list[ReportRow]:
+    return [*report.rows, report.totals]
+
+
+def _csv(report: Report) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in _all_rows(report):
+        writer.writerow(row.as_dict())
+    return buffer.getvalue().rstrip("\n")
+
+
+_COLUMNS = (
+    ("requests", "Requests", "{:,}"),
+    ("baseline_tokens", "Tokens as given", "{:,}"),
+    ("prompt_tokens", "Tokens sent", "{:,}"),
+    ("saved_percent", "Saved", "{:.1f}%"),
+    ("cached_tokens", "Cached", "{:,}"),
+    ("tpm_before", "TPM before", "{:,}"),
+    ("tpm_after", "TPM after", "{:,}"),
+    ("summarizer_tokens_in", "Summ. in", "{:,}"),
+    ("baseline_cost", "Cost before", "${:,.4f}"),
+    ("actual_cost", "Cost after", "${:,.4f}"),
+    ("net_saving", "Net saved", "${:,.4f}"),
+)
+
+
+def _table(report: Report) -> str:
+    title = "Token savings"
+    if report.since or report.until:
+        title += f" ({_moment(report.since, 'the start')} to {_moment(report.until, 'now')})"
+    table = Table(title=title, show_footer=False)
+    table.add_column((report.group_by or "").capitalize() or "All")
+    for _name, label, _fmt in _COLUMNS:
+        table.add_column(label, justify="right")
+    rows = report.rows if report.group_by else []
+    for row in rows:
+        table.add_row(*_cells(row))
+    table.add_row(*_cells(report.totals), style="bold", end_section=True)
+    output = io.StringIO()
+    console = Console(file=output, width=200, color_system=None)
+    console.print(table)
+    if report.totals.estimated:
+        console.print(
+            f"* {report.totals.estimated_requests} request(s) without recorded usage: "
+            "their costs are estimated from the prepared token counts."
+        )
+    return output.getvalue().rstrip()
+
+
+def _moment(moment: datetime | None, default: str) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else default
+
+
+def _cells(row: ReportRow) -> list[str]:
+    mark = "*" if row.estimated else ""
+    return [row.group + mark] + [fmt.format(getattr(row, name)) for name, _l, fmt in _COLUMNS]
