@@ -5,6 +5,7 @@ rolling summary, keeps the last messages verbatim, sets ``max_tokens`` and recor
 token savings report.
 """
 
+from ._compress import Compression, compress_safe
 from ._exceptions import (
     ConfigurationError,
     EncodingUnavailableError,
@@ -23,6 +24,7 @@ from ._summarizers import (
     SummaryRequest,
     SummaryResult,
 )
+from ._system_prompt import PromptRewriter
 from ._tokens import count_tokens
 from ._trimmer import FoldResult, Prepared, Trimmer
 from ._validation import validate_messages
@@ -30,6 +32,7 @@ from ._validation import validate_messages
 __version__ = "0.1.0"
 
 __all__ = [
+    "Compression",
     "ConfigurationError",
     "EncodingUnavailableError",
     "ExtractiveSummarizer",
@@ -39,6 +42,7 @@ __all__ = [
     "ModelTable",
     "OpenAISummarizer",
     "Prepared",
+    "PromptRewriter",
     "PromptTooLargeError",
     "Report",
     "ReportRow",
@@ -50,6 +54,7 @@ __all__ = [
     "Trimmer",
     "TrimmerError",
     "__version__",
+    "compress_safe",
     "count_tokens",
     "validate_messages",
 ]

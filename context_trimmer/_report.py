@@ -11,7 +11,8 @@ rows with any such request carry ``estimated = True``.
 - ``actual_cost``: the prompt the API reported, its cached part at the cached price,
   plus the completion, at the prices of the model that answered.
 - ``summarizer_cost``: summarizer calls (failed ones too) at their model's prices.
-- ``net_saving = baseline_cost - actual_cost - summarizer_cost``.
+- ``compression_cost``: system-prompt rewrites (LLM mode) at the rewriter's prices.
+- ``net_saving = baseline_cost - actual_cost - summarizer_cost - compression_cost``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class ReportRow:
     prompt_tokens: int = 0
     saved_tokens: int = 0
     saved_percent: float = 0.0
+    summary_saved_tokens: int = 0
+    compression_saved_tokens: int = 0
     usage_prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -52,9 +55,13 @@ class ReportRow:
     summary_failures: int = 0
     summarizer_tokens_in: int = 0
     summarizer_tokens_out: int = 0
+    compressions: int = 0
+    compression_tokens_in: int = 0
+    compression_tokens_out: int = 0
     baseline_cost: float = 0.0
     actual_cost: float = 0.0
     summarizer_cost: float = 0.0
+    compression_cost: float = 0.0
     net_saving: float = 0.0
     unpriced_requests: int = 0
     estimated: bool = False
@@ -121,7 +128,7 @@ def build_report(
     if group_by is not None and group_by not in GROUPS:
         raise ConfigurationError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
     ledger = store.ledger_rows(since, until)
-    spend = store.summarizer_spend(since, until)
+    spend = store.spend(since, until)
     groups: dict[str, ReportRow] = {}
     totals = ReportRow("TOTAL")
     points = []
@@ -183,6 +190,7 @@ def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
     target.requests += 1
     target.baseline_tokens += row.baseline_tokens
     target.prompt_tokens += row.prompt_tokens
+    target.compression_saved_tokens += row.compression_saved_tokens
     target.usage_prompt_tokens += figures.usage_prompt
     target.cached_tokens += figures.cached
     target.completion_tokens += figures.completion
@@ -195,15 +203,22 @@ def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
 
 
 def _add_spend(target: ReportRow, item: SpendRow, models: ModelTable) -> None:
-    target.summaries += not item.failed
-    target.summary_failures += item.failed
+    cost = _spend_cost(item, models)
+    if item.kind == "compression":
+        target.compressions += 1
+        target.compression_tokens_in += item.tokens_in
+        target.compression_tokens_out += item.tokens_out
+        target.compression_cost += cost
+        return
+    target.summaries += item.kind == "summary"
+    target.summary_failures += item.kind == "failure"
     target.summarizer_tokens_in += item.tokens_in
     target.summarizer_tokens_out += item.tokens_out
-    target.summarizer_cost += _spend_cost(item, models)
+    target.summarizer_cost += cost
 
 
 def _spend_cost(item: SpendRow, models: ModelTable) -> float:
-    model = summarizer_model(item.summarizer)
+    model = summarizer_model(item.model)
     if model is None:
         return 0.0
     return _cost(models.get(model), item.tokens_in, 0, item.tokens_out)
@@ -211,13 +226,22 @@ def _spend_cost(item: SpendRow, models: ModelTable) -> float:
 
 def _finish(row: ReportRow) -> None:
     row.saved_tokens = row.baseline_tokens - row.prompt_tokens
+    row.summary_saved_tokens = row.saved_tokens - row.compression_saved_tokens
     row.saved_percent = (
         round(100 * row.saved_tokens / row.baseline_tokens, 2) if (row.baseline_tokens) else 0.0
     )
     row.tpm_before = row.baseline_tokens + row.max_tokens_before
     row.tpm_after = row.prompt_tokens + row.max_tokens_after
-    row.net_saving = row.baseline_cost - row.actual_cost - row.summarizer_cost
-    for name in ("baseline_cost", "actual_cost", "summarizer_cost", "net_saving"):
+    row.net_saving = (
+        row.baseline_cost - row.actual_cost - row.summarizer_cost - row.compression_cost
+    )
+    for name in (
+        "baseline_cost",
+        "actual_cost",
+        "summarizer_cost",
+        "compression_cost",
+        "net_saving",
+    ):
         setattr(row, name, round(getattr(row, name), 6))
     row.estimated = row.estimated_requests > 0
 
@@ -250,8 +274,8 @@ _REQUEST_KEYS: dict[str, Callable[[LedgerRow], str]] = {
 }
 _SPEND_KEYS: dict[str, Callable[[SpendRow], str]] = {
     "day": lambda item: item.created_at.date().isoformat(),
-    "model": lambda item: summarizer_model(item.summarizer) or item.summarizer,
-    "conversation": lambda item: item.conversation_id or "(unknown)",
+    "model": lambda item: summarizer_model(item.model) or item.model,
+    "conversation": lambda item: item.conversation_id or "(shared)",
     "user": lambda item: item.user or "(none)",
 }
 

@@ -136,6 +136,7 @@ class Request(Base):
     summarizer_tokens_out: Mapped[int] = mapped_column(Integer)
     folded_synchronously: Mapped[bool] = mapped_column(Boolean)
     summary_failures: Mapped[int] = mapped_column(Integer)
+    compression_saved_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Usage(Base):
@@ -150,3 +151,23 @@ class Usage(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer)
     estimated: Mapped[bool] = mapped_column(Boolean)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PromptCompression(Base):
+    """One compressed system prompt, keyed by the hash of (mode, settings, prompt)."""
+
+    __tablename__ = "ct_prompt_compressions"
+
+    key: Mapped[str] = mapped_column(HASH, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    original_tokens: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )

@@ -45,8 +45,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from . import _migrate
+from ._compress import Compression
 from ._exceptions import StoreError
-from ._schema import Lease, Message, Request, Summary, SummaryFailure, TokenCount, Usage, utcnow
+from ._schema import (
+    Lease,
+    Message,
+    PromptCompression,
+    Request,
+    Summary,
+    SummaryFailure,
+    TokenCount,
+    Usage,
+    utcnow,
+)
 
 DB_ENV = "CONTEXT_TRIMMER_DB"
 _PROBE = 16
@@ -58,6 +69,7 @@ FAILURES: Table = SummaryFailure.__table__  # type: ignore[assignment]
 LEASES: Table = Lease.__table__  # type: ignore[assignment]
 REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 USAGE: Table = Usage.__table__  # type: ignore[assignment]
+COMPRESSIONS: Table = PromptCompression.__table__  # type: ignore[assignment]
 
 
 def default_db_path() -> Path:
@@ -76,15 +88,20 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
-def make_engine(url: str | None = None) -> Engine:
-    """An engine for ``url`` tuned for this store (SQLite: WAL, busy timeout, foreign keys)."""
+def make_engine(url: str | None = None, *, for_writes: bool = True) -> Engine:
+    """An engine for ``url`` tuned for this store (SQLite: WAL, busy timeout, foreign keys).
+
+    On SQLite, write transactions take the write lock up front (``BEGIN IMMEDIATE``);
+    ``for_writes=False`` gives an engine for reads, whose deferred transactions never
+    wait for a writer in WAL mode (so a read may run while this thread holds a write).
+    """
     resolved = resolve_url(url)
     try:
         parsed = make_url(resolved)
     except ArgumentError as error:
         raise StoreError(f"not a database URL: {resolved!r} ({error})") from error
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(resolved, parsed.database)
+        return _sqlite_engine(resolved, parsed.database, immediate=for_writes)
     try:
         return create_engine(resolved, pool_pre_ping=True)
     except (NoSuchModuleError, ModuleNotFoundError) as error:
@@ -94,7 +111,7 @@ def make_engine(url: str | None = None) -> Engine:
         ) from error
 
 
-def _sqlite_engine(url: str, database: str | None) -> Engine:
+def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30})
@@ -113,9 +130,9 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Connection) -> None:
-        # Take the write lock up front: a deferred transaction that later writes can
-        # fail with "database is locked" without waiting for the busy timeout.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front: a deferred transaction that later writes
+        # can fail with "database is locked" without waiting for the busy timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -169,19 +186,21 @@ class LedgerRow:
     cached_tokens: int | None
     completion_tokens: int | None
     usage_estimated: bool | None
+    compression_saved_tokens: int = 0
 
 
 @dataclass(frozen=True)
 class SpendRow:
-    """One summarizer call's cost: a stored summary, or a failed attempt."""
+    """Tokens the library spent itself: a ``summary``, a summary ``failure``, or a
+    system-prompt ``compression``; ``model`` is the summarizer or rewriter label."""
 
     created_at: datetime
     conversation_id: str | None
     user: str | None
-    summarizer: str
+    model: str
     tokens_in: int
     tokens_out: int
-    failed: bool
+    kind: str
 
 
 @dataclass(frozen=True)
@@ -196,6 +215,7 @@ class HistoryStore:
     def __init__(self, url: str | None = None, *, migrate: bool = True):
         self.url = resolve_url(url)
         self.engine = make_engine(self.url)
+        self.reader = make_engine(self.url, for_writes=False) if self.is_sqlite else self.engine
         if migrate:
             self.upgrade()
 
@@ -210,15 +230,20 @@ class HistoryStore:
 
     def revision(self) -> str | None:
         """The schema revision the database is at (None: not migrated yet)."""
-        with self.engine.connect() as connection:
+        with self.reader.connect() as connection:
             return _migrate.current_revision(connection)
 
     @property
     def display_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
 
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
     def dispose(self) -> None:
         self.engine.dispose()
+        self.reader.dispose()
 
     # -- messages and token counts ---------------------------------------------------
 
@@ -352,7 +377,7 @@ class HistoryStore:
         query = select(func.count()).select_from(FAILURES)
         if anchor is not None:
             query = query.where(FAILURES.c.anchor_hash == anchor)
-        with self.engine.connect() as connection:
+        with self.reader.connect() as connection:
             return int(connection.execute(query).scalar_one())
 
     # -- leases --------------------------------------------------------------------------
@@ -409,12 +434,13 @@ class HistoryStore:
                 u.cached_tokens,
                 u.completion_tokens,
                 u.estimated,
+                r.compression_saved_tokens,
             )
             .select_from(REQUESTS.outerjoin(USAGE, u.request_id == r.id))
             .where(*_period(r.created_at, since, until))
             .order_by(r.id)
         )
-        with self.engine.connect() as connection:
+        with self.reader.connect() as connection:
             rows = connection.execute(query).all()
         return [
             LedgerRow(
@@ -432,15 +458,16 @@ class HistoryStore:
                 cached_tokens=row[11],
                 completion_tokens=row[12],
                 usage_estimated=row[13],
+                compression_saved_tokens=row[14],
             )
             for row in rows
         ]
 
-    def summarizer_spend(self, since: datetime | None, until: datetime | None) -> list[SpendRow]:
-        """Summaries made and summarizer failures in ``[since, until)``."""
+    def spend(self, since: datetime | None, until: datetime | None) -> list[SpendRow]:
+        """Summaries, summarizer failures and prompt rewrites made in ``[since, until)``."""
         spend = []
-        with self.engine.connect() as connection:
-            for table, failed in ((SUMMARIES, False), (FAILURES, True)):
+        with self.reader.connect() as connection:
+            for table, kind in ((SUMMARIES, "summary"), (FAILURES, "failure")):
                 c = table.c
                 rows = connection.execute(
                     select(
@@ -452,15 +479,38 @@ class HistoryStore:
                         c.tokens_out,
                     ).where(*_period(c.created_at, since, until))
                 )
-                spend += [
-                    SpendRow(as_utc(row[0]), row[1], row[2], row[3], row[4], row[5], failed)
-                    for row in rows
-                ]
+                spend += [SpendRow(as_utc(r[0]), r[1], r[2], r[3], r[4], r[5], kind) for r in rows]
+            c = COMPRESSIONS.c
+            rows = connection.execute(
+                select(c.created_at, c.model, c.tokens_in, c.tokens_out).where(
+                    *_period(c.created_at, since, until)
+                )
+            )
+            spend += [
+                SpendRow(as_utc(r[0]), None, None, f"openai:{r[1]}", r[2], r[3], "compression")
+                for r in rows
+            ]
         return spend
+
+    def prompt_compression(self, key: str) -> Compression | None:
+        """The stored compression for ``key``: the accepted rewrite, or the safe version
+        with the reason the rewrite was rejected."""
+        c = COMPRESSIONS.c
+        with self.reader.connect() as connection:
+            row = connection.execute(
+                select(c.text, c.mode, c.original_tokens, c.tokens, c.reason).where(c.key == key)
+            ).first()
+        if row is None:
+            return None
+        return Compression(row.text, row.mode, row.original_tokens, row.tokens, row.reason)
+
+    def add_prompt_compression(self, values: Mapping[str, Any]) -> bool:
+        with self.engine.begin() as connection:
+            return insert_if_absent(connection, COMPRESSIONS, {**values, "created_at": utcnow()})
 
     def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:
         """The newest head hash and user prepared for ``conversation_id``."""
-        with self.engine.connect() as connection:
+        with self.reader.connect() as connection:
             row = connection.execute(
                 select(REQUESTS.c.head_hash, REQUESTS.c.user)
                 .where(REQUESTS.c.conversation_id == conversation_id)

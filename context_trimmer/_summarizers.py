@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from ._chat_model import ChatModel
 from ._exceptions import SummarizerError
 
 PROMPT_VERSION = "1"
@@ -172,34 +173,19 @@ class OpenAISummarizer:
         max_retries: int = 2,
         input_tokens: int = 12_000,
     ):
-        self.model = model
         self.name = f"openai:{model}"
         self.input_tokens = input_tokens
-        self._client = client
-        self._owns_client = client is None
-        self._base_url = base_url
-        self._api_key = api_key
-        self._timeout = timeout
-        self._max_retries = max_retries
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            import openai
-
-            self._client = openai.OpenAI(
-                base_url=self._base_url,
-                api_key=self._api_key,
-                timeout=self._timeout,
-                max_retries=self._max_retries,
-            )
-        return self._client
+        self.chat = ChatModel(
+            model,
+            client=client,
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+        )
 
     def close(self) -> None:
-        """Close the HTTP client this summarizer created (not one passed in)."""
-        if self._client is not None and self._owns_client:
-            self._client.close()
-            self._client = None
+        self.chat.close()
 
     def summarize(self, request: SummaryRequest) -> SummaryResult:
         import openai
@@ -210,20 +196,7 @@ class OpenAISummarizer:
             f"Write the updated summary in at most {request.budget} tokens."
         )
         try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": prompt},
-                ],
-                max_tokens=request.budget,
-                temperature=0,
-            )
+            answer = self.chat.complete(SYSTEM_PROMPT, prompt, request.budget)
         except openai.OpenAIError as error:
             raise SummarizerError(f"{self.name} failed: {type(error).__name__}: {error}") from error
-        usage = getattr(response, "usage", None)
-        tokens_in = getattr(usage, "prompt_tokens", 0) or 0
-        tokens_out = getattr(usage, "completion_tokens", 0) or 0
-        choices = getattr(response, "choices", None) or []
-        text = (choices[0].message.content if choices else None) or ""
-        return SummaryResult(text, tokens_in, tokens_out)
+        return SummaryResult(answer.text, answer.tokens_in, answer.tokens_out)

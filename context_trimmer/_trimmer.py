@@ -22,11 +22,11 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import Connection
 
@@ -43,11 +43,13 @@ from ._summarizers import (
     fold,
     render_transcript,
 )
+from ._system_prompt import Mode, PromptRewriter, SystemPrompts
 from ._tokens import REPLY_PRIMING, TokenCounter
 from ._validation import validate_messages
 from ._window import CONTROL_ROLES, anchor_index, assemble, conversational_count, tail_start
 
 log = logging.getLogger("context_trimmer")
+T = TypeVar("T")
 
 Message = Mapping[str, Any]
 SUMMARY_HEADER = "Summary of the earlier conversation:\n"
@@ -70,6 +72,7 @@ class Prepared:
     summary_id: int | None = None
     messages_folded: int = 0
     fold_pending: bool = False
+    compression_saved_tokens: int = 0
     max_tokens_param: str = "max_tokens"
 
     @property
@@ -140,6 +143,7 @@ class _View:
     summary: StoredSummary | None
     start: int
     summary_tokens: int
+    compression_saved: int = 0
 
 
 class Trimmer:
@@ -154,6 +158,9 @@ class Trimmer:
     budget. ``max_tokens``: the default cap on each reply. ``max_prompt_tokens``: fold
     synchronously above this. ``models``: overrides of the model table.
     ``background``: fold on a worker thread when due (else call ``compact()``).
+    ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable, applied
+    to system and developer messages; ``protect``: regexes of lines to keep byte for
+    byte; ``prompt_rewriter``: the model for ``"llm"`` (gpt-4o-mini by default).
     """
 
     def __init__(
@@ -169,6 +176,9 @@ class Trimmer:
         max_prompt_tokens: int | None = None,
         models: Mapping[str, Mapping[str, Any]] | None = None,
         background: bool = True,
+        system_prompt: Mode | Callable[[str], str] = "safe",
+        protect: Sequence[str] = (),
+        prompt_rewriter: PromptRewriter | None = None,
         lease_seconds: float = 120.0,
         migrate: bool = True,
     ):
@@ -200,6 +210,17 @@ class Trimmer:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future[FoldResult]] = {}
         self._lock = threading.Lock()
+        self._executor_lock = threading.Lock()
+        self._control_token_cache: dict[tuple[str, str], int] = {}
+        self.system_prompts = SystemPrompts(
+            system_prompt,
+            store=self.store,
+            count=self._counter("gpt-4o").text,
+            schedule=lambda work: _discard(self._submit(work)),
+            protect=protect,
+            rewriter=prompt_rewriter,
+            lease_seconds=lease_seconds,
+        )
 
     # -- public API -------------------------------------------------------------------
 
@@ -316,18 +337,16 @@ class Trimmer:
         by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``."""
         return build_report(self.store, self.models, since=since, until=until, group_by=group_by)
 
-    def wait_for_folds(self, timeout: float | None = None) -> None:
-        """Block until the background folds scheduled so far have finished."""
-        with self._lock:
-            pending = list(self._pending.values())
-        for future in pending:
-            future.result(timeout)
+    def wait_for_background(self, timeout: float | None = None) -> None:
+        """Block until the background work scheduled so far (folds, prompt rewrites) is done."""
+        self._submit(lambda: None).result(timeout)
 
     def close(self) -> None:
         """Finish background folds and release the database connections."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self.system_prompts.close()
         for summarizer in (self.summarizer, self.fallback):
             close = getattr(summarizer, "close", None)
             if callable(close):
@@ -409,7 +428,8 @@ class Trimmer:
         start = _start_of(summary)
         summary_message = None if summary is None else self._summary_message(summary)
         sent, control = assemble(path.messages, start, summary_message)
-        wanted = [*control, *([start - 1] if start else [])]
+        tail_control = self._tail_control(path, start)
+        wanted = [*control, *tail_control, *([start - 1] if start else [])]
         rows = self._token_rows(connection, path, wanted)
         before_tail = rows[start - 1][1] if start else 0
         tail_tokens = path.total_tokens - before_tail
@@ -421,7 +441,59 @@ class Trimmer:
             + REPLY_PRIMING
             + path.tools_tokens
         )
-        return _View(sent, prompt, tail_tokens, summary, start, summary_tokens)
+        sent, saved = self._compress_control(path, sent, [*control, *tail_control], rows)
+        return _View(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
+
+    def _tail_control(self, path: _Path, start: int) -> list[int]:
+        if not self.system_prompts.active:
+            return []
+        messages = path.messages
+        return [i for i in range(start, len(messages)) if messages[i]["role"] in CONTROL_ROLES]
+
+    def _compress_control(
+        self,
+        path: _Path,
+        sent: list[Message],
+        indexes: Sequence[int],
+        rows: Mapping[int, tuple[int, int]],
+    ) -> tuple[list[Message], int]:
+        """Swap in the compressed system/developer messages; returns the tokens saved."""
+        if not self.system_prompts.active or not indexes:
+            return sent, 0
+        replaced: dict[int, Message] = {}
+        saved = 0
+        for index in indexes:
+            original = path.messages[index]
+            compressed = self._compressed_message(original)
+            if compressed is not original:
+                replaced[id(original)] = compressed
+                saved += rows[index][0] - self._control_tokens(path.counter, compressed)
+        return [replaced.get(id(m), m) for m in sent], saved
+
+    def _compressed_message(self, message: Message) -> Message:
+        content = message.get("content")
+        compress = self.system_prompts.compress
+        if isinstance(content, str):
+            new_content: Any = compress(content)
+            changed = new_content != content
+        elif isinstance(content, list):
+            new_content = [
+                {**part, "text": compress(part["text"])} if part.get("type") == "text" else part
+                for part in content
+            ]
+            changed = new_content != content
+        else:
+            return message
+        return {**message, "content": new_content} if changed else message
+
+    def _control_tokens(self, counter: TokenCounter, message: Message) -> int:
+        key = (counter.key, canonical_json(message))
+        tokens = self._control_token_cache.get(key)
+        if tokens is None:
+            tokens = counter.message(message)
+            if len(self._control_token_cache) < 10_000:
+                self._control_token_cache[key] = tokens
+        return tokens
 
     def _summary_message(self, summary: StoredSummary) -> Message:
         return {"role": "system", "content": SUMMARY_HEADER + summary.text}
@@ -473,6 +545,7 @@ class Trimmer:
                 "summarizer_tokens_out": sync_fold.tokens_out if sync_fold else 0,
                 "folded_synchronously": sync_fold is not None,
                 "summary_failures": sync_fold.failures if sync_fold else 0,
+                "compression_saved_tokens": view.compression_saved,
             },
         )
         if due:
@@ -491,6 +564,7 @@ class Trimmer:
             messages_folded=folded
             - sum(1 for m in path.messages[:folded] if m["role"] in CONTROL_ROLES),
             fold_pending=due,
+            compression_saved_tokens=view.compression_saved,
             max_tokens_param=info.max_tokens_param,
         )
 
@@ -512,7 +586,7 @@ class Trimmer:
     def _tail_tokens(self, path: _Path, start: int) -> int:
         if start == 0:
             return path.total_tokens
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             return path.total_tokens - self._token_rows(connection, path, [start - 1])[start - 1][1]
 
     def _fold_due(self, path: _Path, start: int, tail_tokens: int) -> bool:
@@ -532,7 +606,7 @@ class Trimmer:
                 path, keep_last=keep_last, sync=True, prompt_limit=limit - path.tools_tokens
             )
             total = _add(total, result)
-            with self.store.engine.connect() as connection:
+            with self.store.reader.connect() as connection:
                 view = self._view(connection, path)
             if not self._over_limit(path, view.prompt_tokens):
                 break
@@ -545,11 +619,16 @@ class Trimmer:
             key = path.anchor_hash
             if key in self._pending and not self._pending[key].done():
                 return
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="context-trimmer-fold")
-            future = self._executor.submit(self._fold_logged, path)
+            future = self._submit(lambda: self._fold_logged(path))
             self._pending[key] = future
             future.add_done_callback(lambda _f: self._forget(key, future))
+
+    def _submit(self, work: Callable[[], T]) -> Future[T]:
+        """Run ``work`` on the Trimmer's background thread."""
+        with self._executor_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="context-trimmer")
+            return self._executor.submit(work)
 
     def _forget(self, key: str, future: Future[FoldResult]) -> None:
         with self._lock:
@@ -571,7 +650,7 @@ class Trimmer:
         With ``prompt_limit`` (a synchronous fold to fit a hard limit) the summary's
         budget shrinks so that the whole request fits under it.
         """
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             summary = self._deepest_summary(connection, path)
         start = _start_of(summary)
         cut = tail_start(
@@ -588,7 +667,7 @@ class Trimmer:
         owner = uuid.uuid4().hex
         if not self.store.acquire_lease(lease, owner, self.lease_seconds):
             return FoldResult(reason="another worker is folding this span")
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             if _start_of(self._deepest_summary(connection, path)) != start:
                 self.store.release_lease(lease, owner)
                 return FoldResult(reason="another worker folded this span")
@@ -712,7 +791,7 @@ class Trimmer:
                 f"no prepared request has conversation_id {conversation_id!r}; "
                 "prepare() it first or pass the messages"
             )
-        with self.store.engine.connect() as connection:
+        with self.store.reader.connect() as connection:
             bodies = self.store.load_path(connection, head[0])
         return [json.loads(body) for body in bodies], user if user is not None else head[1]
 
@@ -755,6 +834,10 @@ def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> 
             f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
         )
     return spec
+
+
+def _discard(_value: object) -> None:
+    """For work whose result is stored, not returned."""
 
 
 def _start_of(summary: StoredSummary | None) -> int:

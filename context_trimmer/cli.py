@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from . import __version__
+from ._compress import Compression, compress_safe
 from ._exceptions import TrimmerError
 from ._html_report import render_html
 from ._migrate import head_revision
@@ -26,7 +27,8 @@ from ._report import GROUPS, Report, build_report
 from ._report_formats import FORMATS, render
 from ._store import HistoryStore
 from ._summarizers import OpenAISummarizer
-from ._tokens import count_tokens
+from ._system_prompt import PromptRewriter, SystemPrompts
+from ._tokens import count_tokens, counter_for
 from ._trimmer import Trimmer
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -196,6 +198,85 @@ def _replay_text(result: ReplayResult, model: str) -> str:
     lines = [f"Replay through prepare() for {model}:"]
     lines += [f"  {name:<{width}}  {value:>14}" for name, value in rows]
     return "\n".join(lines)
+
+
+@main.command("compress")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mode",
+    type=click.Choice(["safe", "llm"]),
+    default="safe",
+    show_default=True,
+    help="llm asks a model (OPENAI_API_KEY, OPENAI_BASE_URL) and checks its rewrite.",
+)
+@click.option(
+    "--model",
+    "rewriter_model",
+    default="gpt-4o-mini",
+    show_default=True,
+    help="Model for --mode llm.",
+)
+@click.option(
+    "--protect",
+    multiple=True,
+    metavar="REGEX",
+    help="Lines matching REGEX are kept byte for byte (repeatable).",
+)
+@db_option
+@json_option
+@user_errors
+def compress_command(
+    file: Path,
+    mode: str,
+    rewriter_model: str,
+    protect: tuple[str, ...],
+    db_url: str | None,
+    as_json: bool,
+) -> None:
+    """Compress a system prompt: the result to stdout, the token counts to stderr."""
+    text = file.read_text("utf-8")
+    count = counter_for("gpt-4o").text
+    if mode == "safe":
+        safe = compress_safe(text, protect)
+        result = Compression(safe, "safe", count(text), count(safe))
+    else:
+        store = HistoryStore(db_url)
+        prompts = SystemPrompts(
+            "llm",
+            store=store,
+            count=count,
+            schedule=lambda work: work(),
+            protect=protect,
+            rewriter=PromptRewriter(rewriter_model),
+        )
+        try:
+            result = prompts.rewrite_now(text)
+        finally:
+            prompts.close()
+            store.dispose()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "mode": result.mode,
+                    "original_tokens": result.original_tokens,
+                    "tokens": result.tokens,
+                    "saved_tokens": result.saved_tokens,
+                    "rejected_because": result.reason,
+                    "text": result.text,
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(result.text)
+    share = result.saved_tokens / result.original_tokens if result.original_tokens else 0.0
+    click.echo(
+        f"{result.mode}: {result.original_tokens} -> {result.tokens} tokens (-{share:.1%})",
+        err=True,
+    )
+    if result.reason:
+        click.echo(f"LLM rewrite not used: {result.reason}", err=True)
 
 
 _DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])

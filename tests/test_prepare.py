@@ -276,7 +276,7 @@ def test_background_fold_runs_after_prepare(sqlite_url: str, server: FakeOpenAI)
         messages = chat(8)
         prepared = trimmer.prepare(messages)
         assert prepared.fold_pending and prepared.summary_id is None
-        trimmer.wait_for_folds(timeout=10)
+        trimmer.wait_for_background(timeout=10)
         assert trimmer.prepare(messages).summary_id is not None
 
 
