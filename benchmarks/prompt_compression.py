@@ -32,20 +32,29 @@ def main() -> None:
     prompts = [p.read_text() for p in sorted(args.corpus.glob("*.md"))]
     safe = [1 - count(compress_safe(p)) / count(p) for p in prompts]
     print(f"{len(prompts)} prompts, {sum(map(count, prompts)):,} tokens (o200k_base)")
-    print(f"safe mode: mean reduction {statistics.mean(safe):.1%}, "
-          f"median {statistics.median(safe):.1%}, max {max(safe):.1%}")
+    print(
+        f"safe mode: mean reduction {statistics.mean(safe):.1%}, "
+        f"median {statistics.median(safe):.1%}, max {max(safe):.1%}"
+    )
     if args.llm:
         with tempfile.TemporaryDirectory() as folder:
             store = HistoryStore(f"sqlite:///{folder}/bench.db")
-            system = SystemPrompts("llm", store=store, count=count, schedule=lambda w: w(),
-                                   rewriter=PromptRewriter(args.model))
+            system = SystemPrompts(
+                "llm",
+                store=store,
+                count=count,
+                schedule=lambda w: w(),
+                rewriter=PromptRewriter(args.model),
+            )
             results = [system.rewrite_now(p) for p in prompts]
             system.close()
             store.dispose()
         llm = [1 - r.tokens / r.original_tokens for r in results]
         rejected = sum(r.reason is not None for r in results)
-        print(f"llm mode ({args.model}): mean reduction {statistics.mean(llm):.1%}, "
-              f"median {statistics.median(llm):.1%}; {rejected} rewrites rejected")
+        print(
+            f"llm mode ({args.model}): mean reduction {statistics.mean(llm):.1%}, "
+            f"median {statistics.median(llm):.1%}; {rejected} rewrites rejected"
+        )
 
 
 if __name__ == "__main__":
