@@ -11,13 +11,17 @@ from ._exceptions import (
     EncodingUnavailableError,
     InvalidMessagesError,
     PromptTooLargeError,
+    QuotaExceeded,
+    RateLimitBudgetExceeded,
     StoreError,
     SummarizerError,
     TrimmerError,
 )
 from ._extractive import ExtractiveSummarizer
 from ._models import ModelInfo, ModelTable
+from ._ratelimit import RateLimits, UserQuota
 from ._report import Report, ReportRow
+from ._retry import RetryPolicy
 from ._summarizers import (
     OpenAISummarizer,
     Summarizer,
@@ -44,8 +48,12 @@ __all__ = [
     "Prepared",
     "PromptRewriter",
     "PromptTooLargeError",
+    "QuotaExceeded",
+    "RateLimitBudgetExceeded",
+    "RateLimits",
     "Report",
     "ReportRow",
+    "RetryPolicy",
     "StoreError",
     "Summarizer",
     "SummarizerError",
@@ -53,6 +61,7 @@ __all__ = [
     "SummaryResult",
     "Trimmer",
     "TrimmerError",
+    "UserQuota",
     "__version__",
     "compress_safe",
     "count_tokens",

@@ -6,7 +6,9 @@
     ├── ConfigurationError          an argument or setting that cannot work
     ├── StoreError                  the history database could not be opened or migrated
     ├── PromptTooLargeError         even the smallest valid request exceeds the limit
-    └── SummarizerError             a summary could not be made (never stored, never sent)
+    ├── SummarizerError             a summary could not be made (never stored, never sent)
+    ├── RateLimitBudgetExceeded     the shared rate-limit budget would need too long a wait
+    └── QuotaExceeded               a user's token quota for a minute or a day is spent
 
 Catch ``TrimmerError`` to handle them all. Each carries the context a caller needs to
 act: which message and which field, which limit, which database.
@@ -68,4 +70,28 @@ class SummarizerError(TrimmerError):
     def __init__(self, message: str, *, tokens_in: int = 0, tokens_out: int = 0):
         self.tokens_in = tokens_in
         self.tokens_out = tokens_out
+        super().__init__(message)
+
+
+class RateLimitBudgetExceeded(TrimmerError):
+    """Sending now would exceed the API key's rate limit, and waiting for the reset
+    would take longer than the configured bound (``wait_seconds`` says how long)."""
+
+    def __init__(self, message: str, *, model: str, wait_seconds: float):
+        self.model = model
+        self.wait_seconds = wait_seconds
+        super().__init__(message)
+
+
+class QuotaExceeded(TrimmerError):
+    """``user`` has spent their tokens for the ``window`` (``"minute"`` or ``"day"``)."""
+
+    def __init__(
+        self, message: str, *, user: str, window: str, used: int, limit: int, retry_after: float
+    ):
+        self.user = user
+        self.window = window
+        self.used = used
+        self.limit = limit
+        self.retry_after = retry_after
         super().__init__(message)

@@ -64,6 +64,11 @@ class ReportRow:
     compression_cost: float = 0.0
     net_saving: float = 0.0
     unpriced_requests: int = 0
+    rate_limited_429s: int = 0
+    wait_seconds: float = 0.0
+    fallbacks: int = 0
+    failed_requests: int = 0
+    quota_rejections: int = 0
     estimated: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -172,6 +177,9 @@ def _request_figures(row: LedgerRow, models: ModelTable) -> _Figures:
     prompt = row.usage_prompt_tokens if row.usage_prompt_tokens is not None else row.prompt_tokens
     cached = row.cached_tokens or 0
     completion = row.completion_tokens or 0
+    if row.outcome not in (None, "ok"):
+        # Never answered (quota, budget, or errors to the end): nothing was billed.
+        return _Figures(0, 0, 0, 0.0, 0.0, True)
     baseline = _cost(asked, row.baseline_tokens, 0, completion)
     actual = _cost(answered, prompt - cached, cached, completion)
     priced = asked.input_price is not None and answered.input_price is not None
@@ -194,12 +202,17 @@ def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
     target.usage_prompt_tokens += figures.usage_prompt
     target.cached_tokens += figures.cached
     target.completion_tokens += figures.completion
-    target.estimated_requests += row.usage_estimated is not False
+    target.estimated_requests += row.usage_estimated is not False and row.outcome in (None, "ok")
     target.max_tokens_before += row.max_tokens_baseline
     target.max_tokens_after += row.max_tokens
     target.baseline_cost += figures.baseline_cost
     target.actual_cost += figures.actual_cost
     target.unpriced_requests += not figures.priced
+    target.rate_limited_429s += row.rate_limited
+    target.wait_seconds += row.waited_ms / 1000
+    target.fallbacks += row.fallback_model is not None
+    target.failed_requests += row.outcome not in (None, "ok")
+    target.quota_rejections += row.outcome == "quota_exceeded"
 
 
 def _add_spend(target: ReportRow, item: SpendRow, models: ModelTable) -> None:
@@ -244,6 +257,7 @@ def _finish(row: ReportRow) -> None:
     ):
         setattr(row, name, round(getattr(row, name), 6))
     row.estimated = row.estimated_requests > 0
+    row.wait_seconds = round(row.wait_seconds, 3)
 
 
 def summarizer_model(summarizer: str) -> str | None:

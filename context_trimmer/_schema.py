@@ -171,3 +171,46 @@ class PromptCompression(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+
+
+class RateLimitState(Base):
+    """What is left of one API key's limits for one model, shared by every worker."""
+
+    __tablename__ = "ct_rate_limits"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    limit_requests: Mapped[int | None] = mapped_column(Integer)
+    limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    remaining_requests: Mapped[int | None] = mapped_column(Integer)
+    remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reset_requests_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reset_tokens_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserWindow(Base):
+    """Tokens one user spent in one quota window (a minute or a UTC day)."""
+
+    __tablename__ = "ct_user_windows"
+
+    user: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class Attempt(Base):
+    """How a prepared request was sent: retries, 429s, waits, fallback, outcome."""
+
+    __tablename__ = "ct_attempts"
+
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("ct_requests.id"), primary_key=True, autoincrement=False
+    )
+    attempts: Mapped[int] = mapped_column(Integer)
+    rate_limited: Mapped[int] = mapped_column(Integer)
+    waited_ms: Mapped[int] = mapped_column(Integer)
+    fallback_model: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )

@@ -48,6 +48,7 @@ from . import _migrate
 from ._compress import Compression
 from ._exceptions import StoreError
 from ._schema import (
+    Attempt,
     Lease,
     Message,
     PromptCompression,
@@ -70,6 +71,7 @@ LEASES: Table = Lease.__table__  # type: ignore[assignment]
 REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 USAGE: Table = Usage.__table__  # type: ignore[assignment]
 COMPRESSIONS: Table = PromptCompression.__table__  # type: ignore[assignment]
+ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 
 
 def default_db_path() -> Path:
@@ -187,6 +189,10 @@ class LedgerRow:
     completion_tokens: int | None
     usage_estimated: bool | None
     compression_saved_tokens: int = 0
+    rate_limited: int = 0
+    waited_ms: int = 0
+    fallback_model: str | None = None
+    outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -417,7 +423,7 @@ class HistoryStore:
 
     def ledger_rows(self, since: datetime | None, until: datetime | None) -> list[LedgerRow]:
         """Prepared requests created in ``[since, until)``, with their recorded usage."""
-        r, u = REQUESTS.c, USAGE.c
+        r, u, a = REQUESTS.c, USAGE.c, ATTEMPTS.c
         query = (
             select(
                 r.id,
@@ -435,8 +441,16 @@ class HistoryStore:
                 u.completion_tokens,
                 u.estimated,
                 r.compression_saved_tokens,
+                a.rate_limited,
+                a.waited_ms,
+                a.fallback_model,
+                a.outcome,
             )
-            .select_from(REQUESTS.outerjoin(USAGE, u.request_id == r.id))
+            .select_from(
+                REQUESTS.outerjoin(USAGE, u.request_id == r.id).outerjoin(
+                    ATTEMPTS, a.request_id == r.id
+                )
+            )
             .where(*_period(r.created_at, since, until))
             .order_by(r.id)
         )
@@ -459,6 +473,10 @@ class HistoryStore:
                 completion_tokens=row[12],
                 usage_estimated=row[13],
                 compression_saved_tokens=row[14],
+                rate_limited=row[15] or 0,
+                waited_ms=row[16] or 0,
+                fallback_model=row[17],
+                outcome=row[18],
             )
             for row in rows
         ]
@@ -507,6 +525,11 @@ class HistoryStore:
     def add_prompt_compression(self, values: Mapping[str, Any]) -> bool:
         with self.engine.begin() as connection:
             return insert_if_absent(connection, COMPRESSIONS, {**values, "created_at": utcnow()})
+
+    def add_attempt(self, values: Mapping[str, Any]) -> None:
+        """How a prepared request was sent (once per request)."""
+        with self.engine.begin() as connection:
+            insert_if_absent(connection, ATTEMPTS, {**values, "created_at": utcnow()})
 
     def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:
         """The newest head hash and user prepared for ``conversation_id``."""

@@ -34,7 +34,10 @@ from ._exceptions import ConfigurationError, PromptTooLargeError, SummarizerErro
 from ._extractive import ExtractiveSummarizer
 from ._hashing import ChainCache, canonical_json
 from ._models import ModelInfo, ModelTable
+from ._ratelimit import RateLimits, UserQuota
 from ._report import GroupBy, Report, build_report
+from ._responses import field_of
+from ._retry import RetryPolicy
 from ._store import HistoryStore, StoredSummary
 from ._summarizers import (
     OpenAISummarizer,
@@ -47,6 +50,7 @@ from ._system_prompt import Mode, PromptRewriter, SystemPrompts
 from ._tokens import REPLY_PRIMING, TokenCounter
 from ._validation import validate_messages
 from ._window import CONTROL_ROLES, anchor_index, assemble, conversational_count, tail_start
+from ._wrap import Sender, WrappedClient, conversation
 
 log = logging.getLogger("context_trimmer")
 T = TypeVar("T")
@@ -305,8 +309,8 @@ class Trimmer:
         ``response`` is the SDK's ChatCompletion (or its dict). Without ``usage``
         (a stream that did not report it) the figures are estimated and marked so.
         """
-        usage = _get(response, "usage")
-        model = _get(response, "model") or prepared.model
+        usage = field_of(response, "usage")
+        model = field_of(response, "model") or prepared.model
         if usage is None:
             values = {
                 "prompt_tokens": prepared.prompt_tokens,
@@ -315,17 +319,55 @@ class Trimmer:
                 "estimated": True,
             }
         else:
-            details = _get(usage, "prompt_tokens_details")
+            details = field_of(usage, "prompt_tokens_details")
             values = {
-                "prompt_tokens": int(_get(usage, "prompt_tokens") or 0),
-                "cached_tokens": int(_get(details, "cached_tokens") or 0),
-                "completion_tokens": int(_get(usage, "completion_tokens") or 0),
+                "prompt_tokens": int(field_of(usage, "prompt_tokens") or 0),
+                "cached_tokens": int(field_of(details, "cached_tokens") or 0),
+                "completion_tokens": int(field_of(usage, "completion_tokens") or 0),
                 "estimated": False,
             }
         return self.store.add_usage({"request_id": prepared.request_id, "model": model, **values})
 
     async def arecord(self, prepared: Prepared, response: Any) -> bool:
         return await asyncio.to_thread(self.record, prepared, response)
+
+    def wrap(
+        self,
+        client: Any,
+        *,
+        governor: bool = True,
+        limits: Mapping[str, RateLimits] | None = None,
+        max_wait: float = 60.0,
+        fallback_model: str | None = None,
+        retry: RetryPolicy | None = None,
+        user_quota: UserQuota | None = None,
+        user_quotas: Mapping[str, UserQuota] | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ) -> Any:
+        """``client`` (``openai.OpenAI`` or ``AsyncOpenAI``) with every chat completion
+        prepared, governed and recorded; everything else on it is untouched.
+
+        ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
+        headers (``limits`` per model until headers arrive) and wait for it, up to
+        ``max_wait`` seconds. ``fallback_model``: send there when the model stays
+        rate-limited. ``retry``: backoff with full jitter (the client's ``max_retries``).
+        ``user_quota`` / ``user_quotas``: tokens per minute and day for each ``user``.
+        """
+        sender = Sender(
+            self,
+            client,
+            governor=governor,
+            limits=limits,
+            max_wait=max_wait,
+            fallback_model=fallback_model,
+            retry=retry,
+            user_quota=user_quota,
+            user_quotas=user_quotas,
+            sleep=sleep,
+        )
+        return WrappedClient(client, sender)
+
+    conversation = staticmethod(conversation)
 
     def report(
         self,
@@ -796,9 +838,9 @@ class Trimmer:
         return [json.loads(body) for body in bodies], user if user is not None else head[1]
 
     def _completion_estimate(self, prepared: Prepared, response: Any) -> int:
-        choices = _get(response, "choices") or []
-        message = _get(choices[0], "message") if choices else None
-        text = _get(message, "content") if message is not None else None
+        choices = field_of(response, "choices") or []
+        message = field_of(choices[0], "message") if choices else None
+        text = field_of(message, "content") if message is not None else None
         return self._counter(prepared.model).text(text) if isinstance(text, str) else 0
 
 
@@ -853,14 +895,6 @@ def _add(a: FoldResult, b: FoldResult) -> FoldResult:
         a.failures + b.failures,
         b.reason or a.reason,
     )
-
-
-def _get(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
 
 
 def _check_count(name: str, value: object, *, minimum: int) -> None:

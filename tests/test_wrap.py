@@ -1,0 +1,279 @@
+"""trimmer.wrap(client) over real HTTP: the SDK's objects, retries, budgets, fallback,
+streaming, quotas."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletion
+from openai_server import FakeOpenAI, Reply, TokenLimiter
+from sqlalchemy import select
+
+from context_trimmer import (
+    QuotaExceeded,
+    RateLimitBudgetExceeded,
+    RateLimits,
+    RetryPolicy,
+    Trimmer,
+    UserQuota,
+    count_tokens,
+)
+from context_trimmer._ratelimit import Governor, HeaderLimits, budget_key, parse_duration
+from context_trimmer._store import ATTEMPTS, USAGE
+
+FAST = RetryPolicy(max_retries=4, base=0.01, cap=0.05)
+
+
+def chat(turns: int = 1) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You help."}]
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"Question {turn}: " + "why " * 30})
+        messages.append({"role": "assistant", "content": f"Answer {turn}: " + "because " * 30})
+    messages.append({"role": "user", "content": "And now?"})
+    return messages
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(
+        default=lambda _b: Reply("Fine answer here", prompt_tokens=40, completion_tokens=3)
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+def trimmer(db_url: str) -> Iterator[Trimmer]:
+    with Trimmer(
+        db_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
+    ) as instance:
+        yield instance
+
+
+def client(server: FakeOpenAI, **options: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base_url, api_key="test-key", **options)
+
+
+def attempts(trimmer: Trimmer) -> list[Any]:
+    with trimmer.store.engine.connect() as connection:
+        return connection.execute(select(ATTEMPTS).order_by(ATTEMPTS.c.request_id)).all()
+
+
+def test_go_durations() -> None:
+    assert parse_duration("6m0s") == 360
+    assert parse_duration("1.428s") == pytest.approx(1.428)
+    assert parse_duration("12ms") == pytest.approx(0.012)
+    assert parse_duration("1h2m3.5s") == pytest.approx(3723.5)
+    assert parse_duration("soon") is None
+    seen = HeaderLimits.parse(
+        {
+            "x-ratelimit-limit-tokens": "30000",
+            "x-ratelimit-remaining-tokens": "29000",
+            "x-ratelimit-reset-tokens": "2s",
+        }
+    )
+    assert seen == HeaderLimits(None, 30000, None, 29000, None, 2.0)
+
+
+def test_create_returns_the_sdks_object_and_sends_the_trimmed_request(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    wrapped = trimmer.wrap(client(server))
+    messages = chat(6)
+    trimmer.prepare(messages)
+    trimmer.compact(messages, force=True)
+    response = wrapped.chat.completions.create(model="gpt-4o", messages=messages, temperature=0.2)
+    assert isinstance(response, ChatCompletion)
+    sent = server.requests[-1]
+    assert len(sent["messages"]) < len(messages)
+    assert sent["messages"][1]["content"].startswith("Summary of the earlier conversation")
+    assert (sent["max_tokens"], sent["temperature"]) == (1024, 0.2)
+    assert count_tokens(sent["messages"]) < count_tokens(messages)
+    with trimmer.store.engine.connect() as connection:
+        usage = connection.execute(select(USAGE)).one()
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (40, 3, False)
+    assert wrapped.models is wrapped._wrapped.models  # the rest of the client is untouched
+    assert wrapped.chat.completions.with_raw_response is not None
+
+
+def test_conversation_and_user_from_context_or_headers(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    wrapped = trimmer.wrap(client(server))
+    with trimmer.conversation("support-42", user="ann"):
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    wrapped.chat.completions.create(
+        model="gpt-4o",
+        messages=chat(2),
+        extra_headers={"X-Conversation-Id": "c-7", "X-User-Id": "bob", "X-Other": "1"},
+    )
+    rows = {row.group: row for row in trimmer.report(group_by="conversation").rows}
+    assert set(rows) == {"support-42", "c-7"}
+    assert {row.group for row in trimmer.report(group_by="user").rows} == {"ann", "bob"}
+    assert "x-conversation-id" not in server.headers[-1]
+    assert server.headers[-1]["x-other"] == "1"
+
+
+def test_a_429_storm_with_retry_after_never_reaches_the_app(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    storm = Reply(status=429, headers={"retry-after-ms": "30"}, error="Rate limit reached")
+    server.enqueue(storm, storm, storm)
+    slept: list[float] = []
+    wrapped = trimmer.wrap(client(server), retry=FAST, sleep=slept.append)
+    response = wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert response.choices[0].message.content == "Fine answer here"
+    assert slept == [0.03, 0.03, 0.03]  # the server's retry-after-ms, honoured exactly
+    (row,) = attempts(trimmer)
+    assert (row.attempts, row.rate_limited, row.outcome) == (4, 3, "ok")
+    totals = trimmer.report().totals
+    assert (totals.rate_limited_429s, totals.wait_seconds) == (3, 0.09)
+
+
+def test_sdk_retries_are_off_so_nothing_is_retried_twice_over(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    server.enqueue(*[Reply(status=500)] * 10)
+    wrapped = trimmer.wrap(
+        client(server, max_retries=5), retry=RetryPolicy(max_retries=2, base=0.001, cap=0.001)
+    )
+    with pytest.raises(openai.InternalServerError):
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert server.statuses[500] == 3  # ours: 1 + 2 retries; the SDK added none
+    assert attempts(trimmer)[0].outcome == "error"
+
+
+def test_full_jitter_without_retry_after() -> None:
+    policy = RetryPolicy(base=0.5, cap=8.0, random=lambda: 0.5)
+    assert [policy.delay(n, None) for n in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 4.0]
+    assert RetryPolicy(random=lambda: 0.0).delay(3, {}) == 0.0
+
+
+def test_headers_drive_throttling_so_no_429_reaches_the_app(
+    trimmer: Trimmer,
+) -> None:
+    cost = lambda body: count_tokens(body["messages"]) + body["max_tokens"]  # noqa: E731
+    limiter = TokenLimiter(limit=2500, window=1.0, cost=cost)
+    with FakeOpenAI(limiter=limiter) as server:
+        wrapped = trimmer.wrap(client(server, max_retries=0), retry=RetryPolicy(max_retries=0))
+        for _ in range(6):
+            wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    assert server.statuses == {200: 6}
+    assert sum(row.waited_ms for row in attempts(trimmer)) > 0
+
+
+def test_configured_limits_apply_before_any_header(trimmer: Trimmer, server: FakeOpenAI) -> None:
+    wrapped = trimmer.wrap(client(server), limits={"gpt-4o": RateLimits(tokens_per_minute=500)})
+    with pytest.raises(RateLimitBudgetExceeded, match="more than the whole limit of 500"):
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    assert server.requests == []
+    assert attempts(trimmer)[0].outcome == "budget_exceeded"
+
+
+def test_a_spent_budget_raises_when_the_wait_is_too_long(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    wrapped = trimmer.wrap(
+        client(server), max_wait=0.5, limits={"gpt-4o": RateLimits(tokens_per_minute=1500)}
+    )
+    wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    with pytest.raises(RateLimitBudgetExceeded) as caught:
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    assert 50 < caught.value.wait_seconds <= 60
+    assert len(server.requests) == 1
+
+
+def test_fallback_to_a_cheaper_model(trimmer: Trimmer) -> None:
+    def answer(body: dict[str, Any]) -> Reply:
+        if body["model"] == "gpt-4o":
+            return Reply(status=429, error="Rate limit reached for gpt-4o")
+        return Reply("from mini")
+
+    with FakeOpenAI(default=answer) as server:
+        wrapped = trimmer.wrap(
+            client(server),
+            fallback_model="gpt-4o-mini",
+            retry=RetryPolicy(max_retries=1, base=0.001, cap=0.001),
+        )
+        response = wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert (response.model, response.choices[0].message.content) == ("gpt-4o-mini", "from mini")
+    (row,) = attempts(trimmer)
+    assert (row.fallback_model, row.rate_limited, row.outcome) == ("gpt-4o-mini", 2, "ok")
+    with trimmer.store.engine.connect() as connection:
+        assert connection.execute(select(USAGE.c.model)).scalar() == "gpt-4o-mini"
+    assert trimmer.report().totals.fallbacks == 1
+
+
+def test_streaming_passes_chunks_through_and_records_usage(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    wrapped = trimmer.wrap(client(server))
+    stream = wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat(), stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert all(type(c).__name__ == "ChatCompletionChunk" for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Fine answer here"
+    )
+    with wrapped.chat.completions.create(model="gpt-4o", messages=chat(2), stream=True) as s:
+        text = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+    assert text == "Fine answer here"
+    with trimmer.store.engine.connect() as connection:
+        rows = connection.execute(select(USAGE).order_by(USAGE.c.request_id)).all()
+    assert [(r.completion_tokens, r.estimated) for r in rows] == [(3, False), (3, True)]
+
+
+async def test_async_client_and_async_streaming(trimmer: Trimmer, server: FakeOpenAI) -> None:
+    wrapped = trimmer.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="k"))
+    response = await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert isinstance(response, ChatCompletion)
+    stream = await wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat(2), stream=True, stream_options={"include_usage": True}
+    )
+    pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+    assert "".join(pieces) == "Fine answer here"
+    with trimmer.store.engine.connect() as connection:
+        assert len(connection.execute(select(USAGE)).all()) == 2
+    await wrapped.close()
+
+
+def test_user_quotas(trimmer: Trimmer, server: FakeOpenAI) -> None:
+    wrapped = trimmer.wrap(
+        client(server),
+        user_quota=UserQuota(tokens_per_minute=1500),
+        user_quotas={"vip": UserQuota(tokens_per_minute=100_000)},
+    )
+    with trimmer.conversation(user="ann"):
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+        with pytest.raises(QuotaExceeded, match="user 'ann' has used 43 of 1,500 tokens") as e:
+            wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=1400)
+    assert (e.value.user, e.value.window, e.value.used) == ("ann", "minute", 43)
+    with trimmer.conversation(user="vip"):
+        wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=1400)
+    by_user = {row.group: row for row in trimmer.report(group_by="user").rows}
+    assert by_user["ann"].quota_rejections == 1 and by_user["vip"].quota_rejections == 0
+    assert wrapped.sender.quotas.used("ann")["minute"] == 43  # settled to the real usage
+
+
+def test_concurrent_reservations_never_exceed_the_budget(db_url: str) -> None:
+    with Trimmer(db_url, summarizer="extractive") as trimmer:
+        governor = Governor(
+            trimmer.store, limits={"gpt-4o": RateLimits(tokens_per_minute=1000)}, max_wait=0
+        )
+        key = budget_key("http://x", "key", "gpt-4o")
+        granted: list[float] = []
+
+        def worker() -> None:
+            granted.append(governor.try_reserve(key, "gpt-4o", 100))
+
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert granted.count(0.0) == 10  # exactly the budget: 10 x 100 tokens
+    assert all(wait > 0 for wait in granted if wait)
