@@ -214,3 +214,17 @@ class Attempt(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
+
+
+class ApiKey(Base):
+    """A gateway API key: only its sha256 is stored; ``prefix`` identifies it to people."""
+
+    __tablename__ = "ct_api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(200))
+    admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -7,6 +7,7 @@ under ``~/.local/share/context-trimmer``) and ``--json`` for machine-readable ou
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from . import __version__
 from ._compress import Compression, compress_safe
 from ._exceptions import TrimmerError
 from ._html_report import render_html
+from ._keys import create_key, list_keys, revoke_key
 from ._migrate import head_revision
 from ._models import ModelTable
 from ._replay import ReplayResult, load_conversations, replay, request_points
@@ -277,6 +279,128 @@ def compress_command(
     )
     if result.reason:
         click.echo(f"LLM rewrite not used: {result.reason}", err=True)
+
+
+@main.group()
+def keys() -> None:
+    """Gateway API keys (only their hashes are stored)."""
+
+
+@keys.command("create")
+@click.option("--user", required=True, help="Who the key belongs to (the gateway tenant).")
+@click.option("--admin", is_flag=True, help="May read GET /v1/savings.")
+@db_option
+@json_option
+@user_errors
+def keys_create(user: str, admin: bool, db_url: str | None, as_json: bool) -> None:
+    """Create a key and print it: it is shown this once."""
+    store = HistoryStore(db_url)
+    try:
+        key, info = create_key(store, user, admin=admin)
+    finally:
+        store.dispose()
+    emit({"key": key, "id": info.id, "user": info.user, "admin": info.admin}, as_json, key)
+    if not as_json:
+        click.echo(
+            f"key {info.id} for {user!r}{' (admin)' if admin else ''}: store it now, "
+            "it cannot be shown again",
+            err=True,
+        )
+
+
+@keys.command("list")
+@db_option
+@json_option
+@user_errors
+def keys_list(db_url: str | None, as_json: bool) -> None:
+    """List keys: id, prefix, user, admin, created, revoked."""
+    store = HistoryStore(db_url)
+    try:
+        found = list_keys(store)
+    finally:
+        store.dispose()
+    rows = [
+        {
+            "id": k.id,
+            "prefix": k.prefix,
+            "user": k.user,
+            "admin": k.admin,
+            "created_at": k.created_at.isoformat(),
+            "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in found
+    ]
+    text = (
+        "\n".join(
+            f"{r['id']:>4}  {r['prefix']}...  {r['user']}"
+            f"{'  admin' if r['admin'] else ''}{'  REVOKED' if r['revoked_at'] else ''}"
+            for r in rows
+        )
+        or "no keys"
+    )
+    emit({"keys": rows}, as_json, text)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@db_option
+@user_errors
+def keys_revoke(key_id: str, db_url: str | None) -> None:
+    """Revoke a key by its id or prefix (see ``keys list``)."""
+    store = HistoryStore(db_url)
+    try:
+        revoked = revoke_key(store, key_id)
+    finally:
+        store.dispose()
+    if not revoked:
+        raise click.ClickException(f"no active key with id or prefix {key_id!r}")
+    click.echo(f"revoked {revoked} key(s)")
+
+
+@main.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option(
+    "--upstream",
+    default=None,
+    metavar="URL",
+    help="OpenAI-compatible base URL (default: $OPENAI_BASE_URL, else OpenAI).",
+)
+@click.option(
+    "--upstream-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="Environment variable holding the upstream API key.",
+)
+@click.option("--fallback-model", default=None, help="Model to use when one stays 429.")
+@db_option
+def serve(
+    host: str,
+    port: int,
+    upstream: str | None,
+    upstream_key_env: str,
+    fallback_model: str | None,
+    db_url: str | None,
+) -> None:
+    """Run the OpenAI-compatible gateway: point any client's base URL at it."""
+    try:
+        import uvicorn
+
+        from .gateway import GatewayConfig, create_app
+    except ModuleNotFoundError as missing:
+        raise click.ClickException(
+            f"the gateway needs {missing.name}: pip install 'context-trimmer[gateway]'"
+        ) from missing
+    api_key = os.environ.get(upstream_key_env)
+    if not api_key:
+        raise click.ClickException(f"set {upstream_key_env} to the upstream API key")
+    config = GatewayConfig(
+        db_url=db_url,
+        upstream=upstream,
+        upstream_api_key=api_key,
+        wrap={"fallback_model": fallback_model},
+    )
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
 
 
 _DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])

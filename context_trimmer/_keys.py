@@ -1,0 +1,89 @@
+"""Gateway API keys: shown once when created, stored only as a sha256, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, insert, select, update
+
+from ._exceptions import ConfigurationError
+from ._schema import ApiKey, utcnow
+from ._store import HistoryStore, as_utc
+
+KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
+KEY_PREFIX = "ctk-"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: int
+    prefix: str
+    user: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(store: HistoryStore, user: str, *, admin: bool = False) -> tuple[str, KeyInfo]:
+    """A new key for ``user``; the key itself is returned here and never again."""
+    if not user.strip():
+        raise ConfigurationError("a key needs a user name")
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    values = {
+        "key_hash": _digest(key),
+        "prefix": key[:12],
+        "user": user,
+        "admin": admin,
+        "created_at": utcnow(),
+        "revoked_at": None,
+    }
+    with store.engine.begin() as connection:
+        row = connection.execute(insert(KEYS).values(**values).returning(KEYS)).one()
+    return key, _info(row)
+
+
+def authenticate(store: HistoryStore, key: str) -> KeyInfo | None:
+    """The key's owner, or None for an unknown or revoked key."""
+    with store.reader.connect() as connection:
+        row = connection.execute(select(KEYS).where(KEYS.c.key_hash == _digest(key))).first()
+    if row is None or row.revoked_at is not None:
+        return None
+    return _info(row)
+
+
+def list_keys(store: HistoryStore) -> list[KeyInfo]:
+    with store.reader.connect() as connection:
+        return [_info(row) for row in connection.execute(select(KEYS).order_by(KEYS.c.id))]
+
+
+def revoke_key(store: HistoryStore, key_id_or_prefix: str) -> int:
+    """Revoke by id or by the prefix shown in ``keys list``; returns keys revoked."""
+    column = KEYS.c.id if key_id_or_prefix.isdigit() else KEYS.c.prefix
+    value: int | str = int(key_id_or_prefix) if key_id_or_prefix.isdigit() else key_id_or_prefix
+    with store.engine.begin() as connection:
+        done = connection.execute(
+            update(KEYS)
+            .where(column == value, KEYS.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .returning(KEYS.c.id)
+        ).all()
+    return len(done)
+
+
+def _info(row: Any) -> KeyInfo:
+    return KeyInfo(
+        row.id,
+        row.prefix,
+        row.user,
+        row.admin,
+        as_utc(row.created_at),
+        as_utc(row.revoked_at) if row.revoked_at else None,
+    )

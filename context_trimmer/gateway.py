@@ -1,0 +1,255 @@
+"""``context-trimmer serve``: an OpenAI-compatible gateway with trimming built in.
+
+Any app, in any language, gets the savings by changing its base URL. Each
+``POST /v1/chat/completions`` (JSON or SSE) is authenticated with a gateway key,
+prepared (summary, window, system prompt, max_tokens), governed (rate-limit budget,
+quotas, fallback) and forwarded to the upstream with the upstream key, which never
+leaves the gateway. ``GET /v1/models`` is passed through, ``GET /healthz`` answers,
+``GET /v1/savings`` (admin keys) returns the savings report.
+
+Identity: the key's user is the tenant. ``X-User-Id`` (or the request's ``user``) names
+an end user within it (stored as ``tenant:end-user``); ``X-Conversation-Id`` names the
+conversation, else it is inferred from the messages. Conversations are
+content-addressed per user, so no tenant can reach another's history.
+
+Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``, upstream
+errors keep their status, and bad requests are 4xx, never 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ._exceptions import (
+    InvalidMessagesError,
+    QuotaExceeded,
+    RateLimitBudgetExceeded,
+    TrimmerError,
+)
+from ._keys import KeyInfo, authenticate
+from ._report import GROUPS
+from ._trimmer import Trimmer
+
+log = logging.getLogger("context_trimmer.gateway")
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class GatewayConfig:
+    """How the gateway runs; ``trimmer`` options go to :class:`Trimmer`."""
+
+    db_url: str | None = None
+    upstream: str | None = None
+    upstream_api_key: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    trimmer: dict[str, Any] = field(default_factory=dict)
+    wrap: dict[str, Any] = field(default_factory=dict)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(config: GatewayConfig | None = None) -> Starlette:
+    """The ASGI app (run it with uvicorn, or ``context-trimmer serve``)."""
+    config = config or GatewayConfig()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        trimmer = Trimmer(config.db_url, **config.trimmer)
+        upstream = openai.AsyncOpenAI(base_url=config.upstream, api_key=config.upstream_api_key)
+        app.state.trimmer = trimmer
+        app.state.upstream = upstream
+        app.state.client = trimmer.wrap(upstream, **config.wrap)
+        app.state.config = config
+        yield
+        await upstream.close()
+        trimmer.close()
+
+    return Starlette(
+        lifespan=lifespan,
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/savings", savings, methods=["GET"]),
+        ],
+    )
+
+
+async def healthz(request: Request) -> Response:
+    trimmer: Trimmer = request.app.state.trimmer
+    revision = trimmer.store.revision()
+    return JSONResponse({"status": "ok", "schema": revision})
+
+
+def _key(request: Request) -> KeyInfo | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    key: KeyInfo | None = authenticate(request.app.state.trimmer.store, token.strip())
+    return key
+
+
+def _unauthorized() -> JSONResponse:
+    return error_response(
+        401,
+        "Invalid or missing gateway API key. Send 'Authorization: Bearer <key>'; "
+        "create one with: context-trimmer keys create --user NAME",
+        code="invalid_api_key",
+    )
+
+
+async def models(request: Request) -> Response:
+    if _key(request) is None:
+        return _unauthorized()
+    try:
+        raw = await request.app.state.upstream.models.with_raw_response.list()
+    except openai.APIStatusError as error:
+        return _upstream_error(error)
+    except openai.APIConnectionError as error:
+        return _unreachable(error)
+    return Response(raw.content, status_code=raw.status_code, media_type="application/json")
+
+
+async def savings(request: Request) -> Response:
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    if not key.admin:
+        return error_response(
+            403,
+            "the savings report needs an admin key "
+            "(context-trimmer keys create --user NAME --admin)",
+            kind="permission_error",
+        )
+    group_by = request.query_params.get("group_by")
+    if group_by is not None and group_by not in GROUPS:
+        return error_response(400, f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
+    report = request.app.state.trimmer.report(group_by=group_by)
+    return JSONResponse(report.as_dict())
+
+
+async def chat_completions(request: Request) -> Response:
+    key = _key(request)
+    if key is None:
+        return _unauthorized()
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    trimmer: Trimmer = request.app.state.trimmer
+    end_user = request.headers.get("x-user-id") or body.get("user")
+    user = f"{key.user}:{end_user}" if end_user else key.user
+    conversation = request.headers.get("x-conversation-id")
+    try:
+        with trimmer.conversation(conversation, user=user):
+            result = await request.app.state.client.chat.completions.create(**body)
+    except openai.APIStatusError as error:
+        return _upstream_error(error)
+    except openai.APIConnectionError as error:
+        return _unreachable(error)
+    except InvalidMessagesError as error:
+        param = "messages" + (f"[{error.index}]" if error.index is not None else "")
+        param += f".{error.field}" if error.field else ""
+        return error_response(400, str(error), param=param)
+    except QuotaExceeded as error:
+        return error_response(
+            429,
+            str(error),
+            kind="quota_exceeded",
+            code="user_quota",
+            headers={"retry-after": str(max(1, int(error.retry_after)))},
+        )
+    except RateLimitBudgetExceeded as error:
+        wait = error.wait_seconds
+        headers = {"retry-after": str(max(1, int(wait)))} if wait != float("inf") else None
+        return error_response(429, str(error), kind="rate_limit_exceeded", headers=headers)
+    except TrimmerError as error:
+        return error_response(400, str(error))
+    if body.get("stream"):
+        return StreamingResponse(_sse(result), media_type="text/event-stream")
+    return Response(json.dumps(result.to_dict()), media_type="application/json")
+
+
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    limit = request.app.state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
+    data = bytearray()
+    async for piece in request.stream():
+        data += piece
+        if len(data) > limit:
+            return error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, f"the request body is not valid JSON: {error}")
+    if not isinstance(body, dict):
+        return error_response(400, "the request body must be a JSON object")
+    for name in ("model", "messages"):
+        if name not in body:
+            return error_response(
+                400,
+                f"missing required parameter: '{name}'",
+                param=name,
+                code="missing_required_parameter",
+            )
+    return body
+
+
+async def _sse(stream: Any) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            yield b"data: " + json.dumps(chunk.to_dict()).encode() + b"\n\n"
+    except openai.APIError as error:  # the upstream broke mid-stream: say so, in-band
+        log.warning("upstream stream failed: %s", error)
+        failure = {"error": {"message": str(error), "type": "upstream_error"}}
+        yield b"data: " + json.dumps(failure).encode() + b"\n\n"
+    yield b"data: [DONE]\n\n"
+
+
+def _upstream_error(error: openai.APIStatusError) -> Response:
+    body = error.body if isinstance(error.body, dict) else None
+    if body is None or "error" not in body:
+        body = {
+            "error": body
+            or {"message": str(error), "type": "upstream_error", "param": None, "code": None}
+        }
+    headers = {
+        name: value
+        for name, value in error.response.headers.items()
+        if name.lower() in ("retry-after", "retry-after-ms")
+        or name.lower().startswith("x-ratelimit-")
+    }
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+def _unreachable(error: openai.APIConnectionError) -> Response:
+    return error_response(
+        502,
+        f"the upstream could not be reached: {error}",
+        kind="upstream_error",
+        code="upstream_unreachable",
+    )
