@@ -45,7 +45,7 @@ def create_key(store: HistoryStore, user: str, *, admin: bool = False) -> tuple[
         "created_at": utcnow(),
         "revoked_at": None,
     }
-    with store.engine.begin() as connection:
+    with store.writing() as connection:
         row = connection.execute(insert(KEYS).values(**values).returning(KEYS)).one()
     return key, _info(row)
 
@@ -68,7 +68,7 @@ def revoke_key(store: HistoryStore, key_id_or_prefix: str) -> int:
     """Revoke by id or by the prefix shown in ``keys list``; returns keys revoked."""
     column = KEYS.c.id if key_id_or_prefix.isdigit() else KEYS.c.prefix
     value: int | str = int(key_id_or_prefix) if key_id_or_prefix.isdigit() else key_id_or_prefix
-    with store.engine.begin() as connection:
+    with store.writing() as connection:
         done = connection.execute(
             update(KEYS)
             .where(column == value, KEYS.c.revoked_at.is_(None))

@@ -118,7 +118,9 @@ class Governor:
     def try_reserve(self, key: str, model: str, tokens: int) -> float:
         """Reserve ``tokens`` and one request: 0.0 when done, else the seconds to wait."""
         now = utcnow()
-        with self.store.engine.begin() as connection:
+        if self._configured(model) is None and not self._known(key):
+            return 0.0  # nothing known about this budget yet: the first response tells
+        with self.store.writing() as connection:
             row = self._locked_row(connection, key, model, now)
             if row is None:
                 return 0.0  # nothing known about this budget yet: the first response tells
@@ -140,13 +142,21 @@ class Governor:
             _save(connection, key, state, now)
             return wait
 
+    def _known(self, key: str) -> bool:
+        """Whether a budget row exists (read without taking the write lock)."""
+        with self.store.reader.connect() as connection:
+            return (
+                connection.execute(select(LIMITS.c.key).where(LIMITS.c.key == key)).first()
+                is not None
+            )
+
     def observe(self, key: str, headers: Mapping[str, str]) -> None:
         """Take in what the API said about the limits."""
         seen = HeaderLimits.parse(headers)
         if seen is None:
             return
         now = utcnow()
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             row = self._locked_row(connection, key, None, now)
             state = dict(row._mapping) if row is not None else _empty_state()
             _merge(state, seen, now)
@@ -288,7 +298,7 @@ class Quotas:
             return None
         now = utcnow()
         windows = _windows(quota, now)
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             _forget_old_windows(connection, user, now)
             for window, limit, ends in windows:
                 used = _locked_tokens(connection, user, window)
@@ -302,7 +312,7 @@ class Quotas:
         """Replace the reservation by what the request really used."""
         if hold is None or actual == hold.tokens:
             return
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             for window in hold.windows:
                 _add_tokens(connection, hold.user, window, actual - hold.tokens)
 

@@ -22,7 +22,9 @@ workers are inserts that ignore conflicts on the content hash.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -139,6 +141,17 @@ def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine
     return engine
 
 
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.Lock:
+    """One lock per SQLite file, shared by every engine of this process on it."""
+    name = os.path.abspath(engine.url.database or ":memory:")
+    with _write_locks_guard:
+        return _write_locks.setdefault(name, threading.Lock())
+
+
 def _insert_or_ignore(connection: Connection, table: Table) -> Any:
     dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
     return dialect.insert(table).on_conflict_do_nothing()
@@ -242,6 +255,20 @@ class HistoryStore:
     @property
     def display_url(self) -> str:
         return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite, threads of this process queue on a lock first:
+        waiting there is prompt, while SQLite's own busy handler sleeps in growing steps."""
+        lock = _write_lock(self.engine) if self.is_sqlite else None
+        if lock is not None and not lock.acquire(timeout=60):
+            raise StoreError(f"the database {self.display_url} stayed busy for 60 s")
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            if lock is not None:
+                lock.release()
 
     @property
     def is_sqlite(self) -> bool:
@@ -367,7 +394,7 @@ class HistoryStore:
 
     def add_summary(self, values: Mapping[str, Any]) -> int | None:
         """Store a summary; returns its id, or None if that span was already summarized."""
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             if not insert_if_absent(connection, SUMMARIES, {**values, "created_at": utcnow()}):
                 return None
             summary_id = connection.execute(
@@ -376,7 +403,7 @@ class HistoryStore:
             return int(summary_id)
 
     def add_failure(self, values: Mapping[str, Any]) -> None:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             connection.execute(insert(FAILURES), [{**values, "created_at": utcnow()}])
 
     def count_failures(self, anchor: str | None = None) -> int:
@@ -392,7 +419,7 @@ class HistoryStore:
         """Take the lease ``key`` unless another owner holds an unexpired one."""
         now = utcnow()
         expires = now + timedelta(seconds=seconds)
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             row = {"key": key, "owner": owner, "expires_at": expires}
             if insert_if_absent(connection, LEASES, row):
                 return True
@@ -405,7 +432,7 @@ class HistoryStore:
             return taken.first() is not None
 
     def release_lease(self, key: str, owner: str) -> None:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             connection.execute(delete(LEASES).where(LEASES.c.key == key, LEASES.c.owner == owner))
 
     # -- ledger ----------------------------------------------------------------------------
@@ -418,7 +445,7 @@ class HistoryStore:
 
     def add_usage(self, values: Mapping[str, Any]) -> bool:
         """Store the API's usage for a request; False when it was recorded already."""
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             return insert_if_absent(connection, USAGE, {**values, "recorded_at": utcnow()})
 
     def ledger_rows(self, since: datetime | None, until: datetime | None) -> list[LedgerRow]:
@@ -523,12 +550,12 @@ class HistoryStore:
         return Compression(row.text, row.mode, row.original_tokens, row.tokens, row.reason)
 
     def add_prompt_compression(self, values: Mapping[str, Any]) -> bool:
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             return insert_if_absent(connection, COMPRESSIONS, {**values, "created_at": utcnow()})
 
     def add_attempt(self, values: Mapping[str, Any]) -> None:
         """How a prepared request was sent (once per request)."""
-        with self.engine.begin() as connection:
+        with self.writing() as connection:
             insert_if_absent(connection, ATTEMPTS, {**values, "created_at": utcnow()})
 
     def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:

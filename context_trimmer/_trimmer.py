@@ -243,13 +243,13 @@ class Trimmer:
         path.tools = [dict(t) for t in tools] if tools else None
         path.tools_tokens = path.counter.tools(tools)
         path.max_tokens = max_tokens
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             self._append(connection, path)
             view = self._view(connection, path)
             if not self._over_limit(path, view.prompt_tokens):
                 return self._finish(connection, path, view, None)
         sync_fold = self._fold_to_fit(path)
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             return self._finish(connection, path, self._view(connection, path), sync_fold)
 
     async def aprepare(
@@ -290,7 +290,7 @@ class Trimmer:
         if messages is None:
             messages, user = self._load_conversation(conversation_id, user)
         path = self._path(messages, model, user, conversation_id)
-        with self.store.engine.begin() as connection:
+        with self.store.writing() as connection:
             self._append(connection, path)
             start = self._summary_start(connection, path)
         if not force and not self._fold_due(path, start, self._tail_tokens(path, start)):

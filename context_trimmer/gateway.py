@@ -18,8 +18,10 @@ errors keep their status, and bad requests are 4xx, never 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ from ._exceptions import (
 )
 from ._keys import KeyInfo, authenticate
 from ._report import GROUPS
+from ._store import HistoryStore
 from ._trimmer import Trimmer
 
 log = logging.getLogger("context_trimmer.gateway")
@@ -53,6 +56,7 @@ class GatewayConfig:
     upstream: str | None = None
     upstream_api_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
+    key_cache_seconds: float = 5.0
     trimmer: dict[str, Any] = field(default_factory=dict)
     wrap: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +86,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         app.state.upstream = upstream
         app.state.client = trimmer.wrap(upstream, **config.wrap)
         app.state.config = config
+        app.state.keys = KeyCache(trimmer.store, config.key_cache_seconds)
         yield
         await upstream.close()
         trimmer.close()
@@ -99,17 +104,37 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
 
 async def healthz(request: Request) -> Response:
     trimmer: Trimmer = request.app.state.trimmer
-    revision = trimmer.store.revision()
+    revision = await asyncio.to_thread(trimmer.store.revision)
     return JSONResponse({"status": "ok", "schema": revision})
 
 
-def _key(request: Request) -> KeyInfo | None:
+async def _key(request: Request) -> KeyInfo | None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    key: KeyInfo | None = authenticate(request.app.state.trimmer.store, token.strip())
-    return key
+    keys: KeyCache = request.app.state.keys
+    return await keys.lookup(token.strip())
+
+
+class KeyCache:
+    """Authenticated keys, remembered for ``seconds`` (so a revocation takes effect
+    within that time) to keep a database read off most requests."""
+
+    def __init__(self, store: HistoryStore, seconds: float):
+        self.store = store
+        self.seconds = seconds
+        self._seen: dict[str, tuple[float, KeyInfo | None]] = {}
+
+    async def lookup(self, token: str) -> KeyInfo | None:
+        now = time.monotonic()
+        cached = self._seen.get(token)
+        if cached is not None and now - cached[0] < self.seconds:
+            return cached[1]
+        info = await asyncio.to_thread(authenticate, self.store, token)
+        if self.seconds > 0 and len(self._seen) < 100_000:
+            self._seen[token] = (now, info)
+        return info
 
 
 def _unauthorized() -> JSONResponse:
@@ -122,7 +147,7 @@ def _unauthorized() -> JSONResponse:
 
 
 async def models(request: Request) -> Response:
-    if _key(request) is None:
+    if await _key(request) is None:
         return _unauthorized()
     try:
         raw = await request.app.state.upstream.models.with_raw_response.list()
@@ -134,7 +159,7 @@ async def models(request: Request) -> Response:
 
 
 async def savings(request: Request) -> Response:
-    key = _key(request)
+    key = await _key(request)
     if key is None:
         return _unauthorized()
     if not key.admin:
@@ -147,12 +172,12 @@ async def savings(request: Request) -> Response:
     group_by = request.query_params.get("group_by")
     if group_by is not None and group_by not in GROUPS:
         return error_response(400, f"group_by must be one of {', '.join(GROUPS)}", param="group_by")
-    report = request.app.state.trimmer.report(group_by=group_by)
+    report = await asyncio.to_thread(request.app.state.trimmer.report, group_by=group_by)
     return JSONResponse(report.as_dict())
 
 
 async def chat_completions(request: Request) -> Response:
-    key = _key(request)
+    key = await _key(request)
     if key is None:
         return _unauthorized()
     body = await _json_body(request)

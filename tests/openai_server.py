@@ -125,6 +125,11 @@ def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[st
     return events
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many clients connect at once in the load benchmarks
+
+
 class FakeOpenAI:
     """Run with ``with FakeOpenAI() as server:``; point clients at ``server.base_url``."""
 
@@ -133,6 +138,7 @@ class FakeOpenAI:
         default: Callable[[dict[str, Any]], Reply] | None = None,
         *,
         limiter: TokenLimiter | None = None,
+        port: int = 0,
     ):
         self.default = default or (lambda _body: Reply())
         self.limiter = limiter
@@ -141,8 +147,7 @@ class FakeOpenAI:
         self.headers: list[dict[str, str]] = []
         self.statuses: Counter[int] = Counter()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -177,6 +182,9 @@ class FakeOpenAI:
             reply = self._next(body, headers)
             return Reply(**{**reply.__dict__, "headers": {**limit_headers, **reply.headers}})
         return self._next(body, headers)
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
 
     def __enter__(self) -> FakeOpenAI:
         self._thread.start()
@@ -251,3 +259,13 @@ class FakeOpenAI:
                 self.wfile.write(data)
 
         return Handler
+
+
+if __name__ == "__main__":  # a standalone upstream for benchmarks: python openai_server.py PORT
+    import sys
+
+    server = FakeOpenAI(
+        lambda _b: Reply("A short streamed answer from the model."), port=int(sys.argv[1])
+    )
+    print(server.base_url, flush=True)
+    server.serve_forever()

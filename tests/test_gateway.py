@@ -65,6 +65,7 @@ def gateway(db_url: str) -> Iterator[Gateway]:
             upstream=upstream.base_url,
             upstream_api_key=UPSTREAM_KEY,
             max_body_bytes=200_000,
+            key_cache_seconds=0,
             trimmer={"keep_last": 4, "fold_every": 2, "summarizer": "extractive"},
         )
         store = HistoryStore(db_url)
