@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--workers", type=int, default=1, help="gateway worker processes")
     args = parser.parse_args()
     upstream_port, gateway_port = free_port(), free_port()
     cli = [sys.executable, "-m", "context_trimmer.cli"]
@@ -142,7 +143,10 @@ def main() -> None:
             for process in (gateway, upstream):
                 process.terminate()
                 process.wait(timeout=30)
-    print(f"{args.clients} concurrent streaming clients, {args.seconds:g}s each way")
+    print(
+        f"{args.clients} concurrent streaming clients, {args.seconds:g}s each way, "
+        f"{args.workers} gateway worker(s)"
+    )
     print(f"{'path':<10} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7}")
     for name, row in (("direct", direct), ("gateway", through)):
         print(

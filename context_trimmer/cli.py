@@ -27,7 +27,7 @@ from ._models import ModelTable
 from ._replay import ReplayResult, load_conversations, replay, request_points
 from ._report import GROUPS, Report, build_report
 from ._report_formats import FORMATS, render
-from ._store import HistoryStore
+from ._store import DB_ENV, HistoryStore
 from ._summarizers import OpenAISummarizer
 from ._system_prompt import PromptRewriter, SystemPrompts
 from ._tokens import count_tokens, counter_for
@@ -360,6 +360,7 @@ def keys_revoke(key_id: str, db_url: str | None) -> None:
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
 @click.option(
     "--upstream",
     default=None,
@@ -377,6 +378,7 @@ def keys_revoke(key_id: str, db_url: str | None) -> None:
 def serve(
     host: str,
     port: int,
+    workers: int,
     upstream: str | None,
     upstream_key_env: str,
     fallback_model: str | None,
@@ -386,21 +388,29 @@ def serve(
     try:
         import uvicorn
 
-        from .gateway import GatewayConfig, create_app
+        from . import gateway
     except ModuleNotFoundError as missing:
         raise click.ClickException(
             f"the gateway needs {missing.name}: pip install 'context-trimmer[gateway]'"
         ) from missing
-    api_key = os.environ.get(upstream_key_env)
-    if not api_key:
+    if not os.environ.get(upstream_key_env):
         raise click.ClickException(f"set {upstream_key_env} to the upstream API key")
-    config = GatewayConfig(
-        db_url=db_url,
-        upstream=upstream,
-        upstream_api_key=api_key,
-        wrap={"fallback_model": fallback_model},
+    HistoryStore(db_url).dispose()  # migrate once, before the workers start
+    settings = {
+        DB_ENV: db_url,
+        gateway.UPSTREAM_URL_ENV: upstream,
+        gateway.UPSTREAM_KEY_ENV: upstream_key_env,
+        gateway.FALLBACK_ENV: fallback_model,
+    }
+    os.environ.update({name: value for name, value in settings.items() if value})
+    uvicorn.run(
+        "context_trimmer.gateway:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
     )
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
 
 
 _DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])

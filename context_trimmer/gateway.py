@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,6 +60,27 @@ class GatewayConfig:
     key_cache_seconds: float = 5.0
     trimmer: dict[str, Any] = field(default_factory=dict)
     wrap: dict[str, Any] = field(default_factory=dict)
+
+
+UPSTREAM_KEY_ENV = "CONTEXT_TRIMMER_UPSTREAM_KEY_ENV"
+UPSTREAM_URL_ENV = "CONTEXT_TRIMMER_UPSTREAM"
+FALLBACK_ENV = "CONTEXT_TRIMMER_FALLBACK_MODEL"
+
+
+def app_from_env() -> Starlette:
+    """The app configured from the environment (for ``uvicorn --factory`` and workers):
+    ``CONTEXT_TRIMMER_DB``, ``CONTEXT_TRIMMER_UPSTREAM`` (else ``OPENAI_BASE_URL``), the
+    upstream key in the variable named by ``CONTEXT_TRIMMER_UPSTREAM_KEY_ENV`` (else
+    ``OPENAI_API_KEY``), ``CONTEXT_TRIMMER_FALLBACK_MODEL``."""
+    key_variable = os.environ.get(UPSTREAM_KEY_ENV, "OPENAI_API_KEY")
+    fallback = os.environ.get(FALLBACK_ENV) or None
+    return create_app(
+        GatewayConfig(
+            upstream=os.environ.get(UPSTREAM_URL_ENV) or None,
+            upstream_api_key=os.environ.get(key_variable),
+            wrap={"fallback_model": fallback},
+        )
+    )
 
 
 def error_response(

@@ -250,3 +250,11 @@ def test_keys_cli(tmp_path: Path) -> None:
     assert "ann" in listed.stdout and key not in listed.stdout
     assert runner.invoke(main, ["keys", "revoke", key[:12], "--db", url]).exit_code == 0
     assert "REVOKED" in runner.invoke(main, ["keys", "list", "--db", url]).stdout
+
+
+def test_serve_needs_the_upstream_key(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--db", f"sqlite:///{tmp_path / 'g.db'}"], env={"OPENAI_API_KEY": ""}
+    )
+    assert result.exit_code == 1
+    assert "set OPENAI_API_KEY to the upstream API key" in result.output
