@@ -297,18 +297,37 @@ def _send_sync(sender: Sender, state: SendState, model: str) -> Any:
 
 
 def _drive(plan: Generator[Effect, Any, Any], handlers: Mapping[type, Callable[[Any], Any]]) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
+    step = _Step(plan)
+    while not step.done:
         try:
-            effect = plan.throw(error) if error is not None else plan.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            value = handlers[type(effect)](effect)
+            step.value = handlers[type(step.effect)](step.effect)
         except (openai.APIStatusError, openai.APIConnectionError) as failure:
-            error = failure
+            step.error = failure
+        step.advance()
+    return step.value
+
+
+class _Step:
+    """Walks a send plan: feeds each effect's result (or API error) back into it."""
+
+    def __init__(self, plan: Generator[Effect, Any, Any]):
+        self.plan = plan
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.effect: Effect | None = None
+        self.done = False
+        self.advance()
+
+    def advance(self) -> None:
+        try:
+            if self.error is not None:
+                self.effect = self.plan.throw(self.error)
+            else:
+                self.effect = self.plan.send(self.value)
+        except StopIteration as stop:
+            self.done, self.value = True, stop.value
+            return
+        self.value, self.error = None, None
 
 
 async def run_async(sender: Sender, kwargs: dict[str, Any]) -> Any:
@@ -354,18 +373,14 @@ async def _send_async(sender: Sender, state: SendState, model: str) -> Any:
 async def _adrive(
     plan: Generator[Effect, Any, Any], handlers: Mapping[type, Callable[[Any], Awaitable[Any]]]
 ) -> Any:
-    value: Any = None
-    error: BaseException | None = None
-    while True:
+    step = _Step(plan)
+    while not step.done:
         try:
-            effect = plan.throw(error) if error is not None else plan.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value, error = None, None
-        try:
-            value = await handlers[type(effect)](effect)
+            step.value = await handlers[type(step.effect)](step.effect)
         except (openai.APIStatusError, openai.APIConnectionError) as failure:
-            error = failure
+            step.error = failure
+        step.advance()
+    return step.value
 
 
 class _StreamSummary:

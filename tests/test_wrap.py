@@ -45,14 +45,6 @@ def server() -> Iterator[FakeOpenAI]:
         yield s
 
 
-@pytest.fixture
-def trimmer(db_url: str) -> Iterator[Trimmer]:
-    with Trimmer(
-        db_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
-    ) as instance:
-        yield instance
-
-
 def client(server: FakeOpenAI, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="test-key", **options)
 
