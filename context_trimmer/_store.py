@@ -37,7 +37,6 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
-    func,
     insert,
     select,
     update,
@@ -405,13 +404,6 @@ class HistoryStore:
     def add_failure(self, values: Mapping[str, Any]) -> None:
         with self.writing() as connection:
             connection.execute(insert(FAILURES), [{**values, "created_at": utcnow()}])
-
-    def count_failures(self, anchor: str | None = None) -> int:
-        query = select(func.count()).select_from(FAILURES)
-        if anchor is not None:
-            query = query.where(FAILURES.c.anchor_hash == anchor)
-        with self.reader.connect() as connection:
-            return int(connection.execute(query).scalar_one())
 
     # -- leases --------------------------------------------------------------------------
 

@@ -64,6 +64,9 @@ class SummaryResult:
 
 
 class Summarizer(Protocol):
+    """What the Trimmer needs of a summarizer: a ``name`` for the ledger, the version
+    of its prompt, how many transcript tokens one call takes, and ``summarize``."""
+
     name: str
     prompt_version: str
     input_tokens: int

@@ -130,7 +130,7 @@ class SystemPrompts:
             stored = self._store.prompt_compression(key)
             if stored is not None:
                 return self._remember(text, stored.text)
-            self._schedule(lambda: _discard(self.rewrite_now(text)))
+            self._schedule(lambda: discard(self.rewrite_now(text)))
         return self.safe(text)
 
     def rewrite_now(self, text: str) -> Compression:
@@ -188,5 +188,5 @@ class SystemPrompts:
             self.rewriter.close()
 
 
-def _discard(_value: object) -> None:
+def discard(_value: object) -> None:
     """Run for the side effect (the stored rewrite); the result is not needed."""

@@ -46,7 +46,7 @@ from ._summarizers import (
     fold,
     render_transcript,
 )
-from ._system_prompt import Mode, PromptRewriter, SystemPrompts
+from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import REPLY_PRIMING, TokenCounter
 from ._validation import validate_messages
 from ._window import CONTROL_ROLES, anchor_index, assemble, conversational_count, tail_start
@@ -220,7 +220,7 @@ class Trimmer:
             system_prompt,
             store=self.store,
             count=self._counter("gpt-4o").text,
-            schedule=lambda work: _discard(self._submit(work)),
+            schedule=lambda work: discard(self._submit(work)),
             protect=protect,
             rewriter=prompt_rewriter,
             lease_seconds=lease_seconds,
@@ -329,6 +329,7 @@ class Trimmer:
         return self.store.add_usage({"request_id": prepared.request_id, "model": model, **values})
 
     async def arecord(self, prepared: Prepared, response: Any) -> bool:
+        """:meth:`record` on a worker thread."""
         return await asyncio.to_thread(self.record, prepared, response)
 
     def wrap(
@@ -876,10 +877,6 @@ def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> 
             f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
         )
     return spec
-
-
-def _discard(_value: object) -> None:
-    """For work whose result is stored, not returned."""
 
 
 def _start_of(summary: StoredSummary | None) -> int:
