@@ -309,24 +309,28 @@ class Trimmer:
         ``response`` is the SDK's ChatCompletion (or its dict). Without ``usage``
         (a stream that did not report it) the figures are estimated and marked so.
         """
-        usage = field_of(response, "usage")
+        values = self.usage_of(prepared, response)
         model = field_of(response, "model") or prepared.model
+        return self.store.add_usage({"request_id": prepared.request_id, "model": model, **values})
+
+    def usage_of(self, prepared: Prepared, response: Any) -> dict[str, Any]:
+        """The token figures ``record()`` stores: the API's ``usage``, or an estimate
+        (the exact prepared prompt, the answer's text counted) marked as one."""
+        usage = field_of(response, "usage")
         if usage is None:
-            values = {
+            return {
                 "prompt_tokens": prepared.prompt_tokens,
                 "cached_tokens": 0,
                 "completion_tokens": self._completion_estimate(prepared, response),
                 "estimated": True,
             }
-        else:
-            details = field_of(usage, "prompt_tokens_details")
-            values = {
-                "prompt_tokens": int(field_of(usage, "prompt_tokens") or 0),
-                "cached_tokens": int(field_of(details, "cached_tokens") or 0),
-                "completion_tokens": int(field_of(usage, "completion_tokens") or 0),
-                "estimated": False,
-            }
-        return self.store.add_usage({"request_id": prepared.request_id, "model": model, **values})
+        details = field_of(usage, "prompt_tokens_details")
+        return {
+            "prompt_tokens": int(field_of(usage, "prompt_tokens") or 0),
+            "cached_tokens": int(field_of(details, "cached_tokens") or 0),
+            "completion_tokens": int(field_of(usage, "completion_tokens") or 0),
+            "estimated": False,
+        }
 
     async def arecord(self, prepared: Prepared, response: Any) -> bool:
         """:meth:`record` on a worker thread."""
@@ -567,7 +571,7 @@ class Trimmer:
         reply = min(self._reply_cap(path), info.context_window - view.prompt_tokens)
         conversation = path.conversation_id
         due = self._fold_due(path, view.start, view.tail_tokens)
-        folded = view.summary.covers_depth + 1 if view.summary else 0
+        baseline = path.total_tokens + REPLY_PRIMING + tools_tokens
         request_id = self.store.add_request(
             connection,
             {
@@ -577,7 +581,7 @@ class Trimmer:
                 "head_hash": path.hashes[-1],
                 "message_count": len(path.messages),
                 "messages_sent": len(view.messages),
-                "baseline_tokens": path.total_tokens + REPLY_PRIMING + tools_tokens,
+                "baseline_tokens": baseline,
                 "prompt_tokens": view.prompt_tokens,
                 "summary_id": view.summary.id if view.summary else None,
                 "summary_tokens": view.summary_tokens,
@@ -597,15 +601,14 @@ class Trimmer:
             messages=[dict(m) for m in view.messages],
             max_tokens=reply,
             model=info.name,
-            baseline_tokens=path.total_tokens + REPLY_PRIMING + tools_tokens,
+            baseline_tokens=baseline,
             prompt_tokens=view.prompt_tokens,
             request_id=request_id,
             conversation_id=conversation,
             user=path.user,
             tools=path.tools,
             summary_id=view.summary.id if view.summary else None,
-            messages_folded=folded
-            - sum(1 for m in path.messages[:folded] if m["role"] in CONTROL_ROLES),
+            messages_folded=view.summary.messages_folded if view.summary else 0,
             fold_pending=due,
             compression_saved_tokens=view.compression_saved,
             max_tokens_param=info.max_tokens_param,

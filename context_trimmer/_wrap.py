@@ -22,7 +22,7 @@ import contextvars
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import openai
@@ -81,7 +81,6 @@ class SendState:
     fallback_model: str | None = None
     quota: QuotaHold | None = None
     outcome: str = "error"
-    usage_seen: dict[str, Any] = field(default_factory=dict)
 
 
 Effect = Reserve | Sleep | Send
@@ -184,10 +183,10 @@ class Sender:
         max_tokens = options.pop("max_completion_tokens", max_tokens)
         conversation_id, user = _identity.get()
         headers = {str(k).lower(): v for k, v in (options.pop("extra_headers", None) or {}).items()}
-        conversation_id = conversation_id or headers.pop(CONVERSATION_HEADER, None)
-        user = user or headers.pop(USER_HEADER, None) or options.get("user")
-        headers.pop(CONVERSATION_HEADER, None)
-        headers.pop(USER_HEADER, None)
+        header_conversation = headers.pop(CONVERSATION_HEADER, None)
+        header_user = headers.pop(USER_HEADER, None)
+        conversation_id = conversation_id or header_conversation
+        user = user or header_user or options.get("user")
         if headers:
             options["extra_headers"] = headers
         prepare = {
@@ -232,14 +231,9 @@ class Sender:
     def finish(self, state: SendState, response: Any) -> None:
         """Record usage, how the call went, and settle the user's quota."""
         self.trimmer.record(state.prepared, response)
-        usage = field_of(response, "usage")
-        actual = state.prepared.prompt_tokens + (int(field_of(usage, "completion_tokens") or 0))
-        if usage is not None:
-            actual = int(field_of(usage, "prompt_tokens") or 0) + int(
-                field_of(usage, "completion_tokens") or 0
-            )
+        used = self.trimmer.usage_of(state.prepared, response)
         state.outcome = "ok"
-        self._close(state, actual)
+        self._close(state, used["prompt_tokens"] + used["completion_tokens"])
 
     def fail(self, state: SendState, error: BaseException) -> None:
         if isinstance(error, RateLimitBudgetExceeded):
