@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import uuid
@@ -159,7 +160,9 @@ class Trimmer:
     fold; ``keep_tokens``: optional token budget for the verbatim tail.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``summary_tokens``: the summary's
-    budget. ``max_tokens``: the default cap on each reply. ``max_prompt_tokens``: fold
+    budget; with ``summary_share`` (say 0.085) the budget is instead that share of the
+    history the summary replaces, growing with it up to ``summary_tokens``.
+    ``max_tokens``: the default cap on each reply. ``max_prompt_tokens``: fold
     synchronously above this. ``models``: overrides of the model table.
     ``background``: fold on a worker thread when due (else call ``compact()``).
     ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable, applied
@@ -176,6 +179,7 @@ class Trimmer:
         keep_tokens: int | None = None,
         summarizer: str | Summarizer | None = None,
         summary_tokens: int = 1000,
+        summary_share: float | None = None,
         max_tokens: int = 1024,
         max_prompt_tokens: int | None = None,
         models: Mapping[str, Mapping[str, Any]] | None = None,
@@ -190,6 +194,14 @@ class Trimmer:
         _check_count("fold_every", fold_every, minimum=0)
         _check_count("max_tokens", max_tokens, minimum=1)
         _check_count("summary_tokens", summary_tokens, minimum=1)
+        if summary_share is not None and (
+            isinstance(summary_share, bool)
+            or not isinstance(summary_share, (int, float))
+            or not 0 < summary_share <= 1
+        ):
+            raise ConfigurationError(
+                f"summary_share must be a number in (0, 1], such as 0.085; got {summary_share!r}"
+            )
         if keep_tokens is not None:
             _check_count("keep_tokens", keep_tokens, minimum=1)
         if max_prompt_tokens is not None:
@@ -198,6 +210,7 @@ class Trimmer:
         self.fold_every = fold_every
         self.keep_tokens = keep_tokens
         self.summary_tokens = summary_tokens
+        self.summary_share = summary_share
         self.max_tokens = max_tokens
         self.max_prompt_tokens = max_prompt_tokens
         self.summarizer = summarizer_from(
@@ -743,13 +756,25 @@ class Trimmer:
         return result
 
     def _summary_budget(self, path: _Path, cut: int, prompt_limit: int | None) -> int:
+        budget = self.summary_tokens
+        if self.summary_share is not None:
+            share = math.ceil(self.summary_share * self._replaced_tokens(path, cut))
+            budget = max(MIN_SUMMARY_TOKENS, min(budget, share))
         if prompt_limit is None:
-            return self.summary_tokens
+            return budget
         count = path.counter.message
         kept = [m for m in path.messages[:cut] if m["role"] in CONTROL_ROLES]
         fixed = sum(map(count, kept)) + sum(map(count, path.messages[cut:])) + REPLY_PRIMING
         fixed += count({"role": "system", "content": SUMMARY_HEADER})
-        return max(MIN_SUMMARY_TOKENS, min(self.summary_tokens, prompt_limit - fixed))
+        return max(MIN_SUMMARY_TOKENS, min(budget, prompt_limit - fixed))
+
+    def _replaced_tokens(self, path: _Path, cut: int) -> int:
+        """Tokens of the messages before ``cut`` that a summary replaces (not control
+        messages), from the stored running totals."""
+        control = [i for i in range(cut) if path.messages[i]["role"] in CONTROL_ROLES]
+        with self.store.reader.connect() as connection:
+            rows = self._token_rows(connection, path, [cut - 1, *control])
+        return rows[cut - 1][1] - sum(rows[i][0] for i in control)
 
     def _summarize(
         self,

@@ -137,6 +137,13 @@ def count(file: Path, model: str, as_json: bool) -> None:
 @click.option("--keep-last", default=20, show_default=True, help="Messages sent verbatim.")
 @click.option("--fold-every", default=10, show_default=True, help="Messages per fold.")
 @click.option("--summary-tokens", default=1000, show_default=True, help="Summary budget.")
+@click.option(
+    "--summary-share",
+    type=float,
+    default=None,
+    help="Grow the summary budget to this share of the history it replaces "
+    "(never above --summary-tokens).",
+)
 @click.option("--model", default="gpt-4o", show_default=True, help="Model the app calls.")
 @json_option
 @user_errors
@@ -148,6 +155,7 @@ def replay_command(
     keep_last: int,
     fold_every: int,
     summary_tokens: int,
+    summary_share: float | None,
     model: str,
     as_json: bool,
 ) -> None:
@@ -167,6 +175,7 @@ def replay_command(
             fold_every=fold_every,
             summarizer=chosen,
             summary_tokens=summary_tokens,
+            summary_share=summary_share,
             background=False,
         ) as trimmer,
         click.progressbar(length=total, label="replaying", file=sys.stderr) as bar,

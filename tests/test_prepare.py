@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,12 +12,16 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import (
+    ConfigurationError,
     OpenAISummarizer,
     PromptTooLargeError,
+    SummaryRequest,
+    SummaryResult,
     Trimmer,
     count_tokens,
 )
 from context_trimmer._store import FAILURES, REQUESTS, SUMMARIES, USAGE
+from context_trimmer._tokens import counter_for
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
 
@@ -278,6 +283,55 @@ def test_background_fold_runs_after_prepare(sqlite_url: str, server: FakeOpenAI)
         assert prepared.fold_pending and prepared.summary_id is None
         trimmer.wait_for_background(timeout=10)
         assert trimmer.prepare(messages).summary_id is not None
+
+
+class BudgetRecorder:
+    """A summarizer that records the budget it is given."""
+
+    name = "recorder"
+    prompt_version = "1"
+    input_tokens = 1_000_000
+
+    def __init__(self) -> None:
+        self.budgets: list[int] = []
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult:
+        self.budgets.append(request.budget)
+        return SummaryResult("- Maria booked flights to Lisbon in May.")
+
+
+@pytest.mark.parametrize(
+    ("summary_share", "summary_tokens", "expected"),
+    [
+        (None, 300, lambda replaced: 300),
+        (0.1, 10_000, lambda replaced: math.ceil(0.1 * replaced)),
+        (0.1, 50, lambda replaced: 50),
+        (0.0001, 10_000, lambda replaced: 16),
+    ],
+)
+def test_summary_budget_is_fixed_or_a_share_of_the_history_it_replaces(
+    sqlite_url: str, summary_share: float | None, summary_tokens: int, expected: Any
+) -> None:
+    recorder = BudgetRecorder()
+    messages = chat(20)
+    with Trimmer(
+        sqlite_url,
+        keep_last=4,
+        summarizer=recorder,
+        summary_tokens=summary_tokens,
+        summary_share=summary_share,
+        background=False,
+    ) as trimmer:
+        trimmer.compact(messages, force=True)
+    # Everything before the 4-message tail but the system prompt is replaced.
+    replaced = sum(map(counter_for("gpt-4o").message, messages[1:-4]))
+    assert recorder.budgets == [expected(replaced)]
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -0.1, "0.1", True])
+def test_a_bad_summary_share_is_a_clear_error(sqlite_url: str, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match=r"summary_share must be a number in \(0, 1\]"):
+        Trimmer(sqlite_url, summary_share=bad, migrate=False)
 
 
 def test_compact_by_conversation_id(trimmer: Trimmer) -> None:

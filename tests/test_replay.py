@@ -122,3 +122,13 @@ def test_cli_replay_of_the_shipped_example(sqlite_url: str) -> None:
     assert output["report"]["rows"][0]["group"] == "crumb-onboarding"
     assert 0 < report["prompt_tokens"] < report["baseline_tokens"]
     assert report["summaries"] > 0 and report["summary_failures"] == 0
+
+
+def test_cli_replay_with_a_summary_share(sqlite_url: str) -> None:
+    base = ["replay", str(EXAMPLE), "--db", sqlite_url, "--keep-last", "6", "--fold-every", "4"]
+    result = CliRunner().invoke(main, [*base, "--summary-share", "0.1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["replay"]["summaries"] > 0
+    bad = CliRunner().invoke(main, [*base, "--summary-share", "2"])
+    assert bad.exit_code != 0
+    assert "summary_share must be a number in (0, 1]" in bad.output
