@@ -1,30 +1,44 @@
-"""The local summarizer: deterministic, no network, keeps as many distinct facts as fit.
+"""The local summarizer: deterministic, no network, keeps the facts most likely asked about.
 
-The summary is a list of facts, one line per run of facts by the same speaker::
+The summary is a list of facts under the dates they were said, one line per run of
+facts by the same speaker::
 
-    Caroline: researching adoption agencies; necklace from my grandma in Sweden
+    [8 May, 2023]
+    Caroline: went to a LGBTQ support group yesterday; researching adoption agencies
     Melanie: took my kids to a pottery workshop last Friday
 
 Folding re-reads the previous summary's facts, splits the new turns into clauses
-(dropping questions, greetings and filler), and then greedily keeps the clause that
-adds the most not-yet-kept content words per token, each word weighted by its rarity
-among the candidates, so names, numbers, dates and specific nouns win over small talk.
-The kept facts are written back in their original order. Same input, same output.
+(dropping questions, greetings and filler; a message opening with a ``[date]`` tag
+dates the clauses after it) and greedily keeps the clause with the best value per
+token. A clause's value is the content words it adds that no kept clause has yet,
+each weighted by its rarity among the candidates, times a prior from its form:
+first-person news, times, numbers, names and titles up; replies to the listener and
+general remarks down; answers to a question up. Each date, and each speaker on each
+date, also counts as a word, so every session keeps something of both sides. Facts
+already in the summary get a bonus: they stay unless clearly outranked, which keeps
+the summary stable between folds. The weights were measured on the LoCoMo
+conversations (``benchmarks/locomo_savings.py``). Same input, same output.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ._summarizers import PROMPT_VERSION, SummaryRequest, SummaryResult
 
 _SPEAKER_LABEL = re.compile(r"^([A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}): ")
 _DATE_TAG = re.compile(r"^\[([^\]]{4,60})\]\s*")
+_DATE_LINE = re.compile(r"\[([^\]\n]+)\]")
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(?:\s*[ap]\.?m\.?)?\s+(?:on\s+)?", re.IGNORECASE)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
 _CLAUSE_BREAK = re.compile(
     r"\s+[-\u2013\u2014]+\s+|;\s+|:\s+|,\s+(?=(?:and|but|so|because|which)\b)"
+    r"|,?\s+(?:and|but)\s+(?=(?:it|it's|it was|that|that's|this|they|they're)\b)"
+)
+_TAG_QUESTION = re.compile(
+    r",?\s+(?:right|isn't it|aren't they|don't you think|you know|huh|eh)\?$", re.IGNORECASE
 )
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
 _OPENER = re.compile(
@@ -72,12 +86,23 @@ _LEADING_SUBJECT = re.compile(
 )
 MIN_WORDS = 3
 FACT_SEPARATOR = "; "
+# Priors and weights (see the module docstring), measured on LoCoMo.
+ANSWER_BONUS = 2.0  # a clause in the reply to a question
+ADDRESSED_FACTOR = 0.4  # a clause that calls a speaker by name ("so true, Mel")
+KEPT_BONUS = 6.0  # a fact already in the previous summary
+DATE_WEIGHT = 20.0  # the first fact kept from a date
+SPEAKER_WEIGHT = 20.0  # the first fact kept from a speaker on a date
 
 
 @dataclass(frozen=True)
 class Fact:
+    """One clause: who said it, when, and how likely it is worth keeping (``prior``,
+    not part of its identity)."""
+
     speaker: str
     text: str
+    date: str = ""
+    prior: float = field(default=1.0, compare=False)
 
 
 class ExtractiveSummarizer:
@@ -88,82 +113,209 @@ class ExtractiveSummarizer:
     input_tokens = 1_000_000
 
     def summarize(self, request: SummaryRequest) -> SummaryResult:
-        candidates = list(
-            dict.fromkeys(parse_summary(request.previous) + facts_of(request.transcript))
-        )
-        chosen = _select(candidates, request)
-        text = render_facts([candidates[i] for i in sorted(chosen)])
+        kept, date = parse_summary(request.previous)
+        new, date = facts_of(request.transcript, date)
+        candidates = list(dict.fromkeys(kept + new))
+        chosen = _select(candidates, date, request)
+        text = render_facts([candidates[i] for i in sorted(chosen)], date)
         # Speaker labels were not in the greedy's costs: drop the least useful facts
         # (picked last) until the rendered summary fits the budget exactly.
         while chosen and request.count_tokens(text) > request.budget:
             chosen.pop()
-            text = render_facts([candidates[i] for i in sorted(chosen)])
+            text = render_facts([candidates[i] for i in sorted(chosen)], date)
         return SummaryResult(text)
 
 
-def _select(candidates: list[Fact], request: SummaryRequest) -> list[int]:
-    """Greedy max coverage: indexes of the facts to keep, most useful first."""
+def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
+    """Greedy weighted max coverage: indexes of the facts to keep, most useful first.
+
+    A fact's cost is its tokens, plus its date line when no kept fact has that date
+    yet; the latest date's line is always written, so its cost is paid up front.
+    """
     words = [_content_words(fact.text) for fact in candidates]
     weight = _rarity(words)
+    for fact, group in zip(candidates, words, strict=True):
+        if fact.date and group:
+            for session, session_weight in (
+                (f"[{fact.date}]", DATE_WEIGHT),
+                (f"[{fact.date}] {fact.speaker}", SPEAKER_WEIGHT),
+            ):
+                group.add(session)
+                weight[session] = session_weight
     costs = [request.count_tokens(fact.text) + 1 for fact in candidates]
+    date_costs = {
+        fact.date: request.count_tokens(_date_line(fact.date)) + 1
+        for fact in candidates
+        if fact.date
+    }
+    dated = {latest} if latest else set()
+    used = request.count_tokens(_date_line(latest)) + 1 if latest else 0
     chosen: list[int] = []
     covered: set[str] = set()
-    used = 0
+
+    def cost(i: int) -> int:
+        date = candidates[i].date
+        return costs[i] + (date_costs[date] if date and date not in dated else 0)
+
     remaining = {i for i in range(len(candidates)) if words[i]}
     while remaining:
         best = max(
             remaining,
-            key=lambda i: (math.fsum(weight[w] for w in words[i] - covered) / costs[i], -i),
+            key=lambda i: (
+                candidates[i].prior * math.fsum(weight[w] for w in words[i] - covered) / cost(i),
+                -i,
+            ),
         )
         remaining.discard(best)
         if not words[best] - covered:
             break
-        if used + costs[best] <= request.budget:
+        if used + cost(best) <= request.budget:
+            used += cost(best)
             chosen.append(best)
             covered |= words[best]
-            used += costs[best]
+            dated.add(candidates[best].date)
     return chosen
 
 
-def render_facts(facts: list[Fact]) -> str:
-    lines: list[tuple[str, list[str]]] = []
+def render_facts(facts: list[Fact], latest: str = "") -> str:
+    """Facts under their date lines, one line per run of facts by the same speaker.
+
+    ``latest`` (the date of the newest folded message) closes the summary even when
+    no fact of that date was kept, so the next fold knows when its messages began.
+    """
+    lines: list[str] = []
+    date, speaker = "", None
     for fact in facts:
-        if lines and lines[-1][0] == fact.speaker:
-            lines[-1][1].append(fact.text)
+        if fact.date != date:
+            date, speaker = fact.date, None
+            lines.append(_date_line(date))
+        if fact.speaker == speaker:
+            lines[-1] += FACT_SEPARATOR + fact.text
         else:
-            lines.append((fact.speaker, [fact.text]))
-    return "\n".join(f"{speaker}: {FACT_SEPARATOR.join(texts)}" for speaker, texts in lines)
+            speaker = fact.speaker
+            lines.append(f"{speaker}: {fact.text}")
+    if latest and latest != date:
+        lines.append(_date_line(latest))
+    return "\n".join(lines)
 
 
-def parse_summary(summary: str | None) -> list[Fact]:
+def parse_summary(summary: str | None) -> tuple[list[Fact], str]:
+    """The facts of a rendered summary, and its latest date."""
     facts: list[Fact] = []
+    date = ""
     for line in (summary or "").splitlines():
+        header = _DATE_LINE.fullmatch(line)
+        if header:
+            date = header.group(1)
+            continue
         speaker, separator, body = line.partition(": ")
         if not separator:
             speaker, body = "", line
-        facts.extend(Fact(speaker, text) for text in body.split(FACT_SEPARATOR) if text.strip())
-    return facts
+        facts.extend(
+            Fact(speaker, text, date) for text in body.split(FACT_SEPARATOR) if text.strip()
+        )
+    speakers = {fact.speaker for fact in facts}
+    return [replace(fact, prior=KEPT_BONUS * _prior(fact.text, speakers)) for fact in facts], date
 
 
-def facts_of(transcript: str) -> list[Fact]:
-    """Clauses worth keeping from a rendered transcript (``role: text`` lines)."""
-    facts: list[Fact] = []
+def facts_of(transcript: str, date: str = "") -> tuple[list[Fact], str]:
+    """Clauses worth keeping from a rendered transcript (``role: text`` lines).
+
+    A message opening with a ``[date]`` tag dates itself and the messages after it;
+    ``date`` is the one in force before the transcript. Returns the facts and the
+    date in force after it.
+    """
+    found: list[tuple[Fact, bool]] = []
+    asked = False
     for line in transcript.splitlines():
         role, _, text = line.partition(": ")
-        text = _DATE_TAG.sub("", text)
+        answers, asked = asked, text.rstrip().endswith("?")
+        tag = _DATE_TAG.match(text)
+        if tag:
+            date = _TIME_OF_DAY.sub("", tag.group(1).strip())
+            text = text[tag.end() :]
         label = _SPEAKER_LABEL.match(text)
         speaker = label.group(1) if label else role
         if label:
             text = text[label.end() :]
         for sentence in _SENTENCE_END.split(text):
-            if sentence.rstrip().endswith("?"):
+            sentence = _TAG_QUESTION.sub("", sentence.rstrip())
+            if sentence.endswith("?"):
                 continue
             for clause in _CLAUSE_BREAK.split(sentence):
                 clause = _FILLER.sub("", _OPENER.sub("", clause.strip())).strip(" ,.!")
-                clause = _LEADING_SUBJECT.sub("", clause)
                 if len(_WORD.findall(clause)) >= MIN_WORDS:
-                    facts.append(Fact(speaker, clause.replace(FACT_SEPARATOR, ", ")))
-    return facts
+                    found.append((Fact(speaker, clause, date), answers))
+    speakers = {fact.speaker for fact, _ in found}
+    facts = [
+        Fact(
+            fact.speaker,
+            _LEADING_SUBJECT.sub("", fact.text).replace(FACT_SEPARATOR, ", "),
+            fact.date,
+            _prior(fact.text, speakers) * (ANSWER_BONUS if answers else 1.0),
+        )
+        for fact, answers in found
+    ]
+    return facts, date
+
+
+def _date_line(date: str) -> str:
+    return f"[{date}]"
+
+
+# How a clause's form changes the odds that it states a fact someone will ask about
+# later (measured on LoCoMo clauses): first-person news, times, numbers, titles and
+# names up; replies to the listener and general remarks down.
+_PRIORS = [
+    (re.compile(r"\b(?:i|we|my|our|me|us|i'm|i've|we're|we've)\b", re.IGNORECASE), 2.0),
+    (re.compile(r"\b(?:you|your|you're|you've|yours)\b", re.IGNORECASE), 0.3),
+    (
+        re.compile(
+            r"\b(?:yesterday|tomorrow|tonight|ago|recently|lately|the other day|since we|"
+            r"(?:last|next|this) (?:week|weekend|month|year|night|summer|fall|spring|winter|"
+            r"monday|tuesday|wednesday|thursday|friday|saturday|sunday))\b",
+            re.IGNORECASE,
+        ),
+        3.0,
+    ),
+    (
+        re.compile(
+            r"^(?:it's|it is|that's|that is|this is|life|being|having|losing|taking|finding)\b",
+            re.IGNORECASE,
+        ),
+        0.3,
+    ),
+    (
+        re.compile(
+            r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twice|once)\b",
+            re.IGNORECASE,
+        ),
+        2.0,
+    ),
+    (re.compile(r"[\"\u201c]|\b(?:named|name(?:'s| is| was)|called)\b", re.IGNORECASE), 2.0),
+]
+
+
+_VOCATIVE = re.compile(r",\s+([A-Z][a-z]+)$|^([A-Z][a-z]+),\s")
+
+
+def _prior(text: str, speakers: set[str]) -> float:
+    prior = 1.0
+    for pattern, factor in _PRIORS:
+        if pattern.search(text):
+            prior *= factor
+    if _addressed(text, speakers):
+        prior *= ADDRESSED_FACTOR
+    return prior
+
+
+def _addressed(text: str, speakers: set[str]) -> bool:
+    """Whether a clause calls a speaker by name ("That's so true, Mel"): a reply."""
+    match = _VOCATIVE.search(text)
+    if match is None:
+        return False
+    name = match.group(1) or match.group(2)
+    return any(speaker.startswith(name) for speaker in speakers)
 
 
 def _content_words(text: str) -> set[str]:

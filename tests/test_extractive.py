@@ -1,15 +1,21 @@
-"""The local summarizer: deterministic, within budget, keeps facts over small talk."""
+"""The local summarizer: deterministic, within budget, keeps dated facts over small talk."""
 
 from __future__ import annotations
 
 from context_trimmer import ExtractiveSummarizer, SummaryRequest
-from context_trimmer._extractive import facts_of, parse_summary, render_facts
+from context_trimmer._extractive import (
+    _addressed,
+    _prior,
+    facts_of,
+    parse_summary,
+    render_facts,
+)
 from context_trimmer._tokens import counter_for
 
 COUNT = counter_for("gpt-4o").text
 TRANSCRIPT = "\n".join(
     [
-        "user: [8 May, 2023] Caroline: Hey Mel! How are you?",
+        "user: [1:56 pm on 8 May, 2023] Caroline: Hey Mel! How are you?",
         "assistant: Melanie: Wow, that is so awesome! I'm so happy for you.",
         "user: Caroline: I went to the LGBTQ support group yesterday - it was powerful.",
         "assistant: Melanie: Last Friday I took my 3 kids to a pottery workshop in Portland.",
@@ -32,11 +38,24 @@ def test_keeps_names_numbers_and_events_not_small_talk() -> None:
     assert "How are you" not in text and "so happy for you" not in text
 
 
+def test_facts_stand_under_the_date_they_were_said() -> None:
+    text = summarize(None, TRANSCRIPT)
+    assert text.splitlines()[0] == "[8 May, 2023]"  # the time of day is dropped
+    later = "user: Caroline: I adopted a dog named Oscar in June."
+    rolled = summarize(text, later + "\nuser: [3 July, 2023] Caroline: Hi there!")
+    # The new turn had no date of its own: it belongs to the summary's latest date.
+    assert rolled.index("Oscar") < rolled.index("[3 July, 2023]")
+    assert rolled.count("[8 May, 2023]") == 1
+    # The latest date closes the summary even with no fact kept from it, so the
+    # next fold dates its turns right.
+    assert rolled.splitlines()[-1] == "[3 July, 2023]"
+
+
 def test_same_input_same_output() -> None:
     assert summarize(None, TRANSCRIPT) == summarize(None, TRANSCRIPT)
 
 
-def test_budget_is_respected_including_speaker_labels() -> None:
+def test_budget_is_respected_including_speaker_labels_and_dates() -> None:
     for budget in (12, 25, 40):
         assert COUNT(summarize(None, TRANSCRIPT, budget)) <= budget
 
@@ -49,8 +68,60 @@ def test_rolling_summary_keeps_previous_facts_when_there_is_room() -> None:
 
 
 def test_summary_format_round_trips() -> None:
-    facts = facts_of(TRANSCRIPT)
-    assert parse_summary(render_facts(facts)) == facts
+    facts, latest = facts_of(TRANSCRIPT + "\nuser: [9 May, 2023] Caroline: Hi!")
+    assert latest == "9 May, 2023"
+    assert parse_summary(render_facts(facts, latest)) == (facts, latest)
+
+
+def test_news_wins_over_replies_to_the_listener() -> None:
+    transcript = "\n".join(
+        [
+            "user: Caroline: You captured the colours of that sunset perfectly, Melanie.",
+            "assistant: Melanie: I signed up for a pottery class yesterday.",
+        ]
+    )
+    expected = "Melanie: signed up for a pottery class yesterday"
+    assert summarize(None, transcript, budget=12) == expected
+
+
+def test_priors_rank_news_over_remarks_and_replies() -> None:
+    def prior(text: str) -> float:
+        return _prior(text, {"Caroline", "Melanie"})
+
+    neutral = prior("Melanie painted the lake at sunset")
+    reply = prior("You painted the lake at sunset")
+    assert prior("You painted the lake at sunset, Melanie") < reply < neutral
+    assert prior("It's nice to paint the lake at sunset") < neutral
+    ranked = [
+        neutral,
+        prior("I painted the lake at sunset"),
+        prior("I painted the lake at sunset last week"),
+        prior("I painted the lake at sunset last week with 2 friends"),
+    ]
+    assert ranked == sorted(set(ranked))
+
+
+def test_only_a_speakers_name_after_a_comma_marks_a_reply() -> None:
+    speakers = {"Caroline", "Melanie"}
+    assert _addressed("That's so true, Mel", speakers)
+    assert _addressed("Caroline, I loved it", speakers)
+    assert not _addressed("a gift from my grandma in my home country, Sweden", speakers)
+
+
+def test_every_session_keeps_something() -> None:
+    sessions = [
+        "user: [1 May, 2023] Ann: I started a pottery class and I made 2 bowls and 3 cups.",
+        "user: Ann: I also joined a choir last week and we sang in the cathedral.",
+        "user: Ann: We went to Lisbon last month and visited 5 museums in 2 days.",
+        "user: [2 June, 2023] Ann: I adopted a cat.",
+    ]
+    text = summarize(None, "\n".join(sessions), budget=45)
+    assert "[1 May, 2023]" in text and "adopted a cat" in text
+
+
+def test_a_tag_question_is_a_statement() -> None:
+    text = summarize(None, "user: Caroline: Sunflowers mean warmth and happiness, right?")
+    assert text == "Caroline: Sunflowers mean warmth and happiness"
 
 
 def test_deterministic_across_hash_seeds() -> None:
