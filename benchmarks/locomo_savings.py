@@ -7,9 +7,13 @@ Q&A answers (categories 1-4) whose text is still in the final prepared context a
 those the full history contains.
 
     python benchmarks/locomo_savings.py [--data ../shared/data/locomo-sample.json]
-        [--summarizer extractive|openai] [--keep-last 20] [--summary-tokens 1000]
+        [--summarizer extractive|openai] [--keep-last 20] [--fold-every 10]
+        [--summary-tokens 4000] [--summary-share 0.085 [0.09 ...] | none] [--json]
 
---summarizer openai uses OPENAI_API_KEY / OPENAI_BASE_URL (any compatible endpoint).
+The summary's budget is ``--summary-share`` of the history it replaces, never above
+``--summary-tokens``; ``none`` makes it a fixed ``--summary-tokens``. Several shares
+make a sweep. --summarizer openai uses OPENAI_API_KEY / OPENAI_BASE_URL (any
+compatible endpoint).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from context_trimmer import OpenAISummarizer, Trimmer
-from context_trimmer._replay import load_conversations, replay
+from context_trimmer._replay import Conversation, load_conversations, replay
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
 
@@ -32,19 +36,15 @@ def answers_in(text: str, qa: list[dict[str, Any]]) -> set[int]:
     return {i for i, item in enumerate(qa) if str(item["answer"]).lower() in lowered}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--summarizer", choices=["extractive", "openai"], default="extractive")
-    parser.add_argument("--keep-last", type=int, default=20)
-    parser.add_argument("--fold-every", type=int, default=10)
-    parser.add_argument("--summary-tokens", type=int, default=1000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+def share(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
 
-    raw = json.loads(args.data.read_text())
+
+def run(
+    args: argparse.Namespace, summary_share: float | None, data: list[tuple[Any, Conversation]]
+) -> dict[str, Any]:
     rows = []
-    for item, conversation in zip(raw, load_conversations(args.data), strict=True):
+    for item, conversation in data:
         qa = [q for q in item["qa"] if q.get("category") in (1, 2, 3, 4) and "answer" in q]
         summarizer: Any = "extractive" if args.summarizer == "extractive" else OpenAISummarizer()
         with (
@@ -54,6 +54,7 @@ def main() -> None:
                 keep_last=args.keep_last,
                 fold_every=args.fold_every,
                 summary_tokens=args.summary_tokens,
+                summary_share=summary_share,
                 summarizer=summarizer,
                 background=False,
             ) as trimmer,
@@ -64,17 +65,13 @@ def main() -> None:
         sent_text = "\n".join(m["content"] for m in final.messages)
         in_full = answers_in(full_text, qa)
         kept = answers_in(sent_text, qa) & in_full
-        per_request = [
-            result.prompt_tokens / result.requests,
-            result.baseline_tokens / result.requests,
-        ]
         rows.append(
             {
                 "conversation": conversation.id,
                 "messages": len(conversation.messages),
                 "requests": result.requests,
-                "mean_sent": round(per_request[0]),
-                "mean_full": round(per_request[1]),
+                "mean_sent": round(result.prompt_tokens / result.requests),
+                "mean_full": round(result.baseline_tokens / result.requests),
                 "final_sent": final.prompt_tokens,
                 "final_full": final.baseline_tokens,
                 "final_ratio": round(final.prompt_tokens / final.baseline_tokens, 4),
@@ -85,33 +82,58 @@ def main() -> None:
         )
     totals = {
         "final_ratio_mean": round(statistics.mean(r["final_ratio"] for r in rows), 4),
+        "final_ratio_max": max(r["final_ratio"] for r in rows),
         "kept_share_overall": round(
             sum(r["answers_kept"] for r in rows) / sum(r["answers_in_full"] for r in rows), 4
         ),
     }
-    if args.json:
-        print(json.dumps({"summarizer": args.summarizer, "rows": rows, "totals": totals}, indent=2))
-        return
-    header = (
+    return {"summary_share": summary_share, "rows": rows, "totals": totals}
+
+
+def print_run(args: argparse.Namespace, outcome: dict[str, Any]) -> None:
+    print(
+        f"summarizer={args.summarizer} keep_last={args.keep_last} "
+        f"fold_every={args.fold_every} summary_tokens={args.summary_tokens} "
+        f"summary_share={outcome['summary_share']}"
+    )
+    print(
         f"{'conversation':<12} {'msgs':>5} {'mean sent':>9} {'mean full':>9} "
         f"{'final sent':>10} {'final full':>10} {'ratio':>6} {'answers kept':>14}"
     )
-    print(
-        f"summarizer={args.summarizer} keep_last={args.keep_last} "
-        f"fold_every={args.fold_every} summary_tokens={args.summary_tokens}"
-    )
-    print(header)
-    for r in rows:
+    for r in outcome["rows"]:
         print(
             f"{r['conversation']:<12} {r['messages']:>5} {r['mean_sent']:>9,} "
             f"{r['mean_full']:>9,} {r['final_sent']:>10,} {r['final_full']:>10,} "
             f"{r['final_ratio']:>6.1%} {r['answers_kept']:>5}/{r['answers_in_full']:<3} "
             f"{r['kept_share']:.0%}"
         )
+    totals = outcome["totals"]
     print(
-        f"final prompt / full history (mean): {totals['final_ratio_mean']:.1%}; "
-        f"answers kept overall: {totals['kept_share_overall']:.1%}"
+        f"final prompt / full history: mean {totals['final_ratio_mean']:.1%}, "
+        f"max {totals['final_ratio_max']:.1%}; "
+        f"answers kept overall: {totals['kept_share_overall']:.1%}\n"
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--summarizer", choices=["extractive", "openai"], default="extractive")
+    parser.add_argument("--keep-last", type=int, default=20)
+    parser.add_argument("--fold-every", type=int, default=10)
+    parser.add_argument("--summary-tokens", type=int, default=4000)
+    parser.add_argument("--summary-share", type=share, nargs="+", default=[0.085])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    raw = json.loads(args.data.read_text())
+    data = list(zip(raw, load_conversations(args.data), strict=True))
+    outcomes = [run(args, value, data) for value in args.summary_share]
+    if args.json:
+        print(json.dumps({"summarizer": args.summarizer, "runs": outcomes}, indent=2))
+        return
+    for outcome in outcomes:
+        print_run(args, outcome)
 
 
 if __name__ == "__main__":
