@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from context_trimmer import ExtractiveSummarizer, SummaryRequest
 from context_trimmer._extractive import (
+    DATE_WEIGHT,
+    SPEAKER_WEIGHT,
+    Fact,
     _addressed,
+    _content_words,
     _prior,
+    _rarity,
+    _select,
     facts_of,
     parse_summary,
     render_facts,
@@ -145,3 +156,78 @@ def test_deterministic_across_hash_seeds() -> None:
         for seed in ("1", "2", "3")
     }
     assert len(outputs) == 1
+
+
+def naive_select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
+    """The plain O(n^2) greedy the lazy one must match."""
+    chosen: list[int] = []
+    remaining = set(range(len(candidates)))
+    covered: set[str] = set()
+    dated = {latest} if latest else set()
+    used = COUNT(f"[{latest}]") + 1 if latest else 0
+    words = [_select_words(candidates, i) for i in range(len(candidates))]
+    weight = _weights(candidates)
+
+    def value(i: int) -> tuple[float, int]:
+        gain = math.fsum(weight[w] for w in words[i] if w not in covered)
+        return candidates[i].prior * gain / (COUNT(candidates[i].text) + 1), -i
+
+    while remaining:
+        best = max(remaining, key=value)
+        remaining.discard(best)
+        if value(best)[0] == 0:
+            break
+        date = candidates[best].date
+        cost = COUNT(candidates[best].text) + 1
+        cost += COUNT(f"[{date}]") + 1 if date and date not in dated else 0
+        if used + cost <= request.budget:
+            used += cost
+            chosen.append(best)
+            covered |= words[best]
+            dated.add(date)
+    return chosen
+
+
+def _select_words(candidates: list[Fact], i: int) -> set[str]:
+    fact = candidates[i]
+    words = _content_words(fact.text)
+    if fact.date and words:
+        words |= {f"[{fact.date}]", f"[{fact.date}] {fact.speaker}"}
+    return words
+
+
+def _weights(candidates: list[Fact]) -> dict[str, float]:
+    weight = _rarity([_content_words(fact.text) for fact in candidates])
+    for fact in candidates:
+        weight[f"[{fact.date}]"] = DATE_WEIGHT
+        weight[f"[{fact.date}] {fact.speaker}"] = SPEAKER_WEIGHT
+    return weight
+
+
+WORDS = "Lisbon pottery yesterday 3 kids I you my last week Maria painted flights museum".split()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["Ann", "Bob"]),
+            st.lists(st.sampled_from(WORDS), min_size=3, max_size=9),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    budget=st.integers(min_value=5, max_value=120),
+)
+def test_the_lazy_greedy_picks_what_the_plain_greedy_picks(
+    lines: list[tuple[str, list[str], bool]], budget: int
+) -> None:
+    transcript = "\n".join(
+        f"user: {f'[{n} May, 2023] ' if new_date else ''}{speaker}: {' '.join(words)}."
+        for n, (speaker, words, new_date) in enumerate(lines)
+    )
+    candidates, latest = facts_of(transcript)
+    candidates = list(dict.fromkeys(candidates))
+    request = SummaryRequest(None, transcript, budget, COUNT)
+    assert _select(candidates, latest, request) == naive_select(candidates, latest, request)
