@@ -49,6 +49,23 @@ def test_keeps_names_numbers_and_events_not_small_talk() -> None:
     assert "How are you" not in text and "so happy for you" not in text
 
 
+def test_a_support_chat_keeps_its_problem_and_decisions() -> None:
+    transcript = "\n".join(
+        [
+            "user: Hi, my blender arrived broken. Order 48213.",
+            "assistant: Sorry to hear that! I have issued a replacement for order 48213.",
+            "user: Great, thanks so much! You are the best.",
+            "assistant: You're welcome! Anything else I can help with?",
+            "user: We agreed you would also waive the shipping fee, right?",
+            "assistant: Yes, the shipping fee is waived.",
+        ]
+    )
+    text = summarize(None, transcript, budget=40)
+    for fact in ("blender arrived broken", "replacement for order 48213", "shipping fee"):
+        assert fact in text
+    assert "Anything else" not in text and "the best" not in text
+
+
 def test_facts_stand_under_the_date_they_were_said() -> None:
     text = summarize(None, TRANSCRIPT)
     assert text.splitlines()[0] == "[8 May, 2023]"  # the time of day is dropped
