@@ -87,6 +87,7 @@ _LEADING_SUBJECT = re.compile(
 )
 MIN_WORDS = 3
 FACT_SEPARATOR = "; "
+NOTHING_KEPT = "(small talk only)"
 # Priors and weights (see the module docstring), measured on LoCoMo.
 ANSWER_BONUS = 2.0  # a clause in the reply to a question
 ADDRESSED_FACTOR = 0.4  # a clause that calls a speaker by name ("so true, Mel")
@@ -120,11 +121,15 @@ class ExtractiveSummarizer:
         chosen = _select(candidates, date, request)
         text = render_facts([candidates[i] for i in sorted(chosen)], date)
         # Speaker labels were not in the greedy's costs: drop the least useful facts
-        # (picked last) until the rendered summary fits the budget exactly.
-        while chosen and request.count_tokens(text) > request.budget:
-            chosen.pop()
+        # (picked last), then the date line, until the summary fits the budget exactly.
+        while request.count_tokens(text) > request.budget and (chosen or date):
+            if chosen:
+                chosen.pop()
+            else:
+                date = ""
             text = render_facts([candidates[i] for i in sorted(chosen)], date)
-        return SummaryResult(text)
+        # Turns with nothing worth keeping (greetings, thanks) still fold away.
+        return SummaryResult(text or NOTHING_KEPT)
 
 
 def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
@@ -205,6 +210,8 @@ def parse_summary(summary: str | None) -> tuple[list[Fact], str]:
     facts: list[Fact] = []
     date = ""
     for line in (summary or "").splitlines():
+        if line == NOTHING_KEPT:
+            continue
         header = _DATE_LINE.fullmatch(line)
         if header:
             date = header.group(1)

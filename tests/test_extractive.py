@@ -248,3 +248,16 @@ def test_the_lazy_greedy_picks_what_the_plain_greedy_picks(
     candidates = list(dict.fromkeys(candidates))
     request = SummaryRequest(None, transcript, budget, COUNT)
     assert _select(candidates, latest, request) == naive_select(candidates, latest, request)
+
+
+def test_small_talk_folds_into_a_placeholder_that_the_next_fold_drops() -> None:
+    small_talk = "user: Ann: hi there!\nassistant: Bob: hello hello!\nuser: Ann: ok thanks!"
+    first = summarize(None, small_talk)
+    assert first == "(small talk only)"
+    second = summarize(first, "user: Ann: I moved to Lisbon in 2021.")
+    assert second == "Ann: moved to Lisbon in 2021"
+
+
+def test_a_budget_below_the_date_line_drops_the_date_line() -> None:
+    assert summarize(None, "user: [8 May, 2023] Ann: hi!", budget=8) == "[8 May, 2023]"
+    assert summarize(None, "user: [8 May, 2023] Ann: hi!", budget=7) == "(small talk only)"
