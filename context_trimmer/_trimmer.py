@@ -50,7 +50,14 @@ from ._summarizers import (
 from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import REPLY_PRIMING, TokenCounter
 from ._validation import validate_messages
-from ._window import CONTROL_ROLES, anchor_index, assemble, conversational_count, tail_start
+from ._window import (
+    CONTROL_ROLES,
+    anchor_index,
+    assemble,
+    control_indexes,
+    conversational_count,
+    tail_start,
+)
 from ._wrap import Sender, WrappedClient, conversation
 
 log = logging.getLogger("context_trimmer")
@@ -507,8 +514,7 @@ class Trimmer:
     def _tail_control(self, path: _Path, start: int) -> list[int]:
         if not self.system_prompts.active:
             return []
-        messages = path.messages
-        return [i for i in range(start, len(messages)) if messages[i]["role"] in CONTROL_ROLES]
+        return control_indexes(path.messages, start, len(path.messages))
 
     def _compress_control(
         self,
@@ -730,10 +736,11 @@ class Trimmer:
             if _start_of(self._deepest_summary(connection, path)) != start:
                 self.store.release_lease(lease, owner)
                 return FoldResult(reason="another worker folded this span")
+            budget = self._summary_budget(connection, path, cut, prompt_limit)
         request = SummaryRequest(
             previous=summary.text if summary else None,
             transcript=render_transcript(evicted),
-            budget=self._summary_budget(path, cut, prompt_limit),
+            budget=budget,
             count_tokens=path.counter.text,
         )
         try:
@@ -755,26 +762,25 @@ class Trimmer:
         self.store.release_lease(lease, owner)
         return result
 
-    def _summary_budget(self, path: _Path, cut: int, prompt_limit: int | None) -> int:
+    def _summary_budget(
+        self, connection: Connection, path: _Path, cut: int, prompt_limit: int | None
+    ) -> int:
+        """``summary_tokens``, or ``summary_share`` of the history before ``cut`` (not
+        its control messages), shrunk to fit ``prompt_limit``; from stored counts."""
+        control = control_indexes(path.messages, 0, cut)
+        rows = self._token_rows(connection, path, [cut - 1, *control])
+        before_tail = rows[cut - 1][1]
+        control_tokens = sum(rows[i][0] for i in control)
         budget = self.summary_tokens
         if self.summary_share is not None:
-            share = math.ceil(self.summary_share * self._replaced_tokens(path, cut))
+            share = math.ceil(self.summary_share * (before_tail - control_tokens))
             budget = max(MIN_SUMMARY_TOKENS, min(budget, share))
         if prompt_limit is None:
             return budget
-        count = path.counter.message
-        kept = [m for m in path.messages[:cut] if m["role"] in CONTROL_ROLES]
-        fixed = sum(map(count, kept)) + sum(map(count, path.messages[cut:])) + REPLY_PRIMING
-        fixed += count({"role": "system", "content": SUMMARY_HEADER})
+        header = path.counter.message({"role": "system", "content": SUMMARY_HEADER})
+        tail = path.total_tokens - before_tail
+        fixed = control_tokens + tail + header + REPLY_PRIMING
         return max(MIN_SUMMARY_TOKENS, min(budget, prompt_limit - fixed))
-
-    def _replaced_tokens(self, path: _Path, cut: int) -> int:
-        """Tokens of the messages before ``cut`` that a summary replaces (not control
-        messages), from the stored running totals."""
-        control = [i for i in range(cut) if path.messages[i]["role"] in CONTROL_ROLES]
-        with self.store.reader.connect() as connection:
-            rows = self._token_rows(connection, path, [cut - 1, *control])
-        return rows[cut - 1][1] - sum(rows[i][0] for i in control)
 
     def _summarize(
         self,

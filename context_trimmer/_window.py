@@ -24,6 +24,11 @@ def anchor_index(messages: Messages) -> int | None:
     return next((i for i, m in enumerate(messages) if m["role"] not in CONTROL_ROLES), None)
 
 
+def control_indexes(messages: Messages, start: int, stop: int) -> list[int]:
+    """Indexes of the system and developer messages in ``messages[start:stop]``."""
+    return [i for i in range(start, stop) if messages[i]["role"] in CONTROL_ROLES]
+
+
 def conversational_count(messages: Messages, start: int) -> int:
     return sum(1 for m in messages[start:] if m["role"] not in CONTROL_ROLES)
 
@@ -90,6 +95,6 @@ def assemble(
         return list(messages), []
     first = anchor_index(messages)
     first = start if first is None else min(first, start)
-    kept = [i for i in range(first, start) if messages[i]["role"] in CONTROL_ROLES]
+    kept = control_indexes(messages, first, start)
     sent = [*messages[:first], summary_message, *(messages[i] for i in kept), *messages[start:]]
     return sent, [*range(first), *kept]
