@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from context_trimmer import PromptRewriter, compress_safe
-from context_trimmer._store import HistoryStore
+from context_trimmer._db import Database
 from context_trimmer._system_prompt import SystemPrompts
 from context_trimmer._tokens import counter_for
 
@@ -38,7 +38,7 @@ def main() -> None:
     )
     if args.llm:
         with tempfile.TemporaryDirectory() as folder:
-            store = HistoryStore(f"sqlite:///{folder}/bench.db")
+            store = Database(f"sqlite:///{folder}/bench.db")
             system = SystemPrompts(
                 "llm",
                 store=store,
@@ -48,7 +48,7 @@ def main() -> None:
             )
             results = [system.rewrite_now(p) for p in prompts]
             system.close()
-            store.dispose()
+            store.close()
         llm = [1 - r.tokens / r.original_tokens for r in results]
         rejected = sum(r.reason is not None for r in results)
         print(

@@ -18,7 +18,10 @@ from ._exceptions import (
     TrimmerError,
 )
 from ._extractive import ExtractiveSummarizer
+from ._keys import KeyInfo
 from ._models import ModelInfo, ModelTable
+from ._options import TrimmerOptions
+from ._prepared import FoldResult, Prepared
 from ._ratelimit import RateLimits, UserQuota
 from ._report import Report, ReportRow
 from ._retry import RetryPolicy
@@ -29,8 +32,8 @@ from ._summarizers import (
     SummaryResult,
 )
 from ._system_prompt import PromptRewriter
-from ._tokens import count_tokens
-from ._trimmer import FoldResult, Prepared, Trimmer
+from ._tokens import count_text_tokens, count_tokens
+from ._trimmer import Trimmer
 from ._validation import validate_messages
 
 __version__ = "0.1.0"
@@ -42,6 +45,7 @@ __all__ = [
     "ExtractiveSummarizer",
     "FoldResult",
     "InvalidMessagesError",
+    "KeyInfo",
     "ModelInfo",
     "ModelTable",
     "OpenAISummarizer",
@@ -61,9 +65,11 @@ __all__ = [
     "SummaryResult",
     "Trimmer",
     "TrimmerError",
+    "TrimmerOptions",
     "UserQuota",
     "__version__",
     "compress_safe",
+    "count_text_tokens",
     "count_tokens",
     "validate_messages",
 ]

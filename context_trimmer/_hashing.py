@@ -15,7 +15,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 from ._exceptions import InvalidMessagesError
 
@@ -174,3 +174,22 @@ def _snapshot(message: Any) -> Any:
     if type(message) is dict and all(type(v) is str for v in message.values()):
         return dict(message)
     return copy.deepcopy(message)
+
+
+class HexDigests(Sequence[str]):
+    """Hex strings of chain digests, converted only where the store looks."""
+
+    def __init__(self, digests: list[bytes]):
+        self._digests = digests
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [digest.hex() for digest in self._digests[index]]
+        return self._digests[index].hex()

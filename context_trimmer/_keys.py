@@ -10,9 +10,9 @@ from typing import Any
 
 from sqlalchemy import Table, insert, select, update
 
+from ._db import Database, as_utc
 from ._exceptions import ConfigurationError
 from ._schema import ApiKey, utcnow
-from ._store import HistoryStore, as_utc
 
 KEYS: Table = ApiKey.__table__  # type: ignore[assignment]
 KEY_PREFIX = "ctk-"
@@ -20,6 +20,8 @@ KEY_PREFIX = "ctk-"
 
 @dataclass(frozen=True)
 class KeyInfo:
+    """A gateway API key's record (the key itself is never stored, only its sha256)."""
+
     id: int
     prefix: str
     user: str
@@ -32,7 +34,7 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_key(store: HistoryStore, user: str, *, admin: bool = False) -> tuple[str, KeyInfo]:
+def create_key(db: Database, user: str, *, admin: bool = False) -> tuple[str, KeyInfo]:
     """A new key for ``user``; the key itself is returned here and never again."""
     if not user.strip():
         raise ConfigurationError("a key needs a user name")
@@ -45,30 +47,30 @@ def create_key(store: HistoryStore, user: str, *, admin: bool = False) -> tuple[
         "created_at": utcnow(),
         "revoked_at": None,
     }
-    with store.writing() as connection:
+    with db.writing() as connection:
         row = connection.execute(insert(KEYS).values(**values).returning(KEYS)).one()
     return key, _info(row)
 
 
-def authenticate(store: HistoryStore, key: str) -> KeyInfo | None:
+def authenticate(db: Database, key: str) -> KeyInfo | None:
     """The key's owner, or None for an unknown or revoked key."""
-    with store.reader.connect() as connection:
+    with db.reading() as connection:
         row = connection.execute(select(KEYS).where(KEYS.c.key_hash == _digest(key))).first()
     if row is None or row.revoked_at is not None:
         return None
     return _info(row)
 
 
-def list_keys(store: HistoryStore) -> list[KeyInfo]:
-    with store.reader.connect() as connection:
+def list_keys(db: Database) -> list[KeyInfo]:
+    with db.reading() as connection:
         return [_info(row) for row in connection.execute(select(KEYS).order_by(KEYS.c.id))]
 
 
-def revoke_key(store: HistoryStore, key_id_or_prefix: str) -> int:
+def revoke_key(db: Database, key_id_or_prefix: str) -> int:
     """Revoke by id or by the prefix shown in ``keys list``; returns keys revoked."""
     column = KEYS.c.id if key_id_or_prefix.isdigit() else KEYS.c.prefix
     value: int | str = int(key_id_or_prefix) if key_id_or_prefix.isdigit() else key_id_or_prefix
-    with store.writing() as connection:
+    with db.writing() as connection:
         done = connection.execute(
             update(KEYS)
             .where(column == value, KEYS.c.revoked_at.is_(None))

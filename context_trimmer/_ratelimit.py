@@ -24,9 +24,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, select, update
 
+from ._db import Database, as_utc, insert_if_absent
 from ._exceptions import QuotaExceeded, RateLimitBudgetExceeded
 from ._schema import RateLimitState, UserWindow, utcnow
-from ._store import HistoryStore, as_utc, insert_if_absent
 
 LIMITS: Table = RateLimitState.__table__  # type: ignore[assignment]
 WINDOWS: Table = UserWindow.__table__  # type: ignore[assignment]
@@ -106,12 +106,12 @@ class Governor:
 
     def __init__(
         self,
-        store: HistoryStore,
+        db: Database,
         *,
         limits: Mapping[str, RateLimits] | None = None,
         max_wait: float = 60.0,
     ):
-        self.store = store
+        self._db = db
         self.limits = dict(limits or {})
         self.max_wait = max_wait
 
@@ -120,7 +120,7 @@ class Governor:
         now = utcnow()
         if self._configured(model) is None and not self._known(key):
             return 0.0  # nothing known about this budget yet: the first response tells
-        with self.store.writing() as connection:
+        with self._db.writing() as connection:
             row = self._locked_row(connection, key, model, now)
             if row is None:
                 return 0.0  # nothing known about this budget yet: the first response tells
@@ -144,7 +144,7 @@ class Governor:
 
     def _known(self, key: str) -> bool:
         """Whether a budget row exists (read without taking the write lock)."""
-        with self.store.reader.connect() as connection:
+        with self._db.reading() as connection:
             return (
                 connection.execute(select(LIMITS.c.key).where(LIMITS.c.key == key)).first()
                 is not None
@@ -156,7 +156,7 @@ class Governor:
         if seen is None:
             return
         now = utcnow()
-        with self.store.writing() as connection:
+        with self._db.writing() as connection:
             row = self._locked_row(connection, key, None, now)
             state = dict(row._mapping) if row is not None else _empty_state()
             _merge(state, seen, now)
@@ -279,11 +279,11 @@ class Quotas:
 
     def __init__(
         self,
-        store: HistoryStore,
+        db: Database,
         default: UserQuota | None = None,
         per_user: Mapping[str, UserQuota] | None = None,
     ):
-        self.store = store
+        self._db = db
         self.default = default
         self.per_user = dict(per_user or {})
 
@@ -298,7 +298,7 @@ class Quotas:
             return None
         now = utcnow()
         windows = _windows(quota, now)
-        with self.store.writing() as connection:
+        with self._db.writing() as connection:
             _forget_old_windows(connection, user, now)
             for window, limit, ends in windows:
                 used = _locked_tokens(connection, user, window)
@@ -312,14 +312,14 @@ class Quotas:
         """Replace the reservation by what the request really used."""
         if hold is None or actual == hold.tokens:
             return
-        with self.store.writing() as connection:
+        with self._db.writing() as connection:
             for window in hold.windows:
                 _add_tokens(connection, hold.user, window, actual - hold.tokens)
 
     def used(self, user: str) -> dict[str, int]:
         """Tokens ``user`` has spent in the current minute and day."""
         now = utcnow()
-        with self.store.reader.connect() as connection:
+        with self._db.reading() as connection:
             return {
                 kind: int(
                     connection.execute(

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ._exceptions import ConfigurationError, InvalidMessagesError
-from ._trimmer import Prepared, Trimmer
+from ._prepared import Prepared
+from ._trimmer import Trimmer
 from ._validation import validate_messages
 
 

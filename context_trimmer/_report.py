@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ._exceptions import ConfigurationError
+from ._ledger import Ledger, LedgerRow, SpendRow
 from ._models import ModelInfo, ModelTable
-from ._store import HistoryStore, LedgerRow, SpendRow
 
 GroupBy = Literal["day", "model", "conversation", "user"]
 GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user")
@@ -122,7 +122,7 @@ class Report:
 
 
 def build_report(
-    store: HistoryStore,
+    source: Ledger,
     models: ModelTable,
     *,
     since: datetime | None = None,
@@ -132,8 +132,8 @@ def build_report(
     """Aggregate the ledger between ``since`` (inclusive) and ``until`` (exclusive)."""
     if group_by is not None and group_by not in GROUPS:
         raise ConfigurationError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
-    ledger = store.ledger_rows(since, until)
-    spend = store.spend(since, until)
+    ledger = source.rows(since, until)
+    spend = source.spend(since, until)
     groups: dict[str, ReportRow] = {}
     totals = ReportRow("TOTAL")
     points = []

@@ -19,15 +19,22 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
+
+from sqlalchemy import Table, select
 
 from ._chat_model import ChatModel, Completion
 from ._compress import VERSION, Compression, check_rewrite, compress_safe
+from ._db import Database, insert_if_absent
 from ._exceptions import ConfigurationError
-from ._store import HistoryStore
+from ._hashing import canonical_json
+from ._leases import Leases
+from ._schema import PromptCompression, utcnow
+from ._tokens import TokenCounter
 
 log = logging.getLogger("context_trimmer")
+COMPRESSIONS: Table = PromptCompression.__table__  # type: ignore[assignment]
 
 Mode = Literal["safe", "llm", "off"]
 RECHECK_SECONDS = 10.0
@@ -56,6 +63,30 @@ class PromptRewriter:
         self.chat.close()
 
 
+class CompressionCache:
+    """LLM rewrites of system prompts stored in SQL by the prompt's key, for every process."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def get(self, key: str) -> Compression | None:
+        """The stored compression for ``key``: the accepted rewrite, or the safe version
+        with the reason the rewrite was rejected."""
+        c = COMPRESSIONS.c
+        with self._db.reading() as connection:
+            row = connection.execute(
+                select(c.text, c.mode, c.original_tokens, c.tokens, c.reason).where(c.key == key)
+            ).first()
+        if row is None:
+            return None
+        return Compression(row.text, row.mode, row.original_tokens, row.tokens, row.reason)
+
+    def add(self, values: dict[str, Any]) -> bool:
+        """Store a rewrite (or its rejection); False when one was stored already."""
+        with self._db.writing() as connection:
+            return insert_if_absent(connection, COMPRESSIONS, {**values, "created_at": utcnow()})
+
+
 class SystemPrompts:
     """The configured compression of system/developer message text, cached."""
 
@@ -63,7 +94,7 @@ class SystemPrompts:
         self,
         mode: Mode | Callable[[str], str],
         *,
-        store: HistoryStore,
+        db: Database,
         count: Callable[[str], int],
         schedule: Callable[[Callable[[], None]], None],
         protect: Sequence[str] = (),
@@ -77,13 +108,15 @@ class SystemPrompts:
         self.mode = mode
         self.protect = tuple(protect)
         self.rewriter = rewriter or (PromptRewriter() if mode == "llm" else None)
-        self._store = store
+        self._cache = CompressionCache(db)
+        self._leases = Leases(db)
         self._count = count
         self._schedule = schedule
         self._lease_seconds = lease_seconds
         self._done: dict[str, str] = {}
         self._safe: dict[str, str] = {}
         self._checked: dict[str, float] = {}
+        self._message_tokens: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
     @property
@@ -102,6 +135,32 @@ class SystemPrompts:
         if self.mode == "safe":
             return self._remember(text, self.safe(text))
         return self._llm(text)
+
+    def compress_message(self, message: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``message`` with its text compressed (the same object when nothing changed)."""
+        content = message.get("content")
+        if isinstance(content, str):
+            new_content: Any = self.compress(content)
+        elif isinstance(content, list):
+            new_content = [
+                {**part, "text": self.compress(part["text"])}
+                if part.get("type") == "text"
+                else part
+                for part in content
+            ]
+        else:
+            return message
+        return {**message, "content": new_content} if new_content != content else message
+
+    def message_tokens(self, counter: TokenCounter, message: Mapping[str, Any]) -> int:
+        """The tokens of a compressed message, counted once per distinct message."""
+        key = (counter.key, canonical_json(message))
+        tokens = self._message_tokens.get(key)
+        if tokens is None:
+            tokens = counter.message(message)
+            if len(self._message_tokens) < 10_000:
+                self._message_tokens[key] = tokens
+        return tokens
 
     def safe(self, text: str) -> str:
         safe = self._safe.get(text)
@@ -127,7 +186,7 @@ class SystemPrompts:
             if due:
                 self._checked[key] = now
         if due:
-            stored = self._store.prompt_compression(key)
+            stored = self._cache.get(key)
             if stored is not None:
                 return self._remember(text, stored.text)
             self._schedule(lambda: discard(self.rewrite_now(text)))
@@ -137,11 +196,11 @@ class SystemPrompts:
         """The LLM compression of ``text``: stored if any worker made it, else made now
         (unless another worker holds the lease: then the safe version, for now)."""
         key = self.key(text)
-        stored = self._store.prompt_compression(key)
+        stored = self._cache.get(key)
         if stored is not None:
             return stored
         owner = f"prompt-{threading.get_ident()}-{time.monotonic_ns()}"
-        if not self._store.acquire_lease(f"compress:{key}", owner, self._lease_seconds):
+        if not self._leases.acquire(f"compress:{key}", owner, self._lease_seconds):
             return self._pending(text, "another worker is rewriting this prompt")
         return self._rewrite_under_lease(text, key, owner)
 
@@ -163,7 +222,7 @@ class SystemPrompts:
         reason = check_rewrite(text, safe, answer.text.strip(), self._count, self.protect)
         kept = safe if reason else answer.text.strip()
         result = Compression(kept, "llm", self._count(text), self._count(kept), reason)
-        self._store.add_prompt_compression(
+        self._cache.add(
             {
                 "key": key,
                 "mode": "llm",
@@ -177,7 +236,7 @@ class SystemPrompts:
                 "tokens_out": answer.tokens_out,
             }
         )
-        self._store.release_lease(f"compress:{key}", owner)
+        self._leases.release(f"compress:{key}", owner)
         if reason:
             log.info("system prompt rewrite rejected: %s", reason)
         self._remember(text, result.text)

@@ -21,6 +21,7 @@ from functools import cache
 from typing import Any
 
 from ._encodings import get_encoding
+from ._exceptions import InvalidMessagesError
 from ._models import ModelInfo, ModelTable
 from ._validation import validate_messages
 
@@ -223,3 +224,10 @@ def count_tokens(
     """
     validate_messages(messages)
     return counter_for(model).request(messages, tools)
+
+
+def count_text_tokens(text: str, model: str = "gpt-4o") -> int:
+    """The tokens of ``text`` alone under ``model``'s encoding (no message overhead)."""
+    if not isinstance(text, str):
+        raise InvalidMessagesError(f"count_text_tokens() takes a str, got {type(text).__name__}")
+    return counter_for(model).text(text)

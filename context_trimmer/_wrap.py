@@ -23,17 +23,19 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 
+from ._db import Database
 from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded
-from ._ratelimit import Governor, QuotaHold, Quotas, RateLimits, UserQuota, budget_key
-from ._responses import field_of
+from ._ledger import Ledger
+from ._models import ModelTable
+from ._prepared import Prepared
+from ._ratelimit import Governor, QuotaHold, Quotas, RateLimits, budget_key
+from ._recording import Recorder
 from ._retry import RetryPolicy, should_retry
-
-if TYPE_CHECKING:
-    from ._trimmer import Prepared, Trimmer
+from ._streams import AsyncRecordedStream, RecordedStream
 
 CONVERSATION_HEADER = "x-conversation-id"
 USER_HEADER = "x-user-id"
@@ -144,25 +146,31 @@ class Sender:
 
     def __init__(
         self,
-        trimmer: Trimmer,
         client: Any,
         *,
+        prepare: Callable[..., Prepared],
+        aprepare: Callable[..., Awaitable[Prepared]],
+        recorder: Recorder,
+        ledger: Ledger,
+        db: Database,
+        models: ModelTable,
         governor: bool,
         limits: Mapping[str, RateLimits] | None,
         max_wait: float,
         fallback_model: str | None,
         retry: RetryPolicy | None,
-        user_quota: UserQuota | None,
-        user_quotas: Mapping[str, UserQuota] | None,
+        quotas: Quotas,
         sleep: Callable[[float], Any] | None,
     ):
-        self.trimmer = trimmer
+        self.prepare = prepare
+        self.aprepare = aprepare
+        self.recorder = recorder
+        self.ledger = ledger
+        self.models = models
         self.client = client
         self.raw = client.with_options(max_retries=0).chat.completions.with_raw_response
-        self.governor = (
-            Governor(trimmer.store, limits=limits, max_wait=max_wait) if (governor) else None
-        )
-        self.quotas = Quotas(trimmer.store, user_quota, user_quotas)
+        self.governor = Governor(db, limits=limits, max_wait=max_wait) if governor else None
+        self.quotas = quotas
         self.fallback_model = fallback_model
         self.policy = retry or RetryPolicy(max_retries=client.max_retries)
         self.sleep = sleep
@@ -212,7 +220,7 @@ class Sender:
 
     def request(self, state: SendState, model: str) -> dict[str, Any]:
         prepared = state.prepared
-        param = self.trimmer.models.get(model).max_tokens_param
+        param = self.models.get(model).max_tokens_param
         return {
             **state.options,
             "model": model,
@@ -230,8 +238,8 @@ class Sender:
 
     def finish(self, state: SendState, response: Any) -> None:
         """Record usage, how the call went, and settle the user's quota."""
-        self.trimmer.record(state.prepared, response)
-        used = self.trimmer.usage_of(state.prepared, response)
+        self.recorder.record(state.prepared, response)
+        used = self.recorder.usage_of(state.prepared, response)
         state.outcome = "ok"
         self._close(state, used["prompt_tokens"] + used["completion_tokens"])
 
@@ -244,7 +252,7 @@ class Sender:
 
     def _close(self, state: SendState, actual: int) -> None:
         self.quotas.settle(state.quota, actual)
-        self.trimmer.store.add_attempt(
+        self.ledger.add_attempt(
             {
                 "request_id": state.prepared.request_id,
                 "attempts": state.attempts,
@@ -258,7 +266,7 @@ class Sender:
 
 def run_sync(sender: Sender, kwargs: dict[str, Any]) -> Any:
     prepare, options = sender.split(kwargs)
-    prepared = sender.trimmer.prepare(**prepare)
+    prepared = sender.prepare(**prepare)
     state = sender.start(prepared, options)
     sleep = sender.sleep or time.sleep
     try:
@@ -326,7 +334,7 @@ class _Step:
 
 async def run_async(sender: Sender, kwargs: dict[str, Any]) -> Any:
     prepare, options = sender.split(kwargs)
-    prepared = await sender.trimmer.aprepare(**prepare)
+    prepared = await sender.aprepare(**prepare)
     state = await asyncio.to_thread(sender.start, prepared, options)
     sleep = sender.sleep or asyncio.sleep
     try:
@@ -375,111 +383,6 @@ async def _adrive(
             step.error = failure
         step.advance()
     return step.value
-
-
-class _StreamSummary:
-    """Collects what a stream said: the answering model, the text, the usage if sent."""
-
-    def __init__(self) -> None:
-        self.model: str | None = None
-        self.parts: list[str] = []
-        self.usage: Any = None
-        self.done = False
-
-    def take(self, chunk: Any) -> None:
-        self.model = field_of(chunk, "model") or self.model
-        if field_of(chunk, "usage") is not None:
-            self.usage = field_of(chunk, "usage")
-        for choice in field_of(chunk, "choices") or ():
-            content = field_of(field_of(choice, "delta"), "content")
-            if isinstance(content, str):
-                self.parts.append(content)
-
-    def response(self) -> dict[str, Any]:
-        """A response-shaped record: real usage if the stream had it, else the text."""
-        if self.usage is not None:
-            return {"model": self.model, "usage": self.usage}
-        return {"model": self.model, "choices": [{"message": {"content": "".join(self.parts)}}]}
-
-
-class RecordedStream:
-    """The SDK's stream, passed through chunk by chunk; usage recorded at the end."""
-
-    def __init__(self, stream: Any, finish: Callable[[dict[str, Any]], None]):
-        self._stream = stream
-        self._iterator = iter(stream)
-        self._finish = finish
-        self._summary = _StreamSummary()
-
-    def __iter__(self) -> RecordedStream:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            chunk = next(self._iterator)
-        except StopIteration:
-            self._end()
-            raise
-        self._summary.take(chunk)
-        return chunk
-
-    def close(self) -> None:
-        self._stream.close()
-        self._end()
-
-    def __enter__(self) -> RecordedStream:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def _end(self) -> None:
-        if not self._summary.done:
-            self._summary.done = True
-            self._finish(self._summary.response())
-
-
-class AsyncRecordedStream:
-    """The async SDK stream, passed through chunk by chunk; usage recorded at the end."""
-
-    def __init__(self, stream: Any, finish: Callable[[dict[str, Any]], Awaitable[None]]):
-        self._stream = stream
-        self._iterator = stream.__aiter__()
-        self._finish = finish
-        self._summary = _StreamSummary()
-
-    def __aiter__(self) -> AsyncRecordedStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            chunk = await self._iterator.__anext__()
-        except StopAsyncIteration:
-            await self._end()
-            raise
-        self._summary.take(chunk)
-        return chunk
-
-    async def close(self) -> None:
-        await self._stream.close()
-        await self._end()
-
-    async def __aenter__(self) -> AsyncRecordedStream:
-        return self
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    async def _end(self) -> None:
-        if not self._summary.done:
-            self._summary.done = True
-            await self._finish(self._summary.response())
 
 
 class _Passthrough:

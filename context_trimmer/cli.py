@@ -19,15 +19,16 @@ import click
 
 from . import __version__
 from ._compress import Compression, compress_safe
+from ._db import DB_ENV, Database
 from ._exceptions import TrimmerError
 from ._html_report import render_html
 from ._keys import create_key, list_keys, revoke_key
+from ._ledger import Ledger
 from ._migrate import head_revision
 from ._models import ModelTable
 from ._replay import ReplayResult, load_conversations, replay, request_points
 from ._report import GROUPS, Report, build_report
 from ._report_formats import FORMATS, render
-from ._store import DB_ENV, HistoryStore
 from ._summarizers import OpenAISummarizer
 from ._system_prompt import PromptRewriter, SystemPrompts
 from ._tokens import count_tokens, counter_for
@@ -79,10 +80,9 @@ def db() -> None:
 @user_errors
 def db_upgrade(db_url: str | None, as_json: bool) -> None:
     """Create or migrate the schema to the newest version (a no-op when current)."""
-    store = HistoryStore(db_url, migrate=False)
-    changed = store.upgrade()
-    revision, url = store.revision(), store.display_url
-    store.dispose()
+    with Database(db_url, migrate=False) as store:
+        changed = store.upgrade()
+        revision, url = store.revision(), store.display_url
     status = "upgraded" if changed else "already current"
     emit(
         {"database": url, "revision": revision, "changed": changed},
@@ -97,9 +97,8 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
 @user_errors
 def db_current(db_url: str | None, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one available."""
-    store = HistoryStore(db_url, migrate=False)
-    revision, url = store.revision(), store.display_url
-    store.dispose()
+    with Database(db_url, migrate=False) as store:
+        revision, url = store.revision(), store.display_url
     head = head_revision()
     emit(
         {"database": url, "revision": revision, "head": head},
@@ -251,20 +250,19 @@ def compress_command(
         safe = compress_safe(text, protect)
         result = Compression(safe, "safe", count(text), count(safe))
     else:
-        store = HistoryStore(db_url)
-        prompts = SystemPrompts(
-            "llm",
-            store=store,
-            count=count,
-            schedule=lambda work: work(),
-            protect=protect,
-            rewriter=PromptRewriter(rewriter_model),
-        )
-        try:
-            result = prompts.rewrite_now(text)
-        finally:
-            prompts.close()
-            store.dispose()
+        with Database(db_url) as store:
+            prompts = SystemPrompts(
+                "llm",
+                db=store,
+                count=count,
+                schedule=lambda work: work(),
+                protect=protect,
+                rewriter=PromptRewriter(rewriter_model),
+            )
+            try:
+                result = prompts.rewrite_now(text)
+            finally:
+                prompts.close()
     if as_json:
         click.echo(
             json.dumps(
@@ -303,11 +301,8 @@ def keys() -> None:
 @user_errors
 def keys_create(user: str, admin: bool, db_url: str | None, as_json: bool) -> None:
     """Create a key and print it: it is shown this once."""
-    store = HistoryStore(db_url)
-    try:
+    with Database(db_url) as store:
         key, info = create_key(store, user, admin=admin)
-    finally:
-        store.dispose()
     emit({"key": key, "id": info.id, "user": info.user, "admin": info.admin}, as_json, key)
     if not as_json:
         click.echo(
@@ -323,11 +318,8 @@ def keys_create(user: str, admin: bool, db_url: str | None, as_json: bool) -> No
 @user_errors
 def keys_list(db_url: str | None, as_json: bool) -> None:
     """List keys: id, prefix, user, admin, created, revoked."""
-    store = HistoryStore(db_url)
-    try:
+    with Database(db_url) as store:
         found = list_keys(store)
-    finally:
-        store.dispose()
     rows = [
         {
             "id": k.id,
@@ -356,11 +348,8 @@ def keys_list(db_url: str | None, as_json: bool) -> None:
 @user_errors
 def keys_revoke(key_id: str, db_url: str | None) -> None:
     """Revoke a key by its id or prefix (see ``keys list``)."""
-    store = HistoryStore(db_url)
-    try:
+    with Database(db_url) as store:
         revoked = revoke_key(store, key_id)
-    finally:
-        store.dispose()
     if not revoked:
         raise click.ClickException(f"no active key with id or prefix {key_id!r}")
     click.echo(f"revoked {revoked} key(s)")
@@ -404,7 +393,7 @@ def serve(
         ) from missing
     if not os.environ.get(upstream_key_env):
         raise click.ClickException(f"set {upstream_key_env} to the upstream API key")
-    HistoryStore(db_url).dispose()  # migrate once, before the workers start
+    Database(db_url).close()  # migrate once, before the workers start
     settings = {
         DB_ENV: db_url,
         gateway.UPSTREAM_URL_ENV: upstream,
@@ -456,13 +445,13 @@ def report_command(
     as_json: bool,
 ) -> None:
     """The token savings report: tokens and dollars, as given vs sent, net of summaries."""
-    store = HistoryStore(db_url)
     since, until = _utc(since), _utc(until)
+    with Database(db_url) as store:
+        ledger = Ledger(store)
 
-    def grouped(by: str | None) -> Report:
-        return build_report(store, ModelTable(), since=since, until=until, group_by=by)
+        def grouped(by: str | None) -> Report:
+            return build_report(ledger, ModelTable(), since=since, until=until, group_by=by)
 
-    try:
         report = grouped(group_by)
         if html_path is not None:
             overall = report if group_by is None else grouped(None)
@@ -470,8 +459,6 @@ def report_command(
                 render_html(overall, grouped("model"), grouped("conversation")), "utf-8"
             )
             click.echo(f"wrote {html_path}", err=True)
-    finally:
-        store.dispose()
     _write(render(report, "json" if as_json else fmt), output)
 
 

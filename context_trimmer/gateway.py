@@ -40,9 +40,8 @@ from ._exceptions import (
     RateLimitBudgetExceeded,
     TrimmerError,
 )
-from ._keys import KeyInfo, authenticate
+from ._keys import KeyInfo
 from ._report import GROUPS
-from ._store import HistoryStore
 from ._trimmer import Trimmer
 
 log = logging.getLogger("context_trimmer.gateway")
@@ -108,7 +107,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
         app.state.upstream = upstream
         app.state.client = trimmer.wrap(upstream, **config.wrap)
         app.state.config = config
-        app.state.keys = KeyCache(trimmer.store, config.key_cache_seconds)
+        app.state.keys = KeyCache(trimmer, config.key_cache_seconds)
         yield
         await upstream.close()
         trimmer.close()
@@ -126,7 +125,7 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
 
 async def healthz(request: Request) -> Response:
     trimmer: Trimmer = request.app.state.trimmer
-    revision = await asyncio.to_thread(trimmer.store.revision)
+    revision = await asyncio.to_thread(trimmer.schema_revision)
     return JSONResponse({"status": "ok", "schema": revision})
 
 
@@ -143,8 +142,8 @@ class KeyCache:
     """Authenticated keys, remembered for ``seconds`` (so a revocation takes effect
     within that time) to keep a database read off most requests."""
 
-    def __init__(self, store: HistoryStore, seconds: float):
-        self.store = store
+    def __init__(self, trimmer: Trimmer, seconds: float):
+        self.trimmer = trimmer
         self.seconds = seconds
         self._seen: dict[str, tuple[float, KeyInfo | None]] = {}
 
@@ -153,7 +152,7 @@ class KeyCache:
         cached = self._seen.get(token)
         if cached is not None and now - cached[0] < self.seconds:
             return cached[1]
-        info = await asyncio.to_thread(authenticate, self.store, token)
+        info = await asyncio.to_thread(self.trimmer.authenticate_key, token)
         if self.seconds > 0 and len(self._seen) < 100_000:
             self._seen[token] = (now, info)
         return info

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from context_trimmer import PromptRewriter, Trimmer, compress_safe, count_tokens
 from context_trimmer._compress import INSTRUCTION_WORDS, check_rewrite, protected_spans
-from context_trimmer._store import COMPRESSIONS
+from context_trimmer._system_prompt import COMPRESSIONS
 from context_trimmer._tokens import counter_for
 from context_trimmer.cli import main
 
@@ -169,7 +169,7 @@ def test_llm_mode_sends_safe_until_the_rewrite_is_ready(
         first = trimmer.prepare(chat())
         assert first.messages[0]["content"] == compress_safe(GOOD_PROMPT)
         trimmer.wait_for_background(timeout=10)
-        trimmer.system_prompts._checked.clear()  # skip the re-check interval
+        trimmer._system_prompts._checked.clear()  # skip the re-check interval
         second = trimmer.prepare(chat())
         assert second.messages[0]["content"] == GOOD_REWRITE
         assert second.prompt_tokens == count_tokens(second.messages)
@@ -186,7 +186,7 @@ def test_cache_is_shared_between_trimmers_on_one_database(
     sqlite_url: str, rewriter_server: FakeOpenAI
 ) -> None:
     with llm_trimmer(sqlite_url, rewriter_server) as first:
-        assert first.system_prompts.rewrite_now(GOOD_PROMPT).text == GOOD_REWRITE
+        assert first._system_prompts.rewrite_now(GOOD_PROMPT).text == GOOD_REWRITE
     with llm_trimmer(sqlite_url, rewriter_server) as second:
         assert second.prepare(chat()).messages[0]["content"] == GOOD_REWRITE
     assert len(rewriter_server.requests) == 1
@@ -198,10 +198,10 @@ def test_a_rewrite_that_drops_a_span_is_rejected_and_recorded(sqlite_url: str) -
         FakeOpenAI(default=lambda _b: Reply(bad)) as server,
         llm_trimmer(sqlite_url, server) as trimmer,
     ):
-        result = trimmer.system_prompts.rewrite_now(GOOD_PROMPT)
+        result = trimmer._system_prompts.rewrite_now(GOOD_PROMPT)
         assert result.text == compress_safe(GOOD_PROMPT)
         assert result.reason is not None and "{ticket_id}" in result.reason
-        with trimmer.store.engine.connect() as connection:
+        with trimmer._db.engine.connect() as connection:
             row = connection.execute(select(COMPRESSIONS)).one()
         assert (row.accepted, row.text) == (False, compress_safe(GOOD_PROMPT))
         assert "drops a protected span" in row.reason
@@ -213,10 +213,10 @@ def test_a_failed_rewrite_call_is_not_stored(sqlite_url: str) -> None:
         FakeOpenAI(default=lambda _b: Reply(status=500)) as server,
         llm_trimmer(sqlite_url, server) as trimmer,
     ):
-        result = trimmer.system_prompts.rewrite_now(GOOD_PROMPT)
+        result = trimmer._system_prompts.rewrite_now(GOOD_PROMPT)
         assert result.text == compress_safe(GOOD_PROMPT)
         assert result.reason is not None and "failed" in result.reason
-        with trimmer.store.engine.connect() as connection:
+        with trimmer._db.engine.connect() as connection:
             assert connection.execute(select(COMPRESSIONS)).all() == []
 
 

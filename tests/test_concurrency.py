@@ -11,7 +11,8 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import OpenAISummarizer, Trimmer
-from context_trimmer._store import MESSAGES, SUMMARIES
+from context_trimmer._history import MESSAGES
+from context_trimmer._summary_store import SUMMARIES
 
 
 def conversation() -> list[dict[str, str]]:
@@ -62,7 +63,7 @@ def test_two_processes_never_summarize_the_same_span(
     assert len(slow_server.requests) == 1
     with (
         Trimmer(postgres_schema_url, summarizer="extractive") as trimmer,
-        trimmer.store.engine.connect() as connection,
+        trimmer._db.engine.connect() as connection,
     ):
         assert connection.execute(select(func.count()).select_from(SUMMARIES)).scalar() == 1
         stored = connection.execute(select(func.count()).select_from(MESSAGES)).scalar()

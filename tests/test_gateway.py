@@ -16,8 +16,9 @@ from openai.types.chat import ChatCompletion
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
+from context_trimmer._db import Database
+from context_trimmer._history import MESSAGES
 from context_trimmer._keys import create_key, revoke_key
-from context_trimmer._store import MESSAGES, HistoryStore
 from context_trimmer.cli import main
 from context_trimmer.gateway import GatewayConfig, create_app
 
@@ -33,7 +34,7 @@ def upstream_answer(body: dict[str, Any]) -> Reply:
 class Gateway:
     """A running gateway, its upstream, and keys for a tenant and an admin."""
 
-    def __init__(self, server: ServerThread, upstream: FakeOpenAI, store: HistoryStore):
+    def __init__(self, server: ServerThread, upstream: FakeOpenAI, store: Database):
         self.server, self.upstream, self.store = server, upstream, store
         self.key, _ = create_key(store, "acme")
         self.admin, _ = create_key(store, "ops", admin=True)
@@ -68,12 +69,12 @@ def gateway(db_url: str) -> Iterator[Gateway]:
             key_cache_seconds=0,
             trimmer={"keep_last": 4, "fold_every": 2, "summarizer": "extractive"},
         )
-        store = HistoryStore(db_url)
+        store = Database(db_url)
         with ServerThread(create_app(config)) as server:
             running = Gateway(server, upstream, store)
             yield running
             running.close()
-        store.dispose()
+        store.close()
 
 
 def conversation(turns: int) -> list[dict[str, str]]:
@@ -197,7 +198,7 @@ def test_an_unreachable_upstream_is_a_502(db_url: str) -> None:
         trimmer={"summarizer": "extractive"},
         wrap={"retry": None},
     )
-    store = HistoryStore(db_url)
+    store = Database(db_url)
     key, _ = create_key(store, "acme")
     with ServerThread(create_app(config)) as server:
         response = httpx.post(
@@ -206,7 +207,7 @@ def test_an_unreachable_upstream_is_a_502(db_url: str) -> None:
             headers={"authorization": f"Bearer {key}"},
             timeout=60,
         )
-    store.dispose()
+    store.close()
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_unreachable"
 

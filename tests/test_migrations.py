@@ -8,40 +8,40 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 
+from context_trimmer._db import Database, make_engine
 from context_trimmer._migrate import VERSION_TABLE, current_revision, downgrade, head_revision
 from context_trimmer._schema import Base
-from context_trimmer._store import HistoryStore, make_engine
 
 
 def test_blank_database_upgrades_to_head_and_again_is_a_no_op(db_url: str) -> None:
-    store = HistoryStore(db_url, migrate=False)
+    store = Database(db_url, migrate=False)
     assert store.upgrade() is True
     assert store.upgrade() is False
     with store.engine.connect() as connection:
         assert current_revision(connection) == head_revision()
         tables = set(inspect(connection).get_table_names())
     assert {"ct_messages", "ct_summaries", "ct_requests", VERSION_TABLE} <= tables
-    store.dispose()
+    store.close()
 
 
 def test_models_and_migrations_agree(db_url: str) -> None:
-    store = HistoryStore(db_url)
+    store = Database(db_url)
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"include_name": lambda name, kind, _parent: name != VERSION_TABLE}
         )
         differences = compare_metadata(context, Base.metadata)
-    store.dispose()
+    store.close()
     assert differences == []
 
 
 def test_downgrade_to_base_and_up_again(db_url: str) -> None:
-    store = HistoryStore(db_url)
+    store = Database(db_url)
     downgrade(store.engine, "base")
     with store.engine.connect() as connection:
         assert "ct_messages" not in inspect(connection).get_table_names()
     assert store.upgrade() is True
-    store.dispose()
+    store.close()
 
 
 def test_host_applications_alembic_history_is_untouched(db_url: str) -> None:
@@ -49,7 +49,7 @@ def test_host_applications_alembic_history_is_untouched(db_url: str) -> None:
     with engine.begin() as connection:
         connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32))"))
         connection.execute(text("INSERT INTO alembic_version VALUES ('hostapp42')"))
-    HistoryStore(db_url).dispose()
+    Database(db_url).close()
     with engine.connect() as connection:
         assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
             ("hostapp42",)
@@ -58,11 +58,11 @@ def test_host_applications_alembic_history_is_untouched(db_url: str) -> None:
 
 
 def _upgrade(url: str) -> bool:
-    store = HistoryStore(url, migrate=False)
+    store = Database(url, migrate=False)
     try:
         return store.upgrade()
     finally:
-        store.dispose()
+        store.close()
 
 
 def test_concurrent_upgrades_on_postgresql(postgres_schema_url: str) -> None:

@@ -20,7 +20,8 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
-from context_trimmer._store import FAILURES, REQUESTS, SUMMARIES, USAGE
+from context_trimmer._ledger import REQUESTS, USAGE
+from context_trimmer._summary_store import FAILURES, SUMMARIES
 from context_trimmer._tokens import counter_for
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
@@ -40,7 +41,7 @@ def chat(turns: int) -> list[dict[str, Any]]:
 
 
 def count_rows(trimmer: Trimmer, table: Any) -> int:
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
 
@@ -145,7 +146,7 @@ def test_over_a_hard_limit_prepare_folds_synchronously(sqlite_url: str) -> None:
         prepared = trimmer.prepare(chat(20))
         assert prepared.summary_id is not None
         assert prepared.prompt_tokens <= 250
-        with trimmer.store.engine.connect() as connection:
+        with trimmer._db.engine.connect() as connection:
             row = connection.execute(select(REQUESTS)).one()
         assert row.folded_synchronously is True
 
@@ -171,7 +172,7 @@ def test_ledger_and_recorded_usage(trimmer: Trimmer) -> None:
     }
     assert trimmer.record(prepared, response) is True
     assert trimmer.record(prepared, response) is False
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         request = connection.execute(select(REQUESTS)).one()
         usage = connection.execute(select(USAGE)).one()
     assert (request.conversation_id, request.user, request.baseline_tokens) == (
@@ -186,7 +187,7 @@ def test_ledger_and_recorded_usage(trimmer: Trimmer) -> None:
 def test_usage_is_estimated_and_marked_when_missing(trimmer: Trimmer) -> None:
     prepared = trimmer.prepare(chat(1))
     trimmer.record(prepared, {"choices": [{"message": {"content": "tiktoken is great!"}}]})
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         usage = connection.execute(select(USAGE)).one()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (
         prepared.prompt_tokens,
@@ -259,7 +260,7 @@ def test_sync_fold_falls_back_to_extractive(sqlite_url: str, server: FakeOpenAI)
     with llm_trimmer(sqlite_url, server, max_prompt_tokens=200) as trimmer:
         prepared = trimmer.prepare(chat(20))
         assert prepared.summary_id is not None
-        with trimmer.store.engine.connect() as connection:
+        with trimmer._db.engine.connect() as connection:
             summary = connection.execute(select(SUMMARIES)).one()
         assert summary.summarizer == "extractive (fallback for openai:gpt-4o-mini)"
         assert count_rows(trimmer, FAILURES) == 1

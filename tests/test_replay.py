@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from context_trimmer import ConfigurationError, OpenAISummarizer, Trimmer
 from context_trimmer._replay import Conversation, load_conversations, replay
-from context_trimmer._store import SUMMARIES
+from context_trimmer._summary_store import SUMMARIES
 from context_trimmer.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-chat.jsonl"
@@ -40,7 +40,7 @@ def test_llm_replay_keeps_prompts_bounded_and_uses_the_servers_summaries(
             conversation = Conversation("long", long_chat(120))
             result = replay(trimmer, [conversation])
             final = result.last["long"]
-            with trimmer.store.engine.connect() as connection:
+            with trimmer._db.engine.connect() as connection:
                 summaries = connection.execute(select(SUMMARIES)).all()
     assert result.summaries == len(server.requests) == len(summaries) > 10
     assert {row.summarizer for row in summaries} == {"openai:gpt-4o-mini"}

@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from sqlalchemy import update
 
 from context_trimmer import ConfigurationError, Report, Trimmer
+from context_trimmer._ledger import REQUESTS, Ledger
 from context_trimmer._report_formats import render
-from context_trimmer._store import REQUESTS
+from context_trimmer._summary_store import Summaries
 from context_trimmer.cli import main
 
 REQUIRE_CHROMIUM_ENV = "CONTEXT_TRIMMER_REQUIRE_CHROMIUM"
@@ -52,8 +53,8 @@ def ledger(db_url: str) -> Iterator[Trimmer]:
     """Request A (gpt-4o, usage with cached tokens), request B (gpt-4o-mini, no usage),
     one gpt-4o-mini summary and one failed summary attempt."""
     trimmer = Trimmer(db_url, summarizer="extractive", background=False)
-    store = trimmer.store
-    with store.engine.begin() as connection:
+    store = Ledger(trimmer._db)
+    with trimmer._db.engine.begin() as connection:
         a = store.add_request(connection, request_row(baseline_tokens=10_000, prompt_tokens=2_000))
         store.add_request(
             connection,
@@ -82,7 +83,7 @@ def ledger(db_url: str) -> Iterator[Trimmer]:
         "user": "ann",
         "summarizer": "openai:gpt-4o-mini",
     }
-    store.add_summary(
+    Summaries(trimmer._db).add(
         {
             **owner,
             "covers_depth": 5,
@@ -94,7 +95,9 @@ def ledger(db_url: str) -> Iterator[Trimmer]:
             "tokens_out": 200,
         }
     )
-    store.add_failure({**owner, "error": "boom", "tokens_in": 1_000, "tokens_out": 0})
+    Summaries(trimmer._db).add_failure(
+        {**owner, "error": "boom", "tokens_in": 1_000, "tokens_out": 0}
+    )
     yield trimmer
     trimmer.close()
 
@@ -135,7 +138,7 @@ def test_grouping(ledger: Trimmer) -> None:
 
 def test_days_and_periods(ledger: Trimmer) -> None:
     yesterday = datetime.now(timezone.utc) - timedelta(days=1)
-    with ledger.store.engine.begin() as connection:
+    with ledger._db.engine.begin() as connection:
         connection.execute(
             update(REQUESTS).where(REQUESTS.c.model == "gpt-4o-mini").values(created_at=yesterday)
         )
@@ -164,7 +167,7 @@ def test_formats_round_trip(ledger: Trimmer) -> None:
 
 
 def test_cli_report_writes_files(ledger: Trimmer, tmp_path: Path) -> None:
-    url = ledger.store.url
+    url = ledger._db.url
     out = tmp_path / "report.csv"
     result = CliRunner().invoke(
         main, ["report", "--db", url, "--group-by", "model", "--format", "csv", "-o", str(out)]
@@ -192,7 +195,7 @@ def test_html_report_renders_its_charts_in_headless_chromium(
 ) -> None:
     browser = _chromium()
     page = tmp_path / "report.html"
-    result = CliRunner().invoke(main, ["report", "--db", ledger.store.url, "--html", str(page)])
+    result = CliRunner().invoke(main, ["report", "--db", ledger._db.url, "--html", str(page)])
     assert result.exit_code == 0, result.output
     assert "http" not in page.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")
     flags = [

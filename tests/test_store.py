@@ -7,7 +7,8 @@ import threading
 from sqlalchemy import func, select
 
 from context_trimmer import Trimmer, count_tokens
-from context_trimmer._store import COUNTS, MESSAGES, REQUESTS
+from context_trimmer._history import COUNTS, MESSAGES, load_path
+from context_trimmer._ledger import REQUESTS
 
 
 def conversation(turns: int, topic: str = "Paris") -> list[dict[str, str]]:
@@ -19,7 +20,7 @@ def conversation(turns: int, topic: str = "Paris") -> list[dict[str, str]]:
 
 
 def rows(trimmer: Trimmer, table: object) -> int:
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         return int(connection.execute(select(func.count()).select_from(table)).scalar_one())
 
 
@@ -39,8 +40,8 @@ def test_edit_starts_a_branch_sharing_the_prefix(trimmer: Trimmer) -> None:
     edited = [*messages[:-2], {"role": "user", "content": "A different last question?"}]
     trimmer.prepare(edited)
     assert rows(trimmer, MESSAGES) == len(messages) + 1
-    with trimmer.store.engine.connect() as connection:
-        bodies = trimmer.store.load_path(
+    with trimmer._db.engine.connect() as connection:
+        bodies = load_path(
             connection,
             connection.execute(select(REQUESTS.c.head_hash).order_by(REQUESTS.c.id.desc()))
             .scalars()
@@ -78,14 +79,14 @@ def test_a_new_model_family_counts_the_stored_history(trimmer: Trimmer) -> None:
 def test_stored_messages_are_never_rewritten(trimmer: Trimmer) -> None:
     messages = conversation(5)
     trimmer.prepare(messages)
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         before = connection.execute(select(MESSAGES).order_by(MESSAGES.c.depth)).all()
     for extra in range(12):
         messages.append({"role": "user", "content": f"more {extra}"})
         trimmer.prepare(messages)
         trimmer.compact(messages, force=True)
         messages.append({"role": "assistant", "content": f"reply {extra}"})
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         after = connection.execute(
             select(MESSAGES).where(MESSAGES.c.depth < len(before)).order_by(MESSAGES.c.depth)
         ).all()

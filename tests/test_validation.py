@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from context_trimmer import InvalidMessagesError, Trimmer, TrimmerError, validate_messages
-from context_trimmer._store import MESSAGES, REQUESTS
+from context_trimmer._history import MESSAGES
+from context_trimmer._ledger import REQUESTS
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
@@ -74,14 +75,14 @@ BAD: list[tuple[Any, int | None, str | None, str]] = [
 def test_bad_messages_name_index_and_field(
     trimmer: Trimmer, messages: Any, index: int | None, field: str | None, problem: str
 ) -> None:
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         before = connection.execute(select(func.count()).select_from(MESSAGES)).scalar_one()
     with pytest.raises(InvalidMessagesError, match=problem) as caught:
         trimmer.prepare(messages)
     assert isinstance(caught.value, TrimmerError)
     assert caught.value.index == index
     assert caught.value.field == field
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(MESSAGES)).scalar_one() == before
         assert connection.execute(select(func.count()).select_from(REQUESTS)).scalar_one() == 0
 

@@ -22,8 +22,8 @@ from context_trimmer import (
     UserQuota,
     count_tokens,
 )
+from context_trimmer._ledger import ATTEMPTS, USAGE
 from context_trimmer._ratelimit import Governor, HeaderLimits, budget_key, parse_duration
-from context_trimmer._store import ATTEMPTS, USAGE
 
 FAST = RetryPolicy(max_retries=4, base=0.01, cap=0.05)
 
@@ -50,7 +50,7 @@ def client(server: FakeOpenAI, **options: Any) -> openai.OpenAI:
 
 
 def attempts(trimmer: Trimmer) -> list[Any]:
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         return connection.execute(select(ATTEMPTS).order_by(ATTEMPTS.c.request_id)).all()
 
 
@@ -84,7 +84,7 @@ def test_create_returns_the_sdks_object_and_sends_the_trimmed_request(
     assert sent["messages"][1]["content"].startswith("Summary of the earlier conversation")
     assert (sent["max_tokens"], sent["temperature"]) == (1024, 0.2)
     assert count_tokens(sent["messages"]) < count_tokens(messages)
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         usage = connection.execute(select(USAGE)).one()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (40, 3, False)
     assert wrapped.models is wrapped._wrapped.models  # the rest of the client is untouched
@@ -194,7 +194,7 @@ def test_fallback_to_a_cheaper_model(trimmer: Trimmer) -> None:
     assert (response.model, response.choices[0].message.content) == ("gpt-4o-mini", "from mini")
     (row,) = attempts(trimmer)
     assert (row.fallback_model, row.rate_limited, row.outcome) == ("gpt-4o-mini", 2, "ok")
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         assert connection.execute(select(USAGE.c.model)).scalar() == "gpt-4o-mini"
     assert trimmer.report().totals.fallbacks == 1
 
@@ -214,7 +214,7 @@ def test_streaming_passes_chunks_through_and_records_usage(
     with wrapped.chat.completions.create(model="gpt-4o", messages=chat(2), stream=True) as s:
         text = "".join(c.choices[0].delta.content or "" for c in s if c.choices)
     assert text == "Fine answer here"
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         rows = connection.execute(select(USAGE).order_by(USAGE.c.request_id)).all()
     assert [(r.completion_tokens, r.estimated) for r in rows] == [(3, False), (3, True)]
 
@@ -228,7 +228,7 @@ async def test_async_client_and_async_streaming(trimmer: Trimmer, server: FakeOp
     )
     pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
     assert "".join(pieces) == "Fine answer here"
-    with trimmer.store.engine.connect() as connection:
+    with trimmer._db.engine.connect() as connection:
         assert len(connection.execute(select(USAGE)).all()) == 2
     await wrapped.close()
 
@@ -248,13 +248,13 @@ def test_user_quotas(trimmer: Trimmer, server: FakeOpenAI) -> None:
         wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=1400)
     by_user = {row.group: row for row in trimmer.report(group_by="user").rows}
     assert by_user["ann"].quota_rejections == 1 and by_user["vip"].quota_rejections == 0
-    assert wrapped.sender.quotas.used("ann")["minute"] == 43  # settled to the real usage
+    assert trimmer.quota_usage("ann")["minute"] == 43  # settled to the real usage
 
 
 def test_concurrent_reservations_never_exceed_the_budget(db_url: str) -> None:
     with Trimmer(db_url, summarizer="extractive") as trimmer:
         governor = Governor(
-            trimmer.store, limits={"gpt-4o": RateLimits(tokens_per_minute=1000)}, max_wait=0
+            trimmer._db, limits={"gpt-4o": RateLimits(tokens_per_minute=1000)}, max_wait=0
         )
         key = budget_key("http://x", "key", "gpt-4o")
         granted: list[float] = []

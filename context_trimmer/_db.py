@@ -1,0 +1,208 @@
+"""The database: one engine holder for every part of the store.
+
+:class:`Database` owns the SQLAlchemy engines of one URL (on SQLite a second, reading
+engine whose deferred transactions never wait for a writer in WAL mode), runs the
+migrations, and hands out transactions: :meth:`Database.writing` and
+:meth:`Database.reading`. Each concern of the store (history, summaries, leases,
+ledger, keys, rate-limit budgets, prompt compressions) owns its SQL in its own module
+and takes a ``Database``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from . import _migrate
+from ._exceptions import StoreError
+
+DB_ENV = "CONTEXT_TRIMMER_DB"
+
+
+def default_db_path() -> Path:
+    """``$XDG_DATA_HOME/context-trimmer/history.db`` (``~/.local/share/...`` by default)."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "context-trimmer" / "history.db"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL: ``url``, else ``$CONTEXT_TRIMMER_DB``, else the default SQLite file."""
+    url = url or os.environ.get(DB_ENV)
+    if not url:
+        return f"sqlite:///{default_db_path()}"
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_engine(url: str | None = None, *, for_writes: bool = True) -> Engine:
+    """An engine for ``url`` tuned for this store (SQLite: WAL, busy timeout, foreign keys).
+
+    On SQLite, write transactions take the write lock up front (``BEGIN IMMEDIATE``);
+    ``for_writes=False`` gives an engine for reads, whose deferred transactions never
+    wait for a writer in WAL mode (so a read may run while this thread holds a write).
+    """
+    resolved = resolve_url(url)
+    try:
+        parsed = make_url(resolved)
+    except ArgumentError as error:
+        raise StoreError(f"not a database URL: {resolved!r} ({error})") from error
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(resolved, parsed.database, immediate=for_writes)
+    try:
+        return create_engine(resolved, pool_pre_ping=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as error:
+        raise StoreError(
+            f"no driver for {parsed.drivername!r} ({error}). For PostgreSQL install the "
+            "postgres extra (pip install '.[postgres]' from the checkout) and use a "
+            "postgresql+psycopg:// URL."
+        ) from error
+
+
+def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine:
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, open transactions; see SQLAlchemy's
+        # "Serializable isolation / Savepoints / Transactional DDL" recipe for pysqlite.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later writes
+        # can fail with "database is locked" without waiting for the busy timeout.
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def _write_lock(engine: Engine) -> threading.Lock:
+    """One lock per SQLite file, shared by every engine of this process on it."""
+    name = os.path.abspath(engine.url.database or ":memory:")
+    with _write_locks_guard:
+        return _write_locks.setdefault(name, threading.Lock())
+
+
+class Database:
+    """The engines of one store URL; migrated on open unless ``migrate=False``.
+
+    Use it as a context manager (or call :meth:`close`) to release its connections.
+    """
+
+    def __init__(self, url: str | None = None, *, migrate: bool = True):
+        self.url = resolve_url(url)
+        self.engine = make_engine(self.url)
+        self.reader = make_engine(self.url, for_writes=False) if self.is_sqlite else self.engine
+        if migrate:
+            self.upgrade()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def upgrade(self) -> bool:
+        """Apply pending migrations; returns False when the schema was already current."""
+        try:
+            return _migrate.upgrade(self.engine)
+        except OperationalError as error:
+            raise StoreError(
+                f"cannot open or migrate the database {self.display_url}: {error.orig}"
+            ) from error
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: not migrated yet)."""
+        with self.reading() as connection:
+            return _migrate.current_revision(connection)
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A write transaction. On SQLite, threads of this process queue on a lock first:
+        waiting there is prompt, while SQLite's own busy handler sleeps in growing steps."""
+        lock = _write_lock(self.engine) if self.is_sqlite else None
+        if lock is not None and not lock.acquire(timeout=60):
+            raise StoreError(f"the database {self.display_url} stayed busy for 60 s")
+        try:
+            with self.engine.begin() as connection:
+                yield connection
+        finally:
+            if lock is not None:
+                lock.release()
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only connection (never waits for a writer on SQLite)."""
+        with self.reader.connect() as connection:
+            yield connection
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+        self.reader.dispose()
+
+
+def _insert_or_ignore(connection: Connection, table: Table) -> Any:
+    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def insert_ignoring_conflicts(
+    connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """Insert ``rows``, skipping any whose key is already stored."""
+    if rows:
+        connection.execute(_insert_or_ignore(connection, table), list(rows))
+
+
+def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, Any]) -> bool:
+    """Insert one row unless its key is stored; True if it was inserted."""
+    statement = _insert_or_ignore(connection, table).returning(*table.primary_key.columns)
+    return connection.execute(statement, dict(row)).first() is not None
+
+
+def period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:
+    """Conditions selecting ``column`` in ``[since, until)``."""
+    conditions = []
+    if since is not None:
+        conditions.append(column >= since)
+    if until is not None:
+        conditions.append(column < until)
+    return conditions
+
+
+def as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)

@@ -1,0 +1,58 @@
+"""The Trimmer's options: one frozen value, validated in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._exceptions import ConfigurationError
+
+
+@dataclass(frozen=True)
+class TrimmerOptions:
+    """How a :class:`Trimmer` trims; every field is checked when the value is made.
+
+    ``keep_last``: conversational messages sent verbatim after a fold; ``fold_every``:
+    how many more may accumulate before the next fold; ``keep_tokens``: optional token
+    budget for the verbatim tail. ``summary_tokens``: the summary's budget; with
+    ``summary_share`` (say 0.085) it is that share of the history the summary replaces,
+    up to ``summary_tokens``. ``max_tokens``: the default cap on each reply.
+    ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
+    worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
+    worker may hold a fold or rewrite before another may take it over.
+    """
+
+    keep_last: int = 20
+    fold_every: int = 10
+    keep_tokens: int | None = None
+    summary_tokens: int = 1000
+    summary_share: float | None = None
+    max_tokens: int = 1024
+    max_prompt_tokens: int | None = None
+    background: bool = True
+    lease_seconds: float = 120.0
+
+    def __post_init__(self) -> None:
+        check_count("keep_last", self.keep_last, minimum=0)
+        check_count("fold_every", self.fold_every, minimum=0)
+        check_count("max_tokens", self.max_tokens, minimum=1)
+        check_count("summary_tokens", self.summary_tokens, minimum=1)
+        share = self.summary_share
+        if share is not None and (
+            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1
+        ):
+            raise ConfigurationError(
+                f"summary_share must be a number in (0, 1], such as 0.085; got {share!r}"
+            )
+        if self.keep_tokens is not None:
+            check_count("keep_tokens", self.keep_tokens, minimum=1)
+        if self.max_prompt_tokens is not None:
+            check_count("max_prompt_tokens", self.max_prompt_tokens, minimum=1)
+        seconds = self.lease_seconds
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be a number > 0, got {seconds!r}")
+
+
+def check_count(name: str, value: object, *, minimum: int) -> None:
+    """``value`` must be an int (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")

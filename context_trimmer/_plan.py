@@ -1,0 +1,148 @@
+"""Planning the request to send: pure functions, no database, no network.
+
+Given a stored path, the deepest summary on it and the token counts of the messages
+involved, :func:`plan_request` builds ``[system][summary][verbatim tail]`` with system
+and developer messages compressed, and counts its prompt tokens exactly from the
+stored per-message counts (never re-encoding the history). The other functions are
+the limits: the reply cap, the hard prompt limit, and when a fold is due.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._exceptions import PromptTooLargeError
+from ._options import TrimmerOptions
+from ._path import StoredPath, start_of
+from ._summary_store import StoredSummary
+from ._tokens import REPLY_PRIMING
+from ._window import assemble, control_indexes, conversational_count
+
+Message = Mapping[str, Any]
+SUMMARY_HEADER = "Summary of the earlier conversation:\n"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The messages to send and their exact prompt tokens."""
+
+    messages: list[Message]
+    prompt_tokens: int
+    tail_tokens: int
+    summary: StoredSummary | None
+    start: int
+    summary_tokens: int
+    compression_saved: int = 0
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """How system and developer messages are rewritten: ``compress`` gives the message
+    to send instead (the same object when unchanged), ``count`` its tokens."""
+
+    compress: Callable[[Message], Message]
+    count: Callable[[Message], int]
+
+
+def summary_message(summary: StoredSummary) -> Message:
+    """The system message that carries ``summary``."""
+    return {"role": "system", "content": SUMMARY_HEADER + summary.text}
+
+
+def rows_needed(path: StoredPath, start: int, compressing: bool) -> list[int]:
+    """Message indexes whose token counts :func:`plan_request` needs."""
+    folded_control = control_indexes(path.messages, 0, start) if start else []
+    tail_control = control_indexes(path.messages, start, len(path.messages)) if compressing else []
+    return [*folded_control, *tail_control, *([start - 1] if start else [])]
+
+
+def plan_request(
+    path: StoredPath,
+    summary: StoredSummary | None,
+    summary_tokens: int,
+    rows: Mapping[int, tuple[int, int]],
+    compressor: Compressor | None,
+) -> Plan:
+    """What to send for ``path`` with ``summary`` (of ``summary_tokens`` as a message);
+    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total)."""
+    start = start_of(summary)
+    sent, control = assemble(
+        path.messages, start, None if summary is None else summary_message(summary)
+    )
+    before_tail = rows[start - 1][1] if start else 0
+    tail_tokens = path.total_tokens - before_tail
+    if summary is None:
+        summary_tokens = 0
+    prompt = (
+        sum(rows[i][0] for i in control)
+        + summary_tokens
+        + tail_tokens
+        + REPLY_PRIMING
+        + path.tools_tokens
+    )
+    saved = 0
+    if compressor is not None:
+        tail_control = control_indexes(path.messages, start, len(path.messages))
+        sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
+    return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
+
+
+def _compress(
+    path: StoredPath,
+    sent: list[Message],
+    indexes: Sequence[int],
+    rows: Mapping[int, tuple[int, int]],
+    compressor: Compressor,
+) -> tuple[list[Message], int]:
+    """Swap in the compressed system/developer messages; returns the tokens saved."""
+    replaced: dict[int, Message] = {}
+    saved = 0
+    for index in indexes:
+        original = path.messages[index]
+        compressed = compressor.compress(original)
+        if compressed is not original:
+            replaced[id(original)] = compressed
+            saved += rows[index][0] - compressor.count(compressed)
+    if not replaced:
+        return sent, 0
+    return [replaced.get(id(m), m) for m in sent], saved
+
+
+def reply_cap(path: StoredPath, options: TrimmerOptions) -> int:
+    """The reply's ``max_tokens``: the call's, else the configured default, within the
+    model's output limit."""
+    wanted = path.max_tokens if path.max_tokens is not None else options.max_tokens
+    return min(wanted, path.info.max_output)
+
+
+def over_limit(path: StoredPath, prompt_tokens: int, options: TrimmerOptions) -> bool:
+    """Whether a prompt of ``prompt_tokens`` crosses a hard limit (so a fold must run now)."""
+    if options.max_prompt_tokens is not None and prompt_tokens > options.max_prompt_tokens:
+        return True
+    return prompt_tokens + reply_cap(path, options) > path.info.context_window
+
+
+def check_fits(path: StoredPath, prompt_tokens: int, options: TrimmerOptions) -> None:
+    """Raise :class:`PromptTooLargeError` when even the smallest request is too large."""
+    info = path.info
+    limit = info.context_window - 1
+    if options.max_prompt_tokens is not None:
+        limit = min(limit, options.max_prompt_tokens)
+    if prompt_tokens > limit:
+        raise PromptTooLargeError(
+            f"the smallest valid request is {prompt_tokens} prompt tokens, over the limit "
+            f"of {limit} for {info.name}: the newest user turn alone is too large. Shorten "
+            "it, or raise max_prompt_tokens / the model's context_window.",
+            prompt_tokens=prompt_tokens,
+            limit=limit,
+        )
+
+
+def fold_due(path: StoredPath, start: int, tail_tokens: int, options: TrimmerOptions) -> bool:
+    """A fold is due once the verbatim tail has grown ``fold_every`` past ``keep_last``
+    messages (or 1.5x past ``keep_tokens``)."""
+    if conversational_count(path.messages, start) > options.keep_last + options.fold_every:
+        return True
+    return options.keep_tokens is not None and tail_tokens > options.keep_tokens * 3 // 2
