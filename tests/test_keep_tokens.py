@@ -50,9 +50,10 @@ def smallest_budget_not_due(tokens: int) -> int:
 def test_a_fold_is_due_exactly_when_the_tail_exceeds_one_and_a_half_budgets(
     db_url: str,
 ) -> None:
-    messages = chat(8)
+    messages = chat(7)
     whole = count_tokens(messages) - 3  # no summary yet: the tail is every message
     budget = smallest_budget_not_due(whole)
+    assert budget * 3 // 2 == whole  # the tail sits exactly on the threshold: not over it
     with trimmer(db_url, budget) as roomy:
         assert roomy.prepare(messages).fold_pending is False
         assert roomy.compact(messages).reason == "no fold due"
