@@ -22,6 +22,9 @@ MAX_RETRY_AFTER = 120.0
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """Exponential backoff with full jitter: up to ``max_retries`` retries, waiting a
+    random share of ``min(cap, base * 2**attempt)`` seconds unless the server says how long."""
+
     max_retries: int = 4
     base: float = 0.5
     cap: float = 8.0

@@ -58,6 +58,8 @@ class SummaryRequest:
 
 @dataclass(frozen=True)
 class SummaryResult:
+    """A summarizer's answer: the new summary and the tokens the call spent."""
+
     text: str
     tokens_in: int = 0
     tokens_out: int = 0

@@ -234,5 +234,14 @@ def test_html_report_renders_its_charts_in_headless_chromium(
         assert color in pixels  # as given, sent and net-saving series were drawn
 
 
-def test_report_type_is_exported() -> None:
-    assert Report.__name__ == "Report"
+def test_the_timeline_adds_up_to_the_net_saving(ledger: Trimmer) -> None:
+    report = ledger.report()
+    assert isinstance(report, Report)
+    assert [point.id for point in report.requests] == [1, 2]
+    moments = [moment for moment, _amount in report.timeline()]
+    assert moments == sorted(moments)
+    amounts = sorted(amount for _moment, amount in report.timeline())
+    # Two summarizer charges (the summary, the failed attempt), then the two requests'
+    # savings: B's $0.00045 and A's $0.030 - $0.00872 = $0.02128.
+    assert amounts == pytest.approx([-0.00057, -0.00015, 0.00045, 0.02128])
+    assert sum(amounts) == pytest.approx(report.totals.net_saving)

@@ -11,7 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 from openai_server import FakeOpenAI, Reply, TokenLimiter
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
 
 from context_trimmer import (
     QuotaExceeded,
@@ -49,9 +49,23 @@ def client(server: FakeOpenAI, **options: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.base_url, api_key="test-key", **options)
 
 
-def attempts(trimmer: Trimmer) -> list[Any]:
-    with trimmer._db.engine.connect() as connection:
-        return connection.execute(select(ATTEMPTS).order_by(ATTEMPTS.c.request_id)).all()
+def attempts(url: str) -> list[Any]:
+    """How each request was sent (ct_attempts), read over our own connection."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(select(ATTEMPTS).order_by(ATTEMPTS.c.request_id)).all()
+    finally:
+        engine.dispose()
+
+
+def usage_models(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(select(USAGE.c.model)).scalars())
+    finally:
+        engine.dispose()
 
 
 def test_go_durations() -> None:
@@ -73,7 +87,8 @@ def test_go_durations() -> None:
 def test_create_returns_the_sdks_object_and_sends_the_trimmed_request(
     trimmer: Trimmer, server: FakeOpenAI
 ) -> None:
-    wrapped = trimmer.wrap(client(server))
+    original = client(server)
+    wrapped = trimmer.wrap(original)
     messages = chat(6)
     trimmer.prepare(messages)
     trimmer.compact(messages, force=True)
@@ -87,8 +102,17 @@ def test_create_returns_the_sdks_object_and_sends_the_trimmed_request(
     with trimmer._db.engine.connect() as connection:
         usage = connection.execute(select(USAGE)).one()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (40, 3, False)
-    assert wrapped.models is wrapped._wrapped.models  # the rest of the client is untouched
-    assert wrapped.chat.completions.with_raw_response is not None
+    assert trimmer.report().totals.requests == 2  # the prepare() above, and this call
+
+    # Only chat.completions.create changes: the rest of the client is the client's own,
+    # and its raw-response twin sends the messages as given, unprepared and unrecorded.
+    assert wrapped.models is original.models
+    assert wrapped.chat.completions.with_raw_response is original.chat.completions.with_raw_response
+    raw = wrapped.chat.completions.with_raw_response.create(model="gpt-4o", messages=messages)
+    assert isinstance(raw.parse(), ChatCompletion)
+    assert server.requests[-1]["messages"] == messages
+    assert "max_tokens" not in server.requests[-1]
+    assert trimmer.report().totals.requests == 2
 
 
 def test_conversation_and_user_from_context_or_headers(
@@ -110,7 +134,7 @@ def test_conversation_and_user_from_context_or_headers(
 
 
 def test_a_429_storm_with_retry_after_never_reaches_the_app(
-    trimmer: Trimmer, server: FakeOpenAI
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
 ) -> None:
     storm = Reply(status=429, headers={"retry-after-ms": "30"}, error="Rate limit reached")
     server.enqueue(storm, storm, storm)
@@ -119,14 +143,14 @@ def test_a_429_storm_with_retry_after_never_reaches_the_app(
     response = wrapped.chat.completions.create(model="gpt-4o", messages=chat())
     assert response.choices[0].message.content == "Fine answer here"
     assert slept == [0.03, 0.03, 0.03]  # the server's retry-after-ms, honoured exactly
-    (row,) = attempts(trimmer)
+    (row,) = attempts(db_url)
     assert (row.attempts, row.rate_limited, row.outcome) == (4, 3, "ok")
     totals = trimmer.report().totals
     assert (totals.rate_limited_429s, totals.wait_seconds) == (3, 0.09)
 
 
 def test_sdk_retries_are_off_so_nothing_is_retried_twice_over(
-    trimmer: Trimmer, server: FakeOpenAI
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
 ) -> None:
     server.enqueue(*[Reply(status=500)] * 10)
     wrapped = trimmer.wrap(
@@ -135,7 +159,7 @@ def test_sdk_retries_are_off_so_nothing_is_retried_twice_over(
     with pytest.raises(openai.InternalServerError):
         wrapped.chat.completions.create(model="gpt-4o", messages=chat())
     assert server.statuses[500] == 3  # ours: 1 + 2 retries; the SDK added none
-    assert attempts(trimmer)[0].outcome == "error"
+    assert attempts(db_url)[0].outcome == "error"
 
 
 def test_full_jitter_without_retry_after() -> None:
@@ -144,9 +168,7 @@ def test_full_jitter_without_retry_after() -> None:
     assert RetryPolicy(random=lambda: 0.0).delay(3, {}) == 0.0
 
 
-def test_headers_drive_throttling_so_no_429_reaches_the_app(
-    trimmer: Trimmer,
-) -> None:
+def test_headers_drive_throttling_so_no_429_reaches_the_app(trimmer: Trimmer, db_url: str) -> None:
     cost = lambda body: count_tokens(body["messages"]) + body["max_tokens"]  # noqa: E731
     limiter = TokenLimiter(limit=2500, window=1.0, cost=cost)
     with FakeOpenAI(limiter=limiter) as server:
@@ -154,15 +176,17 @@ def test_headers_drive_throttling_so_no_429_reaches_the_app(
         for _ in range(6):
             wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
     assert server.statuses == {200: 6}
-    assert sum(row.waited_ms for row in attempts(trimmer)) > 0
+    assert sum(row.waited_ms for row in attempts(db_url)) > 0
 
 
-def test_configured_limits_apply_before_any_header(trimmer: Trimmer, server: FakeOpenAI) -> None:
+def test_configured_limits_apply_before_any_header(
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
+) -> None:
     wrapped = trimmer.wrap(client(server), limits={"gpt-4o": RateLimits(tokens_per_minute=500)})
     with pytest.raises(RateLimitBudgetExceeded, match="more than the whole limit of 500"):
         wrapped.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
     assert server.requests == []
-    assert attempts(trimmer)[0].outcome == "budget_exceeded"
+    assert attempts(db_url)[0].outcome == "budget_exceeded"
 
 
 def test_a_spent_budget_raises_when_the_wait_is_too_long(
@@ -178,7 +202,7 @@ def test_a_spent_budget_raises_when_the_wait_is_too_long(
     assert len(server.requests) == 1
 
 
-def test_fallback_to_a_cheaper_model(trimmer: Trimmer) -> None:
+def test_fallback_to_a_cheaper_model(trimmer: Trimmer, db_url: str) -> None:
     def answer(body: dict[str, Any]) -> Reply:
         if body["model"] == "gpt-4o":
             return Reply(status=429, error="Rate limit reached for gpt-4o")
@@ -192,7 +216,7 @@ def test_fallback_to_a_cheaper_model(trimmer: Trimmer) -> None:
         )
         response = wrapped.chat.completions.create(model="gpt-4o", messages=chat())
     assert (response.model, response.choices[0].message.content) == ("gpt-4o-mini", "from mini")
-    (row,) = attempts(trimmer)
+    (row,) = attempts(db_url)
     assert (row.fallback_model, row.rate_limited, row.outcome) == ("gpt-4o-mini", 2, "ok")
     with trimmer._db.engine.connect() as connection:
         assert connection.execute(select(USAGE.c.model)).scalar() == "gpt-4o-mini"
@@ -231,6 +255,88 @@ async def test_async_client_and_async_streaming(trimmer: Trimmer, server: FakeOp
     with trimmer._db.engine.connect() as connection:
         assert len(connection.execute(select(USAGE)).all()) == 2
     await wrapped.close()
+
+
+def async_client(server: FakeOpenAI, **options: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.base_url, api_key="test-key", **options)
+
+
+async def test_async_retries_429s_and_500s_with_the_servers_delays(
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
+) -> None:
+    storm = Reply(status=429, headers={"retry-after-ms": "30"}, error="Rate limit reached")
+    server.enqueue(storm, storm, Reply(status=500))
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # awaited, or nothing is recorded
+        slept.append(seconds)
+
+    policy = RetryPolicy(max_retries=4, base=0.01, cap=0.05, random=lambda: 0.5)
+    wrapped = trimmer.wrap(async_client(server, max_retries=5), retry=policy, sleep=sleep)
+    response = await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert response.choices[0].message.content == "Fine answer here"
+    # retry-after-ms twice; then no header: full jitter, 0.5 x min(cap, 0.01 x 2**2)
+    assert slept == [0.03, 0.03, 0.02]
+    assert server.statuses == {429: 2, 500: 1, 200: 1}  # the SDK's own retries stay off
+    (row,) = attempts(db_url)
+    assert (row.attempts, row.rate_limited, row.outcome) == (4, 2, "ok")
+    totals = trimmer.report().totals
+    assert (totals.rate_limited_429s, totals.failed_requests) == (2, 0)
+    assert totals.wait_seconds == pytest.approx(0.08)
+    await wrapped.close()
+
+
+async def test_async_retries_give_up_after_max_retries(
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
+) -> None:
+    server.enqueue(*[Reply(status=500)] * 10)
+    wrapped = trimmer.wrap(
+        async_client(server, max_retries=5),
+        retry=RetryPolicy(max_retries=2, base=0.001, cap=0.001),
+    )
+    with pytest.raises(openai.InternalServerError):
+        await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+    assert server.statuses == {500: 3}
+    assert [(r.attempts, r.outcome) for r in attempts(db_url)] == [(3, "error")]
+    await wrapped.close()
+
+
+async def test_async_fallback_to_a_cheaper_model(trimmer: Trimmer, db_url: str) -> None:
+    def answer(body: dict[str, Any]) -> Reply:
+        if body["model"] == "gpt-4o":
+            return Reply(status=429, error="Rate limit reached for gpt-4o")
+        return Reply("from mini")
+
+    with FakeOpenAI(default=answer) as server:
+        wrapped = trimmer.wrap(
+            async_client(server),
+            fallback_model="gpt-4o-mini",
+            retry=RetryPolicy(max_retries=1, base=0.001, cap=0.001),
+        )
+        response = await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+        await wrapped.close()
+    assert (response.model, response.choices[0].message.content) == ("gpt-4o-mini", "from mini")
+    assert [body["model"] for body in server.requests] == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+    (row,) = attempts(db_url)
+    assert (row.fallback_model, row.rate_limited, row.outcome) == ("gpt-4o-mini", 2, "ok")
+    assert usage_models(db_url) == ["gpt-4o-mini"]
+    assert trimmer.report().totals.fallbacks == 1
+
+
+async def test_async_fallback_that_stays_rate_limited_raises(trimmer: Trimmer, db_url: str) -> None:
+    with FakeOpenAI(default=lambda _b: Reply(status=429, error="Rate limit reached")) as server:
+        wrapped = trimmer.wrap(
+            async_client(server),
+            fallback_model="gpt-4o-mini",
+            retry=RetryPolicy(max_retries=0),
+        )
+        with pytest.raises(openai.RateLimitError):
+            await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+        await wrapped.close()
+    assert [body["model"] for body in server.requests] == ["gpt-4o", "gpt-4o-mini"]
+    (row,) = attempts(db_url)
+    assert (row.fallback_model, row.rate_limited, row.outcome) == ("gpt-4o-mini", 2, "rate_limited")
+    assert usage_models(db_url) == []
 
 
 def test_user_quotas(trimmer: Trimmer, server: FakeOpenAI) -> None:
