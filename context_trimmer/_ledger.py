@@ -176,13 +176,16 @@ class Ledger:
             ]
         return spend
 
-    def last_head(self, conversation_id: str) -> tuple[str, str | None] | None:
-        """The newest head hash and user prepared for ``conversation_id``."""
+    def last_head(
+        self, conversation_id: str, user: str | None = None
+    ) -> tuple[str, str | None] | None:
+        """The newest head hash and user prepared for ``conversation_id`` (of ``user``,
+        when given: conversation ids are the app's labels and may repeat across users)."""
+        query = select(REQUESTS.c.head_hash, REQUESTS.c.user).where(
+            REQUESTS.c.conversation_id == conversation_id
+        )
+        if user is not None:
+            query = query.where(REQUESTS.c.user == user)
         with self._db.reading() as connection:
-            row = connection.execute(
-                select(REQUESTS.c.head_hash, REQUESTS.c.user)
-                .where(REQUESTS.c.conversation_id == conversation_id)
-                .order_by(REQUESTS.c.id.desc())
-                .limit(1)
-            ).first()
+            row = connection.execute(query.order_by(REQUESTS.c.id.desc()).limit(1)).first()
         return None if row is None else (row.head_hash, row.user)

@@ -394,7 +394,7 @@ class Trimmer:
     ) -> tuple[list[Message], str | None]:
         if conversation_id is None:
             raise ConfigurationError("compact() needs the messages or a conversation_id")
-        head = self._ledger.last_head(conversation_id)
+        head = self._ledger.last_head(conversation_id, user)
         if head is None:
             raise ConfigurationError(
                 f"no prepared request has conversation_id {conversation_id!r}; "

@@ -63,3 +63,15 @@ def test_a_users_summary_is_not_served_for_a_branch_of_anothers(trimmer: Trimmer
     longer = [*messages, {"role": "user", "content": "And 700 EUR?"}]
     assert trimmer.prepare(longer, user="ann").summary_id is not None
     assert trimmer.prepare(longer, user="bob").summary_id is None
+
+
+def test_compact_by_conversation_id_folds_the_named_users_history(trimmer: Trimmer) -> None:
+    ann_messages = chat(6)
+    bob_messages = [{**m, "content": m["content"].replace("EUR", "USD")} for m in chat(6)]
+    trimmer.prepare(ann_messages, user="ann", conversation_id="shared")
+    trimmer.prepare(bob_messages, user="bob", conversation_id="shared")  # the newest row
+    folded = trimmer.compact(conversation_id="shared", user="ann", force=True)
+    assert folded.summary_id is not None
+    again = trimmer.prepare(ann_messages, user="ann", conversation_id="shared")
+    assert again.summary_id == folded.summary_id
+    assert "USD" not in str(again.messages)
