@@ -12,6 +12,10 @@ an end user within it (stored as ``tenant:end-user``); ``X-Conversation-Id`` nam
 conversation, else it is inferred from the messages. Conversations are
 content-addressed per user, so no tenant can reach another's history.
 
+Configuration: a :class:`GatewayConfig` (in ``_gateway_config``). Summaries and
+prompt rewrites go to the upstream, with the upstream key, unless the operator names
+another endpoint; nothing is sent to a host the operator did not configure.
+
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``, upstream
 errors keep their status, and bad requests are 4xx, never 500.
 """
@@ -23,10 +27,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import openai
 from starlette.applications import Starlette
@@ -40,46 +43,31 @@ from ._exceptions import (
     RateLimitBudgetExceeded,
     TrimmerError,
 )
+from ._gateway_config import (
+    CONFIG_ENV,
+    Endpoints,
+    GatewayConfig,
+    endpoints,
+    public_url,
+)
 from ._keys import KeyInfo
+from ._ratelimit import UserQuota
 from ._report import GROUPS
+from ._summarizers import OpenAISummarizer
+from ._system_prompt import Mode, PromptRewriter
 from ._trimmer import Trimmer
 
+__all__ = ["GatewayConfig", "app_from_env", "create_app"]
+
 log = logging.getLogger("context_trimmer.gateway")
-MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-@dataclass
-class GatewayConfig:
-    """How the gateway runs; ``trimmer`` options go to :class:`Trimmer`."""
-
-    db_url: str | None = None
-    upstream: str | None = None
-    upstream_api_key: str | None = None
-    max_body_bytes: int = MAX_BODY_BYTES
-    key_cache_seconds: float = 5.0
-    trimmer: dict[str, Any] = field(default_factory=dict)
-    wrap: dict[str, Any] = field(default_factory=dict)
-
-
-UPSTREAM_KEY_ENV = "CONTEXT_TRIMMER_UPSTREAM_KEY_ENV"
-UPSTREAM_URL_ENV = "CONTEXT_TRIMMER_UPSTREAM"
-FALLBACK_ENV = "CONTEXT_TRIMMER_FALLBACK_MODEL"
 
 
 def app_from_env() -> Starlette:
-    """The app configured from the environment (for ``uvicorn --factory`` and workers):
-    ``CONTEXT_TRIMMER_DB``, ``CONTEXT_TRIMMER_UPSTREAM`` (else ``OPENAI_BASE_URL``), the
-    upstream key in the variable named by ``CONTEXT_TRIMMER_UPSTREAM_KEY_ENV`` (else
-    ``OPENAI_API_KEY``), ``CONTEXT_TRIMMER_FALLBACK_MODEL``."""
-    key_variable = os.environ.get(UPSTREAM_KEY_ENV, "OPENAI_API_KEY")
-    fallback = os.environ.get(FALLBACK_ENV) or None
-    return create_app(
-        GatewayConfig(
-            upstream=os.environ.get(UPSTREAM_URL_ENV) or None,
-            upstream_api_key=os.environ.get(key_variable),
-            wrap={"fallback_model": fallback},
-        )
-    )
+    """The app configured by ``$CONTEXT_TRIMMER_GATEWAY_CONFIG`` (a
+    :meth:`GatewayConfig.to_json` object, as ``serve --workers N`` hands it to its
+    workers), else the defaults; for ``uvicorn --factory``."""
+    text = os.environ.get(CONFIG_ENV)
+    return create_app(GatewayConfig.from_json(text) if text else GatewayConfig())
 
 
 def error_response(
@@ -95,19 +83,30 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def create_app(config: GatewayConfig | None = None) -> Starlette:
-    """The ASGI app (run it with uvicorn, or ``context-trimmer serve``)."""
+def create_app(
+    config: GatewayConfig | None = None, *, environ: Mapping[str, str] | None = None
+) -> Starlette:
+    """The ASGI app (run it with uvicorn, or ``context-trimmer serve``). The keys are
+    read from ``environ`` (default: ``os.environ``), in the variables ``config`` names."""
     config = config or GatewayConfig()
+    ends = endpoints(config, os.environ if environ is None else environ)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        trimmer = Trimmer(config.db_url, **config.trimmer)
-        upstream = openai.AsyncOpenAI(base_url=config.upstream, api_key=config.upstream_api_key)
+        trimmer = _trimmer(config, ends)
+        upstream = openai.AsyncOpenAI(base_url=ends.upstream_url, api_key=ends.upstream_key)
+        quota = None
+        if config.user_tokens_per_minute or config.user_tokens_per_day:
+            quota = UserQuota(config.user_tokens_per_minute, config.user_tokens_per_day)
         app.state.trimmer = trimmer
         app.state.upstream = upstream
-        app.state.client = trimmer.wrap(upstream, **config.wrap)
+        app.state.client = trimmer.wrap(
+            upstream, fallback_model=config.fallback_model, user_quota=quota
+        )
         app.state.config = config
         app.state.keys = KeyCache(trimmer, config.key_cache_seconds)
+        if ends.calls_a_model or config.system_prompt == "llm":
+            await _check_summary_endpoint(ends)
         yield
         await upstream.close()
         trimmer.close()
@@ -121,6 +120,55 @@ def create_app(config: GatewayConfig | None = None) -> Starlette:
             Route("/v1/savings", savings, methods=["GET"]),
         ],
     )
+
+
+def _trimmer(config: GatewayConfig, ends: Endpoints) -> Trimmer:
+    """The Trimmer, its model calls (summaries, prompt rewrites) bound to the endpoint and
+    key in ``ends``: never the openai client's own defaults."""
+    url, key = ends.summary_url, ends.summary_key
+    summarizer: str | OpenAISummarizer = "extractive"
+    if ends.calls_a_model:
+        summarizer = OpenAISummarizer(config.summary_model, base_url=url, api_key=key)
+    rewriter = None
+    if config.system_prompt == "llm":
+        rewriter = PromptRewriter(config.summary_model, base_url=url, api_key=key)
+    return Trimmer(
+        config.db_url,
+        keep_last=config.keep_last,
+        fold_every=config.fold_every,
+        summarizer=summarizer,
+        summary_tokens=config.summary_tokens,
+        summary_share=config.summary_share,
+        max_tokens=config.max_tokens,
+        system_prompt=cast(Mode, config.system_prompt),
+        prompt_rewriter=rewriter,
+    )
+
+
+async def _check_summary_endpoint(ends: Endpoints) -> None:
+    """Log once, at start-up, when the endpoint for summaries cannot be reached or
+    refuses its key (each failed fold is recorded in the ledger, not logged again here)."""
+    probe = openai.AsyncOpenAI(
+        base_url=ends.summary_url, api_key=ends.summary_key, timeout=5.0, max_retries=0
+    )
+    where = public_url(ends.summary_url)
+    try:
+        await probe.models.list()
+    except openai.APIConnectionError as error:
+        log.warning(
+            "the endpoint for summaries, %s, cannot be reached (%s): summaries will fail "
+            "until it answers",
+            where,
+            error,
+        )
+    except openai.AuthenticationError:
+        log.warning(
+            "the endpoint for summaries, %s, refused the key in $%s", where, ends.summary_key_env
+        )
+    except openai.APIStatusError:
+        pass  # it answered: reachable, even if it has no /models
+    finally:
+        await probe.close()
 
 
 async def healthz(request: Request) -> Response:

@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import openai
 import pytest
 from click.testing import CliRunner
-from gateway_server import ServerThread
+from gateway_server import ServeProcess, ServerThread, free_port
 from openai.types.chat import ChatCompletion
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer._db import Database
+from context_trimmer._exceptions import ConfigurationError
+from context_trimmer._gateway_config import endpoints, flag
 from context_trimmer._history import MESSAGES
 from context_trimmer._keys import create_key, revoke_key
-from context_trimmer.cli import main
+from context_trimmer.cli import GATEWAY_INSTALL, main
 from context_trimmer.gateway import GatewayConfig, create_app
 
 UPSTREAM_KEY = "upstream-secret"
+KEY_ENV = "TEST_UPSTREAM_KEY"
+ENVIRON = {KEY_ENV: UPSTREAM_KEY}
 
 
 def upstream_answer(body: dict[str, Any]) -> Reply:
@@ -64,13 +72,15 @@ def gateway(db_url: str) -> Iterator[Gateway]:
         config = GatewayConfig(
             db_url=db_url,
             upstream=upstream.base_url,
-            upstream_api_key=UPSTREAM_KEY,
+            upstream_key_env=KEY_ENV,
             max_body_bytes=200_000,
             key_cache_seconds=0,
-            trimmer={"keep_last": 4, "fold_every": 2, "summarizer": "extractive"},
+            keep_last=4,
+            fold_every=2,
+            summarizer="extractive",
         )
         store = Database(db_url)
-        with ServerThread(create_app(config)) as server:
+        with ServerThread(create_app(config, environ=ENVIRON)) as server:
             running = Gateway(server, upstream, store)
             yield running
             running.close()
@@ -188,28 +198,35 @@ def test_bad_requests_get_clear_4xx(
     assert expected in response.json()["error"]["message"]
 
 
-def test_an_unreachable_upstream_is_a_502(db_url: str) -> None:
-    from gateway_server import free_port
-
+def test_an_unreachable_upstream_is_a_502_and_logged_once(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the LLM summarizer (the default) cannot reach its endpoint either: said once, at start-up
     config = GatewayConfig(
-        db_url=db_url,
-        upstream=f"http://127.0.0.1:{free_port()}/v1",
-        upstream_api_key="k",
-        trimmer={"summarizer": "extractive"},
-        wrap={"retry": None},
+        db_url=db_url, upstream=f"http://127.0.0.1:{free_port()}/v1", upstream_key_env=KEY_ENV
     )
     store = Database(db_url)
     key, _ = create_key(store, "acme")
-    with ServerThread(create_app(config)) as server:
-        response = httpx.post(
-            f"{server.base_url}/chat/completions",
-            json={"model": "gpt-4o", "messages": conversation(0)},
-            headers={"authorization": f"Bearer {key}"},
-            timeout=60,
-        )
+    with (
+        caplog.at_level(logging.WARNING, "context_trimmer.gateway"),
+        ServerThread(create_app(config, environ=ENVIRON)) as server,
+    ):
+        responses = [
+            httpx.post(
+                f"{server.base_url}/chat/completions",
+                json={"model": "gpt-4o", "messages": conversation(turns)},
+                headers={"authorization": f"Bearer {key}"},
+                timeout=60,
+            )
+            for turns in (0, 1)
+        ]
     store.close()
-    assert response.status_code == 502
-    assert response.json()["error"]["code"] == "upstream_unreachable"
+    assert [r.status_code for r in responses] == [502, 502]
+    assert responses[0].json()["error"]["code"] == "upstream_unreachable"
+    unreachable = [r for r in caplog.records if "cannot be reached" in r.getMessage()]
+    assert len(unreachable) == 1
+    assert config.upstream is not None and config.upstream in unreachable[0].getMessage()
+    assert UPSTREAM_KEY not in caplog.text
 
 
 def test_models_pass_through_and_healthz(gateway: Gateway) -> None:
@@ -259,3 +276,219 @@ def test_serve_needs_the_upstream_key(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert "set OPENAI_API_KEY to the upstream API key" in result.output
+
+
+SUMMARY_MODEL = "gpt-4.1-mini"
+SUMMARY_TEXT = "- The user asked numbered questions; the assistant answered each one."
+
+
+def answer_with_summaries(body: dict[str, Any]) -> Reply:
+    """A chat answer, or a summary when the summarizer's model is asked."""
+    if body.get("model") == SUMMARY_MODEL:
+        return Reply(SUMMARY_TEXT, prompt_tokens=400, completion_tokens=20)
+    return upstream_answer(body)
+
+
+def talk(client: openai.OpenAI, turns: int, after_each: Any = None) -> list[dict[str, str]]:
+    """``turns`` turns of one conversation, each answer appended; the last messages sent."""
+    messages: list[dict[str, str]] = [{"role": "system", "content": "You are helpful."}]
+    for turn in range(turns):
+        messages.append({"role": "user", "content": f"Question {turn}: " + "tell me more " * 15})
+        reply = client.chat.completions.create(
+            model="gpt-4o", messages=messages, extra_headers={"X-Conversation-Id": "long"}
+        )
+        messages.append({"role": "assistant", "content": reply.choices[0].message.content or ""})
+        if after_each is not None:
+            after_each()
+    return messages[:-1]
+
+
+def chat_requests(upstream: FakeOpenAI) -> list[dict[str, Any]]:
+    return [r for r in upstream.requests if r.get("model") == "gpt-4o"]
+
+
+def summary_calls(upstream: FakeOpenAI) -> list[int]:
+    return [i for i, r in enumerate(upstream.requests) if r.get("model") == SUMMARY_MODEL]
+
+
+def test_llm_summaries_go_to_the_upstream_and_trim(db_url: str) -> None:
+    """The default summarizer is the upstream's model, called with the upstream's key."""
+    with FakeOpenAI(default=answer_with_summaries) as upstream:
+        config = GatewayConfig(
+            db_url=db_url,
+            upstream=upstream.base_url,
+            upstream_key_env=KEY_ENV,
+            summary_model=SUMMARY_MODEL,
+        )
+        store = Database(db_url)
+        with ServerThread(create_app(config, environ=ENVIRON)) as server:
+            running = Gateway(server, upstream, store)
+            sent = talk(running.client(), 40, lambda: running.trimmer.wait_for_background(10))
+            report = running.trimmer.report()
+            running.close()
+        store.close()
+    calls = summary_calls(upstream)
+    assert calls, "no summary call reached the upstream"
+    assert {upstream.headers[i]["authorization"] for i in calls} == {f"Bearer {UPSTREAM_KEY}"}
+    last = chat_requests(upstream)[-1]["messages"]
+    assert len(sent) == 80
+    assert len(last) <= len(sent) // 2
+    assert any(SUMMARY_TEXT in str(m["content"]) for m in last)
+    assert report.totals.summary_failures == 0 and report.totals.summaries >= 1
+
+
+def test_a_summary_endpoint_gets_the_summaries_and_its_own_key_only(db_url: str) -> None:
+    with (
+        FakeOpenAI(default=answer_with_summaries) as upstream,
+        FakeOpenAI(default=answer_with_summaries) as summaries,
+    ):
+        config = GatewayConfig(
+            db_url=db_url,
+            upstream=upstream.base_url,
+            upstream_key_env=KEY_ENV,
+            summary_model=SUMMARY_MODEL,
+            summary_base_url=summaries.base_url,
+            summary_key_env="SUMMARY_KEY",
+            keep_last=4,
+            fold_every=2,
+        )
+        environ = {**ENVIRON, "SUMMARY_KEY": "summary-secret"}
+        store = Database(db_url)
+        with ServerThread(create_app(config, environ=environ)) as server:
+            running = Gateway(server, upstream, store)
+            talk(running.client(), 6, lambda: running.trimmer.wait_for_background(10))
+            running.close()
+        store.close()
+    assert summary_calls(summaries) and not summary_calls(upstream)
+    assert {h["authorization"] for h in summaries.headers} == {"Bearer summary-secret"}
+    assert UPSTREAM_KEY not in json.dumps(summaries.headers)
+    assert not chat_requests(summaries)
+
+
+def test_serve_with_workers_prints_its_settings_and_summarizes_upstream(sqlite_url: str) -> None:
+    """The real command, two worker processes: the configuration reaches them (flags and
+    environment variables), the start-up lines name the key variable, never the key."""
+    with FakeOpenAI(default=answer_with_summaries) as upstream:
+        store = Database(sqlite_url)
+        key, _ = create_key(store, "acme")
+        store.close()
+        environ = {
+            **os.environ,
+            "OPENAI_API_KEY": UPSTREAM_KEY,
+            "CONTEXT_TRIMMER_FOLD_EVERY": "3",
+            "CONTEXT_TRIMMER_SUMMARY_MODEL": SUMMARY_MODEL,
+        }
+        options = ["--db", sqlite_url, "--upstream", upstream.base_url, "--workers", "2"]
+        options += ["--keep-last", "6", "--max-tokens", "333", "--user-tokens-per-day", "900000"]
+        with ServeProcess(*options, env=environ) as serve:
+            client = openai.OpenAI(base_url=serve.base_url, api_key=key, max_retries=0)
+            sent = talk(client, 20)
+            client.close()
+            printed = " ".join(serve.output.split())
+    chats = chat_requests(upstream)
+    assert len(chats) == 20 and {r["max_tokens"] for r in chats} == {333}
+    assert summary_calls(upstream)
+    assert len(chats[-1]["messages"]) <= len(sent) // 2
+    assert any(SUMMARY_TEXT in str(m["content"]) for m in chats[-1]["messages"])
+    assert UPSTREAM_KEY not in printed and key not in printed
+    for expected in (
+        f"openai {SUMMARY_MODEL} at {upstream.base_url} with $OPENAI_API_KEY",
+        "keep last / fold every 6 / 3 messages",
+        "user tokens per day 900,000",
+        "workers 2",
+    ):
+        assert expected in printed
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"keep_last": -1}, "--keep-last must be an integer >= 0, got -1"),
+        ({"fold_every": "10"}, "--fold-every must be an integer >= 0, got '10'"),
+        ({"summary_tokens": 0}, "--summary-tokens must be an integer >= 1"),
+        ({"summary_share": 1.5}, "--summary-share must be a number in (0, 1]"),
+        ({"max_tokens": True}, "--max-tokens must be an integer >= 1"),
+        ({"workers": 0}, "--workers must be an integer >= 1"),
+        ({"user_tokens_per_minute": 0}, "--user-tokens-per-minute must be an integer >= 1"),
+        ({"key_cache_seconds": -1}, "--key-cache-seconds must be a number of seconds >= 0"),
+        ({"summarizer": "gpt-4o"}, "--summarizer must be one of extractive, openai"),
+        ({"system_prompt": "short"}, "--system-prompt must be one of safe, llm, off"),
+        ({"summary_model": " "}, "--summary-model must be a non-empty string"),
+        ({"upstream": "api.openai.com/v1"}, "--upstream must be an http(s) URL"),
+        ({"db_url": ""}, "--db must be a non-empty string"),
+        (
+            {"summary_base_url": "http://127.0.0.1:9/v1"},
+            "--summary-base-url needs --summary-key-env",
+        ),
+        (
+            {"upstream_key_env": "sk-proj-0123456789abcdef"},
+            "--upstream-key-env takes the name of an environment variable (such as "
+            "OPENAI_API_KEY), not its value; got a 24-character value",
+        ),
+    ],
+)
+def test_config_errors_name_the_flag(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        GatewayConfig(**settings)
+    assert message in str(raised.value)
+    assert "0123456789abcdef" not in str(raised.value)
+
+
+def test_config_travels_as_one_json_value_through_the_same_checks() -> None:
+    config = GatewayConfig(
+        upstream="http://127.0.0.1:9/v1", keep_last=6, summary_share=0.1, summarizer="openai"
+    )
+    assert GatewayConfig.from_json(config.to_json()) == config
+    broken = json.loads(config.to_json()) | {"keep_last": -2}
+    with pytest.raises(ConfigurationError, match="--keep-last must be an integer >= 0"):
+        GatewayConfig.from_json(json.dumps(broken))
+    with pytest.raises(ConfigurationError, match="unknown settings: keep_first"):
+        GatewayConfig.from_json(json.dumps({"keep_first": 3}))
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        GatewayConfig.from_json("{keep_last: 3}")
+
+
+def test_endpoints_follow_the_upstream_unless_told() -> None:
+    environ = {"OPENAI_API_KEY": "k1", "OPENAI_BASE_URL": "http://10.0.0.5:8080/v1"}
+    ends = endpoints(GatewayConfig(), environ)
+    assert (ends.upstream_url, ends.summary_url) == ("http://10.0.0.5:8080/v1",) * 2
+    assert (ends.summarizer, ends.summary_key) == ("openai", "k1")
+    assert "k1" not in repr(ends)
+    with pytest.raises(ConfigurationError, match="set SUMMARY_KEY to the API key for summaries"):
+        endpoints(GatewayConfig(summary_key_env="SUMMARY_KEY"), environ)
+    extractive = endpoints(GatewayConfig(summarizer="extractive", summary_key_env="NONE"), environ)
+    assert not extractive.calls_a_model
+
+
+def test_serve_flags_env_and_readme_match_the_config() -> None:
+    serve = main.get_command(click.Context(main), "serve")
+    assert serve is not None
+    options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    for field in fields(GatewayConfig):
+        option = options[field.name]
+        assert option.opts[0] == flag(field.name) and option.opts[0] in readme
+        if field.name != "db_url":
+            assert option.envvar == f"CONTEXT_TRIMMER_{field.name.upper()}"
+            assert option.default == field.default
+    assert "pip install '.[gateway]'" in readme and "pip install '.[gateway]'" in GATEWAY_INSTALL
+
+
+@pytest.mark.parametrize(
+    ("arguments", "env", "message"),
+    [
+        (["--keep-last", "-1"], {}, "--keep-last must be an integer >= 0, got -1"),
+        ([], {"CONTEXT_TRIMMER_SUMMARY_SHARE": "2"}, "--summary-share must be a number in (0, 1]"),
+        (["--summary-key-env", "SUMMARY_KEY"], {}, "set SUMMARY_KEY to the API key"),
+    ],
+)
+def test_serve_reports_config_errors(
+    tmp_path: Path, arguments: list[str], env: dict[str, str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        main,
+        ["serve", "--db", f"sqlite:///{tmp_path / 'g.db'}", *arguments],
+        env={"OPENAI_API_KEY": UPSTREAM_KEY, **env},
+    )
+    assert result.exit_code == 1
+    assert message in result.output and UPSTREAM_KEY not in result.output

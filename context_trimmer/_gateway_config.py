@@ -1,0 +1,280 @@
+"""The gateway's configuration: one typed, frozen value, checked in one place.
+
+``serve`` builds a :class:`GatewayConfig` from its flags and environment variables (one
+field per flag, the same name); ``serve --workers N`` hands it to each worker process
+as one JSON value, read back through the same checks. The configuration names the
+variables that hold the keys and never holds a key itself, so it is safe to print and to
+pass on. :func:`endpoints` resolves it against the environment: where the requests go,
+and where summaries and prompt rewrites go (the same upstream, with the same key, unless
+the operator names another endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from ._db import DB_ENV
+from ._exceptions import ConfigurationError
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
+OPENAI_URL = "https://api.openai.com/v1"
+SUMMARIZERS = ("extractive", "openai")
+SYSTEM_PROMPTS = ("safe", "llm", "off")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FLAGS = {"db_url": "--db"}  # every other field's flag is its name with dashes
+
+
+def flag(name: str) -> str:
+    """The ``serve`` flag of a :class:`GatewayConfig` field."""
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """How the gateway runs: one field per ``serve`` flag (same name, dashes for
+    underscores; ``db_url`` is ``--db``), checked when built. It holds the *names* of
+    the variables with the keys, never a key, so it can be printed and handed to worker
+    processes as it is (:meth:`to_json`, :meth:`from_json`).
+
+    ``summarizer=None`` means the upstream's LLM (``openai``), the gateway always having
+    its upstream key. Summaries and prompt rewrites go to the upstream with its key unless
+    ``summary_base_url`` (which then needs its own ``summary_key_env``) or
+    ``summary_key_env`` say otherwise.
+    """
+
+    upstream: str | None = None
+    upstream_key_env: str = "OPENAI_API_KEY"
+    db_url: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    key_cache_seconds: float = 5.0
+    fallback_model: str | None = None
+    summarizer: str | None = None
+    summary_model: str = "gpt-4o-mini"
+    summary_base_url: str | None = None
+    summary_key_env: str | None = None
+    keep_last: int = 20
+    fold_every: int = 10
+    summary_tokens: int = 1000
+    summary_share: float | None = None
+    max_tokens: int = 1024
+    system_prompt: str = "safe"
+    user_tokens_per_minute: int | None = None
+    user_tokens_per_day: int | None = None
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("upstream", "summary_base_url"):
+            _check_url(name, getattr(self, name))
+        _check_env_name("upstream_key_env", self.upstream_key_env)
+        if self.summary_key_env is not None:
+            _check_env_name("summary_key_env", self.summary_key_env)
+        if self.summary_base_url is not None and self.summary_key_env is None:
+            raise ConfigurationError(
+                "--summary-base-url needs --summary-key-env: the upstream key is only ever "
+                "sent to the upstream"
+            )
+        for name in ("db_url", "fallback_model"):
+            _check_text(name, getattr(self, name), optional=True)
+        _check_text("summary_model", self.summary_model)
+        _check_choice("summarizer", self.summarizer, SUMMARIZERS, optional=True)
+        _check_choice("system_prompt", self.system_prompt, SYSTEM_PROMPTS)
+        for name, minimum in _COUNTS.items():
+            _check_count(name, getattr(self, name), minimum)
+        for name in ("user_tokens_per_minute", "user_tokens_per_day"):
+            if getattr(self, name) is not None:
+                _check_count(name, getattr(self, name), 1)
+        _check_seconds("key_cache_seconds", self.key_cache_seconds)
+        if self.summary_share is not None:
+            _check_share("summary_share", self.summary_share)
+
+    def to_json(self) -> str:
+        """The configuration as one JSON object (no secrets: keys stay in their variables)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GatewayConfig:
+        """The inverse of :meth:`to_json`, through the same checks."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigurationError(f"{CONFIG_ENV} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"{CONFIG_ENV} must be a JSON object")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigurationError(f"{CONFIG_ENV} has unknown settings: {', '.join(unknown)}")
+        return cls(**data)
+
+
+_COUNTS = {
+    "max_body_bytes": 1,
+    "keep_last": 0,
+    "fold_every": 0,
+    "summary_tokens": 1,
+    "max_tokens": 1,
+    "workers": 1,
+}
+
+
+def _check_count(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"{flag(name)} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{flag(name)} must be a number of seconds >= 0, got {value!r}")
+
+
+def _check_share(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigurationError(
+            f"{flag(name)} must be a number in (0, 1], such as 0.085; got {value!r}"
+        )
+
+
+def _check_text(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{flag(name)} must be a non-empty string, got {value!r}")
+
+
+def _check_choice(
+    name: str, value: object, choices: tuple[str, ...], *, optional: bool = False
+) -> None:
+    if (value is None and optional) or value in choices:
+        return
+    raise ConfigurationError(f"{flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_url(name: str, value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigurationError(
+            f"{flag(name)} must be an http(s) URL such as https://api.openai.com/v1, got {value!r}"
+        )
+
+
+def _check_env_name(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise ConfigurationError(
+            f"{flag(name)} takes the name of an environment variable (such as "
+            f"OPENAI_API_KEY), not its value; got {_masked(value)}"
+        )
+
+
+def _masked(value: object) -> str:
+    """A value that may be a key pasted in the wrong place: its shape, not its text."""
+    if isinstance(value, str) and len(value) > 8:
+        return f"a {len(value)}-character value"
+    return repr(value)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the gateway's calls go, with the keys read from the environment.
+
+    Summaries and prompt rewrites go to the upstream, with its key, unless the
+    configuration names another endpoint and key: no text leaves for a host the operator
+    did not name."""
+
+    upstream_url: str
+    upstream_key: str = field(repr=False)
+    summarizer: str
+    summary_url: str
+    summary_key_env: str
+    summary_key: str = field(repr=False)
+
+    @property
+    def calls_a_model(self) -> bool:
+        return self.summarizer == "openai"
+
+
+def endpoints(config: GatewayConfig, environ: Mapping[str, str]) -> Endpoints:
+    """Resolve the URLs and keys of ``config`` against ``environ``; ConfigurationError
+    says which variable to set."""
+    upstream_key = environ.get(config.upstream_key_env)
+    if not upstream_key:
+        raise ConfigurationError(
+            f"set {config.upstream_key_env} to the upstream API key "
+            "(--upstream-key-env names another variable)"
+        )
+    upstream_url = config.upstream or environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    summary_key_env = config.summary_key_env or config.upstream_key_env
+    summary_key = environ.get(summary_key_env, "")
+    summarizer = config.summarizer or "openai"  # the gateway always has the upstream's key
+    if not summary_key and (summarizer == "openai" or config.system_prompt == "llm"):
+        raise ConfigurationError(
+            f"set {summary_key_env} to the API key for summaries (--summary-key-env)"
+        )
+    return Endpoints(
+        upstream_url=upstream_url,
+        upstream_key=upstream_key,
+        summarizer=summarizer,
+        summary_url=config.summary_base_url or upstream_url,
+        summary_key_env=summary_key_env,
+        summary_key=summary_key,
+    )
+
+
+def describe(config: GatewayConfig, ends: Endpoints) -> str:
+    """The settings in effect, one per line, for the start-up log (no key, no password)."""
+    summary_at = f"at {public_url(ends.summary_url)} with ${ends.summary_key_env}"
+    summarizer = (
+        f"openai {config.summary_model} {summary_at}"
+        if ends.calls_a_model
+        else "extractive (local, no model calls)"
+    )
+    prompt = config.system_prompt + (
+        f" (rewrites by {config.summary_model} {summary_at})"
+        if config.system_prompt == "llm"
+        else ""
+    )
+    share = "off" if config.summary_share is None else f"{config.summary_share:g}"
+    rows = [
+        ("upstream", f"{public_url(ends.upstream_url)} with ${config.upstream_key_env}"),
+        ("database", _public_db(config.db_url)),
+        ("summarizer", summarizer),
+        ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
+        ("summary tokens / share", f"{config.summary_tokens} / {share}"),
+        ("max tokens", str(config.max_tokens)),
+        ("system prompt", prompt),
+        ("fallback model", config.fallback_model or "none"),
+        ("user tokens per minute", _limit(config.user_tokens_per_minute)),
+        ("user tokens per day", _limit(config.user_tokens_per_day)),
+        ("body limit", f"{config.max_body_bytes:,} bytes"),
+        ("key cache", f"{config.key_cache_seconds:g} s"),
+        ("workers", str(config.workers)),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _limit(value: int | None) -> str:
+    return "no limit" if value is None else f"{value:,}"
+
+
+def public_url(url: str) -> str:
+    """``url`` without any user or password in it."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def _public_db(url: str | None) -> str:
+    if url is None:
+        return f"${DB_ENV}, else the local SQLite file"
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(not a database URL)"
