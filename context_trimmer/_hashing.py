@@ -93,55 +93,105 @@ def _json_bytes(index: int, message: Mapping[str, Any]) -> bytes:
     return _utf8(index, text)
 
 
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+_DIGEST_BYTES = 33 + 8  # a 32-byte bytes object and its list slot
+
+
 class ChainCache:
     """Remembers each conversation's last list, so the next prepare() hashes only what is new.
 
     Apps resend the whole list every turn. Comparing it with a snapshot of the list seen
     last time is one C-level list comparison; only the messages after the common
     prefix are validated and hashed. Snapshots are copies, so an app that mutates its
-    messages in place is never served a stale hash. Entries are evicted least recently
-    used once ``max_messages`` snapshots are held.
+    messages in place is never served a stale hash. When the new list only extends the
+    old one (the usual turn), the entry grows in place instead of being copied.
+
+    Entries are keyed by user and conversation (the conversation id, else the list's
+    first two texts) and evicted least recently used once their estimated size passes
+    ``max_bytes``, so memory is bounded however many conversations pass.
     """
 
-    def __init__(self, max_messages: int = 500_000):
-        self.max_messages = max_messages
-        self._entries: OrderedDict[tuple[Any, ...], tuple[list[Any], list[bytes]]] = OrderedDict()
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
 
-    def known_prefix(self, messages: Sequence[Any], user: str | None) -> int:
+    @property
+    def held_bytes(self) -> int:
+        """The estimated size of what the cache holds."""
+        return self._held
+
+    def known_prefix(
+        self, messages: Sequence[Any], user: str | None, conversation_id: str | None = None
+    ) -> int:
         """How many leading messages equal the last list seen for this conversation."""
-        entry = self._entry(_cache_key(messages, user))
+        entry = self._entry(_cache_key(messages, user, conversation_id))
         if entry is None:
             return 0
-        snapshots = entry[0]
+        snapshots = entry.snapshots
         length = min(len(snapshots), len(messages))
-        if list(messages[:length]) == snapshots[:length]:
+        if length == len(snapshots) and messages[:length] == snapshots:
             return length
-        return next(i for i in range(length) if messages[i] != snapshots[i])
+        return next((i for i in range(length) if messages[i] != snapshots[i]), length)
 
     def digests(
-        self, messages: Sequence[Mapping[str, Any]], user: str | None, known: int
-    ) -> list[bytes]:
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        user: str | None,
+        known: int,
+        conversation_id: str | None = None,
+    ) -> HexDigests:
         """Digests of ``messages``, reusing the first ``known`` from the cache."""
-        key = _cache_key(messages, user)
+        key = _cache_key(messages, user, conversation_id)
         entry = self._entry(key) if known else None
-        if entry is None:
-            known = 0
-            old_snapshots: list[Any] = []
-            old_digests: list[bytes] = []
-        else:
-            old_snapshots, old_digests = entry
-        previous = old_digests[known - 1] if known else None
-        digests = old_digests[:known] + chain_digests(
-            messages[known:], user, previous=previous, offset=known
-        )
-        if key is not None:
-            snapshots = old_snapshots[:known] + [_snapshot(m) for m in messages[known:]]
-            self._store(key, snapshots, digests)
-        return digests
+        if entry is None or known > len(entry.digests):
+            entry, known = None, 0
+        previous = entry.digests[known - 1] if entry is not None and known else None
+        new_digests = chain_digests(messages[known:], user, previous=previous, offset=known)
+        new_snapshots = [_snapshot(m) for m in messages[known:]]
+        if key is None:
+            return HexDigests(new_digests, len(new_digests))
+        with self._lock:
+            entry = self._grow(key, entry, known, new_snapshots, new_digests)
+            return HexDigests(entry.digests, len(messages))
 
-    def _entry(self, key: tuple[Any, ...] | None) -> tuple[list[Any], list[bytes]] | None:
+    def _grow(
+        self,
+        key: tuple[Any, ...],
+        entry: _Entry | None,
+        known: int,
+        snapshots: list[Any],
+        digests: list[bytes],
+    ) -> _Entry:
+        """Extend ``entry`` in place when it is still the stored one and ``known`` is its
+        whole length; else replace it (views handed out earlier keep their lists)."""
+        current = self._entries.get(key)
+        added = sum(map(_size, snapshots)) + _DIGEST_BYTES * len(digests)
+        if entry is not None and entry is current and known == len(entry.digests):
+            entry.snapshots.extend(snapshots)
+            entry.digests.extend(digests)
+            entry.size += added
+            self._held += added
+        else:
+            if current is not None:
+                self._held -= current.size
+            kept = entry.snapshots[:known] if entry is not None else []
+            kept_digests = entry.digests[:known] if entry is not None else []
+            share = entry.size * known // max(len(entry.digests), 1) if entry is not None else 0
+            entry = _Entry(kept + snapshots, kept_digests + digests, share + added)
+            self._entries[key] = entry
+            self._held += entry.size
+        self._entries.move_to_end(key)
+        self._evict()
+        return entry
+
+    def _evict(self) -> None:
+        while self._held > self.max_bytes and self._entries:
+            _key, evicted = self._entries.popitem(last=False)
+            self._held -= evicted.size
+
+    def _entry(self, key: tuple[Any, ...] | None) -> _Entry | None:
         if key is None:
             return None
         with self._lock:
@@ -150,24 +200,29 @@ class ChainCache:
                 self._entries.move_to_end(key)
             return entry
 
-    def _store(self, key: tuple[Any, ...], snapshots: list[Any], digests: list[bytes]) -> None:
-        with self._lock:
-            old = self._entries.pop(key, None)
-            self._held -= len(old[0]) if old else 0
-            self._entries[key] = (snapshots, digests)
-            self._held += len(snapshots)
-            while self._held > self.max_messages and len(self._entries) > 1:
-                _key, (evicted, _digests) = self._entries.popitem(last=False)
-                self._held -= len(evicted)
+
+class _Entry:
+    """One conversation's snapshots, their digests, and their estimated size in bytes."""
+
+    __slots__ = ("digests", "size", "snapshots")
+
+    def __init__(self, snapshots: list[Any], digests: list[bytes], size: int):
+        self.snapshots = snapshots
+        self.digests = digests
+        self.size = size
 
 
-def _cache_key(messages: Sequence[Any], user: str | None) -> tuple[Any, ...] | None:
+def _cache_key(
+    messages: Sequence[Any], user: str | None, conversation_id: str | None
+) -> tuple[Any, ...] | None:
+    if conversation_id is not None:
+        return (user, conversation_id)
     if len(messages) < 2 or type(messages[0]) is not dict or type(messages[1]) is not dict:
         return None
     first, second = messages[0].get("content"), messages[1].get("content")
     if type(first) is not str or type(second) is not str:
         return None
-    return (user, first, second)
+    return (user, None, first, second)
 
 
 def _snapshot(message: Any) -> Any:
@@ -176,14 +231,25 @@ def _snapshot(message: Any) -> Any:
     return copy.deepcopy(message)
 
 
-class HexDigests(Sequence[str]):
-    """Hex strings of chain digests, converted only where the store looks."""
+def _size(message: Any) -> int:
+    """An estimate of a snapshot's memory: the dict and its strings, else its repr."""
+    if type(message) is dict and all(type(v) is str for v in message.values()):
+        return 232 + sum(100 + len(k) + len(v) for k, v in message.items())
+    return 232 + 2 * len(repr(message))
 
-    def __init__(self, digests: list[bytes]):
+
+class HexDigests(Sequence[str]):
+    """The first ``length`` chain digests as hex strings, converted only where looked at.
+
+    ``digests`` may grow later (the cache extends it in place); this view keeps its length.
+    """
+
+    def __init__(self, digests: list[bytes], length: int):
         self._digests = digests
+        self._length = length
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return self._length
 
     @overload
     def __getitem__(self, index: int) -> str: ...
@@ -191,5 +257,5 @@ class HexDigests(Sequence[str]):
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
-            return [digest.hex() for digest in self._digests[index]]
-        return self._digests[index].hex()
+            return [self._digests[i].hex() for i in range(self._length)[index]]
+        return self._digests[range(self._length)[index]].hex()

@@ -19,6 +19,8 @@ class TrimmerOptions:
     ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
     worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
     worker may hold a fold or rewrite before another may take it over.
+    ``cache_bytes``: the memory the in-process caches may hold (the last list seen per
+    conversation, mostly); the least recently used conversations are dropped past it.
     """
 
     keep_last: int = 20
@@ -30,6 +32,7 @@ class TrimmerOptions:
     max_prompt_tokens: int | None = None
     background: bool = True
     lease_seconds: float = 120.0
+    cache_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         check_count("keep_last", self.keep_last, minimum=0)
@@ -47,6 +50,7 @@ class TrimmerOptions:
             check_count("keep_tokens", self.keep_tokens, minimum=1)
         if self.max_prompt_tokens is not None:
             check_count("max_prompt_tokens", self.max_prompt_tokens, minimum=1)
+        check_count("cache_bytes", self.cache_bytes, minimum=0)
         seconds = self.lease_seconds
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be a number > 0, got {seconds!r}")

@@ -165,7 +165,10 @@ class SystemPrompts:
     def safe(self, text: str) -> str:
         safe = self._safe.get(text)
         if safe is None:
-            safe = self._safe[text] = compress_safe(text, self.protect)
+            safe = compress_safe(text, self.protect)
+            if len(self._safe) >= 10_000:
+                self._safe.clear()  # a bound, not a policy: the common prompts come back
+            self._safe[text] = safe
         return safe
 
     def key(self, text: str) -> str:

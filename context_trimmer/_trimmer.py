@@ -23,7 +23,7 @@ from ._background import Background
 from ._db import Database
 from ._exceptions import ConfigurationError
 from ._folding import Folder, summarizer_from
-from ._hashing import ChainCache, HexDigests
+from ._hashing import ChainCache
 from ._keys import KeyInfo, authenticate, create_key, list_keys, revoke_key
 from ._ledger import Ledger
 from ._models import ModelTable
@@ -64,7 +64,7 @@ class Trimmer:
     SQLite file under ``~/.local/share/context-trimmer``). The trimming options
     (``keep_last``, ``fold_every``, ``keep_tokens``, ``summary_tokens``,
     ``summary_share``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
-    ``lease_seconds``) are those of :class:`TrimmerOptions`, checked there.
+    ``lease_seconds``, ``cache_bytes``) are those of :class:`TrimmerOptions`, checked there.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``models``: overrides of the model
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
@@ -90,7 +90,7 @@ class Trimmer:
             raise ConfigurationError(f"Trimmer(): {error}") from None
         self.models = ModelTable(models)
         self._counters: dict[str, TokenCounter] = {}
-        self._chains = ChainCache()
+        self._chains = ChainCache(self.options.cache_bytes)
         self._summary_tokens: dict[tuple[int, str], int] = {}
         chosen = summarizer_from(summarizer, api_key_present=bool(os.environ.get("OPENAI_API_KEY")))
         self._db = Database(url, migrate=migrate)
@@ -316,9 +316,9 @@ class Trimmer:
         tools: Sequence[Message] | None = None,
         max_tokens: int | None = None,
     ) -> Path:
-        known = self._chains.known_prefix(messages, user)
+        known = self._chains.known_prefix(messages, user, conversation_id)
         validate_messages(messages, known_valid=known)
-        hashes = HexDigests(self._chains.digests(messages, user, known))
+        hashes = self._chains.digests(messages, user, known, conversation_id)
         anchor = anchor_index(messages)
         counter = self._counter(model)
         return Path(
@@ -359,6 +359,8 @@ class Trimmer:
         tokens = self._summary_tokens.get(key)
         if tokens is None:
             tokens = path.counter.message(summary_message(summary))
+            if len(self._summary_tokens) >= 10_000:
+                self._summary_tokens.clear()
             self._summary_tokens[key] = tokens
         return tokens
 
