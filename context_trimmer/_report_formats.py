@@ -53,8 +53,10 @@ _COLUMNS = (
     ("tpm_after", "TPM after", "{:,}"),
     ("summarizer_tokens_in", "Summ. in", "{:,}"),
     ("baseline_cost", "Cost before", "${:,.4f}"),
+    ("baseline_cost_cached", "before, cached", "${:,.4f}"),
     ("actual_cost", "Cost after", "${:,.4f}"),
     ("net_saving", "Net saved", "${:,.4f}"),
+    ("net_saving_uncached", "vs uncached", "${:,.4f}"),
 )
 
 
@@ -78,6 +80,10 @@ def _table(report: Report) -> str:
             f"* {report.totals.estimated_requests} request(s) without recorded usage: "
             "their costs are estimated from the prepared token counts."
         )
+    console.print(
+        "Net saved is against the baseline as OpenAI bills it with prompt caching "
+        "(before, cached); vs uncached: against the full price of every prompt token."
+    )
     return output.getvalue().rstrip()
 
 
