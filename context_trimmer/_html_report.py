@@ -37,7 +37,12 @@ class Series:
 
 def render_html(overall: Report, by_model: Report, by_conversation: Report) -> str:
     points = overall.requests
-    period = f"{_moment(overall.since, 'the start')} to {_moment(overall.until, 'now')}"
+    first = points[0].created_at if points else None
+    last = points[-1].created_at if points else None
+    period = (
+        f"Requests from {_moment(overall.since or first, 'the start')} "
+        f"to {_moment(overall.until or last, 'now')}"
+    )
     sections = [
         _headline(overall.totals),
         _figure(
@@ -90,8 +95,9 @@ def _headline(totals: ReportRow) -> str:
         ),
         (
             "TPM headroom gained",
-            f"{headroom:,} tokens",
-            f"{share:.1f}% less counted by the tokens-per-minute limit",
+            f"{share:.1f}%",
+            f"{totals.tpm_before:,} \u2192 {totals.tpm_after:,} tokens counted by the "
+            f"tokens-per-minute limit (prompt + max_tokens): {headroom:,} fewer",
         ),
         (
             "Summaries",
@@ -151,15 +157,19 @@ def _tpm_chart(points: Sequence[RequestPoint]) -> str:
         pair[0] += point.tpm_before
         pair[1] += point.tpm_after
     keys = sorted(minutes)
-    return _line_chart(
-        [
-            Series("before", BASELINE_COLOR, [minutes[k][0] for k in keys]),
-            Series("after", SENT_COLOR, [minutes[k][1] for k in keys]),
-        ],
-        keys,
+    series = [
+        Series("before", BASELINE_COLOR, [float(minutes[k][0]) for k in keys]),
+        Series("after", SENT_COLOR, [float(minutes[k][1]) for k in keys]),
+    ]
+    if len(keys) > 60:
+        return _line_chart(series, keys, "tokens per minute", _tokens, x_label="minute (UTC)")
+    days = sorted({f"{k:%Y-%m-%d}" for k in keys})
+    return _bars(
+        [f"{k:%H:%M}" for k in keys],
+        series,
         "tokens per minute",
-        _tokens,
-        x_label="minute (UTC)",
+        [" tokens (prompt + max_tokens)"] * len(keys),
+        x_label=f"minute (UTC, {' to '.join(dict.fromkeys([days[0], days[-1]]))})",
     )
 
 
@@ -259,50 +269,77 @@ def _x_axis(moments: Sequence[datetime], step: float, label: str) -> str:
         return "".join(parts)
     count = min(5, len(moments))
     picks = sorted({round(i * (len(moments) - 1) / max(1, count - 1)) for i in range(count)})
+    fmt = _time_format(moments)
     for index in picks:
         x = LEFT + index * step
+        anchor = "start" if index == 0 else "end" if index == len(moments) - 1 else "middle"
         parts.append(
             f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#999"/>'
-            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle" font-size="10">'
-            f"{moments[index]:%Y-%m-%d %H:%M}</text>"
+            f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="{anchor}" font-size="10">'
+            f"{moments[index]:{fmt}}</text>"
         )
     return "".join(parts)
 
 
+def _time_format(moments: Sequence[datetime]) -> str:
+    """Dates and minutes; seconds too when everything happened within the hour."""
+    span = (max(moments) - min(moments)).total_seconds()
+    return "%Y-%m-%d %H:%M:%S" if span < 3600 else "%Y-%m-%d %H:%M"
+
+
 def _bar_chart(rows: Sequence[ReportRow]) -> str:
-    if not rows:
+    return _bars(
+        [row.group for row in rows],
+        [
+            Series("as given", BASELINE_COLOR, [row.baseline_tokens for row in rows]),
+            Series("sent", SENT_COLOR, [row.prompt_tokens for row in rows]),
+        ],
+        "prompt tokens",
+        [f" tokens in {row.requests:,} requests" for row in rows],
+    )
+
+
+def _bars(
+    labels: Sequence[str],
+    series: Sequence[Series],
+    y_label: str,
+    suffixes: Sequence[str],
+    x_label: str = "",
+) -> str:
+    """Grouped bars, one group per label, each bar's value in its ``<title>``."""
+    if not labels:
         return _empty()
-    high = float(max(max(r.baseline_tokens for r in rows), 1))
+    high = max(max(max(s.values) for s in series), 1.0)
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = inner_w / len(rows)
-    bar = min(slot * 0.35, 60)
-    parts = [_y_axis(0, high, "prompt tokens", _tokens)]
+    slot = inner_w / len(labels)
+    bar = min(slot * 0.8 / len(series), 60)
+    bottom = TOP + inner_h
+    parts = [_y_axis(0, high, y_label, _tokens)]
     parts.append(
-        f'<line x1="{LEFT}" y1="{TOP + inner_h}" x2="{WIDTH - RIGHT}" y2="{TOP + inner_h}" '
-        'stroke="#999"/>'
+        f'<line x1="{LEFT}" y1="{bottom}" x2="{WIDTH - RIGHT}" y2="{bottom}" stroke="#999"/>'
+        f'<text x="{LEFT + inner_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" '
+        f'font-size="11">{html.escape(x_label)}</text>'
     )
-    for index, row in enumerate(rows):
+    for index, label in enumerate(labels):
         x = LEFT + index * slot + slot * 0.1
-        for offset, value, color, what in (
-            (0, row.baseline_tokens, BASELINE_COLOR, "as given"),
-            (bar, row.prompt_tokens, SENT_COLOR, "sent"),
-        ):
+        for number, line in enumerate(series):
+            value = line.values[index]
             h = value / high * inner_h
-            tip = f"{row.group}, {what}: {value:,} tokens in {row.requests:,} requests"
+            tip = f"{label}, {line.name}: {value:,.0f}{suffixes[index]}"
             parts.append(
-                f'<rect x="{x + offset:.1f}" y="{TOP + inner_h - h:.1f}" '
-                f'width="{bar:.1f}" height="{h:.1f}" fill="{color}">'
-                f"<title>{html.escape(tip)}</title></rect>"
+                f'<rect x="{x + number * bar:.1f}" y="{bottom - h:.1f}" width="{bar:.1f}" '
+                f'height="{h:.1f}" fill="{line.color}"><title>{html.escape(tip)}</title></rect>'
             )
+        if len(labels) <= 20 or index % (len(labels) // 10) == 0:
+            parts.append(
+                f'<text x="{x + bar * len(series) / 2:.1f}" y="{bottom + 16}" '
+                f'text-anchor="middle" font-size="10">{html.escape(label[:18])}</text>'
+            )
+    for number, line in enumerate(series):
         parts.append(
-            f'<text x="{x + bar:.1f}" y="{TOP + inner_h + 16}" text-anchor="middle" '
-            f'font-size="10">{html.escape(row.group[:18])}</text>'
+            f'<text x="{LEFT + 10 + 120 * number}" y="{TOP - 14}" fill="{line.color}" '
+            f'font-weight="bold">{html.escape(line.name)}</text>'
         )
-    parts.append(
-        f'<text x="{LEFT + 10}" y="{TOP - 14}" fill="{BASELINE_COLOR}" font-weight="bold">'
-        f'as given</text><text x="{LEFT + 130}" y="{TOP - 14}" fill="{SENT_COLOR}" '
-        'font-weight="bold">sent</text>'
-    )
     return _svg(parts)
 
 

@@ -93,4 +93,10 @@ def _moment(moment: datetime | None, default: str) -> str:
 
 def _cells(row: ReportRow) -> list[str]:
     mark = "*" if row.estimated else ""
-    return [row.group + mark] + [fmt.format(getattr(row, name)) for name, _l, fmt in _COLUMNS]
+    return [row.group + mark] + [_cell(getattr(row, name), fmt) for name, _l, fmt in _COLUMNS]
+
+
+def _cell(value: float, fmt: str) -> str:
+    if fmt.startswith("$") and value < 0:
+        return "-" + fmt.format(-value)  # -$0.0019, not $-0.0019
+    return fmt.format(value)

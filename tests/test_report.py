@@ -403,3 +403,9 @@ def test_replay_uses_a_fresh_database_each_run(tmp_path: Path) -> None:
 
 def test_report_type_is_exported() -> None:
     assert Report.__name__ == "Report"
+
+
+def test_a_negative_saving_reads_as_one(ledger: Trimmer) -> None:
+    report = ledger.report()
+    report.totals.net_saving = -0.0019
+    assert "-$0.0019" in render(report, "table") and "$-" not in render(report, "table")
