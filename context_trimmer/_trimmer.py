@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -301,20 +301,22 @@ class Trimmer:
             cache_lifetime=cache_lifetime,
         )
 
-    def export(
-        self, user: str | None, conversation_id: str | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def export(self, user: str | None, conversation_id: str | None = None) -> list[dict[str, Any]]:
         """``user``'s conversations (or the one named), one dict each: messages in order
         with their timestamps, the current summary, request times (see ``_erasure``)."""
-        return _erasure.export(self._db, user, conversation_id)
+        return list(_erasure.export(self._db, user, conversation_id))
 
     def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
         """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
+        self._background.wait()  # no fold may store a summary of what is being erased
+        self._chains = ChainCache()
         return _erasure.forget(self._db, user, conversation_id, compression_keys=self._rewrites)
 
     def prune(self, older_than: datetime | timedelta) -> Erasure:
         """Erase every conversation unused since ``older_than`` (a time, or an age)."""
         cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
+        self._background.wait()
+        self._chains = ChainCache()
         return _erasure.prune(self._db, cutoff, compression_keys=self._rewrites)
 
     def _rewrites(self, text: str) -> list[str]:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
+from openai_server import FakeOpenAI, Reply
 from sqlalchemy import MetaData, select, update
 
-from context_trimmer import Trimmer
+from context_trimmer import PromptRewriter, Trimmer
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._replay import load_conversations
 from context_trimmer._schema import utcnow
@@ -189,3 +190,27 @@ def test_export_names_no_other_user(trimmer: Trimmer) -> None:
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["user"] for line in lines] == ["ann"]
     assert "bob" not in result.stdout
+
+
+def test_forget_empties_prompt_rewrites_nobody_else_sends(sqlite_url: str) -> None:
+    own = "You tutor Ann privately (ann secret prompt); answer in two sentences."
+    with FakeOpenAI(default=lambda body: Reply(body["messages"][1]["content"])) as server:
+        rewriter = PromptRewriter(base_url=server.base_url, api_key="k", max_retries=0)
+        with Trimmer(
+            sqlite_url, summarizer="extractive", system_prompt="llm", prompt_rewriter=rewriter
+        ) as trimmer:
+            for messages, who in (
+                ([{"role": "system", "content": own}], "ann"),
+                ([{"role": "system", "content": SYSTEM}], "ann"),
+                ([{"role": "system", "content": SYSTEM}], "bob"),
+            ):
+                trimmer.prepare([*messages, {"role": "user", "content": "hi"}], user=who)
+                trimmer.wait_for_background(timeout=10)
+            assert "ann secret prompt" in every_row(trimmer)
+            before = trimmer.report().as_dict()["totals"]
+            assert before["compressions"] == 2
+            erasure = trimmer.forget("ann")
+            assert erasure.compressions == 1  # bob still sends the shared prompt
+            dump = every_row(trimmer)
+            assert "ann secret prompt" not in dump and SYSTEM in dump
+            assert trimmer.report().as_dict()["totals"] == before
