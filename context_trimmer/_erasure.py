@@ -1,4 +1,4 @@
-"""A user's data, out and gone: export, erasure (forget) and retention (prune).
+"""A user's data gone: erasure (forget) and retention (prune); export is in ``_export``.
 
 Erasure removes text and identifiers and keeps numbers. For the chosen requests:
 
@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from ._compress import VERSION as COMPRESSION_VERSION
-from ._db import Database, as_utc
+from ._db import Database
 from ._exceptions import ConfigurationError
 from ._history import COUNTS, MESSAGES
 from ._leases import LEASES
@@ -77,88 +77,6 @@ def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
 
 def _user_is(column: Any, user: str | None) -> Any:
     return column.is_(None) if user is None else column == user
-
-
-# -- export -------------------------------------------------------------------------
-
-
-def export(
-    db: Database, user: str | None, conversation_id: str | None = None
-) -> Iterator[dict[str, Any]]:
-    """Each conversation of ``user`` (or the one named): its newest path's messages in
-    order with their timestamps, the current summary, and its request times."""
-    if user is None and conversation_id is None:
-        raise ConfigurationError("export needs a user or a conversation_id")
-    r = REQUESTS.c
-    conditions = [r.conversation_id == conversation_id] if conversation_id is not None else []
-    if user is not None:
-        conditions.append(_user_is(r.user, user))
-    with db.reading() as connection:
-        rows = connection.execute(
-            select(r.conversation_id, r.user, r.head_hash, r.created_at)
-            .where(*conditions)
-            .order_by(r.id)
-        ).all()
-        latest: dict[tuple[str | None, str], list[Any]] = {}
-        for row in rows:
-            latest.setdefault((row.user, row.conversation_id), []).append(row)
-        for (owner, conversation), requests in latest.items():
-            yield _conversation(connection, owner, conversation, requests)
-
-
-def _conversation(
-    connection: Connection, user: str | None, conversation: str, requests: list[Any]
-) -> dict[str, Any]:
-    path = _path_rows(connection, requests[-1].head_hash)
-    hashes = [row.hash for row in path]
-    summary = _current_summary(connection, hashes)
-    return {
-        "conversation_id": conversation,
-        "user": user,
-        "messages": [json.loads(row.body) for row in path],
-        "timestamps": [as_utc(row.created_at).isoformat() for row in path],
-        "summary": summary,
-        "requests": len(requests),
-        "first_request_at": as_utc(requests[0].created_at).isoformat(),
-        "last_request_at": as_utc(requests[-1].created_at).isoformat(),
-    }
-
-
-def _path_rows(connection: Connection, head: str) -> list[Any]:
-    m = MESSAGES.c
-    anchor = select(m.hash, m.parent_hash, m.depth, m.body, m.created_at).where(m.hash == head)
-    path = anchor.cte("path", recursive=True)
-    parent = MESSAGES.alias("parent")
-    path = path.union_all(
-        select(
-            parent.c.hash, parent.c.parent_hash, parent.c.depth, parent.c.body, parent.c.created_at
-        ).where(parent.c.hash == path.c.parent_hash)
-    )
-    return list(connection.execute(select(path).order_by(path.c.depth)))
-
-
-def _current_summary(connection: Connection, hashes: list[str]) -> dict[str, Any] | None:
-    if not hashes:
-        return None
-    s = SUMMARIES.c
-    best = None
-    for chunk in _chunks(hashes):
-        row = connection.execute(
-            select(s.text, s.covers_depth, s.summarizer, s.created_at)
-            .where(s.covers_hash.in_(chunk))
-            .order_by(s.covers_depth.desc())
-            .limit(1)
-        ).first()
-        if row is not None and (best is None or row.covers_depth > best.covers_depth):
-            best = row
-    if best is None:
-        return None
-    return {
-        "text": best.text,
-        "covers_messages": best.covers_depth + 1,
-        "summarizer": best.summarizer,
-        "created_at": as_utc(best.created_at).isoformat(),
-    }
 
 
 # -- erasure ------------------------------------------------------------------------
@@ -356,11 +274,13 @@ def compression_key(model: str, protect: Sequence[str], text: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def rewriter_models(db: Database) -> list[str]:
-    """The models that rewrote stored system prompts."""
+def rewrite_keys(db: Database, protect: Sequence[str]) -> Callable[[str], list[str]]:
+    """The keys LLM rewrites of a prompt text may be stored under in ``db``: one per
+    rewriter model seen, with these ``protect`` patterns."""
     with db.reading() as connection:
-        models = connection.execute(select(COMPRESSIONS.c.model).distinct()).scalars()
-        return sorted(model for model in models if model)
+        found = connection.execute(select(COMPRESSIONS.c.model).distinct()).scalars()
+        models = sorted(model for model in found if model)
+    return lambda text: [compression_key(model, protect, text) for model in models]
 
 
 def _erase_summaries(

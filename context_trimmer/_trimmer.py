@@ -24,6 +24,7 @@ from ._background import Background
 from ._db import Database
 from ._erasure import Erasure
 from ._exceptions import ConfigurationError
+from ._export import export
 from ._folding import Folder, summarizer_from
 from ._hashing import ChainCache, HexDigests
 from ._keys import KeyInfo, authenticate, create_key, list_keys, revoke_key
@@ -304,25 +305,22 @@ class Trimmer:
     def export(self, user: str | None, conversation_id: str | None = None) -> list[dict[str, Any]]:
         """``user``'s conversations (or the one named), one dict each: messages in order
         with their timestamps, the current summary, request times (see ``_erasure``)."""
-        return list(_erasure.export(self._db, user, conversation_id))
+        return list(export(self._db, user, conversation_id))
 
     def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
         """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
         self._background.wait()  # no fold may store a summary of what is being erased
         self._chains = ChainCache()
-        return _erasure.forget(self._db, user, conversation_id, compression_keys=self._rewrites)
+        keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
+        return _erasure.forget(self._db, user, conversation_id, compression_keys=keys)
 
     def prune(self, older_than: datetime | timedelta) -> Erasure:
         """Erase every conversation unused since ``older_than`` (a time, or an age)."""
         cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
         self._background.wait()
         self._chains = ChainCache()
-        return _erasure.prune(self._db, cutoff, compression_keys=self._rewrites)
-
-    def _rewrites(self, text: str) -> list[str]:
-        protect = self._system_prompts.protect
-        models = _erasure.rewriter_models(self._db)
-        return [_erasure.compression_key(model, protect, text) for model in models]
+        keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
+        return _erasure.prune(self._db, cutoff, compression_keys=keys)
 
     def wait_for_background(self, timeout: float | None = None) -> None:
         """Block until the background work scheduled so far (folds, prompt rewrites) is done."""
