@@ -22,6 +22,7 @@ the verbatim tail up to their deepest common message.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,18 +110,45 @@ def simulate(
 ) -> dict[int, Cached]:
     """The cached tokens of each request (by id), baseline and sent side."""
     ordered = sorted(requests, key=lambda r: (r.created_at, r.id))
-    earlier: dict[tuple[str, str], list[CacheRequest]] = {}
+    earlier: dict[tuple[str, str], deque[CacheRequest]] = {}
     result: dict[int, Cached] = {}
     for request in ordered:
-        window = earlier.setdefault((request.conversation_id, request.model), [])
-        window[:] = [
-            q for q in window if (request.created_at - q.created_at).total_seconds() <= lifetime
-        ]
-        baseline = max((_shared_baseline(q, request, tree) for q in window), default=0)
-        sent = max((_shared_sent(q, request, tree) for q in window), default=0)
+        window = earlier.setdefault((request.conversation_id, request.model), deque())
+        while window and (request.created_at - window[0].created_at).total_seconds() > lifetime:
+            window.popleft()
+        baseline, sent = _longest(window, request, tree)
         result[request.id] = Cached(cacheable(baseline), cacheable(sent))
         window.append(request)
     return result
+
+
+def _longest(window: deque[CacheRequest], r: CacheRequest, tree: PathTree) -> tuple[int, int]:
+    """The longest prefix ``r`` shares with a request in ``window`` (baseline, sent).
+
+    Newest first, and a request is looked at only when its whole prompt could beat the
+    best so far, so an append-only chat costs one short walk per request."""
+    head = tree.total(r.head_hash, r.counting_key)
+    if head is None:
+        return 0, 0
+    tools = r.baseline_tokens - REPLY_PRIMING - head
+    sent = r.prompt_tokens - REPLY_PRIMING - tools
+    best_baseline = best_sent = 0
+    other_summary_seen = False
+    for q in reversed(window):
+        whole = tree.total(q.head_hash, r.counting_key)
+        if whole is None:
+            continue
+        same = q.summary_id == r.summary_id
+        if same:
+            sent_bound = sent - (head - whole) + tools
+        else:
+            sent_bound = -1 if other_summary_seen else sent + tools
+            other_summary_seen = True
+        if whole + tools > best_baseline:
+            best_baseline = max(best_baseline, _shared_baseline(q, r, tree))
+        if sent_bound > best_sent:
+            best_sent = max(best_sent, _shared_sent(q, r, tree))
+    return best_baseline, best_sent
 
 
 def _tools(request: CacheRequest, tree: PathTree) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +20,15 @@ from sqlalchemy import insert, update
 from context_trimmer import ConfigurationError, Report, Trimmer
 from context_trimmer._history import COUNTS, MESSAGES
 from context_trimmer._ledger import REQUESTS, Ledger
-from context_trimmer._prompt_cache import cacheable
+from context_trimmer._prompt_cache import (
+    Cached,
+    CacheRequest,
+    PathTree,
+    _shared_baseline,
+    _shared_sent,
+    cacheable,
+    simulate,
+)
 from context_trimmer._report_formats import render
 from context_trimmer._summary_store import Summaries
 from context_trimmer.cli import main
@@ -409,3 +418,48 @@ def test_a_negative_saving_reads_as_one(ledger: Trimmer) -> None:
     report = ledger.report()
     report.totals.net_saving = -0.0019
     assert "-$0.0019" in render(report, "table") and "$-" not in render(report, "table")
+
+
+def test_the_pruned_cache_search_equals_trying_every_earlier_request() -> None:
+    rng = random.Random(7)
+    for _trial in range(30):
+        nodes: dict[str, tuple[str | None, int]] = {"n0": (None, 0)}
+        totals = {("n0", KEY): rng.randint(100, 900)}
+        for number in range(1, 60):
+            parent = f"n{rng.randrange(number)}"
+            nodes[f"n{number}"] = (parent, nodes[parent][1] + 1)
+            totals[(f"n{number}", KEY)] = totals[(parent, KEY)] + rng.randint(10, 300)
+        tree = PathTree(nodes, totals)
+        requests = []
+        for number in range(25):
+            head = f"n{rng.randrange(60)}"
+            summary = rng.choice([None, 1, 2])
+            requests.append(
+                CacheRequest(
+                    number,
+                    T0 + timedelta(seconds=40 * number + rng.randint(0, 30)),
+                    rng.choice(["a", "b"]),
+                    "gpt-4o",
+                    KEY,
+                    head,
+                    totals[(head, KEY)] + 3,
+                    totals[(head, KEY)] // 2 + 3,
+                    summary,
+                    "n0" if summary else None,
+                    50 if summary else 0,
+                )
+            )
+        brute = {}
+        for r in requests:
+            window = [
+                q
+                for q in requests
+                if (q.created_at, q.id) < (r.created_at, r.id)
+                and q.conversation_id == r.conversation_id
+                and (r.created_at - q.created_at).total_seconds() <= 300
+            ]
+            brute[r.id] = Cached(
+                cacheable(max((_shared_baseline(q, r, tree) for q in window), default=0)),
+                cacheable(max((_shared_sent(q, r, tree) for q in window), default=0)),
+            )
+        assert simulate(requests, tree) == brute
