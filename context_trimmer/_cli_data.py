@@ -42,6 +42,8 @@ def export_command(
             json.dumps(item, ensure_ascii=False) for item in trimmer.export(user, conversation_id)
         ]
     text = "".join(line + "\n" for line in lines)
+    if not lines:
+        click.echo(f"no conversations stored for user {user!r}", err=True)
     if output is None:
         click.echo(text, nl=False)
     else:
