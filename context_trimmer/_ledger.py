@@ -6,7 +6,7 @@ Reports are queries over these rows (see ``_report``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert, select
 
 from ._db import Database, as_utc, insert_if_absent, period
+from ._prompt_cache import PathTree, load_tree
 from ._schema import Attempt, PromptCompression, Request, Usage, utcnow
 from ._summary_store import FAILURES, SUMMARIES
 
@@ -46,6 +47,10 @@ class LedgerRow:
     waited_ms: int = 0
     fallback_model: str | None = None
     outcome: str | None = None
+    head_hash: str = ""
+    summary_id: int | None = None
+    summary_tokens: int = 0
+    summary_covers: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,11 +90,15 @@ def _ledger_query(since: datetime | None, until: datetime | None) -> Any:
             a.waited_ms,
             a.fallback_model,
             a.outcome,
+            r.head_hash,
+            r.summary_id,
+            r.summary_tokens,
+            SUMMARIES.c.covers_hash.label("summary_covers"),
         )
         .select_from(
-            REQUESTS.outerjoin(USAGE, u.request_id == r.id).outerjoin(
-                ATTEMPTS, a.request_id == r.id
-            )
+            REQUESTS.outerjoin(USAGE, u.request_id == r.id)
+            .outerjoin(ATTEMPTS, a.request_id == r.id)
+            .outerjoin(SUMMARIES, SUMMARIES.c.id == r.summary_id)
         )
         .where(*period(r.created_at, since, until))
         .order_by(r.id)
@@ -135,6 +144,11 @@ class Ledger:
         with self._db.reading() as connection:
             rows = connection.execute(_ledger_query(since, until)).mappings().all()
         return [_ledger_row(row) for row in rows]
+
+    def path_tree(self, heads: Iterable[str], keys: Iterable[str]) -> PathTree:
+        """The stored paths ending at ``heads``, for the prompt-cache model."""
+        with self._db.reading() as connection:
+            return load_tree(connection, heads, keys)
 
     def spend(self, since: datetime | None, until: datetime | None) -> list[SpendRow]:
         """Summaries, summarizer failures and prompt rewrites made in ``[since, until)``."""

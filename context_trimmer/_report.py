@@ -8,11 +8,16 @@ rows with any such request carry ``estimated = True``.
 - ``baseline_cost``: the messages as given (``baseline_tokens``) at the input price,
   plus the completion at the output price. It assumes no prompt-cache hits, so it is
   an upper bound: a resent full history may have been partly cached.
+- ``baseline_cost_cached``: the same prompts priced as OpenAI bills them with its
+  automatic prompt cache (``baseline_cached_tokens`` at the cached price; see
+  ``_prompt_cache``): what the app would really have paid.
 - ``actual_cost``: the prompt the API reported, its cached part at the cached price,
-  plus the completion, at the prices of the model that answered.
+  plus the completion, at the prices of the model that answered (for requests without
+  reported usage, the cached part is estimated by the same cache model).
 - ``summarizer_cost``: summarizer calls (failed ones too) at their model's prices.
 - ``compression_cost``: system-prompt rewrites (LLM mode) at the rewriter's prices.
-- ``net_saving = baseline_cost - actual_cost - summarizer_cost - compression_cost``.
+- ``net_saving = baseline_cost_cached - actual_cost - summarizer_cost - compression_cost``;
+  ``net_saving_uncached`` is the same against ``baseline_cost``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any, Literal
 from ._exceptions import ConfigurationError
 from ._ledger import Ledger, LedgerRow, SpendRow
 from ._models import ModelInfo, ModelTable
+from ._prompt_cache import DEFAULT_LIFETIME, Cached, CacheRequest, simulate
 
 GroupBy = Literal["day", "model", "conversation", "user"]
 GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user")
@@ -58,11 +64,14 @@ class ReportRow:
     compressions: int = 0
     compression_tokens_in: int = 0
     compression_tokens_out: int = 0
+    baseline_cached_tokens: int = 0
     baseline_cost: float = 0.0
+    baseline_cost_cached: float = 0.0
     actual_cost: float = 0.0
     summarizer_cost: float = 0.0
     compression_cost: float = 0.0
     net_saving: float = 0.0
+    net_saving_uncached: float = 0.0
     unpriced_requests: int = 0
     rate_limited_429s: int = 0
     wait_seconds: float = 0.0
@@ -90,6 +99,13 @@ class RequestPoint:
     prompt_tokens: int
     net_saving: float
     estimated: bool
+    baseline_cached_tokens: int = 0
+    net_saving_uncached: float = 0.0
+    baseline_cost: float = 0.0
+    baseline_cost_cached: float = 0.0
+    actual_cost: float = 0.0
+    tpm_before: int = 0
+    tpm_after: int = 0
 
 
 @dataclass
@@ -104,10 +120,13 @@ class Report:
     requests: list[RequestPoint] = field(default_factory=list)
     summarizer_costs: list[tuple[datetime, float]] = field(default_factory=list)
 
-    def timeline(self) -> list[tuple[datetime, float]]:
-        """Net dollars gained at each moment: each request's saving, minus each
-        summarizer call's cost when it was spent, in time order."""
-        events = [(p.created_at, p.net_saving) for p in self.requests]
+    def timeline(self, cached: bool = True) -> list[tuple[datetime, float]]:
+        """Net dollars gained at each moment: each request's saving (against the cached
+        baseline, or the uncached one), minus each summarizer call's cost when it was
+        spent, in time order."""
+        events = [
+            (p.created_at, p.net_saving if cached else p.net_saving_uncached) for p in self.requests
+        ]
         events += [(when, -cost) for when, cost in self.summarizer_costs]
         return sorted(events, key=lambda event: event[0])
 
@@ -128,17 +147,20 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     group_by: str | None = None,
+    cache_lifetime: float = DEFAULT_LIFETIME,
 ) -> Report:
-    """Aggregate the ledger between ``since`` (inclusive) and ``until`` (exclusive)."""
+    """Aggregate the ledger between ``since`` (inclusive) and ``until`` (exclusive);
+    prompts stay in OpenAI's cache ``cache_lifetime`` seconds after their last use."""
     if group_by is not None and group_by not in GROUPS:
         raise ConfigurationError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
     ledger = source.rows(since, until)
     spend = source.spend(since, until)
+    cached = _cached_prompts(source, models, ledger, cache_lifetime)
     groups: dict[str, ReportRow] = {}
     totals = ReportRow("TOTAL")
     points = []
     for row in ledger:
-        figures = _request_figures(row, models)
+        figures = _request_figures(row, models, cached.get(row.id, Cached(0, 0)))
         points.append(_point(row, figures))
         for target in _targets(groups, totals, _request_key(row, group_by)):
             _add_request(target, row, figures)
@@ -161,29 +183,63 @@ def _targets(
     yield totals
 
 
+def _cached_prompts(
+    source: Ledger, models: ModelTable, ledger: list[LedgerRow], lifetime: float
+) -> dict[int, Cached]:
+    requests = [
+        CacheRequest(
+            row.id,
+            row.created_at,
+            row.conversation_id,
+            row.model,
+            models.get(row.model).counting_key,
+            row.head_hash,
+            row.baseline_tokens,
+            row.prompt_tokens,
+            row.summary_id,
+            row.summary_covers,
+            row.summary_tokens,
+        )
+        for row in ledger
+        if row.head_hash
+    ]
+    if not requests:
+        return {}
+    heads = [r.head_hash for r in requests] + [
+        r.summary_covers for r in requests if r.summary_covers
+    ]
+    tree = source.path_tree(heads, {r.counting_key for r in requests})
+    return simulate(requests, tree, lifetime)
+
+
 @dataclass(frozen=True)
 class _Figures:
     usage_prompt: int
     cached: int
     completion: int
     baseline_cost: float
+    baseline_cost_cached: float
+    baseline_cached: int
     actual_cost: float
     priced: bool
 
 
-def _request_figures(row: LedgerRow, models: ModelTable) -> _Figures:
+def _request_figures(row: LedgerRow, models: ModelTable, cache: Cached) -> _Figures:
     asked = models.get(row.model)
     answered = models.get(row.usage_model or row.model)
     prompt = row.usage_prompt_tokens if row.usage_prompt_tokens is not None else row.prompt_tokens
-    cached = row.cached_tokens or 0
+    # Without reported usage, what the cache would have served is estimated too.
+    cached = (row.cached_tokens or 0) if row.usage_estimated is False else min(cache.sent, prompt)
     completion = row.completion_tokens or 0
     if row.outcome not in (None, "ok"):
         # Never answered (quota, budget, or errors to the end): nothing was billed.
-        return _Figures(0, 0, 0, 0.0, 0.0, True)
+        return _Figures(0, 0, 0, 0.0, 0.0, 0, 0.0, True)
     baseline = _cost(asked, row.baseline_tokens, 0, completion)
+    hit = min(cache.baseline, row.baseline_tokens)
+    baseline_cached = _cost(asked, row.baseline_tokens - hit, hit, completion)
     actual = _cost(answered, prompt - cached, cached, completion)
     priced = asked.input_price is not None and answered.input_price is not None
-    return _Figures(prompt, cached, completion, baseline, actual, priced)
+    return _Figures(prompt, cached, completion, baseline, baseline_cached, hit, actual, priced)
 
 
 def _cost(info: ModelInfo, uncached: int, cached: int, completion: int) -> float:
@@ -206,6 +262,8 @@ def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
     target.max_tokens_before += row.max_tokens_baseline
     target.max_tokens_after += row.max_tokens
     target.baseline_cost += figures.baseline_cost
+    target.baseline_cost_cached += figures.baseline_cost_cached
+    target.baseline_cached_tokens += figures.baseline_cached
     target.actual_cost += figures.actual_cost
     target.unpriced_requests += not figures.priced
     target.rate_limited_429s += row.rate_limited
@@ -245,15 +303,17 @@ def _finish(row: ReportRow) -> None:
     )
     row.tpm_before = row.baseline_tokens + row.max_tokens_before
     row.tpm_after = row.prompt_tokens + row.max_tokens_after
-    row.net_saving = (
-        row.baseline_cost - row.actual_cost - row.summarizer_cost - row.compression_cost
-    )
+    spent = row.actual_cost + row.summarizer_cost + row.compression_cost
+    row.net_saving = row.baseline_cost_cached - spent
+    row.net_saving_uncached = row.baseline_cost - spent
     for name in (
         "baseline_cost",
+        "baseline_cost_cached",
         "actual_cost",
         "summarizer_cost",
         "compression_cost",
         "net_saving",
+        "net_saving_uncached",
     ):
         setattr(row, name, round(getattr(row, name), 6))
     row.estimated = row.estimated_requests > 0
@@ -275,8 +335,15 @@ def _point(row: LedgerRow, figures: _Figures) -> RequestPoint:
         row.conversation_id,
         row.baseline_tokens,
         row.prompt_tokens,
-        figures.baseline_cost - figures.actual_cost,
+        figures.baseline_cost_cached - figures.actual_cost,
         row.usage_estimated is not False,
+        figures.baseline_cached,
+        figures.baseline_cost - figures.actual_cost,
+        figures.baseline_cost,
+        figures.baseline_cost_cached,
+        figures.actual_cost,
+        row.baseline_tokens + row.max_tokens_baseline,
+        row.prompt_tokens + row.max_tokens,
     )
 
 

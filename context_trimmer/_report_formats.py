@@ -53,8 +53,10 @@ _COLUMNS = (
     ("tpm_after", "TPM after", "{:,}"),
     ("summarizer_tokens_in", "Summ. in", "{:,}"),
     ("baseline_cost", "Cost before", "${:,.4f}"),
+    ("baseline_cost_cached", "before, cached", "${:,.4f}"),
     ("actual_cost", "Cost after", "${:,.4f}"),
     ("net_saving", "Net saved", "${:,.4f}"),
+    ("net_saving_uncached", "vs uncached", "${:,.4f}"),
 )
 
 
@@ -78,6 +80,10 @@ def _table(report: Report) -> str:
             f"* {report.totals.estimated_requests} request(s) without recorded usage: "
             "their costs are estimated from the prepared token counts."
         )
+    console.print(
+        "Net saved is against the baseline as OpenAI bills it with prompt caching "
+        "(before, cached); vs uncached: against the full price of every prompt token."
+    )
     return output.getvalue().rstrip()
 
 
@@ -87,4 +93,10 @@ def _moment(moment: datetime | None, default: str) -> str:
 
 def _cells(row: ReportRow) -> list[str]:
     mark = "*" if row.estimated else ""
-    return [row.group + mark] + [fmt.format(getattr(row, name)) for name, _l, fmt in _COLUMNS]
+    return [row.group + mark] + [_cell(getattr(row, name), fmt) for name, _l, fmt in _COLUMNS]
+
+
+def _cell(value: float, fmt: str) -> str:
+    if fmt.startswith("$") and value < 0:
+        return "-" + fmt.format(-value)  # -$0.0019, not $-0.0019
+    return fmt.format(value)

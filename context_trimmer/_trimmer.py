@@ -14,14 +14,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
 
+from . import _erasure
 from ._background import Background
 from ._db import Database
+from ._erasure import Erasure
 from ._exceptions import ConfigurationError
+from ._export import export
 from ._folding import Folder, summarizer_from
 from ._hashing import ChainCache
 from ._keys import KeyInfo, authenticate, create_key, list_keys, revoke_key
@@ -42,10 +45,12 @@ from ._plan import (
     summary_message,
 )
 from ._prepared import FoldResult, Prepared
+from ._prompt_cache import DEFAULT_LIFETIME
 from ._ratelimit import Quotas, RateLimits, UserQuota
 from ._recording import Recorder, baseline_tokens, request_row
 from ._report import GroupBy, Report, build_report
 from ._retry import RetryPolicy
+from ._schema import utcnow
 from ._summarizers import Summarizer
 from ._summary_store import StoredSummary, Summaries
 from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
@@ -283,10 +288,39 @@ class Trimmer:
         since: datetime | None = None,
         until: datetime | None = None,
         group_by: GroupBy | None = None,
+        cache_lifetime: float = DEFAULT_LIFETIME,
     ) -> Report:
         """The token savings report for requests in ``[since, until)``, optionally grouped
-        by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``."""
-        return build_report(self._ledger, self.models, since=since, until=until, group_by=group_by)
+        by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``; the cached baseline
+        keeps a prompt prefix ``cache_lifetime`` seconds after its last use."""
+        return build_report(
+            self._ledger,
+            self.models,
+            since=since,
+            until=until,
+            group_by=group_by,
+            cache_lifetime=cache_lifetime,
+        )
+
+    def export(self, user: str | None, conversation_id: str | None = None) -> list[dict[str, Any]]:
+        """``user``'s conversations (or the one named), one dict each: messages in order
+        with their timestamps, the current summary, request times (see ``_erasure``)."""
+        return list(export(self._db, user, conversation_id))
+
+    def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
+        """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
+        self._background.wait()  # no fold may store a summary of what is being erased
+        self._chains = ChainCache()
+        keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
+        return _erasure.forget(self._db, user, conversation_id, compression_keys=keys)
+
+    def prune(self, older_than: datetime | timedelta) -> Erasure:
+        """Erase every conversation unused since ``older_than`` (a time, or an age)."""
+        cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
+        self._background.wait()
+        self._chains = ChainCache()
+        keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
+        return _erasure.prune(self._db, cutoff, compression_keys=keys)
 
     def wait_for_background(self, timeout: float | None = None) -> None:
         """Block until the background work scheduled so far (folds, prompt rewrites) is done."""

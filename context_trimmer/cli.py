@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, _cli_data
 from ._compress import Compression, compress_safe
 from ._db import Database
 from ._exceptions import TrimmerError
@@ -172,15 +173,17 @@ def replay_command(
     """Replay logged conversations turn by turn through prepare() and report the savings.
 
     FILE is JSONL (one message list, or {"messages": [...]}, per line) or LoCoMo JSON.
-    Offline by default: the extractive summarizer needs no network.
+    Offline by default: the extractive summarizer needs no network. The replay runs in
+    a fresh temporary database (so every run prints the same figures) unless --db is given.
     """
     conversations = load_conversations(file)
     chosen: Any = summarizer if summarizer == "extractive" else OpenAISummarizer(summarizer_model)
     total = sum(len(list(request_points(c.messages))) for c in conversations)
     started = datetime.now(timezone.utc)
     with (
+        tempfile.TemporaryDirectory(prefix="context-trimmer-replay-") as scratch,
         Trimmer(
-            db_url,
+            db_url or f"sqlite:///{scratch}/replay.db",
             keep_last=keep_last,
             fold_every=fold_every,
             summarizer=chosen,
@@ -547,6 +550,10 @@ def _read_json(file: Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise click.ClickException(f"{file}: not readable JSON ({error})") from error
 
+
+main.add_command(_cli_data.export_command)
+main.add_command(_cli_data.forget_command)
+main.add_command(_cli_data.prune_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,10 +15,20 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from context_trimmer import ConfigurationError, Report, Trimmer
+from context_trimmer._history import COUNTS, MESSAGES
 from context_trimmer._ledger import REQUESTS, Ledger
+from context_trimmer._prompt_cache import (
+    Cached,
+    CacheRequest,
+    PathTree,
+    _shared_baseline,
+    _shared_sent,
+    cacheable,
+    simulate,
+)
 from context_trimmer._report_formats import render
 from context_trimmer._summary_store import Summaries
 from context_trimmer.cli import main
@@ -194,6 +205,11 @@ def test_html_report_renders_its_charts_in_headless_chromium(
     ledger: Trimmer, tmp_path: Path
 ) -> None:
     browser = _chromium()
+    failure = {"anchor_hash": "a" * 64, "covers_hash": "c" * 64, "conversation_id": "c1"}
+    Summaries(ledger._db).add_failure(
+        {**failure, "user": "ann", "summarizer": "openai:gpt-4.1-mini", "error": "x"}
+        | {"tokens_in": 10, "tokens_out": 0}
+    )
     page = tmp_path / "report.html"
     result = CliRunner().invoke(main, ["report", "--db", ledger._db.url, "--html", str(page)])
     assert result.exit_code == 0, result.output
@@ -216,9 +232,23 @@ def test_html_report_renders_its_charts_in_headless_chromium(
         timeout=120,
         check=True,
     ).stdout
-    for chart in ("tokens-over-time", "net-dollars", "by-model", "by-conversation"):
+    assert dom.index('class="headline"') < dom.index("data-chart=")  # figures first
+    headline = dom.split('class="headline"', 1)[1].split("</section>", 1)[0]
+    for label in ("Prompt tokens saved", "cached pricing", "full-price", "TPM headroom"):
+        assert label in headline
+    assert "11,000" in headline and "Summaries" in headline
+    for chart in ("tokens-over-time", "net-dollars", "tpm", "by-model", "by-conversation"):
         section = dom.split(f'data-chart="{chart}"', 1)[1].split("</section>", 1)[0]
         assert "<svg" in section and ("<polyline" in section or "<rect" in section), chart
+        assert "<title>" in section, chart  # values on hover
+    tokens = dom.split('data-chart="tokens-over-time"', 1)[1].split("</section>", 1)[0]
+    assert "prompt tokens" in tokens and "requests in time order (UTC)" in tokens
+    assert datetime.now(timezone.utc).strftime("%Y-%m-%d") in tokens  # dated x axis
+    costs = dom.split('data-chart="net-dollars"', 1)[1].split("</section>", 1)[0]
+    assert "no cache" in costs and "OpenAI's cache" in costs  # both baselines drawn
+    by_model = dom.split('data-chart="by-model"', 1)[1].split("</section>", 1)[0]
+    assert "gpt-4o-mini, as given" in by_model
+    assert "gpt-4.1-mini" not in by_model  # summarizer spend only, no requests: no bar
     shot = tmp_path / "report.png"
     subprocess.run(
         [*flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
@@ -245,3 +275,200 @@ def test_the_timeline_adds_up_to_the_net_saving(ledger: Trimmer) -> None:
     # savings: B's $0.00045 and A's $0.030 - $0.00872 = $0.02128.
     assert amounts == pytest.approx([-0.00057, -0.00015, 0.00045, 0.02128])
     assert sum(amounts) == pytest.approx(report.totals.net_saving)
+
+
+KEY = "o200k_base/85/170"  # gpt-4o's counting key
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def _node(name: str) -> str:
+    return name.ljust(64, "0")
+
+
+def _tree(trimmer: Trimmer, nodes: list[tuple[str, str | None, int]]) -> None:
+    """Messages ``(name, parent, running path total)``; depth follows the parents."""
+    depth: dict[str | None, int] = {None: -1}
+    with trimmer._db.engine.begin() as connection:
+        for name, parent, path_tokens in nodes:
+            depth[name] = depth[parent] + 1
+            connection.execute(
+                insert(MESSAGES).values(
+                    hash=_node(name),
+                    parent_hash=parent and _node(parent),
+                    depth=depth[name],
+                    role="user",
+                    body="{}",
+                    created_at=T0,
+                )
+            )
+            connection.execute(
+                insert(COUNTS).values(
+                    message_hash=_node(name), counting_key=KEY, tokens=1, path_tokens=path_tokens
+                )
+            )
+
+
+def _requests(trimmer: Trimmer, rows: list[tuple[str, int, str, int, int]]) -> None:
+    """Requests ``(conversation, seconds after T0, head, baseline, prompt)``, no usage."""
+    store = Ledger(trimmer._db)
+    with trimmer._db.engine.begin() as connection:
+        for conversation, seconds, head, baseline, prompt in rows:
+            request_id = store.add_request(
+                connection,
+                request_row(
+                    conversation_id=conversation,
+                    head_hash=_node(head),
+                    baseline_tokens=baseline,
+                    prompt_tokens=prompt,
+                ),
+            )
+            connection.execute(
+                update(REQUESTS)
+                .where(REQUESTS.c.id == request_id)
+                .values(created_at=T0 + timedelta(seconds=seconds))
+            )
+
+
+def test_cached_baseline_on_a_hand_computed_ledger(db_url: str) -> None:
+    with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
+        # m0 -> m1 -> m2 -> m3 -> m4, and a branch m2 -> b3; n0 -> n1 under 1,024.
+        _tree(
+            trimmer,
+            [
+                ("m0", None, 1_500),
+                ("m1", "m0", 1_600),
+                ("m2", "m1", 2_000),
+                ("m3", "m2", 2_100),
+                ("m4", "m3", 2_500),
+                ("b3", "m2", 2_200),
+                ("n0", None, 900),
+                ("n1", "n0", 1_000),
+            ],
+        )
+        _requests(
+            trimmer,
+            [
+                ("c1", 0, "m2", 2_003, 500),  # nothing earlier: 0
+                # Shares m2 (2,000) with the first: 1,024 + 7 x 128 = 1,920 cached. Its
+                # sent prompt (2,400 + 3) shares all but m3..m4 (500): 1,900 -> 1,792.
+                ("c1", 60, "m4", 2_503, 2_403),
+                ("c1", 361, "b3", 2_203, 500),  # 301 s after the last use: expired, 0
+                ("c1", 400, "m4", 2_503, 500),  # shares m2 with b3 (39 s earlier): 1,920
+                ("c3", 401, "m4", 2_503, 500),  # same prefix, other conversation: 0
+                ("c2", 0, "n0", 903, 500),
+                ("c2", 10, "n1", 1_003, 500),  # shares 900 < 1,024: 0
+            ],
+        )
+        totals = trimmer.report().totals
+        rows = {row.group: row for row in trimmer.report(group_by="conversation").rows}
+        longer = trimmer.report(cache_lifetime=600).totals
+    assert totals.baseline_cached_tokens == 1_920 + 1_920
+    assert (rows["c1"].baseline_cached_tokens, rows["c2"].baseline_cached_tokens) == (3_840, 0)
+    assert rows["c3"].baseline_cached_tokens == 0
+    # gpt-4o: $2.50 per 1M input, $1.25 cached.
+    assert totals.baseline_cost == pytest.approx(totals.baseline_tokens * 2.50 / 1e6, abs=2e-6)
+    assert totals.baseline_cost_cached == pytest.approx(
+        (totals.baseline_tokens - 3_840) * 2.50 / 1e6 + 3_840 * 1.25 / 1e6, abs=2e-6
+    )
+    assert totals.actual_cost == pytest.approx(
+        (totals.prompt_tokens - 1_792) * 2.50 / 1e6 + 1_792 * 1.25 / 1e6, abs=2e-6
+    )
+    assert totals.net_saving == pytest.approx(
+        totals.baseline_cost_cached - totals.actual_cost, abs=2e-6
+    )
+    assert totals.net_saving_uncached == pytest.approx(
+        totals.baseline_cost - totals.actual_cost, abs=2e-6
+    )
+    # With a 10-minute lifetime the branch at 361 s still finds m2 (1,920), and the
+    # request at 400 s finds all of m4 (2,500 -> 1,024 + 11 x 128 = 2,432) from 60 s.
+    assert longer.baseline_cached_tokens == 1_920 + 1_920 + 2_432
+
+
+def test_cache_steps() -> None:
+    assert [cacheable(n) for n in (0, 1_023, 1_024, 1_151, 1_152, 1_300)] == [
+        0,
+        0,
+        1_024,
+        1_024,
+        1_152,
+        1_280,
+    ]
+
+
+def test_replay_of_a_long_system_prompt_reports_a_cached_baseline(tmp_path: Path) -> None:
+    system = "You are the support agent of Crumb. " + " ".join(
+        f"Rule {n}: answer politely and cite the policy section {n}." for n in range(120)
+    )
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+    for turn in range(8):
+        messages += [
+            {"role": "user", "content": f"Question {turn} about my order?"},
+            {"role": "assistant", "content": f"Answer {turn}: it ships soon."},
+        ]
+    log = tmp_path / "chat.jsonl"
+    log.write_text(json.dumps({"messages": messages, "user": "ann"}) + "\n")
+    result = CliRunner().invoke(main, ["replay", str(log), "--keep-last", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.stdout)["report"]["totals"]
+    assert 0 < totals["baseline_cost_cached"] < totals["baseline_cost"]
+    assert totals["net_saving"] < totals["net_saving_uncached"]
+
+
+def test_replay_uses_a_fresh_database_each_run(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "support-chat.jsonl"
+    runs = [CliRunner().invoke(main, ["replay", str(example), "--json"]) for _ in range(2)]
+    assert all(run.exit_code == 0 for run in runs), runs[0].output
+    first, second = (json.loads(run.stdout) for run in runs)
+    assert first["replay"] == second["replay"] and first["replay"]["summaries"] > 0
+    assert not (tmp_path / "xdg").exists()  # the user's own history was not touched
+
+
+def test_a_negative_saving_reads_as_one(ledger: Trimmer) -> None:
+    report = ledger.report()
+    report.totals.net_saving = -0.0019
+    assert "-$0.0019" in render(report, "table") and "$-" not in render(report, "table")
+
+
+def test_the_pruned_cache_search_equals_trying_every_earlier_request() -> None:
+    rng = random.Random(7)
+    for _trial in range(30):
+        nodes: dict[str, tuple[str | None, int]] = {"n0": (None, 0)}
+        totals = {("n0", KEY): rng.randint(100, 900)}
+        for number in range(1, 60):
+            parent = f"n{rng.randrange(number)}"
+            nodes[f"n{number}"] = (parent, nodes[parent][1] + 1)
+            totals[(f"n{number}", KEY)] = totals[(parent, KEY)] + rng.randint(10, 300)
+        tree = PathTree(nodes, totals)
+        requests = []
+        for number in range(25):
+            head = f"n{rng.randrange(60)}"
+            summary = rng.choice([None, 1, 2])
+            requests.append(
+                CacheRequest(
+                    number,
+                    T0 + timedelta(seconds=40 * number + rng.randint(0, 30)),
+                    rng.choice(["a", "b"]),
+                    "gpt-4o",
+                    KEY,
+                    head,
+                    totals[(head, KEY)] + 3,
+                    totals[(head, KEY)] // 2 + 3,
+                    summary,
+                    "n0" if summary else None,
+                    50 if summary else 0,
+                )
+            )
+        brute = {}
+        for r in requests:
+            window = [
+                q
+                for q in requests
+                if (q.created_at, q.id) < (r.created_at, r.id)
+                and q.conversation_id == r.conversation_id
+                and (r.created_at - q.created_at).total_seconds() <= 300
+            ]
+            brute[r.id] = Cached(
+                cacheable(max((_shared_baseline(q, r, tree) for q in window), default=0)),
+                cacheable(max((_shared_sent(q, r, tree) for q in window), default=0)),
+            )
+        assert simulate(requests, tree) == brute

@@ -1,0 +1,99 @@
+"""The data's life on the command line: ``export``, ``forget`` and ``prune``."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from ._erasure import Erasure
+from ._trimmer import Trimmer
+
+_DB = click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    default=None,
+    help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
+)
+_AGE = re.compile(r"(\d+)\s*([dhm])")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def _open(db_url: str | None) -> Trimmer:
+    return Trimmer(db_url, summarizer="extractive", background=False)
+
+
+@click.command("export")
+@click.option("--user", required=True, help="Whose conversations.")
+@click.option("--conversation", "conversation_id", default=None, help="Only this one.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+@_DB
+def export_command(
+    user: str, conversation_id: str | None, output: Path | None, db_url: str | None
+) -> None:
+    """Write a user's conversations as JSONL: one line per conversation with its messages
+    in order, their timestamps, the current summary and the request times."""
+    with _open(db_url) as trimmer:
+        lines = [
+            json.dumps(item, ensure_ascii=False) for item in trimmer.export(user, conversation_id)
+        ]
+    text = "".join(line + "\n" for line in lines)
+    if not lines:
+        click.echo(f"no conversations stored for user {user!r}", err=True)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, "utf-8")
+        click.echo(f"wrote {len(lines)} conversation(s) to {output}", err=True)
+
+
+@click.command("forget")
+@click.option("--user", required=True, help="Whose data to erase.")
+@click.option("--conversation", "conversation_id", default=None, help="Only this one.")
+@click.option("--yes", is_flag=True, help="Confirm: the text cannot be brought back.")
+@_DB
+def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: str | None) -> None:
+    """Erase a user's messages and everything derived from them. The savings ledger keeps
+    its figures under opaque identifiers, so report totals do not change."""
+    if not yes:
+        raise click.ClickException("forget erases for good: add --yes to confirm")
+    with _open(db_url) as trimmer:
+        erasure = trimmer.forget(user, conversation_id)
+    click.echo(_said(erasure))
+
+
+@click.command("prune")
+@click.option(
+    "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m: unused for so long."
+)
+@_DB
+def prune_command(older_than: str, db_url: str | None) -> None:
+    """Erase the conversations nobody has used for AGE, as forget does."""
+    match = _AGE.fullmatch(older_than.strip())
+    if match is None:
+        raise click.ClickException(
+            f"--older-than: expected e.g. 30d, 12h or 90m, not {older_than!r}"
+        )
+    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    with _open(db_url) as trimmer:
+        erasure = trimmer.prune(age)
+    click.echo(_said(erasure))
+
+
+def _said(erasure: Erasure) -> str:
+    lines = [
+        f"conversations erased          {erasure.conversations:,}",
+        f"messages removed              {erasure.messages:,}",
+        f"shared messages kept          {erasure.messages_kept_shared:,}",
+        f"summaries emptied             {erasure.summaries:,}",
+        f"summary failures emptied      {erasure.summary_failures:,}",
+        f"prompt rewrites emptied       {erasure.compressions:,}",
+        f"leases removed                {erasure.leases:,}",
+        f"quota windows removed         {erasure.quota_windows:,}",
+        f"ledger rows anonymised        {erasure.requests_anonymised:,}",
+    ]
+    return "\n".join(lines)
