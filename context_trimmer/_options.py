@@ -19,6 +19,8 @@ class TrimmerOptions:
     ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
     worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
     worker may hold a fold or rewrite before another may take it over.
+    ``sync_fold_deadline``: seconds a fold on the request path may wait for the LLM
+    summarizer before the extractive one folds instead.
     """
 
     keep_last: int = 20
@@ -30,6 +32,7 @@ class TrimmerOptions:
     max_prompt_tokens: int | None = None
     background: bool = True
     lease_seconds: float = 120.0
+    sync_fold_deadline: float = 10.0
 
     def __post_init__(self) -> None:
         check_count("keep_last", self.keep_last, minimum=0)
@@ -47,9 +50,14 @@ class TrimmerOptions:
             check_count("keep_tokens", self.keep_tokens, minimum=1)
         if self.max_prompt_tokens is not None:
             check_count("max_prompt_tokens", self.max_prompt_tokens, minimum=1)
-        seconds = self.lease_seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be a number > 0, got {seconds!r}")
+        check_seconds("lease_seconds", self.lease_seconds)
+        check_seconds("sync_fold_deadline", self.sync_fold_deadline)
+
+
+def check_seconds(name: str, seconds: object) -> None:
+    """``seconds`` must be a number (not a bool) above 0."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigurationError(f"{name} must be a number > 0, got {seconds!r}")
 
 
 def check_count(name: str, value: object, *, minimum: int) -> None:

@@ -64,7 +64,7 @@ class Trimmer:
     SQLite file under ``~/.local/share/context-trimmer``). The trimming options
     (``keep_last``, ``fold_every``, ``keep_tokens``, ``summary_tokens``,
     ``summary_share``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
-    ``lease_seconds``) are those of :class:`TrimmerOptions`, checked there.
+    ``lease_seconds``, ``sync_fold_deadline``) are those of :class:`TrimmerOptions`.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``models``: overrides of the model
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
@@ -186,7 +186,7 @@ class Trimmer:
         tail = self._folder.tail_tokens(stored, start)
         if not force and not fold_due(stored, start, tail, self.options):
             return FoldResult(reason="no fold due")
-        return self._folder.fold(stored, keep_last=self.options.keep_last, sync=False)
+        return self._folder.fold(stored, keep_last=self.options.keep_last)
 
     async def acompact(
         self, messages: Sequence[Message] | None = None, **options: Any
@@ -287,6 +287,10 @@ class Trimmer:
         """The token savings report for requests in ``[since, until)``, optionally grouped
         by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``."""
         return build_report(self._ledger, self.models, since=since, until=until, group_by=group_by)
+
+    def summarizer_status(self) -> dict[str, Any]:
+        """The summarizer, its fallback and its circuit breaker, as this process sees it."""
+        return self._folder.status()
 
     def wait_for_background(self, timeout: float | None = None) -> None:
         """Block until the background work scheduled so far (folds, prompt rewrites) is done."""
