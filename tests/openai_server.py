@@ -11,6 +11,7 @@ Every request body (and its headers) is kept.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -33,6 +34,7 @@ class Reply:
     cached_tokens: int = 0
     error: str = "simulated error"
     model: str | None = None
+    raw: bytes | None = None  # sent as the body as is (e.g. text that is not JSON)
 
 
 @dataclass
@@ -129,6 +131,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once in the load benchmarks
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a client that gave up is no error
+
 
 class FakeOpenAI:
     """Run with ``with FakeOpenAI() as server:``; point clients at ``server.base_url``."""
@@ -222,7 +228,9 @@ class FakeOpenAI:
                 with server._lock:
                     server.statuses[reply.status] += 1
                 model = body.get("model", "unknown")
-                if reply.status != 200:
+                if reply.raw is not None:
+                    self._send_bytes(reply.status, reply.raw, reply.headers)
+                elif reply.status != 200:
                     payload = {
                         "error": {
                             "message": reply.error,
@@ -238,7 +246,9 @@ class FakeOpenAI:
                     self._send(200, completion_body(reply, model), reply.headers)
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
@@ -262,8 +272,6 @@ class FakeOpenAI:
 
 
 if __name__ == "__main__":  # a standalone upstream for benchmarks: python openai_server.py PORT
-    import sys
-
     server = FakeOpenAI(
         lambda _b: Reply("A short streamed answer from the model."), port=int(sys.argv[1])
     )
