@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
+from . import __version__, _cli_folds
 from ._compress import Compression, compress_safe
 from ._db import DB_ENV, Database
 from ._exceptions import TrimmerError
@@ -163,6 +163,11 @@ def replay_command(
     FILE is JSONL (one message list, or {"messages": [...]}, per line) or LoCoMo JSON.
     Offline by default: the extractive summarizer needs no network.
     """
+    if summarizer == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise click.ClickException(
+            "--summarizer openai needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible "
+            "server); or replay offline with --summarizer extractive"
+        )
     conversations = load_conversations(file)
     chosen: Any = summarizer if summarizer == "extractive" else OpenAISummarizer(summarizer_model)
     total = sum(len(list(request_points(c.messages))) for c in conversations)
@@ -480,6 +485,9 @@ def _read_json(file: Path) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise click.ClickException(f"{file}: not readable JSON ({error})") from error
 
+
+main.add_command(_cli_folds.status)
+main.add_command(_cli_folds.compact)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
