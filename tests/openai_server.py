@@ -6,10 +6,19 @@ with ``usage``, streaming (SSE, with the usage chunk when asked), error statuses
 that answers 429 like OpenAI when a request does not fit. Replies are queued with
 :meth:`FakeOpenAI.enqueue`; when the queue is empty the ``default`` callable answers.
 Every request body (and its headers) is kept.
+
+It also runs the Batch API's happy and unhappy paths: ``POST /v1/files`` (multipart
+upload), ``POST /v1/batches`` (each line answered like a chat call, from the same
+queue; errors go to the error file), ``GET /v1/batches/{id}`` and
+``GET /v1/files/{id}/content``. With ``hold_batches`` set, a batch stays
+``in_progress`` until :meth:`FakeOpenAI.finish_batches`.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import itertools
 import json
 import sys
 import threading
@@ -152,6 +161,10 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.statuses: Counter[int] = Counter()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.hold_batches = False
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -189,6 +202,72 @@ class FakeOpenAI:
             return Reply(**{**reply.__dict__, "headers": {**limit_headers, **reply.headers}})
         return self._next(body, headers)
 
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = f"file-{next(self._ids)}"
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "data": data,
+        }
+        return {k: v for k, v in self.files[file_id].items() if k != "data"}
+
+    def create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        batch_id = f"batch_{next(self._ids)}"
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "in_progress",
+            "created_at": int(time.time()),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        }
+        if not self.hold_batches:
+            self._run_batch(self.batches[batch_id])
+        return self.batches[batch_id]
+
+    def finish_batches(self) -> None:
+        """Run every batch still in progress."""
+        for batch in self.batches.values():
+            if batch["status"] == "in_progress":
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        lines = self.files[batch["input_file_id"]]["data"].decode().splitlines()
+        done, failed = [], []
+        for number, line in enumerate(lines):
+            item = json.loads(line)
+            reply = self._answer(item["body"], {})
+            model = item["body"].get("model", "unknown")
+            ok = reply.status == 200
+            answer = completion_body(reply, model) if ok else {"error": {"message": reply.error}}
+            (done if ok else failed).append(
+                {
+                    "id": f"batch_req_{number}",
+                    "custom_id": item["custom_id"],
+                    "response": {"status_code": reply.status, "body": answer},
+                    "error": None,
+                }
+            )
+        for key, results in (("output_file_id", done), ("error_file_id", failed)):
+            if results:
+                data = "".join(json.dumps(r) + "\n" for r in results).encode()
+                batch[key] = self.add_file(data, f"{batch['id']}_{key}.jsonl", "batch_output")["id"]
+        batch["status"] = "completed"
+        batch["request_counts"] = {
+            "total": len(lines),
+            "completed": len(done),
+            "failed": len(failed),
+        }
+
     def serve_forever(self) -> None:
         self._server.serve_forever()
 
@@ -210,6 +289,13 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
+                parts = self.path.split("?", 1)[0].strip("/").split("/")
+                if parts[:2] == ["v1", "files"] and parts[3:] == ["content"]:
+                    self._send_bytes(200, server.files[parts[2]]["data"], {})
+                    return
+                if parts[:2] == ["v1", "batches"] and len(parts) == 3:
+                    self._send(200, server.batches[parts[2]], {})
+                    return
                 self._send(
                     200,
                     {
@@ -221,7 +307,14 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if self.path.startswith("/v1/files"):
+                    self._send(200, server.add_file(*self._upload(raw)), {})
+                    return
+                body = json.loads(raw or b"{}")
+                if self.path.startswith("/v1/batches"):
+                    self._send(200, server.create_batch(body), {})
+                    return
                 reply = server._answer(body, {k.lower(): v for k, v in self.headers.items()})
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -244,6 +337,21 @@ class FakeOpenAI:
                     self._stream(stream_events(reply, model, include), reply.headers)
                 else:
                     self._send(200, completion_body(reply, model), reply.headers)
+
+            def _upload(self, raw: bytes) -> tuple[bytes, str, str]:
+                """The file, its name and purpose from a multipart/form-data body."""
+                head = f"Content-Type: {self.headers['content-type']}\r\n\r\n".encode()
+                form = email.parser.BytesParser(policy=email.policy.default).parsebytes(head + raw)
+                data, filename, purpose = b"", "upload", ""
+                for part in form.iter_parts():
+                    name = part.get_param("name", header="content-disposition")
+                    payload = part.get_payload(decode=True)
+                    assert isinstance(payload, bytes)
+                    if name == "file":
+                        data, filename = payload, part.get_filename() or filename
+                    elif name == "purpose":
+                        purpose = payload.decode()
+                return data, filename, purpose
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
                 self._send_bytes(status, json.dumps(payload).encode(), headers)

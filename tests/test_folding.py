@@ -4,11 +4,14 @@ request path's deadline; the Batch API path."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
 
@@ -22,6 +25,7 @@ from context_trimmer import (
 )
 from context_trimmer._summary_store import FAILURES, SUMMARIES
 from context_trimmer._tokens import counter_for
+from context_trimmer.cli import main
 
 SYSTEM = {"role": "system", "content": "You are the assistant of Acme Travel."}
 BUDGET = 120
@@ -283,3 +287,88 @@ def test_half_open_lets_one_trial_through() -> None:
     assert breaker.allow() and not breaker.allow()  # one trial at a time
     breaker.success()
     assert breaker.allow() and breaker.status().state == "closed"
+
+
+def conversation(name: str, turns: int) -> list[dict[str, Any]]:
+    messages = [SYSTEM]
+    for turn in range(turns):
+        messages += [
+            {"role": "user", "content": f"{name}: on May {turn + 1} I paid {turn * 10} euros."},
+            reply_turn(turn),
+        ]
+    return messages
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Any:
+    result = CliRunner().invoke(main, list(args), env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_idle_conversations_fold_through_the_batch_api(sqlite_url: str, tmp_path: Path) -> None:
+    chats = {name: conversation(name, 6) for name in ("ana", "ben", "cy")}
+    chats["dee"] = conversation("dee", 1)  # no fold due
+    with Trimmer(
+        sqlite_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
+    ) as trimmer:
+        for name, messages in chats.items():
+            assert trimmer.prepare(messages, conversation_id=name).fold_pending == (name != "dee")
+    state = str(tmp_path / "batches.json")
+    options = ["--db", sqlite_url, "--state", state, "--keep-last", "4", "--fold-every", "2"]
+    with FakeOpenAI(default=lambda _body: Reply("- Paid in May.", prompt_tokens=90)) as server:
+        server.hold_batches = True
+        server.enqueue(Reply(status=500, error="batch item broke"))
+        env = {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": server.base_url}
+        sent = cli("compact", "--idle", "0s", "--batch", "--json", *options, env=env)
+        assert sent["items"] == 3 and sent["skipped"] == {"no fold due": 1}
+        upload = server.files[server.batches[sent["batch_id"]]["input_file_id"]]
+        assert upload["purpose"] == "batch"
+        assert server.batches[sent["batch_id"]]["completion_window"] == "24h"
+        again = cli("compact", "--idle", "0s", "--batch", "--json", *options, env=env)
+        assert again["batch_id"] is None and again["skipped"]["already in a pending batch"] == 3
+        early = cli("compact", "--collect", "--json", *options, env=env)
+        assert (early["pending_batches"], early["stored"]) == (1, 0)
+        with Trimmer(
+            sqlite_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
+        ) as trimmer:
+            chats["ben"] += [user_turn(40), reply_turn(40)]  # ben moved on meanwhile
+            assert trimmer.prepare(chats["ben"], conversation_id="ben").summary_id is None
+        server.finish_batches()
+        done = cli("compact", "--collect", "--json", *options, env=env)
+        assert (done["finished_batches"], done["stored"], done["failures"]) == (1, 2, 1)
+        assert done["fallbacks"] == 1
+        assert len(server.requests) == 3  # the three summary calls, in the batch
+        status = cli("status", "--json", "--db", sqlite_url, "--state", state)
+    assert json.loads(Path(state).read_text()) == {"batches": {}}
+    assert (status["summaries"], status["summary_fallbacks"], status["summary_failures"]) == (
+        3,
+        1,
+        1,
+    )
+    assert status["pending_batches"] == 0 and "each process" in status["breaker"]
+    with Trimmer(sqlite_url, keep_last=4, fold_every=2, summarizer="extractive") as trimmer:
+        labels = sorted(row.summarizer for row in rows(trimmer, SUMMARIES))
+        assert labels == [LABEL, "openai:gpt-4o-mini (batch)", "openai:gpt-4o-mini (batch)"]
+        assert "batch item broke" in rows(trimmer, FAILURES)[0].error
+        ben = trimmer.prepare(chats["ben"], conversation_id="ben")  # the older span still serves
+        assert ben.summary_id is not None and ben.messages_folded > 0
+        assert trimmer.report().totals.summary_fallbacks == 1
+
+
+def test_compact_folds_idle_conversations_now(sqlite_url: str) -> None:
+    with Trimmer(
+        sqlite_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
+    ) as trimmer:
+        trimmer.prepare(conversation("ana", 6), conversation_id="ana")
+    args = ["--db", sqlite_url, "--keep-last", "4", "--fold-every", "2", "--json"]
+    assert cli("compact", "--idle", "0s", *args)["folded"] == 1
+    assert cli("compact", "--idle", "0s", *args)["folded"] == 0  # folded: no fold due
+
+
+def test_openai_commands_without_a_key_say_what_to_set(tmp_path: Path) -> None:
+    log = tmp_path / "chats.jsonl"
+    log.write_text(json.dumps(conversation("ana", 3)) + "\n")
+    for args in (["replay", str(log), "--summarizer", "openai"], ["compact", "--batch"]):
+        result = CliRunner().invoke(main, [*args, "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+        assert result.exit_code == 1
+        assert "needs OPENAI_API_KEY" in result.output and "Traceback" not in result.output
