@@ -136,6 +136,22 @@ def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[st
     return events
 
 
+def parse_upload(content_type: str, raw: bytes) -> tuple[bytes, str, str]:
+    """The file, its name and its purpose from a multipart/form-data body."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    form = email.parser.BytesParser(policy=email.policy.default).parsebytes(head + raw)
+    data, filename, purpose = b"", "upload", ""
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        if name == "file":
+            data, filename = payload, part.get_filename() or filename
+        elif name == "purpose":
+            purpose = payload.decode()
+    return data, filename, purpose
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once in the load benchmarks
@@ -309,7 +325,9 @@ class FakeOpenAI:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
                 if self.path.startswith("/v1/files"):
-                    self._send(200, server.add_file(*self._upload(raw)), {})
+                    self._send(
+                        200, server.add_file(*parse_upload(self.headers["content-type"], raw)), {}
+                    )
                     return
                 body = json.loads(raw or b"{}")
                 if self.path.startswith("/v1/batches"):
@@ -337,21 +355,6 @@ class FakeOpenAI:
                     self._stream(stream_events(reply, model, include), reply.headers)
                 else:
                     self._send(200, completion_body(reply, model), reply.headers)
-
-            def _upload(self, raw: bytes) -> tuple[bytes, str, str]:
-                """The file, its name and purpose from a multipart/form-data body."""
-                head = f"Content-Type: {self.headers['content-type']}\r\n\r\n".encode()
-                form = email.parser.BytesParser(policy=email.policy.default).parsebytes(head + raw)
-                data, filename, purpose = b"", "upload", ""
-                for part in form.iter_parts():
-                    name = part.get_param("name", header="content-disposition")
-                    payload = part.get_payload(decode=True)
-                    assert isinstance(payload, bytes)
-                    if name == "file":
-                        data, filename = payload, part.get_filename() or filename
-                    elif name == "purpose":
-                        purpose = payload.decode()
-                return data, filename, purpose
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
                 self._send_bytes(status, json.dumps(payload).encode(), headers)
