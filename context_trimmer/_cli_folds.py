@@ -215,15 +215,10 @@ def compact(
     chosen: Any = llm if batch or collect_ else summarizer
     with Trimmer(db_url, summarizer=chosen, background=False, **options) as trimmer:
         state = BatchState(state_path or default_state_path())
-        if collect_:
-            done = collect(trimmer, llm, state)
-            emit(vars(done), as_json, _collected_text(vars(done)))
+        if collect_ or batch:
+            _batch_command(trimmer, llm, state, idle, within, as_json, collect_)
             return
         conversations = idle_conversations(trimmer, duration(idle), duration(within))
-        if batch:
-            sent = submit(trimmer, llm, state, conversations)
-            emit(vars(sent), as_json, _submitted_text(vars(sent)))
-            return
         data = _compact_now(trimmer, conversations)
         emit(
             data,
@@ -231,6 +226,32 @@ def compact(
             f"{data['conversations']} idle conversations: {data['folded']} folded "
             f"({data['failures']} summarizer failures, folded by the extractive fallback)",
         )
+
+
+def _batch_command(
+    trimmer: Trimmer,
+    llm: OpenAISummarizer,
+    state: BatchState,
+    idle: str,
+    within: str,
+    as_json: bool,
+    collecting: bool,
+) -> None:
+    import openai
+
+    try:
+        if collecting:
+            done = vars(collect(trimmer, llm, state))
+            emit(done, as_json, _collected_text(done))
+            return
+        conversations = idle_conversations(trimmer, duration(idle), duration(within))
+        sent = vars(submit(trimmer, llm, state, conversations))
+        emit(sent, as_json, _submitted_text(sent))
+    except openai.OpenAIError as error:
+        raise click.ClickException(
+            f"the Batch API call failed ({type(error).__name__}: {error}); "
+            f"the job state in {state.path} is unchanged for this job"
+        ) from error
 
 
 def _compact_now(trimmer: Trimmer, conversations: list[str]) -> dict[str, Any]:

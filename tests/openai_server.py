@@ -306,11 +306,15 @@ class FakeOpenAI:
 
             def do_GET(self) -> None:
                 parts = self.path.split("?", 1)[0].strip("/").split("/")
-                if parts[:2] == ["v1", "files"] and parts[3:] == ["content"]:
-                    self._send_bytes(200, server.files[parts[2]]["data"], {})
-                    return
-                if parts[:2] == ["v1", "batches"] and len(parts) == 3:
-                    self._send(200, server.batches[parts[2]], {})
+                if parts[:2] in (["v1", "files"], ["v1", "batches"]) and len(parts) > 2:
+                    found = (server.files if parts[1] == "files" else server.batches).get(parts[2])
+                    if found is None:
+                        error = {"message": f"No such object: {parts[2]}", "type": "not_found"}
+                        self._send(404, {"error": error}, {})
+                    elif parts[1] == "files":
+                        self._send_bytes(200, found["data"], {})
+                    else:
+                        self._send(200, found, {})
                     return
                 self._send(
                     200,

@@ -372,3 +372,17 @@ def test_openai_commands_without_a_key_say_what_to_set(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, [*args, "--db", f"sqlite:///{tmp_path / 'x.db'}"])
         assert result.exit_code == 1
         assert "needs OPENAI_API_KEY" in result.output and "Traceback" not in result.output
+
+
+def test_a_batch_api_error_is_one_clear_line(tmp_path: Path) -> None:
+    state = tmp_path / "batches.json"
+    state.write_text(json.dumps({"batches": {"batch_gone": {"items": {}}}}))
+    with FakeOpenAI() as server:
+        result = CliRunner().invoke(
+            main,
+            ["compact", "--collect", "--state", str(state), "--db", f"sqlite:///{tmp_path}/x.db"],
+            env={"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": server.base_url},
+        )
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the Batch API call failed (NotFoundError" in result.output
+    assert json.loads(state.read_text())["batches"]["batch_gone"] == {"items": {}}
