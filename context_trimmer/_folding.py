@@ -68,11 +68,11 @@ T = TypeVar("T")
 def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
     """``"extractive"``, ``"openai"``, a Summarizer, or None (OpenAI when a key is set)."""
     if spec is None:
-        return OpenAISummarizer() if api_key_present else ExtractiveSummarizer()
+        return OpenAISummarizer(follows_client=True) if api_key_present else ExtractiveSummarizer()
     if spec == "extractive":
         return ExtractiveSummarizer()
     if spec == "openai":
-        return OpenAISummarizer()
+        return OpenAISummarizer(follows_client=True)
     if isinstance(spec, str):
         raise ConfigurationError(
             f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
@@ -187,6 +187,13 @@ class Folder:
             "fallback": None if self.local else self.fallback.name,
             "breaker": self.breaker.status().as_dict(),
         }
+
+    def follow(self, client: T) -> T:
+        """``client``, whose endpoint and key a default summarizer now uses too."""
+        follow = getattr(self.summarizer, "follow", None)
+        if callable(follow):
+            follow(client)
+        return client
 
     def tail_tokens(self, path: StoredPath, start: int) -> int:
         """Tokens of the messages from ``start`` on."""

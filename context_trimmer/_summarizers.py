@@ -212,7 +212,9 @@ class OpenAISummarizer:
 
     Each call has a ``timeout`` (30 s by default) and the client's ``max_retries``.
     ``breaker``: this summarizer's :class:`CircuitBreaker` (a default one if not
-    given), shared by every Trimmer that uses this object.
+    given), shared by every Trimmer that uses this object. ``follows_client``: set on
+    the summarizer a Trimmer makes by default; :meth:`follow` then points it at the
+    endpoint and key of the client the Trimmer wraps.
     """
 
     prompt_version = PROMPT_VERSION
@@ -228,10 +230,13 @@ class OpenAISummarizer:
         max_retries: int = 2,
         input_tokens: int = 12_000,
         breaker: CircuitBreaker | None = None,
+        follows_client: bool = False,
     ):
         self.name = f"openai:{model}"
         self.input_tokens = input_tokens
         self.breaker = breaker or CircuitBreaker()
+        self.follows_client = follows_client
+        self._timeout, self._max_retries = timeout, max_retries
         self.chat = ChatModel(
             model,
             client=client,
@@ -243,6 +248,22 @@ class OpenAISummarizer:
 
     def close(self) -> None:
         self.chat.close()
+
+    def follow(self, client: Any) -> None:
+        """Send summaries where ``client`` sends requests, with its key (only when
+        ``follows_client``): text never goes to a host the application did not name."""
+        base_url, api_key = getattr(client, "base_url", None), getattr(client, "api_key", None)
+        if not self.follows_client or base_url is None or not isinstance(api_key, str):
+            return
+        previous = self.chat
+        self.chat = ChatModel(
+            previous.model,
+            base_url=str(base_url),
+            api_key=api_key,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+        )
+        previous.close()
 
     def summarize(self, request: SummaryRequest) -> SummaryResult:
         import openai

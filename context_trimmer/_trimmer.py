@@ -225,7 +225,7 @@ class Trimmer:
         sleep: Callable[[float], Any] | None = None,
     ) -> WrappedClient:
         """``client`` (``openai.OpenAI`` or ``AsyncOpenAI``) with every chat completion
-        prepared, governed and recorded; everything else on it is untouched.
+        prepared, governed and recorded, the rest untouched (the default summarizer follows it).
 
         ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
         headers (``limits`` per model until headers arrive) and wait for it, up to
@@ -249,7 +249,7 @@ class Trimmer:
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
         )
-        return WrappedClient(client, sender)
+        return WrappedClient(self._folder.follow(client), sender)
 
     conversation = staticmethod(conversation)
 

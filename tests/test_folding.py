@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from click.testing import CliRunner
 from openai_server import FakeOpenAI, Reply
@@ -23,6 +24,7 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
+from context_trimmer._summarizers import SYSTEM_PROMPT
 from context_trimmer._summary_store import FAILURES, SUMMARIES
 from context_trimmer._tokens import counter_for
 from context_trimmer.cli import main
@@ -386,3 +388,33 @@ def test_a_batch_api_error_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "the Batch API call failed (NotFoundError" in result.output
     assert json.loads(state.read_text())["batches"]["batch_gone"] == {"items": {}}
+
+
+def summary_calls(server: FakeOpenAI) -> list[dict[str, str]]:
+    """The headers of the summary calls the server received."""
+    return [
+        headers
+        for body, headers in zip(server.requests, server.headers, strict=True)
+        if body["messages"][0]["content"] == SYSTEM_PROMPT
+    ]
+
+
+def test_the_default_summarizer_follows_the_wrapped_client(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "env-key")  # so the default summarizer is gpt-4o-mini
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # a host the app never wraps
+    with (
+        FakeOpenAI(default=lambda _body: Reply("- Ana paid in May.")) as upstream,
+        FakeOpenAI(default=lambda _body: Reply("- Ana paid.")) as own,
+    ):
+        messages = conversation("ana", 6)
+        for summarizer in (None, summarizer_for(own)):
+            with Trimmer(sqlite_url, keep_last=4, fold_every=2, summarizer=summarizer) as trimmer:
+                app = openai.OpenAI(base_url=upstream.base_url, api_key="app-key", max_retries=0)
+                client = trimmer.wrap(app, governor=False)
+                client.chat.completions.create(model="gpt-4o", messages=messages)
+                trimmer.wait_for_background(timeout=30)
+            messages = [*messages, user_turn(30), reply_turn(30), user_turn(31), reply_turn(31)]
+        assert [h["authorization"] for h in summary_calls(upstream)] == ["Bearer app-key"]
+        assert [h["authorization"] for h in summary_calls(own)] == ["Bearer test-key"]
