@@ -5,6 +5,7 @@ rolling summary, keeps the last messages verbatim, sets ``max_tokens`` and recor
 token savings report.
 """
 
+from ._breaker import CircuitBreaker
 from ._compress import Compression, compress_safe
 from ._exceptions import (
     ConfigurationError,
@@ -39,6 +40,7 @@ from ._validation import validate_messages
 __version__ = "0.1.0"
 
 __all__ = [
+    "CircuitBreaker",
     "Compression",
     "ConfigurationError",
     "EncodingUnavailableError",

@@ -7,22 +7,39 @@ fold runs on the background thread (or when the app calls ``compact()``); only a
 request over a hard limit folds synchronously, first down to ``keep_last``, then to
 the newest turn alone.
 
-Every fold runs under a database lease keyed by the span's start, so two workers never
-summarize the same span. The summarizer chain is the configured summarizer, then (for
-synchronous folds) the local extractive one. A failed summary is recorded as a
-failure, never stored or sent.
+One failure policy for every fold, background or synchronous:
+
+- Every fold runs under a database lease keyed by the span's start, so two workers
+  never summarize the same span. A fold releases its lease however it ends.
+- Any exception from a summarizer is a ``SummarizerError``: recorded as a failure,
+  never stored or sent. The extractive summarizer then folds the same span at once
+  (its summary is labelled ``extractive (fallback for ...)``), so trimming never pauses.
+- A circuit breaker per summarizer (``_breaker``) stops calling a failing LLM for a
+  cool-down; meanwhile folds go straight to the extractive summarizer.
+- A synchronous fold never waits on a background one: without the lease it folds
+  locally (the insert is idempotent, keyed by the covered hash), and it gives the LLM
+  at most ``sync_fold_deadline`` seconds in all before the extractive summarizer folds.
+- Summaries are bounded to their budget by ``_summarizers.fold``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
 from ._background import Background
+from ._breaker import CircuitBreaker
 from ._db import Database
 from ._exceptions import ConfigurationError, SummarizerError
 from ._extractive import ExtractiveSummarizer
@@ -31,28 +48,108 @@ from ._options import TrimmerOptions
 from ._path import StoredPath, deepest_summary, start_of, token_rows
 from ._plan import SUMMARY_HEADER, reply_cap
 from ._prepared import FoldResult
-from ._summarizers import OpenAISummarizer, Summarizer, SummaryRequest, fold, render_transcript
+from ._summarizers import (
+    OpenAISummarizer,
+    Summarizer,
+    SummaryRequest,
+    SummaryResult,
+    fold,
+    render_transcript,
+)
 from ._summary_store import StoredSummary, Summaries
 from ._tokens import REPLY_PRIMING
 from ._window import CONTROL_ROLES, control_indexes, tail_start
 
 log = logging.getLogger("context_trimmer")
 MIN_SUMMARY_TOKENS = 16
+T = TypeVar("T")
 
 
 def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
     """``"extractive"``, ``"openai"``, a Summarizer, or None (OpenAI when a key is set)."""
     if spec is None:
-        return OpenAISummarizer() if api_key_present else ExtractiveSummarizer()
+        return OpenAISummarizer(follows_client=True) if api_key_present else ExtractiveSummarizer()
     if spec == "extractive":
         return ExtractiveSummarizer()
     if spec == "openai":
-        return OpenAISummarizer()
+        return OpenAISummarizer(follows_client=True)
     if isinstance(spec, str):
         raise ConfigurationError(
             f"unknown summarizer {spec!r}; use 'extractive', 'openai' or a Summarizer object"
         )
     return spec
+
+
+def fallback_label(summarizer: str) -> str:
+    """The summarizer label of a summary the extractive fallback made instead."""
+    return f"extractive (fallback for {summarizer})"
+
+
+def is_fallback(label: str) -> bool:
+    """Whether a stored summary's summarizer label marks it as a fallback's."""
+    return "(fallback for " in label
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """One fold: the path, its previous summary, the span ``[start, cut)`` and the
+    request for the summarizer."""
+
+    path: StoredPath
+    summary: StoredSummary | None
+    start: int
+    cut: int
+    folded: int
+    request: SummaryRequest
+
+    @property
+    def lease(self) -> str:
+        return f"fold:{self.summary.covers_hash if self.summary else self.path.anchor_hash}"
+
+    def row(self) -> dict[str, Any]:
+        """The summary row's values, but for its text, summarizer and costs."""
+        path, summary = self.path, self.summary
+        return {
+            "anchor_hash": path.anchor_hash,
+            "conversation_id": path.conversation_id,
+            "user": path.user,
+            "covers_hash": path.hashes[self.cut - 1],
+            "covers_depth": self.cut - 1,
+            "parent_id": summary.id if summary else None,
+            "messages_folded": self.folded + (summary.messages_folded if summary else 0),
+        }
+
+
+def failure_row(row: Mapping[str, Any], summarizer: str, error: SummarizerError) -> dict[str, Any]:
+    """The failure record of a fold whose summary row would have been ``row``."""
+    return {
+        "anchor_hash": row["anchor_hash"],
+        "conversation_id": row["conversation_id"],
+        "user": row["user"],
+        "covers_hash": row["covers_hash"],
+        "summarizer": summarizer,
+        "error": str(error)[:2000],
+        "tokens_in": error.tokens_in,
+        "tokens_out": error.tokens_out,
+    }
+
+
+def within_deadline(work: Callable[[], T], seconds: float, what: str) -> T:
+    """``work()`` on its own daemon thread; SummarizerError if it takes over ``seconds``
+    (the thread is abandoned, its answer discarded)."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as error:  # handed to the waiting caller, not swallowed
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="context-trimmer-sync-fold", daemon=True).start()
+    try:
+        return future.result(timeout=max(seconds, 0.0))
+    except FutureTimeout:
+        raise SummarizerError(f"{what}: no summary within the fold's deadline") from None
 
 
 class Folder:
@@ -64,14 +161,39 @@ class Folder:
         options: TrimmerOptions,
         summarizer: Summarizer,
         background: Background,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._db = db
         self._options = options
         self.summarizer = summarizer
         self.fallback: Summarizer = ExtractiveSummarizer()
+        breaker = getattr(summarizer, "breaker", None)
+        self.breaker = breaker if isinstance(breaker, CircuitBreaker) else CircuitBreaker()
         self._summaries = Summaries(db)
         self._leases = Leases(db)
         self._background = background
+        self._clock = clock
+
+    @property
+    def local(self) -> bool:
+        """Whether the configured summarizer is the local one (no fallback, no breaker)."""
+        return isinstance(self.summarizer, ExtractiveSummarizer)
+
+    def status(self) -> dict[str, Any]:
+        """The summarizer, its fallback and its breaker's state (in this process)."""
+        return {
+            "summarizer": self.summarizer.name,
+            "fallback": None if self.local else self.fallback.name,
+            "breaker": self.breaker.status().as_dict(),
+        }
+
+    def follow(self, client: T) -> T:
+        """``client``, whose endpoint and key a default summarizer now uses too."""
+        follow = getattr(self.summarizer, "follow", None)
+        if callable(follow):
+            follow(client)
+        return client
 
     def tail_tokens(self, path: StoredPath, start: int) -> int:
         """Tokens of the messages from ``start`` on."""
@@ -82,14 +204,15 @@ class Folder:
 
     def fold_to_fit(self, path: StoredPath, fits: Callable[[], bool]) -> FoldResult:
         """Over a hard limit: fold now, down to keep_last, then to the newest turn alone,
-        until ``fits()``."""
+        until ``fits()``; the LLM gets ``sync_fold_deadline`` seconds in all."""
         total = FoldResult()
         limit = path.info.context_window - reply_cap(path, self._options)
         if self._options.max_prompt_tokens is not None:
             limit = min(limit, self._options.max_prompt_tokens)
+        deadline = self._clock() + self._options.sync_fold_deadline
         for keep_last in (self._options.keep_last, 0):
             total += self.fold(
-                path, keep_last=keep_last, sync=True, prompt_limit=limit - path.tools_tokens
+                path, keep_last=keep_last, prompt_limit=limit - path.tools_tokens, deadline=deadline
             )
             if fits():
                 break
@@ -102,40 +225,28 @@ class Folder:
 
     def _fold_logged(self, path: StoredPath) -> FoldResult:
         try:
-            return self.fold(path, keep_last=self._options.keep_last, sync=False)
+            return self.fold(path, keep_last=self._options.keep_last)
         except Exception:
             log.exception("background fold failed for conversation anchor %s", path.anchor_hash)
             raise
 
-    def fold(
-        self, path: StoredPath, *, keep_last: int, sync: bool, prompt_limit: int | None = None
-    ) -> FoldResult:
-        """Fold everything before the tail into a new summary, under a lease.
-
-        With ``prompt_limit`` (a synchronous fold to fit a hard limit) the summary's
-        budget shrinks so that the whole request fits under it.
-        """
+    def plan(
+        self, path: StoredPath, *, keep_last: int, prompt_limit: int | None = None
+    ) -> FoldPlan | str:
+        """The fold of everything before the tail, or why there is none."""
         with self._db.reading() as connection:
             summary = deepest_summary(connection, self._summaries, path)
-        start = start_of(summary)
-        cut = tail_start(
-            path.messages,
-            start,
-            keep_last,
-            keep_tokens=self._options.keep_tokens,
-            tokens_of=lambda i: path.counter.message(path.messages[i]),
-        )
-        evicted = [m for m in path.messages[start:cut] if m["role"] not in CONTROL_ROLES]
-        if not evicted or path.anchor_hash is None:
-            return FoldResult(reason="nothing to fold")
-        lease = f"fold:{summary.covers_hash if summary else path.anchor_hash}"
-        owner = uuid.uuid4().hex
-        if not self._leases.acquire(lease, owner, self._options.lease_seconds):
-            return FoldResult(reason="another worker is folding this span")
-        with self._db.reading() as connection:
-            if start_of(deepest_summary(connection, self._summaries, path)) != start:
-                self._leases.release(lease, owner)
-                return FoldResult(reason="another worker folded this span")
+            start = start_of(summary)
+            cut = tail_start(
+                path.messages,
+                start,
+                keep_last,
+                keep_tokens=self._options.keep_tokens,
+                tokens_of=lambda i: path.counter.message(path.messages[i]),
+            )
+            evicted = [m for m in path.messages[start:cut] if m["role"] not in CONTROL_ROLES]
+            if not evicted or path.anchor_hash is None:
+                return "nothing to fold"
             budget = self._summary_budget(connection, path, cut, prompt_limit)
         request = SummaryRequest(
             previous=summary.text if summary else None,
@@ -143,24 +254,46 @@ class Folder:
             budget=budget,
             count_tokens=path.counter.text,
         )
+        return FoldPlan(path, summary, start, cut, len(evicted), request)
+
+    def fold(
+        self,
+        path: StoredPath,
+        *,
+        keep_last: int,
+        prompt_limit: int | None = None,
+        deadline: float | None = None,
+    ) -> FoldResult:
+        """Fold everything before the tail into a new summary, under a lease.
+
+        A synchronous fold (with a ``deadline``, to fit a hard limit) shrinks the
+        summary's budget so the request fits under ``prompt_limit``; if a background
+        fold holds the lease it folds locally instead of waiting for it.
+        """
+        plan = self.plan(path, keep_last=keep_last, prompt_limit=prompt_limit)
+        if isinstance(plan, str):
+            return FoldResult(reason=plan)
+        owner = uuid.uuid4().hex
+        leased = self._leases.acquire(plan.lease, owner, self._options.lease_seconds)
+        if not leased and deadline is None:
+            return FoldResult(reason="another worker is folding this span")
         try:
-            result = self._summarize(path, cut, request, summary, len(evicted), sync=sync)
-        except SummarizerError as error:
-            if sync:
-                self._leases.release(lease, owner)
-            # A failed background fold keeps its lease until it expires: that is the
-            # back-off before the next attempt at the same span.
-            return FoldResult(
-                tokens_in=error.tokens_in,
-                tokens_out=error.tokens_out,
-                failures=self._failures_per_attempt(sync),
-                reason=str(error),
-            )
-        except BaseException:
-            self._leases.release(lease, owner)
-            raise
-        self._leases.release(lease, owner)
-        return result
+            with self._db.reading() as connection:
+                if start_of(deepest_summary(connection, self._summaries, path)) != plan.start:
+                    return FoldResult(reason="another worker folded this span")
+            llm_may_run = leased and (deadline is None or self._clock() < deadline)
+            return self._summarize(plan, self._chain(llm_may_run), deadline)
+        finally:
+            if leased:
+                self._leases.release(plan.lease, owner)
+
+    def _chain(self, llm_may_run: bool) -> list[Summarizer]:
+        """The summarizers to try in turn: the LLM (if allowed), then the local one."""
+        if self.local:
+            return [self.summarizer]
+        if llm_may_run and self.breaker.allow():
+            return [self.summarizer, self.fallback]
+        return [self.fallback]
 
     def _summary_budget(
         self, connection: Connection, path: StoredPath, cut: int, prompt_limit: int | None
@@ -183,79 +316,61 @@ class Folder:
         return max(MIN_SUMMARY_TOKENS, min(budget, prompt_limit - fixed))
 
     def _summarize(
-        self,
-        path: StoredPath,
-        cut: int,
-        request: SummaryRequest,
-        summary: StoredSummary | None,
-        folded: int,
-        *,
-        sync: bool,
+        self, plan: FoldPlan, chain: list[Summarizer], deadline: float | None
     ) -> FoldResult:
-        failures, spent_in, spent_out = 0, 0, 0
-        chain = [self.summarizer]
-        if sync and not isinstance(self.summarizer, ExtractiveSummarizer):
-            chain.append(self.fallback)
+        failures, spent_in, spent_out, reason = 0, 0, 0, ""
         for summarizer in chain:
             try:
-                result = fold(summarizer, request)
+                result = self._call(summarizer, plan.request, deadline)
             except SummarizerError as error:
                 failures += 1
                 spent_in += error.tokens_in
                 spent_out += error.tokens_out
-                self._record_failure(path, cut, summarizer, error)
-                if summarizer is chain[-1]:
-                    raise SummarizerError(
-                        str(error), tokens_in=spent_in, tokens_out=spent_out
-                    ) from error
+                reason = str(error)
+                log.warning("summary failed (%s): %s", summarizer.name, error)
+                self._summaries.add_failure(failure_row(plan.row(), summarizer.name, error))
                 continue
             label = summarizer.name
             if summarizer is not self.summarizer:
-                label = f"{summarizer.name} (fallback for {self.summarizer.name})"
+                label = fallback_label(self.summarizer.name)
             summary_id = self._summaries.add(
                 {
-                    "anchor_hash": path.anchor_hash,
-                    "conversation_id": path.conversation_id,
-                    "user": path.user,
-                    "covers_hash": path.hashes[cut - 1],
-                    "covers_depth": cut - 1,
-                    "parent_id": summary.id if summary else None,
+                    **plan.row(),
                     "text": result.text,
                     "summarizer": label,
                     "prompt_version": summarizer.prompt_version,
-                    "messages_folded": folded + (summary.messages_folded if summary else 0),
                     "tokens_in": result.tokens_in,
                     "tokens_out": result.tokens_out,
                 }
             )
             return FoldResult(
                 summary_id,
-                folded,
+                plan.folded,
                 spent_in + result.tokens_in,
                 spent_out + result.tokens_out,
                 failures,
+                reason,
             )
-        raise AssertionError("unreachable")
+        return FoldResult(None, 0, spent_in, spent_out, failures, reason)
 
-    def _failures_per_attempt(self, sync: bool) -> int:
-        return 2 if sync and not isinstance(self.summarizer, ExtractiveSummarizer) else 1
-
-    def _record_failure(
-        self, path: StoredPath, cut: int, summarizer: Summarizer, error: SummarizerError
-    ) -> None:
-        log.warning("summary failed (%s): %s", summarizer.name, error)
-        self._summaries.add_failure(
-            {
-                "anchor_hash": path.anchor_hash,
-                "conversation_id": path.conversation_id,
-                "user": path.user,
-                "covers_hash": path.hashes[cut - 1],
-                "summarizer": summarizer.name,
-                "error": str(error)[:2000],
-                "tokens_in": error.tokens_in,
-                "tokens_out": error.tokens_out,
-            }
-        )
+    def _call(
+        self, summarizer: Summarizer, request: SummaryRequest, deadline: float | None
+    ) -> SummaryResult:
+        """One summarizer's fold; the LLM's outcome moves its breaker, and on the request
+        path it has until ``deadline``."""
+        if summarizer is not self.summarizer or self.local:
+            return fold(summarizer, request)
+        work = partial(fold, summarizer, request)
+        try:
+            if deadline is None:
+                result = work()
+            else:
+                result = within_deadline(work, deadline - self._clock(), summarizer.name)
+        except BaseException:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return result
 
     def close(self) -> None:
         """Close the summarizers' clients."""

@@ -21,6 +21,8 @@ class TrimmerOptions:
     worker may hold a fold or rewrite before another may take it over.
     ``cache_bytes``: the memory the in-process caches may hold (the last list seen per
     conversation, mostly); the least recently used conversations are dropped past it.
+    ``sync_fold_deadline``: seconds a fold on the request path may wait for the LLM
+    summarizer before the extractive one folds instead.
     """
 
     keep_last: int = 20
@@ -33,6 +35,7 @@ class TrimmerOptions:
     background: bool = True
     lease_seconds: float = 120.0
     cache_bytes: int = 64 * 1024 * 1024
+    sync_fold_deadline: float = 10.0
 
     def __post_init__(self) -> None:
         check_count("keep_last", self.keep_last, minimum=0)
@@ -51,9 +54,14 @@ class TrimmerOptions:
         if self.max_prompt_tokens is not None:
             check_count("max_prompt_tokens", self.max_prompt_tokens, minimum=1)
         check_count("cache_bytes", self.cache_bytes, minimum=0)
-        seconds = self.lease_seconds
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be a number > 0, got {seconds!r}")
+        check_seconds("lease_seconds", self.lease_seconds)
+        check_seconds("sync_fold_deadline", self.sync_fold_deadline)
+
+
+def check_seconds(name: str, seconds: object) -> None:
+    """``seconds`` must be a number (not a bool) above 0."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise ConfigurationError(f"{name} must be a number > 0, got {seconds!r}")
 
 
 def check_count(name: str, value: object, *, minimum: int) -> None:

@@ -59,6 +59,7 @@ class ReportRow:
     tpm_after: int = 0
     summaries: int = 0
     summary_failures: int = 0
+    summary_fallbacks: int = 0
     summarizer_tokens_in: int = 0
     summarizer_tokens_out: int = 0
     compressions: int = 0
@@ -283,6 +284,8 @@ def _add_spend(target: ReportRow, item: SpendRow, models: ModelTable) -> None:
         return
     target.summaries += item.kind == "summary"
     target.summary_failures += item.kind == "failure"
+    # Summaries the extractive summarizer made instead (labelled so by _folding).
+    target.summary_fallbacks += item.kind == "summary" and "(fallback for " in item.model
     target.summarizer_tokens_in += item.tokens_in
     target.summarizer_tokens_out += item.tokens_out
     target.summarizer_cost += cost

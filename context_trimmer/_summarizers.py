@@ -8,9 +8,10 @@ A summarizer is any object with ``name``, ``prompt_version``, ``input_tokens`` a
 - ``ExtractiveSummarizer`` (in ``_extractive``): local, deterministic, no network.
 
 :func:`fold` drives either: spans larger than the summarizer's input budget are split
-with langchain-text-splitters and folded chunk by chunk, and every answer is checked,
-so an empty or error-like answer raises :class:`SummarizerError` instead of being
-stored or sent.
+with langchain-text-splitters and folded chunk by chunk, and every answer is checked:
+any exception a summarizer raises, and an empty or error-like answer, becomes a
+:class:`SummarizerError` (never stored or sent); an answer over its budget is cut at
+the last sentence that fits, counted with the tokenizer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
+from ._breaker import CircuitBreaker
 from ._chat_model import ChatModel
 from ._exceptions import SummarizerError
 
@@ -44,6 +46,10 @@ _ERROR_LIKE = re.compile(
     r"rate limit|internal server error|\{\s*\"error\")",
     re.IGNORECASE,
 )
+# Where a summary may be cut: after a sentence's end, or at a line break.
+_SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?;])\s+|\s*\n\s*")
+# No cut beyond this many characters per token of budget is tried (tokens are shorter).
+_CHARS_PER_TOKEN_BOUND = 16
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,11 @@ def _text_of(content: Any) -> str:
 
 
 def fold(summarizer: Summarizer, request: SummaryRequest) -> SummaryResult:
-    """Fold a transcript into the previous summary, chunk by chunk when it is large."""
+    """Fold a transcript into the previous summary, chunk by chunk when it is large.
+
+    Whatever goes wrong is a :class:`SummarizerError` carrying what was spent; the
+    answer is checked and bounded to the budget after every chunk.
+    """
     chunks = split_transcript(request.transcript, summarizer.input_tokens, request.count_tokens)
     previous, tokens_in, tokens_out = request.previous, 0, 0
     for chunk in chunks:
@@ -120,15 +130,23 @@ def fold(summarizer: Summarizer, request: SummaryRequest) -> SummaryResult:
             result = summarizer.summarize(
                 SummaryRequest(previous, chunk, request.budget, request.count_tokens)
             )
+            spent_in, spent_out = int(result.tokens_in), int(result.tokens_out)
         except SummarizerError as error:
             raise SummarizerError(
                 str(error),
                 tokens_in=tokens_in + error.tokens_in,
                 tokens_out=tokens_out + error.tokens_out,
             ) from error
-        tokens_in += result.tokens_in
-        tokens_out += result.tokens_out
-        previous = checked_summary(result, tokens_in, tokens_out)
+        except Exception as error:
+            raise SummarizerError(
+                f"{summarizer.name} failed: {type(error).__name__}: {error}",
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+            ) from error
+        tokens_in += spent_in
+        tokens_out += spent_out
+        text = checked_summary(result, tokens_in, tokens_out)
+        previous = within_budget(text, request, tokens_in, tokens_out)
     assert previous is not None
     return SummaryResult(previous, tokens_in, tokens_out)
 
@@ -148,7 +166,7 @@ def split_transcript(text: str, max_tokens: int, count: Callable[[str], int]) ->
 
 def checked_summary(result: SummaryResult, tokens_in: int, tokens_out: int) -> str:
     """The summary text, or SummarizerError if it is empty or reads like an error."""
-    text = result.text.strip()
+    text = result.text.strip() if isinstance(result.text, str) else ""
     if not text:
         raise SummarizerError(
             "the summarizer returned an empty summary", tokens_in=tokens_in, tokens_out=tokens_out
@@ -162,8 +180,44 @@ def checked_summary(result: SummaryResult, tokens_in: int, tokens_out: int) -> s
     return text
 
 
+def within_budget(text: str, request: SummaryRequest, tokens_in: int, tokens_out: int) -> str:
+    """``text``, or its longest run of whole sentences (or lines) within the budget.
+
+    SummarizerError when not even the first sentence fits: the summary is never
+    stored over its budget.
+    """
+    count, budget = request.count_tokens, request.budget
+    if count(text) <= budget:
+        return text
+    window = text[: budget * _CHARS_PER_TOKEN_BOUND]
+    ends = [match.start() for match in _SENTENCE_BOUNDARY.finditer(window) if match.start()]
+    low, high, best = 0, len(ends) - 1, ""
+    while low <= high:  # the longest prefix that fits; longer prefixes never count less
+        middle = (low + high) // 2
+        candidate = window[: ends[middle]].rstrip()
+        if count(candidate) <= budget:
+            best, low = candidate, middle + 1
+        else:
+            high = middle - 1
+    if not best:
+        raise SummarizerError(
+            f"the summary ({count(text)} tokens) is over its budget of {budget} tokens "
+            "and its first sentence alone does not fit",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+    return best
+
+
 class OpenAISummarizer:
-    """Summaries by a chat model (gpt-4o-mini by default) on any OpenAI-compatible API."""
+    """Summaries by a chat model (gpt-4o-mini by default) on any OpenAI-compatible API.
+
+    Each call has a ``timeout`` (30 s by default) and the client's ``max_retries``.
+    ``breaker``: this summarizer's :class:`CircuitBreaker` (a default one if not
+    given), shared by every Trimmer that uses this object. ``follows_client``: set on
+    the summarizer a Trimmer makes by default; :meth:`follow` then points it at the
+    endpoint and key of the client the Trimmer wraps.
+    """
 
     prompt_version = PROMPT_VERSION
 
@@ -177,9 +231,14 @@ class OpenAISummarizer:
         timeout: float = 30.0,
         max_retries: int = 2,
         input_tokens: int = 12_000,
+        breaker: CircuitBreaker | None = None,
+        follows_client: bool = False,
     ):
         self.name = f"openai:{model}"
         self.input_tokens = input_tokens
+        self.breaker = breaker or CircuitBreaker()
+        self.follows_client = follows_client
+        self._timeout, self._max_retries = timeout, max_retries
         self.chat = ChatModel(
             model,
             client=client,
@@ -192,16 +251,48 @@ class OpenAISummarizer:
     def close(self) -> None:
         self.chat.close()
 
+    def follow(self, client: Any) -> None:
+        """Send summaries where ``client`` sends requests, with its key (only when
+        ``follows_client``): text never goes to a host the application did not name."""
+        base_url, api_key = getattr(client, "base_url", None), getattr(client, "api_key", None)
+        if not self.follows_client or base_url is None or not isinstance(api_key, str):
+            return
+        previous = self.chat
+        self.chat = ChatModel(
+            previous.model,
+            base_url=str(base_url),
+            api_key=api_key,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+        )
+        previous.close()
+
     def summarize(self, request: SummaryRequest) -> SummaryResult:
         import openai
 
-        prompt = (
-            f"Current summary:\n{request.previous or '(none yet)'}\n\n"
-            f"New messages:\n{request.transcript}\n\n"
-            f"Write the updated summary in at most {request.budget} tokens."
-        )
         try:
-            answer = self.chat.complete(SYSTEM_PROMPT, prompt, request.budget)
+            answer = self.chat.complete(SYSTEM_PROMPT, user_prompt(request), request.budget)
         except openai.OpenAIError as error:
             raise SummarizerError(f"{self.name} failed: {type(error).__name__}: {error}") from error
         return SummaryResult(answer.text, answer.tokens_in, answer.tokens_out)
+
+    def request_body(self, request: SummaryRequest) -> dict[str, Any]:
+        """The Chat Completions body :meth:`summarize` sends (for the Batch API)."""
+        return {
+            "model": self.chat.model,
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": user_prompt(request)},
+            ],
+            "max_tokens": request.budget,
+            "temperature": 0,
+        }
+
+
+def user_prompt(request: SummaryRequest) -> str:
+    """The user message of a summary call: the current summary, the new messages."""
+    return (
+        f"Current summary:\n{request.previous or '(none yet)'}\n\n"
+        f"New messages:\n{request.transcript}\n\n"
+        f"Write the updated summary in at most {request.budget} tokens."
+    )

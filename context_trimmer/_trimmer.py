@@ -69,7 +69,8 @@ class Trimmer:
     SQLite file under ``~/.local/share/context-trimmer``). The trimming options
     (``keep_last``, ``fold_every``, ``keep_tokens``, ``summary_tokens``,
     ``summary_share``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
-    ``lease_seconds``, ``cache_bytes``) are those of :class:`TrimmerOptions`, checked there.
+    ``lease_seconds``, ``sync_fold_deadline``, ``cache_bytes``) are those of
+    :class:`TrimmerOptions`, checked there.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``models``: overrides of the model
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
@@ -191,7 +192,7 @@ class Trimmer:
         tail = self._folder.tail_tokens(stored, start)
         if not force and not fold_due(stored, start, tail, self.options):
             return FoldResult(reason="no fold due")
-        return self._folder.fold(stored, keep_last=self.options.keep_last, sync=False)
+        return self._folder.fold(stored, keep_last=self.options.keep_last)
 
     async def acompact(
         self, messages: Sequence[Message] | None = None, **options: Any
@@ -230,7 +231,7 @@ class Trimmer:
         sleep: Callable[[float], Any] | None = None,
     ) -> WrappedClient:
         """``client`` (``openai.OpenAI`` or ``AsyncOpenAI``) with every chat completion
-        prepared, governed and recorded; everything else on it is untouched.
+        prepared, governed and recorded, the rest untouched (the default summarizer follows it).
 
         ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
         headers (``limits`` per model until headers arrive) and wait for it, up to
@@ -254,7 +255,7 @@ class Trimmer:
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
         )
-        return WrappedClient(client, sender)
+        return WrappedClient(self._folder.follow(client), sender)
 
     conversation = staticmethod(conversation)
 
@@ -321,6 +322,10 @@ class Trimmer:
         self._chains = ChainCache()
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
         return _erasure.prune(self._db, cutoff, compression_keys=keys)
+
+    def summarizer_status(self) -> dict[str, Any]:
+        """The summarizer, its fallback and its circuit breaker, as this process sees it."""
+        return self._folder.status()
 
     def wait_for_background(self, timeout: float | None = None) -> None:
         """Block until the background work scheduled so far (folds, prompt rewrites) is done."""

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__, _cli_data
+from . import __version__, _cli_data, _cli_folds
 from ._compress import Compression, compress_safe
 from ._db import Database
 from ._exceptions import TrimmerError
@@ -176,6 +176,11 @@ def replay_command(
     Offline by default: the extractive summarizer needs no network. The replay runs in
     a fresh temporary database (so every run prints the same figures) unless --db is given.
     """
+    if summarizer == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise click.ClickException(
+            "--summarizer openai needs OPENAI_API_KEY (and OPENAI_BASE_URL for a compatible "
+            "server); or replay offline with --summarizer extractive"
+        )
     conversations = load_conversations(file)
     chosen: Any = summarizer if summarizer == "extractive" else OpenAISummarizer(summarizer_model)
     total = sum(len(list(request_points(c.messages))) for c in conversations)
@@ -554,6 +559,8 @@ def _read_json(file: Path) -> Any:
 main.add_command(_cli_data.export_command)
 main.add_command(_cli_data.forget_command)
 main.add_command(_cli_data.prune_command)
+main.add_command(_cli_folds.status)
+main.add_command(_cli_folds.compact)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -6,11 +6,21 @@ with ``usage``, streaming (SSE, with the usage chunk when asked), error statuses
 that answers 429 like OpenAI when a request does not fit. Replies are queued with
 :meth:`FakeOpenAI.enqueue`; when the queue is empty the ``default`` callable answers.
 Every request body (and its headers) is kept.
+
+It also runs the Batch API's happy and unhappy paths: ``POST /v1/files`` (multipart
+upload), ``POST /v1/batches`` (each line answered like a chat call, from the same
+queue; errors go to the error file), ``GET /v1/batches/{id}`` and
+``GET /v1/files/{id}/content``. With ``hold_batches`` set, a batch stays
+``in_progress`` until :meth:`FakeOpenAI.finish_batches`.
 """
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import itertools
 import json
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -33,6 +43,7 @@ class Reply:
     cached_tokens: int = 0
     error: str = "simulated error"
     model: str | None = None
+    raw: bytes | None = None  # sent as the body as is (e.g. text that is not JSON)
 
 
 @dataclass
@@ -125,9 +136,29 @@ def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[st
     return events
 
 
+def parse_upload(content_type: str, raw: bytes) -> tuple[bytes, str, str]:
+    """The file, its name and its purpose from a multipart/form-data body."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    form = email.parser.BytesParser(policy=email.policy.default).parsebytes(head + raw)
+    data, filename, purpose = b"", "upload", ""
+    for part in form.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        if name == "file":
+            data, filename = payload, part.get_filename() or filename
+        elif name == "purpose":
+            purpose = payload.decode()
+    return data, filename, purpose
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once in the load benchmarks
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)  # a client that gave up is no error
 
 
 class FakeOpenAI:
@@ -146,6 +177,10 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.statuses: Counter[int] = Counter()
+        self.files: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.hold_batches = False
+        self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -183,6 +218,72 @@ class FakeOpenAI:
             return Reply(**{**reply.__dict__, "headers": {**limit_headers, **reply.headers}})
         return self._next(body, headers)
 
+    def add_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
+        file_id = f"file-{next(self._ids)}"
+        self.files[file_id] = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "data": data,
+        }
+        return {k: v for k, v in self.files[file_id].items() if k != "data"}
+
+    def create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
+        batch_id = f"batch_{next(self._ids)}"
+        self.batches[batch_id] = {
+            "id": batch_id,
+            "object": "batch",
+            "endpoint": body["endpoint"],
+            "input_file_id": body["input_file_id"],
+            "completion_window": body["completion_window"],
+            "status": "in_progress",
+            "created_at": int(time.time()),
+            "output_file_id": None,
+            "error_file_id": None,
+            "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        }
+        if not self.hold_batches:
+            self._run_batch(self.batches[batch_id])
+        return self.batches[batch_id]
+
+    def finish_batches(self) -> None:
+        """Run every batch still in progress."""
+        for batch in self.batches.values():
+            if batch["status"] == "in_progress":
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: dict[str, Any]) -> None:
+        lines = self.files[batch["input_file_id"]]["data"].decode().splitlines()
+        done, failed = [], []
+        for number, line in enumerate(lines):
+            item = json.loads(line)
+            reply = self._answer(item["body"], {})
+            model = item["body"].get("model", "unknown")
+            ok = reply.status == 200
+            answer = completion_body(reply, model) if ok else {"error": {"message": reply.error}}
+            (done if ok else failed).append(
+                {
+                    "id": f"batch_req_{number}",
+                    "custom_id": item["custom_id"],
+                    "response": {"status_code": reply.status, "body": answer},
+                    "error": None,
+                }
+            )
+        for key, results in (("output_file_id", done), ("error_file_id", failed)):
+            if results:
+                data = "".join(json.dumps(r) + "\n" for r in results).encode()
+                batch[key] = self.add_file(data, f"{batch['id']}_{key}.jsonl", "batch_output")["id"]
+        batch["status"] = "completed"
+        batch["request_counts"] = {
+            "total": len(lines),
+            "completed": len(done),
+            "failed": len(failed),
+        }
+
     def serve_forever(self) -> None:
         self._server.serve_forever()
 
@@ -204,6 +305,17 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self) -> None:
+                parts = self.path.split("?", 1)[0].strip("/").split("/")
+                if parts[:2] in (["v1", "files"], ["v1", "batches"]) and len(parts) > 2:
+                    found = (server.files if parts[1] == "files" else server.batches).get(parts[2])
+                    if found is None:
+                        error = {"message": f"No such object: {parts[2]}", "type": "not_found"}
+                        self._send(404, {"error": error}, {})
+                    elif parts[1] == "files":
+                        self._send_bytes(200, found["data"], {})
+                    else:
+                        self._send(200, found, {})
+                    return
                 self._send(
                     200,
                     {
@@ -215,14 +327,25 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                raw = self.rfile.read(length)
+                if self.path.startswith("/v1/files"):
+                    self._send(
+                        200, server.add_file(*parse_upload(self.headers["content-type"], raw)), {}
+                    )
+                    return
+                body = json.loads(raw or b"{}")
+                if self.path.startswith("/v1/batches"):
+                    self._send(200, server.create_batch(body), {})
+                    return
                 reply = server._answer(body, {k.lower(): v for k, v in self.headers.items()})
                 if reply.delay:
                     time.sleep(reply.delay)
                 with server._lock:
                     server.statuses[reply.status] += 1
                 model = body.get("model", "unknown")
-                if reply.status != 200:
+                if reply.raw is not None:
+                    self._send_bytes(reply.status, reply.raw, reply.headers)
+                elif reply.status != 200:
                     payload = {
                         "error": {
                             "message": reply.error,
@@ -238,7 +361,9 @@ class FakeOpenAI:
                     self._send(200, completion_body(reply, model), reply.headers)
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(payload).encode()
+                self._send_bytes(status, json.dumps(payload).encode(), headers)
+
+            def _send_bytes(self, status: int, data: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
@@ -262,8 +387,6 @@ class FakeOpenAI:
 
 
 if __name__ == "__main__":  # a standalone upstream for benchmarks: python openai_server.py PORT
-    import sys
-
     server = FakeOpenAI(
         lambda _b: Reply("A short streamed answer from the model."), port=int(sys.argv[1])
     )
