@@ -19,7 +19,7 @@ from ._exceptions import (
     TrimmerError,
 )
 from ._extractive import ExtractiveSummarizer
-from ._keys import KeyInfo
+from ._keys import GatewayKeys, KeyInfo
 from ._models import ModelInfo, ModelTable
 from ._options import TrimmerOptions
 from ._prepared import FoldResult, Prepared
@@ -46,6 +46,7 @@ __all__ = [
     "EncodingUnavailableError",
     "ExtractiveSummarizer",
     "FoldResult",
+    "GatewayKeys",
     "InvalidMessagesError",
     "KeyInfo",
     "ModelInfo",

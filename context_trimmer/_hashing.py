@@ -156,6 +156,12 @@ class ChainCache:
             entry = self._grow(key, entry, known, new_snapshots, new_digests)
             return HexDigests(entry.digests, len(messages))
 
+    def clear(self) -> None:
+        """Forget every conversation (after an erasure)."""
+        with self._lock:
+            self._entries.clear()
+            self._held = 0
+
     def _grow(
         self,
         key: tuple[Any, ...],

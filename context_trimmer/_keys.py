@@ -89,3 +89,26 @@ def _info(row: Any) -> KeyInfo:
         as_utc(row.created_at),
         as_utc(row.revoked_at) if row.revoked_at else None,
     )
+
+
+class GatewayKeys:
+    """The gateway's API keys in one store: ``trimmer.keys``."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def create(self, user: str, *, admin: bool = False) -> tuple[str, KeyInfo]:
+        """A new key for ``user``: the key (shown this once) and its record."""
+        return create_key(self._db, user, admin=admin)
+
+    def list(self) -> list[KeyInfo]:
+        """Every key's record (keys themselves are never stored)."""
+        return list_keys(self._db)
+
+    def revoke(self, key_id_or_prefix: str) -> int:
+        """Revoke keys by id or prefix; returns how many were revoked."""
+        return revoke_key(self._db, key_id_or_prefix)
+
+    def authenticate(self, key: str) -> KeyInfo | None:
+        """The record of an active key, or None."""
+        return authenticate(self._db, key)

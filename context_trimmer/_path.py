@@ -16,10 +16,15 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import _history
-from ._hashing import canonical_json
+from ._db import Database
+from ._exceptions import ConfigurationError
+from ._hashing import ChainCache, canonical_json
+from ._ledger import Ledger
 from ._models import ModelInfo
 from ._summary_store import StoredSummary, Summaries
 from ._tokens import TokenCounter
+from ._validation import validate_messages
+from ._window import anchor_index
 
 Message = Mapping[str, Any]
 
@@ -118,3 +123,47 @@ def start_of(summary: StoredSummary | None) -> int:
 def load_bodies(connection: Connection, head: str) -> list[Message]:
     """The stored messages of the path ending at ``head``, oldest first."""
     return [json.loads(body) for body in _history.load_path(connection, head)]
+
+
+def build_path(
+    chains: ChainCache,
+    counter: TokenCounter,
+    messages: Sequence[Message],
+    user: str | None,
+    conversation_id: str | None,
+    tools: Sequence[Message] | None,
+    max_tokens: int | None,
+) -> Path:
+    """Validate and hash ``messages`` (only what ``chains`` has not seen) into a Path."""
+    known = chains.known_prefix(messages, user, conversation_id)
+    validate_messages(messages, known_valid=known)
+    hashes = chains.digests(messages, user, known, conversation_id)
+    anchor = anchor_index(messages)
+    return Path(
+        messages,
+        hashes,
+        anchor,
+        counter,
+        user,
+        conversation_id or hashes[anchor if anchor is not None else 0][:16],
+        tools=[dict(t) for t in tools] if tools else None,
+        tools_tokens=counter.tools(tools),
+        max_tokens=max_tokens,
+    )
+
+
+def load_conversation(
+    db: Database, ledger: Ledger, conversation_id: str | None, user: str | None
+) -> tuple[list[Message], str | None]:
+    """The messages and user of the newest request prepared for ``conversation_id``."""
+    if conversation_id is None:
+        raise ConfigurationError("compact() needs the messages or a conversation_id")
+    head = ledger.last_head(conversation_id, user)
+    if head is None:
+        raise ConfigurationError(
+            f"no prepared request has conversation_id {conversation_id!r}; "
+            "prepare() it first or pass the messages"
+        )
+    with db.reading() as connection:
+        messages = load_bodies(connection, head[0])
+    return messages, user if user is not None else head[1]

@@ -27,11 +27,19 @@ from ._exceptions import ConfigurationError
 from ._export import export
 from ._folding import Folder, summarizer_from
 from ._hashing import ChainCache
-from ._keys import KeyInfo, authenticate, create_key, list_keys, revoke_key
+from ._keys import GatewayKeys
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._options import TrimmerOptions
-from ._path import Path, StoredPath, deepest_summary, load_bodies, start_of, token_rows
+from ._path import (
+    Path,
+    StoredPath,
+    build_path,
+    deepest_summary,
+    load_conversation,
+    start_of,
+    token_rows,
+)
 from ._path import store as store_path
 from ._plan import (
     Compressor,
@@ -55,8 +63,6 @@ from ._summarizers import Summarizer
 from ._summary_store import StoredSummary, Summaries
 from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import TokenCounter
-from ._validation import validate_messages
-from ._window import anchor_index
 from ._wrap import Sender, WrappedClient, conversation
 
 Message = Mapping[str, Any]
@@ -104,6 +110,7 @@ class Trimmer:
         self._ledger = Ledger(self._db)
         self._background = Background()
         self._folder = Folder(self._db, self.options, chosen, self._background)
+        self.keys = GatewayKeys(self._db)
         self._recorder = Recorder(self._ledger, self._counter)
         self._system_prompts = SystemPrompts(
             system_prompt,
@@ -184,7 +191,7 @@ class Trimmer:
         Without ``force`` it folds only when a fold is due, keeping folds batched.
         """
         if messages is None:
-            messages, user = self._load_conversation(conversation_id, user)
+            messages, user = load_conversation(self._db, self._ledger, conversation_id, user)
         path = self._path(messages, model, user, conversation_id)
         with self._db.writing() as connection:
             stored = store_path(connection, path)
@@ -264,25 +271,9 @@ class Trimmer:
         "day"}``), as counted by every wrapped client and gateway on this store."""
         return Quotas(self._db, quota).used(user)
 
-    def create_key(self, user: str, *, admin: bool = False) -> tuple[str, KeyInfo]:
-        """A new gateway API key for ``user``: the key (shown once) and its record."""
-        return create_key(self._db, user, admin=admin)
-
-    def list_keys(self) -> list[KeyInfo]:
-        """The gateway API keys (their records; keys themselves are never stored)."""
-        return list_keys(self._db)
-
-    def authenticate_key(self, key: str) -> KeyInfo | None:
-        """The record of an active gateway key, or None."""
-        return authenticate(self._db, key)
-
     def schema_revision(self) -> str | None:
         """The store's schema revision."""
         return self._db.revision()
-
-    def revoke_key(self, key_id_or_prefix: str) -> int:
-        """Revoke gateway keys by id or prefix; returns how many were revoked."""
-        return revoke_key(self._db, key_id_or_prefix)
 
     def report(
         self,
@@ -311,7 +302,7 @@ class Trimmer:
     def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
         """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
         self._background.wait()  # no fold may store a summary of what is being erased
-        self._chains = ChainCache()
+        self._chains.clear()
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
         return _erasure.forget(self._db, user, conversation_id, compression_keys=keys)
 
@@ -319,7 +310,7 @@ class Trimmer:
         """Erase every conversation unused since ``older_than`` (a time, or an age)."""
         cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
         self._background.wait()
-        self._chains = ChainCache()
+        self._chains.clear()
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
         return _erasure.prune(self._db, cutoff, compression_keys=keys)
 
@@ -355,22 +346,8 @@ class Trimmer:
         tools: Sequence[Message] | None = None,
         max_tokens: int | None = None,
     ) -> Path:
-        known = self._chains.known_prefix(messages, user, conversation_id)
-        validate_messages(messages, known_valid=known)
-        hashes = self._chains.digests(messages, user, known, conversation_id)
-        anchor = anchor_index(messages)
         counter = self._counter(model)
-        return Path(
-            messages,
-            hashes,
-            anchor,
-            counter,
-            user,
-            conversation_id or hashes[anchor if anchor is not None else 0][:16],
-            tools=[dict(t) for t in tools] if tools else None,
-            tools_tokens=counter.tools(tools),
-            max_tokens=max_tokens,
-        )
+        return build_path(self._chains, counter, messages, user, conversation_id, tools, max_tokens)
 
     def _counter(self, model: str) -> TokenCounter:
         counter = self._counters.get(model)
@@ -429,18 +406,3 @@ class Trimmer:
             compression_saved_tokens=plan.compression_saved,
             max_tokens_param=path.info.max_tokens_param,
         )
-
-    def _load_conversation(
-        self, conversation_id: str | None, user: str | None
-    ) -> tuple[list[Message], str | None]:
-        if conversation_id is None:
-            raise ConfigurationError("compact() needs the messages or a conversation_id")
-        head = self._ledger.last_head(conversation_id, user)
-        if head is None:
-            raise ConfigurationError(
-                f"no prepared request has conversation_id {conversation_id!r}; "
-                "prepare() it first or pass the messages"
-            )
-        with self._db.reading() as connection:
-            messages = load_bodies(connection, head[0])
-        return messages, user if user is not None else head[1]

@@ -200,7 +200,7 @@ class KeyCache:
         cached = self._seen.get(token)
         if cached is not None and now - cached[0] < self.seconds:
             return cached[1]
-        info = await asyncio.to_thread(self.trimmer.authenticate_key, token)
+        info = await asyncio.to_thread(self.trimmer.keys.authenticate, token)
         if self.seconds > 0 and len(self._seen) < 100_000:
             self._seen[token] = (now, info)
         return info

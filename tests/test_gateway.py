@@ -20,6 +20,7 @@ from openai.types.chat import ChatCompletion
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
+from context_trimmer import Trimmer
 from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
 from context_trimmer._gateway_config import endpoints, flag
@@ -492,3 +493,13 @@ def test_serve_reports_config_errors(
     )
     assert result.exit_code == 1
     assert message in result.output and UPSTREAM_KEY not in result.output
+
+
+def test_keys_from_python(sqlite_url: str) -> None:
+    with Trimmer(sqlite_url, summarizer="extractive") as trimmer:
+        key, info = trimmer.keys.create("acme", admin=True)
+        assert trimmer.keys.authenticate(key) == info and info.admin
+        assert [k.id for k in trimmer.keys.list()] == [info.id]
+        assert trimmer.keys.authenticate(key + "x") is None
+        assert trimmer.keys.revoke(str(info.id)) == 1
+        assert trimmer.keys.authenticate(key) is None
