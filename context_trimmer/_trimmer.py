@@ -52,7 +52,8 @@ from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import TokenCounter
 from ._validation import validate_messages
 from ._window import anchor_index
-from ._wrap import Sender, WrappedClient, conversation
+from ._wrap import Sender, conversation
+from ._wrapped_client import Client, wrap_client
 
 Message = Mapping[str, Any]
 
@@ -213,7 +214,7 @@ class Trimmer:
 
     def wrap(
         self,
-        client: Any,
+        client: Client,
         *,
         governor: bool = True,
         limits: Mapping[str, RateLimits] | None = None,
@@ -223,9 +224,9 @@ class Trimmer:
         user_quota: UserQuota | None = None,
         user_quotas: Mapping[str, UserQuota] | None = None,
         sleep: Callable[[float], Any] | None = None,
-    ) -> WrappedClient:
-        """``client`` (``openai.OpenAI`` or ``AsyncOpenAI``) with every chat completion
-        prepared, governed and recorded; everything else on it is untouched.
+    ) -> Client:
+        """A copy of ``client`` (``openai.OpenAI`` or ``AsyncOpenAI``, and still one) with
+        every chat completion and Responses call prepared, governed and recorded.
 
         ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
         headers (``limits`` per model until headers arrive) and wait for it, up to
@@ -234,7 +235,6 @@ class Trimmer:
         ``user_quota`` / ``user_quotas``: tokens per minute and day for each ``user``.
         """
         sender = Sender(
-            client,
             prepare=self.prepare,
             aprepare=self.aprepare,
             recorder=self._recorder,
@@ -249,7 +249,7 @@ class Trimmer:
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
         )
-        return WrappedClient(client, sender)
+        return wrap_client(client, sender)
 
     conversation = staticmethod(conversation)
 

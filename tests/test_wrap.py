@@ -87,7 +87,8 @@ def test_create_returns_the_sdks_object_and_sends_the_trimmed_request(
     with trimmer._db.engine.connect() as connection:
         usage = connection.execute(select(USAGE)).one()
     assert (usage.prompt_tokens, usage.completion_tokens, usage.estimated) == (40, 3, False)
-    assert wrapped.models is wrapped._wrapped.models  # the rest of the client is untouched
+    assert isinstance(wrapped, openai.OpenAI)
+    assert type(wrapped.models) is openai.resources.Models  # the rest is the client's own
     assert wrapped.chat.completions.with_raw_response is not None
 
 
