@@ -20,7 +20,7 @@ from openai_server import FakeOpenAI, Reply
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from context_trimmer import Trimmer, _wrapped_client
+from context_trimmer import ConfigurationError, Trimmer, _wrapped_client
 from context_trimmer._ledger import USAGE
 
 HISTORY = 120
@@ -346,3 +346,22 @@ def test_server_side_state_passes_through_with_one_log_line(
     assert len(lines) == 1, lines
     assert "server-side state" in lines[0]
     assert usage_rows(trimmer) == []
+
+
+def test_a_raw_stream_is_trimmed_and_its_prompt_recorded(
+    trimmer: Trimmer, server: FakeOpenAI
+) -> None:
+    wrapped = sync_client(trimmer, server)
+    raw = wrapped.chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=history(), stream=True
+    )
+    pieces = [chunk.choices[0].delta.content or "" for chunk in raw.parse() if chunk.choices]
+    assert "".join(pieces) == "Day 3 had the fish"
+    assert_trimmed_chat(server.requests[-1])
+    [usage] = usage_rows(trimmer)  # the raw stream is the caller's: the prompt is estimated
+    assert usage.estimated and 0 < usage.prompt_tokens < 1500
+
+
+def test_wrap_takes_an_openai_client(trimmer: Trimmer) -> None:
+    with pytest.raises(ConfigurationError, match=r"openai\.OpenAI or openai\.AsyncOpenAI"):
+        trimmer.wrap(object())  # type: ignore[type-var]
