@@ -20,8 +20,8 @@ from openai_server import FakeOpenAI, Reply
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from context_trimmer import ConfigurationError, Trimmer, _wrapped_client
-from context_trimmer._ledger import USAGE
+from context_trimmer import ConfigurationError, RetryPolicy, Trimmer, _wrapped_client
+from context_trimmer._ledger import ATTEMPTS, USAGE
 
 HISTORY = 120
 
@@ -365,3 +365,26 @@ def test_a_raw_stream_is_trimmed_and_its_prompt_recorded(
 def test_wrap_takes_an_openai_client(trimmer: Trimmer) -> None:
     with pytest.raises(ConfigurationError, match=r"openai\.OpenAI or openai\.AsyncOpenAI"):
         trimmer.wrap(object())  # type: ignore[type-var]
+
+
+def test_responses_retry_a_429_and_raise_a_400(trimmer: Trimmer, server: FakeOpenAI) -> None:
+    instructions, items = responses_history()
+    wrapped = trimmer.wrap(
+        openai.OpenAI(base_url=server.base_url, api_key="k"),
+        retry=RetryPolicy(max_retries=2, base=0.01, cap=0.02),
+    )
+    server.enqueue(Reply(status=429, headers={"retry-after-ms": "10"}))
+    answer = wrapped.responses.create(model="gpt-4o", instructions=instructions, input=items)
+    assert answer.output_text == "Day 3 had the fish"
+    assert server.statuses[429] == 1 and len(server.requests) == 2
+    for sent in server.requests:  # the retry sends the same trimmed request
+        assert_trimmed_responses(sent)
+    server.enqueue(Reply(status=400, error="bad input"))
+    with pytest.raises(openai.BadRequestError, match="bad input"):
+        wrapped.responses.with_raw_response.create(
+            model="gpt-4o", instructions=instructions, input=items
+        )
+    assert len(server.requests) == 3  # a 400 is not retried
+    with trimmer._db.engine.connect() as connection:
+        outcomes = [row.outcome for row in connection.execute(select(ATTEMPTS))]
+    assert sorted(outcomes) == ["error", "ok"]
