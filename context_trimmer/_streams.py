@@ -38,11 +38,16 @@ class StreamSummary:
 class RecordedStream:
     """The SDK's stream, passed through chunk by chunk; usage recorded at the end."""
 
-    def __init__(self, stream: Any, finish: Callable[[dict[str, Any]], None]):
+    def __init__(
+        self,
+        stream: Any,
+        finish: Callable[[dict[str, Any]], None],
+        summary: StreamSummary | None = None,
+    ):
         self._stream = stream
         self._iterator = iter(stream)
         self._finish = finish
-        self._summary = StreamSummary()
+        self._summary = summary or StreamSummary()
 
     def __iter__(self) -> RecordedStream:
         return self
@@ -78,11 +83,16 @@ class RecordedStream:
 class AsyncRecordedStream:
     """The async SDK stream, passed through chunk by chunk; usage recorded at the end."""
 
-    def __init__(self, stream: Any, finish: Callable[[dict[str, Any]], Awaitable[None]]):
+    def __init__(
+        self,
+        stream: Any,
+        finish: Callable[[dict[str, Any]], Awaitable[None]],
+        summary: StreamSummary | None = None,
+    ):
         self._stream = stream
         self._iterator = stream.__aiter__()
         self._finish = finish
-        self._summary = StreamSummary()
+        self._summary = summary or StreamSummary()
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self

@@ -63,7 +63,8 @@ from ._summarizers import Summarizer
 from ._summary_store import StoredSummary, Summaries
 from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import TokenCounter
-from ._wrap import Sender, WrappedClient, conversation
+from ._wrap import Sender, conversation
+from ._wrapped_client import Client, wrap_client
 
 Message = Mapping[str, Any]
 
@@ -226,7 +227,7 @@ class Trimmer:
 
     def wrap(
         self,
-        client: Any,
+        client: Client,
         *,
         governor: bool = True,
         limits: Mapping[str, RateLimits] | None = None,
@@ -236,9 +237,10 @@ class Trimmer:
         user_quota: UserQuota | None = None,
         user_quotas: Mapping[str, UserQuota] | None = None,
         sleep: Callable[[float], Any] | None = None,
-    ) -> WrappedClient:
-        """``client`` (``openai.OpenAI`` or ``AsyncOpenAI``) with every chat completion
-        prepared, governed and recorded, the rest untouched (the default summarizer follows it).
+    ) -> Client:
+        """A copy of ``client`` (``openai.OpenAI`` or ``AsyncOpenAI``, and still one) with
+        every chat completion and Responses call prepared, governed and recorded (a default
+        summarizer follows its endpoint and key).
 
         ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
         headers (``limits`` per model until headers arrive) and wait for it, up to
@@ -247,7 +249,6 @@ class Trimmer:
         ``user_quota`` / ``user_quotas``: tokens per minute and day for each ``user``.
         """
         sender = Sender(
-            client,
             prepare=self.prepare,
             aprepare=self.aprepare,
             recorder=self._recorder,
@@ -262,7 +263,7 @@ class Trimmer:
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
         )
-        return WrappedClient(self._folder.follow(client), sender)
+        return wrap_client(self._folder.follow(client), sender)
 
     conversation = staticmethod(conversation)
 

@@ -1,32 +1,28 @@
-"""``trimmer.wrap(client)``: the OpenAI client, with every chat completion made lighter.
+"""The send path of a wrapped client: prepare, reserve, send with retries, record.
 
-Only ``client.chat.completions.create`` changes; everything else is the client's own.
-A call is prepared (summary, window, system prompt, max_tokens), reserved against the
-shared rate-limit budget and the user's quota, sent with retries, and recorded; the
-SDK's own object comes back (a stream comes back as a transparent proxy that passes
-every chunk through untouched and records the usage when the stream ends).
+Each intercepted call (a :class:`~._calls.Call`: Chat Completions or Responses) is
+prepared (summary, window, system prompt, reply cap), reserved against the shared
+rate-limit budget and the user's quota, sent with retries, and recorded; the SDK's own
+object comes back (a stream comes back as a transparent proxy that passes every chunk
+through untouched and records the usage when the stream ends; a raw response, from
+``with_raw_response`` / ``with_streaming_response``, comes back as it is).
 
 The send logic is written once, as a generator of effects (:func:`send_plan`): reserve
 budget, sleep, send. The sync and async clients each drive it with their own I/O, so
 retries, budget waits and model fallback behave identically in both.
-
-The conversation and user of a call come from ``with trimmer.conversation(id, user=...)``,
-or the ``X-Conversation-Id`` / ``X-User-Id`` entries of ``extra_headers`` (removed before
-sending), or the request's ``user`` field, else they are inferred from the messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import openai
 
+from ._calls import Call, conversation
 from ._db import Database
 from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded
 from ._ledger import Ledger
@@ -37,21 +33,19 @@ from ._recording import Recorder
 from ._retry import RetryPolicy, should_retry
 from ._streams import AsyncRecordedStream, RecordedStream
 
-CONVERSATION_HEADER = "x-conversation-id"
-USER_HEADER = "x-user-id"
-_identity: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
-    "context_trimmer_identity", default=(None, None)
-)
+__all__ = ["Sender", "Target", "conversation", "run_async", "run_sync"]
 
 
-@contextmanager
-def conversation(conversation_id: str | None = None, user: str | None = None) -> Iterator[None]:
-    """Calls made inside belong to this conversation and user (works across awaits)."""
-    token = _identity.set((conversation_id, user))
-    try:
-        yield
-    finally:
-        _identity.reset(token)
+@dataclass(frozen=True)
+class Target:
+    """Where one wrapped client sends: the identity of its rate-limit budget, its
+    ``max_retries``, and the SDK's own POST (``send(body, headers)``, retries off),
+    which returns the raw response (an awaitable of it for the async client)."""
+
+    base_url: str
+    api_key: str
+    max_retries: int
+    send: Callable[[dict[str, Any], dict[str, Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -74,7 +68,7 @@ class SendState:
     """One call on its way out: what it is and what happened to it."""
 
     prepared: Prepared
-    options: dict[str, Any]
+    target: Target
     models: list[str]
     tokens: int
     attempts: int = 0
@@ -142,11 +136,11 @@ def _reserve(
 
 
 class Sender:
-    """Everything a wrapped client needs, for the sync and the async client alike."""
+    """What a wrapped client (and every copy made by ``with_options``) shares: the
+    Trimmer's parts, the governor, quotas, fallback and retry policy."""
 
     def __init__(
         self,
-        client: Any,
         *,
         prepare: Callable[..., Prepared],
         aprepare: Callable[..., Awaitable[Prepared]],
@@ -167,49 +161,21 @@ class Sender:
         self.recorder = recorder
         self.ledger = ledger
         self.models = models
-        self.client = client
-        self.raw = client.with_options(max_retries=0).chat.completions.with_raw_response
         self.governor = Governor(db, limits=limits, max_wait=max_wait) if governor else None
         self.quotas = quotas
         self.fallback_model = fallback_model
-        self.policy = retry or RetryPolicy(max_retries=client.max_retries)
+        self.retry = retry
         self.sleep = sleep
-        self.base_url = str(client.base_url)
-        self.api_key = str(client.api_key)
 
-    def budget(self, model: str) -> str:
-        return budget_key(self.base_url, self.api_key, model)
+    def policy(self, target: Target) -> RetryPolicy:
+        return self.retry or RetryPolicy(max_retries=target.max_retries)
 
-    def split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The arguments prepare() takes, and the ones passed through to the SDK."""
-        options = dict(kwargs)
-        try:
-            messages, model = options.pop("messages"), options.pop("model")
-        except KeyError as missing:
-            raise ConfigurationError(f"chat.completions.create() needs {missing}") from None
-        max_tokens = options.pop("max_tokens", None)
-        max_tokens = options.pop("max_completion_tokens", max_tokens)
-        conversation_id, user = _identity.get()
-        headers = {str(k).lower(): v for k, v in (options.pop("extra_headers", None) or {}).items()}
-        header_conversation = headers.pop(CONVERSATION_HEADER, None)
-        header_user = headers.pop(USER_HEADER, None)
-        conversation_id = conversation_id or header_conversation
-        user = user or header_user or options.get("user")
-        if headers:
-            options["extra_headers"] = headers
-        prepare = {
-            "messages": messages,
-            "model": model,
-            "conversation_id": conversation_id,
-            "user": user,
-            "tools": options.get("tools"),
-            "max_tokens": max_tokens,
-        }
-        return prepare, options
+    def budget(self, state: SendState, model: str) -> str:
+        return budget_key(state.target.base_url, state.target.api_key, model)
 
-    def start(self, prepared: Prepared, options: dict[str, Any]) -> SendState:
+    def start(self, prepared: Prepared, target: Target) -> SendState:
         models = [prepared.model, *([self.fallback_model] if self.fallback_model else [])]
-        state = SendState(prepared, options, models, prepared.prompt_tokens + prepared.max_tokens)
+        state = SendState(prepared, target, models, prepared.prompt_tokens + prepared.max_tokens)
         try:
             state.quota = self.quotas.reserve(prepared.user, state.tokens)
         except QuotaExceeded:
@@ -218,26 +184,17 @@ class Sender:
             raise
         return state
 
-    def request(self, state: SendState, model: str) -> dict[str, Any]:
-        prepared = state.prepared
-        param = self.models.get(model).max_tokens_param
-        return {
-            **state.options,
-            "model": model,
-            "messages": prepared.messages,
-            param: prepared.max_tokens,
-        }
-
-    def observe(self, model: str, headers: Mapping[str, str]) -> None:
+    def observe(self, state: SendState, model: str, headers: Mapping[str, str]) -> None:
         if self.governor is not None:
-            self.governor.observe(self.budget(model), headers)
+            self.governor.observe(self.budget(state, model), headers)
 
     def reserve(self, state: SendState, model: str) -> float:
         assert self.governor is not None
-        return self.governor.try_reserve(self.budget(model), model, state.tokens)
+        return self.governor.try_reserve(self.budget(state, model), model, state.tokens)
 
     def finish(self, state: SendState, response: Any) -> None:
-        """Record usage, how the call went, and settle the user's quota."""
+        """Record usage (``response`` read as a chat completion), how the call went,
+        and settle the user's quota."""
         self.recorder.record(state.prepared, response)
         used = self.recorder.usage_of(state.prepared, response)
         state.outcome = "ok"
@@ -264,37 +221,43 @@ class Sender:
         )
 
 
-def run_sync(sender: Sender, kwargs: dict[str, Any]) -> Any:
-    prepare, options = sender.split(kwargs)
-    prepared = sender.prepare(**prepare)
-    state = sender.start(prepared, options)
+def run_sync(sender: Sender, call: Call, target: Target) -> Any:
+    """Prepare, send and record ``call`` on the sync client."""
+    prepared = sender.prepare(**call.prepare)
+    state = sender.start(prepared, target)
     sleep = sender.sleep or time.sleep
     try:
         raw = _drive(
-            send_plan(state, sender.governor, sender.policy),
+            send_plan(state, sender.governor, sender.policy(target)),
             {
                 Reserve: lambda e: sender.reserve(state, e.model),
                 Sleep: lambda e: sleep(e.seconds),
-                Send: lambda e: _send_sync(sender, state, e.model),
+                Send: lambda e: _send_sync(sender, state, call, e.model),
             },
         )
     except BaseException as error:
         sender.fail(state, error)
         raise
+    if call.raw_mode is not None:  # the caller asked for the raw response: it is theirs
+        sender.finish(state, call.usage_view(None if call.stream else raw.parse()))
+        return raw
     response = raw.parse()
-    if options.get("stream"):
-        return RecordedStream(response, lambda summary: sender.finish(state, summary))
-    sender.finish(state, response)
+    if call.stream:
+        return RecordedStream(
+            response, lambda summary: sender.finish(state, summary), call.stream_summary()
+        )
+    sender.finish(state, call.usage_view(response))
     return response
 
 
-def _send_sync(sender: Sender, state: SendState, model: str) -> Any:
+def _send_sync(sender: Sender, state: SendState, call: Call, model: str) -> Any:
+    body = call.body_for(state.prepared, model, sender.models)
     try:
-        raw = sender.raw.create(**sender.request(state, model))
+        raw = state.target.send(body, call.headers_for_send())
     except openai.APIStatusError as error:
-        sender.observe(model, error.response.headers)
+        sender.observe(state, model, error.response.headers)
         raise
-    sender.observe(model, raw.headers)
+    sender.observe(state, model, raw.headers)
     return raw
 
 
@@ -332,29 +295,35 @@ class _Step:
         self.value, self.error = None, None
 
 
-async def run_async(sender: Sender, kwargs: dict[str, Any]) -> Any:
-    prepare, options = sender.split(kwargs)
-    prepared = await sender.aprepare(**prepare)
-    state = await asyncio.to_thread(sender.start, prepared, options)
+async def run_async(sender: Sender, call: Call, target: Target) -> Any:
+    """:func:`run_sync` on the async client."""
+    prepared = await sender.aprepare(**call.prepare)
+    state = await asyncio.to_thread(sender.start, prepared, target)
     sleep = sender.sleep or asyncio.sleep
     try:
         raw = await _adrive(
-            send_plan(state, sender.governor, sender.policy),
+            send_plan(state, sender.governor, sender.policy(target)),
             {
                 Reserve: lambda e: asyncio.to_thread(sender.reserve, state, e.model),
                 Sleep: lambda e: _awaitable(sleep(e.seconds)),
-                Send: lambda e: _send_async(sender, state, e.model),
+                Send: lambda e: _send_async(sender, state, call, e.model),
             },
         )
     except BaseException as error:
         await asyncio.to_thread(sender.fail, state, error)
         raise
+    if call.raw_mode is not None:
+        answer = None if call.stream else await _awaitable(raw.parse())
+        await asyncio.to_thread(sender.finish, state, call.usage_view(answer))
+        return raw
     response = await _awaitable(raw.parse())
-    if options.get("stream"):
+    if call.stream:
         return AsyncRecordedStream(
-            response, lambda summary: asyncio.to_thread(sender.finish, state, summary)
+            response,
+            lambda summary: asyncio.to_thread(sender.finish, state, summary),
+            call.stream_summary(),
         )
-    await asyncio.to_thread(sender.finish, state, response)
+    await asyncio.to_thread(sender.finish, state, call.usage_view(response))
     return response
 
 
@@ -362,13 +331,14 @@ async def _awaitable(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
 
 
-async def _send_async(sender: Sender, state: SendState, model: str) -> Any:
+async def _send_async(sender: Sender, state: SendState, call: Call, model: str) -> Any:
+    body = call.body_for(state.prepared, model, sender.models)
     try:
-        raw = await sender.raw.create(**sender.request(state, model))
+        raw = await state.target.send(body, call.headers_for_send())
     except openai.APIStatusError as error:
-        await asyncio.to_thread(sender.observe, model, error.response.headers)
+        await asyncio.to_thread(sender.observe, state, model, error.response.headers)
         raise
-    await asyncio.to_thread(sender.observe, model, raw.headers)
+    await asyncio.to_thread(sender.observe, state, model, raw.headers)
     return raw
 
 
@@ -383,41 +353,3 @@ async def _adrive(
             step.error = failure
         step.advance()
     return step.value
-
-
-class _Passthrough:
-    """Everything not overridden comes from the wrapped object."""
-
-    _wrapped: Any
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._wrapped, name)
-
-
-class _Completions(_Passthrough):
-    def __init__(self, completions: Any, create: Callable[..., Any]):
-        self._wrapped = completions
-        self.create = create
-
-
-class _Chat(_Passthrough):
-    def __init__(self, chat: Any, create: Callable[..., Any]):
-        self._wrapped = chat
-        self.completions = _Completions(chat.completions, create)
-
-
-class WrappedClient(_Passthrough):
-    """The client, but ``chat.completions.create`` goes through the Trimmer."""
-
-    def __init__(self, client: Any, sender: Sender):
-        self._wrapped = client
-        self.sender = sender
-
-        async def acreate(**kwargs: Any) -> Any:
-            return await run_async(sender, kwargs)
-
-        def create(**kwargs: Any) -> Any:
-            return run_sync(sender, kwargs)
-
-        is_async = isinstance(client, openai.AsyncOpenAI)
-        self.chat = _Chat(client.chat, acreate if is_async else create)

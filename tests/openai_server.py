@@ -12,6 +12,11 @@ upload), ``POST /v1/batches`` (each line answered like a chat call, from the sam
 queue; errors go to the error file), ``GET /v1/batches/{id}`` and
 ``GET /v1/files/{id}/content``. With ``hold_batches`` set, a batch stays
 ``in_progress`` until :meth:`FakeOpenAI.finish_batches`.
+
+``POST /v1/responses`` answers in the
+Responses API's shape (``output`` message, ``usage`` with ``input_tokens`` /
+``output_tokens`` / ``input_tokens_details.cached_tokens``), as JSON or, with
+``"stream": true``, as the SSE event sequence the SDK's stream helpers expect.
 """
 
 from __future__ import annotations
@@ -79,8 +84,14 @@ class TokenLimiter:
 
 
 def default_cost(body: dict[str, Any]) -> int:
-    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
-    return len(json.dumps(body.get("messages", []))) // 4 + int(max_tokens)
+    max_tokens = (
+        body.get("max_tokens")
+        or body.get("max_completion_tokens")
+        or body.get("max_output_tokens")
+        or 4096
+    )
+    prompt = body.get("messages", [body.get("instructions"), body.get("input")])
+    return len(json.dumps(prompt)) // 4 + int(max_tokens)
 
 
 def completion_body(reply: Reply, model: str) -> dict[str, Any]:
@@ -150,6 +161,67 @@ def parse_upload(content_type: str, raw: bytes) -> tuple[bytes, str, str]:
         elif name == "purpose":
             purpose = payload.decode()
     return data, filename, purpose
+
+
+def response_body(reply: Reply, model: str, status: str = "completed") -> dict[str, Any]:
+    """A Responses API ``response`` object answering with ``reply.content``."""
+    return {
+        "id": "resp_test",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": reply.model or model,
+        "output": [] if status != "completed" else [_output_message(reply.content or "")],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": None if status != "completed" else responses_usage(reply),
+    }
+
+
+def _output_message(text: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": "msg_test",
+        "status": "completed",
+        "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def responses_usage(reply: Reply) -> dict[str, Any]:
+    return {
+        "input_tokens": reply.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": reply.cached_tokens},
+        "output_tokens": reply.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+    }
+
+
+def response_events(reply: Reply, model: str) -> list[dict[str, Any]]:
+    """The SSE events of a streamed Responses answer, created to completed."""
+    text = reply.content or ""
+    item = {**_output_message(""), "status": "in_progress", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    where = {"item_id": "msg_test", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response_body(reply, model, "in_progress")},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+    ]
+    for position, word in enumerate(text.split(" ")):
+        piece = word if position == 0 else " " + word
+        events.append(
+            {"type": "response.output_text.delta", **where, "delta": piece, "logprobs": []}
+        )
+    events += [
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": {**part, "text": text}},
+        {"type": "response.output_item.done", "output_index": 0, "item": _output_message(text)},
+        {"type": "response.completed", "response": response_body(reply, model)},
+    ]
+    return [{**event, "sequence_number": n} for n, event in enumerate(events)]
 
 
 class _Server(ThreadingHTTPServer):
@@ -354,6 +426,11 @@ class FakeOpenAI:
                         }
                     }
                     self._send(reply.status, payload, reply.headers)
+                elif self.path.rstrip("/").endswith("/responses"):
+                    if body.get("stream"):
+                        self._stream(response_events(reply, model), reply.headers, typed=True)
+                    else:
+                        self._send(200, response_body(reply, model), reply.headers)
                 elif body.get("stream"):
                     include = bool((body.get("stream_options") or {}).get("include_usage"))
                     self._stream(stream_events(reply, model, include), reply.headers)
@@ -372,9 +449,16 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, events: list[dict[str, Any]], headers: dict[str, str]) -> None:
-                data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
-                data += b"data: [DONE]\n\n"
+            def _stream(
+                self, events: list[dict[str, Any]], headers: dict[str, str], typed: bool = False
+            ) -> None:
+                if typed:  # Responses: named events, no [DONE]
+                    data = b"".join(
+                        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events
+                    )
+                else:
+                    data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
+                    data += b"data: [DONE]\n\n"
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("content-length", str(len(data)))

@@ -1,0 +1,142 @@
+"""``trimmer.wrap(client)``: the client, of its own class, with every chat completion
+and Responses call made lighter.
+
+The wrapped client is an instance of a subclass of the client's own class (made once
+per class), so ``isinstance(w, openai.OpenAI)`` holds, type checkers see an ``OpenAI``,
+and every resource is the SDK's own. The subclass overrides one method, the client's
+``post``: every way of calling the model ends there with the JSON body the SDK built
+(``chat.completions.create`` / ``parse`` / ``stream``, their ``with_raw_response`` and
+``with_streaming_response`` forms, ``responses.create`` / ``parse`` / ``stream``, and
+libraries handed ``w.chat.completions``). A POST to ``/chat/completions`` or
+``/responses`` goes through the trimmer's send path (:mod:`._wrap`), which sends with
+the SDK's own ``post`` (retries off: the trimmer retries); anything else is untouched.
+``copy`` / ``with_options`` return wrapped copies sharing the same trimmer.
+
+A Responses call that uses server-side state (``previous_response_id``,
+``conversation``) or items the conversion does not know passes through untouched, with
+one log line per reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import openai
+
+from ._calls import Call, chat_call, responses_call, split_headers
+from ._exceptions import ConfigurationError
+from ._wrap import Sender, Target, run_async, run_sync
+
+log = logging.getLogger("context_trimmer")
+Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
+_CALLS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any] | None], Call | str]] = {
+    "/chat/completions": chat_call,
+    "/responses": responses_call,
+}
+_classes: dict[type, type] = {}
+_logged: set[str] = set()
+
+
+def wrap_client(client: Client, sender: Sender) -> Client:
+    """A copy of ``client`` (same options, same HTTP connection pool) whose chat
+    completions and Responses calls go through ``sender``."""
+    if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+        raise ConfigurationError(
+            f"wrap() takes an openai.OpenAI or openai.AsyncOpenAI client, "
+            f"got {type(client).__name__}"
+        )
+    wrapped = client.copy()
+    wrapped.__class__ = trimmed_class(type(client))
+    setattr(wrapped, "_context_trimmer", sender)  # noqa: B010 (not an attribute of the SDK's type)
+    return wrapped
+
+
+def trimmed_class(base: type) -> type:
+    """The subclass of ``base`` whose POSTs to the model go through the trimmer."""
+    base = getattr(base, "_context_trimmer_base", base)
+    cls = _classes.get(base)
+    if cls is None:
+        make = _async_methods if issubclass(base, openai.AsyncOpenAI) else _sync_methods
+        namespace = {
+            **make(base),
+            "_context_trimmer_base": base,
+            "__module__": __name__,
+            "__doc__": f"{base.__name__}, with chat completions and responses trimmed.",
+        }
+        cls = _classes[base] = type(f"Trimmed{base.__name__}", (base,), namespace)
+    return cls
+
+
+def _sync_methods(base: Any) -> dict[str, Any]:
+    def post(self: Any, path: str, **kwargs: Any) -> Any:
+        call = _call_of(self, path, kwargs)
+        if call is None:
+            return base.post(self, path, **_without_ours(kwargs))
+        return run_sync(self._context_trimmer, call, _target(self, base, path, kwargs))
+
+    return {"post": post, **_copy_methods(base)}
+
+
+def _async_methods(base: Any) -> dict[str, Any]:
+    async def post(self: Any, path: str, **kwargs: Any) -> Any:
+        call = _call_of(self, path, kwargs)
+        if call is None:
+            return await base.post(self, path, **_without_ours(kwargs))
+        return await run_async(self._context_trimmer, call, _target(self, base, path, kwargs))
+
+    return {"post": post, **_copy_methods(base)}
+
+
+def _copy_methods(base: Any) -> dict[str, Any]:
+    def copy(self: Any, **kwargs: Any) -> Any:
+        copied = base.copy(self, **kwargs)  # an instance of type(self): the SDK copies so
+        copied._context_trimmer = getattr(self, "_context_trimmer", None)
+        return copied
+
+    copy.__doc__ = base.copy.__doc__
+    return {"copy": copy, "with_options": copy}
+
+
+def _call_of(client: Any, path: str, kwargs: Mapping[str, Any]) -> Call | None:
+    """The call to trim, or None when this POST passes through."""
+    make = _CALLS.get(path)
+    body = kwargs.get("body")
+    if make is None or not isinstance(body, Mapping) or kwargs.get("files"):
+        return None
+    if getattr(client, "_context_trimmer", None) is None:
+        return None
+    headers = (kwargs.get("options") or {}).get("headers")
+    call = make(body, headers)
+    if isinstance(call, str):
+        _log_once(f"context-trimmer: POST {path} passes through untrimmed: {call}")
+        return None
+    return call
+
+
+def _target(client: Any, base: Any, path: str, kwargs: Mapping[str, Any]) -> Target:
+    options = dict(kwargs.get("options") or {})
+
+    def send(body: dict[str, Any], headers: dict[str, Any]) -> Any:
+        once = {**options, "headers": headers, "max_retries": 0}
+        return base.post(client, path, **{**kwargs, "body": body, "options": once})
+
+    return Target(str(client.base_url), str(client.api_key), client.max_retries, send)
+
+
+def _without_ours(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A passthrough's arguments, less the conversation and user headers."""
+    options = kwargs.get("options")
+    if not options or not options.get("headers"):
+        return kwargs
+    forward, ours = split_headers(options["headers"])
+    if "x-stainless-raw-response" in ours:
+        forward["X-Stainless-Raw-Response"] = ours["x-stainless-raw-response"]
+    return {**kwargs, "options": {**options, "headers": forward}}
+
+
+def _log_once(line: str) -> None:
+    if line not in _logged:
+        _logged.add(line)
+        log.warning(line)
