@@ -13,7 +13,10 @@ moment it started: pass workers what they need as arguments.
 from __future__ import annotations
 
 import multiprocessing
+import os
+from multiprocessing import forkserver
 from multiprocessing.context import ForkServerContext
+from pathlib import Path
 
 import psycopg  # noqa: F401  (the PostgreSQL driver, otherwise imported by each worker)
 
@@ -21,9 +24,24 @@ from context_trimmer import count_tokens
 
 count_tokens([{"role": "user", "content": "warm up"}])  # loads the default encoding
 
+TESTS = str(Path(__file__).resolve().parent)
+
 
 def warm_workers() -> ForkServerContext:
     """The multiprocessing context whose workers fork from the warmed-up server."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
+    # The server does not take over this process's sys.path (Python 3.11), and its first
+    # entry would be the current directory, which may hold the source tree rather than
+    # the installed package: start it with this directory as its path and no such entry.
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ.update(PYTHONPATH=TESTS, PYTHONSAFEPATH="1")
+    try:
+        forkserver.ensure_running()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
     return context
