@@ -10,6 +10,13 @@ those the full history contains.
         [--summarizer extractive|openai] [--keep-last 20] [--fold-every 10]
         [--summary-tokens 4000] [--summary-share 0.085 [0.09 ...] | none] [--json]
 
+The data: three conversations (conv-26, conv-30, conv-41) of LoCoMo (Maharana et al.,
+2024, "Evaluating Very Long-Term Conversational Memory of LLM Agents",
+https://github.com/snap-research/locomo), licensed CC BY-NC 4.0 and so not shipped with
+this project. By default it is read from ../shared/data/locomo-sample.json next to the
+repository; --data PATH reads any file in the LoCoMo JSON format instead (the figures in
+the README are for those three conversations).
+
 The summary's budget is ``--summary-share`` of the history it replaces, never above
 ``--summary-tokens``; ``none`` makes it a fixed ``--summary-tokens``. Several shares
 make a sweep. --summarizer openai uses OPENAI_API_KEY / OPENAI_BASE_URL (any
@@ -21,14 +28,39 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from context_trimmer import OpenAISummarizer, Trimmer
+from context_trimmer import OpenAISummarizer, Trimmer, TrimmerError
 from context_trimmer._replay import Conversation, load_conversations, replay
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
+
+
+MISSING_DATA = """\
+{prog}: no LoCoMo data at {path}
+This benchmark replays conversations from LoCoMo (Maharana et al., 2024, "Evaluating Very
+Long-Term Conversational Memory of LLM Agents", https://github.com/snap-research/locomo).
+Its licence is CC BY-NC 4.0 (non-commercial), so the project does not ship it: put the
+sample at ../shared/data/locomo-sample.json next to the repository (the default path), or
+pass a file in the LoCoMo JSON format with --data PATH (e.g. data/locomo10.json from that
+repository; the README's figures are for conv-26, conv-30 and conv-41)."""
+
+
+def load(path: Path) -> list[tuple[Any, Conversation]]:
+    """The LoCoMo samples at ``path`` with their conversations; exits 2 if unreadable."""
+    prog = Path(sys.argv[0]).name
+    if not path.is_file():
+        print(MISSING_DATA.format(prog=prog, path=path), file=sys.stderr)
+        sys.exit(2)
+    try:
+        raw = json.loads(path.read_text())
+        return list(zip(raw, load_conversations(path), strict=True))
+    except (OSError, ValueError, TrimmerError) as error:
+        print(f"{prog}: {path} is not readable LoCoMo JSON: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def answers_in(text: str, qa: list[dict[str, Any]]) -> set[int]:
@@ -117,7 +149,13 @@ def print_run(args: argparse.Namespace, outcome: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        metavar="PATH",
+        help="LoCoMo JSON (CC BY-NC, not shipped; default: %(default)s)",
+    )
     parser.add_argument("--summarizer", choices=["extractive", "openai"], default="extractive")
     parser.add_argument("--keep-last", type=int, default=20)
     parser.add_argument("--fold-every", type=int, default=10)
@@ -126,8 +164,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    raw = json.loads(args.data.read_text())
-    data = list(zip(raw, load_conversations(args.data), strict=True))
+    data = load(args.data)
     outcomes = [run(args, value, data) for value in args.summary_share]
     if args.json:
         print(json.dumps({"summarizer": args.summarizer, "runs": outcomes}, indent=2))

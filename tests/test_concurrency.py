@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
+from warm_workers import warm_workers
 
 from context_trimmer import OpenAISummarizer, Trimmer
 from context_trimmer._history import MESSAGES
@@ -48,7 +48,7 @@ def test_two_processes_never_summarize_the_same_span(
     postgres_schema_url: str, slow_server: FakeOpenAI
 ) -> None:
     Trimmer(postgres_schema_url, summarizer="extractive").close()  # migrate once
-    context = multiprocessing.get_context("spawn")
+    context = warm_workers()
     with context.Manager() as manager:
         start = manager.Barrier(3)
         with context.Pool(3) as pool:

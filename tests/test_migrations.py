@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import multiprocessing
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
+from warm_workers import warm_workers
 
 from context_trimmer._db import Database, make_engine
 from context_trimmer._migrate import VERSION_TABLE, current_revision, downgrade, head_revision
@@ -66,7 +65,8 @@ def _upgrade(url: str) -> bool:
 
 
 def test_concurrent_upgrades_on_postgresql(postgres_schema_url: str) -> None:
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
+    context = warm_workers()
+    with context.Pool(4) as pool:
         results = pool.map(_upgrade, [postgres_schema_url] * 4)
     assert results.count(True) >= 1
     engine = create_engine(postgres_schema_url)
