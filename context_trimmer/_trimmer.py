@@ -70,6 +70,8 @@ class Trimmer:
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
     applied to system and developer messages; ``protect``: regexes of lines to keep
     byte for byte; ``prompt_rewriter``: the model for ``"llm"`` (gpt-4o-mini by default).
+    ``store_timeout``: seconds a database connect, pool wait or statement may take
+    (default ``$CONTEXT_TRIMMER_DB_TIMEOUT``, else 5); beyond it: :class:`StoreError`.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class Trimmer:
         protect: Sequence[str] = (),
         prompt_rewriter: PromptRewriter | None = None,
         migrate: bool = True,
+        store_timeout: float | None = None,
         **options: Any,
     ):
         try:
@@ -93,7 +96,7 @@ class Trimmer:
         self._chains = ChainCache()
         self._summary_tokens: dict[tuple[int, str], int] = {}
         chosen = summarizer_from(summarizer, api_key_present=bool(os.environ.get("OPENAI_API_KEY")))
-        self._db = Database(url, migrate=migrate)
+        self._db = Database(url, migrate=migrate, timeout=store_timeout)
         self._summaries = Summaries(self._db)
         self._ledger = Ledger(self._db)
         self._background = Background()

@@ -1,0 +1,197 @@
+"""Faults injected for real: broken SQLite files and paths, and a PostgreSQL server of
+the test's own that is stopped, restarted and frozen (SIGSTOP). Each fault must reach
+the caller as StoreError (never a driver's or the OS's error) and everything must work
+again once the database is back.
+
+Waits are checked for liveness only (a generous bound on a worker thread, so a hang
+fails the test instead of stalling the suite); their speed belongs in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from pg_server import PgServer, free_port, server_binaries
+from sqlalchemy import text
+
+from context_trimmer import StoreError, Trimmer
+
+T = TypeVar("T")
+HANG = 90.0  # seconds: far beyond any bounded wait below; reaching it means a hang
+
+
+def chat(text_: str = "Hello there") -> list[dict[str, Any]]:
+    return [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text_}]
+
+
+def finishes(work: Callable[[], T]) -> T:
+    """``work()`` on a thread; fails the test if it is still waiting after HANG seconds."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as error:
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(HANG)
+    assert not worker.is_alive(), f"still waiting after {HANG} s: the wait is not bounded"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+def store_error(work: Callable[[], Any]) -> StoreError:
+    with pytest.raises(StoreError) as caught:
+        finishes(work)
+    return caught.value
+
+
+# -- SQLite ---------------------------------------------------------------------------
+
+
+def test_parent_path_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "plain-file").write_text("not a folder")
+    url = f"sqlite:///{tmp_path / 'plain-file' / 'history.db'}"
+    error = store_error(lambda: Trimmer(url))
+    assert "plain-file" in str(error) and "folder" in str(error)
+    assert error.url is not None and error.url.startswith("sqlite:///")
+
+
+def test_uncreatable_folder() -> None:
+    url = "sqlite:////proc/context-trimmer-test/history.db"
+    error = store_error(lambda: Trimmer(url))
+    assert "/proc/context-trimmer-test" in str(error)
+
+
+def test_database_path_is_a_folder(tmp_path: Path) -> None:
+    error = store_error(lambda: Trimmer(f"sqlite:///{tmp_path}"))
+    assert "Check that" in str(error)
+
+
+def test_corrupt_file_then_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    path.write_bytes(b"this is not an SQLite database, just bytes\n" * 200)
+    url = f"sqlite:///{path}"
+    error = store_error(lambda: Trimmer(url))
+    assert "not a database" in str(error) and "corrupt" in str(error)
+    path.unlink()
+    with Trimmer(url, summarizer="extractive", background=False) as trimmer:
+        assert trimmer.prepare(chat()).request_id > 0
+
+
+def test_file_corrupted_while_open_then_restored(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    url = f"sqlite:///{path}"
+    with Trimmer(url, summarizer="extractive", background=False) as trimmer:
+        trimmer.prepare(chat())
+        trimmer.close()
+        good = path.read_bytes()
+        path.write_bytes(b"\0garbage" * (len(good) // 8))
+        store_error(lambda: trimmer.prepare(chat("Again")))
+        trimmer._db.close()
+        path.write_bytes(good)
+        assert trimmer.prepare(chat("Again")).request_id > 0
+
+
+def test_read_only_database_then_writable_again(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    with Trimmer(f"sqlite:///{path}", summarizer="extractive", background=False) as trimmer:
+        trimmer.prepare(chat())
+    read_only = f"sqlite:///file:{path}?mode=ro&uri=true"
+    with Trimmer(read_only, summarizer="extractive", background=False) as trimmer:
+        error = store_error(lambda: trimmer.prepare(chat("A new question")))
+        assert "readonly" in str(error) and "writable" in str(error)
+        assert len(trimmer.report().requests) == 1  # reading still works
+    with Trimmer(f"sqlite:///{path}", summarizer="extractive", background=False) as trimmer:
+        assert trimmer.prepare(chat("A new question")).request_id == 2
+
+
+def test_unreachable_server_never_shows_the_password() -> None:
+    url = f"postgresql+psycopg://app:s3cret-pw@127.0.0.1:{free_port()}/store"
+    error = store_error(lambda: Trimmer(url, store_timeout=2))
+    assert "s3cret-pw" not in str(error) and "s3cret-pw" not in (error.url or "")
+    assert "app:***@127.0.0.1" in str(error)
+    assert "server is running" in str(error)
+
+
+# -- a PostgreSQL server of this test's own -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PgServer]:
+    binaries = server_binaries()
+    if binaries is None:
+        if os.environ.get("CONTEXT_TRIMMER_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries are needed for the fault tests")
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql-15)")
+    server = PgServer(binaries)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg(own_postgres: PgServer) -> Iterator[PgServer]:
+    """The server, running and thawed again after each test whatever it did."""
+    yield own_postgres
+    own_postgres.thaw()
+    if not (own_postgres.directory / "postmaster.pid").exists():
+        own_postgres.start()
+
+
+@pytest.fixture
+def pg_trimmer(pg: PgServer) -> Iterator[Trimmer]:
+    with Trimmer(pg.url, summarizer="extractive", background=False, store_timeout=1) as trimmer:
+        yield trimmer
+
+
+def test_stopped_server_then_restarted(pg: PgServer, pg_trimmer: Trimmer) -> None:
+    pg_trimmer.prepare(chat())
+    pg.stop()
+    error = store_error(lambda: pg_trimmer.prepare(chat("While it is down")))
+    assert "127.0.0.1" in str(error) and "server is running" in str(error)
+    store_error(lambda: Trimmer(pg.url, store_timeout=1))
+    pg.start()
+    assert finishes(lambda: pg_trimmer.prepare(chat("Back again"))).request_id > 0
+
+
+def test_frozen_server_then_thawed(pg: PgServer, pg_trimmer: Trimmer) -> None:
+    pg_trimmer.prepare(chat())
+    pg.freeze()
+    store_error(lambda: pg_trimmer.prepare(chat("While it is frozen")))
+    store_error(lambda: Trimmer(pg.url, store_timeout=1))
+    pg.thaw()
+    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+
+
+def test_server_frozen_in_the_middle_of_a_transaction(pg: PgServer, pg_trimmer: Trimmer) -> None:
+    def frozen_mid_transaction() -> None:
+        with pg_trimmer._db.writing() as connection:
+            connection.execute(text("SELECT 1"))
+            pg.freeze()
+            connection.execute(text("SELECT 2"))
+
+    error = store_error(frozen_mid_transaction)
+    assert "no answer within 1 s" in str(error)
+    pg.thaw()
+    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+
+
+def test_statement_timeout_applies_on_a_live_server(pg_trimmer: Trimmer) -> None:
+    def slow() -> None:
+        with pg_trimmer._db.reading() as connection:
+            connection.execute(text("SELECT pg_sleep(30)"))
+
+    error = store_error(slow)
+    assert "statement timeout" in str(error)
+    assert pg_trimmer.prepare(chat()).request_id > 0
