@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from ._arguments import check_arguments, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
 from ._exceptions import ConfigurationError
@@ -145,26 +146,9 @@ class Trimmer:
         with self._db.writing() as connection:
             return self._finish(connection, stored, self._plan(connection, stored), sync_fold)
 
-    async def aprepare(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str = "gpt-4o",
-        conversation_id: str | None = None,
-        user: str | None = None,
-        tools: Sequence[Message] | None = None,
-        max_tokens: int | None = None,
-    ) -> Prepared:
-        """:meth:`prepare`, run on a worker thread so the event loop is never blocked."""
-        return await asyncio.to_thread(
-            self.prepare,
-            messages,
-            model=model,
-            conversation_id=conversation_id,
-            user=user,
-            tools=tools,
-            max_tokens=max_tokens,
-        )
+    async def aprepare(self, messages: Sequence[Message], **arguments: Any) -> Prepared:
+        """:meth:`prepare` (same arguments) on a worker thread: the event loop never blocks."""
+        return await asyncio.to_thread(lambda: self.prepare(messages, **arguments))
 
     def compact(
         self,
@@ -319,11 +303,13 @@ class Trimmer:
         tools: Sequence[Message] | None = None,
         max_tokens: int | None = None,
     ) -> Path:
+        max_tokens = check_arguments(messages, model, conversation_id, user, tools, max_tokens)
         known = self._chains.known_prefix(messages, user)
         validate_messages(messages, known_valid=known)
+        counter = self._counter(model)
+        refuse_oversized_turn(messages, counter, self.options.max_prompt_tokens)
         hashes = HexDigests(self._chains.digests(messages, user, known))
         anchor = anchor_index(messages)
-        counter = self._counter(model)
         return Path(
             messages,
             hashes,
