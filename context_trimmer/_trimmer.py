@@ -23,6 +23,7 @@ from ._arguments import check_arguments, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
 from ._exceptions import ConfigurationError
+from ._failopen import FailOpen
 from ._folding import Folder, summarizer_from
 from ._hashing import ChainCache, HexDigests
 from ._keys import KeyInfo, authenticate, create_key, list_keys, revoke_key
@@ -73,6 +74,8 @@ class Trimmer:
     byte for byte; ``prompt_rewriter``: the model for ``"llm"`` (gpt-4o-mini by default).
     ``store_timeout``: seconds a database connect, pool wait or statement may take
     (default ``$CONTEXT_TRIMMER_DB_TIMEOUT``, else 5); beyond it: :class:`StoreError`.
+    ``on_store_error``: ``"raise"``, or ``"passthrough"`` for wrapped clients to send
+    requests untrimmed while the store is down (counted in ``passthrough_requests``).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class Trimmer:
         prompt_rewriter: PromptRewriter | None = None,
         migrate: bool = True,
         store_timeout: float | None = None,
+        on_store_error: str = "raise",
         **options: Any,
     ):
         try:
@@ -93,6 +97,7 @@ class Trimmer:
         except TypeError as error:
             raise ConfigurationError(f"Trimmer(): {error}") from None
         self.models = ModelTable(models)
+        self._failopen = FailOpen(on_store_error, self.options.max_tokens, self.models)
         self._counters: dict[str, TokenCounter] = {}
         self._chains = ChainCache()
         self._summary_tokens: dict[tuple[int, str], int] = {}
@@ -117,6 +122,11 @@ class Trimmer:
     def url(self) -> str:
         """The store's URL without its password."""
         return self._db.display_url
+
+    @property
+    def passthrough_requests(self) -> int:
+        """Requests wrapped clients sent untrimmed because the store was down."""
+        return self._failopen.passthrough_requests
 
     @property
     def summarizer(self) -> Summarizer:
@@ -235,6 +245,7 @@ class Trimmer:
             retry=retry,
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
+            failopen=self._failopen,
         )
         return WrappedClient(client, sender)
 

@@ -28,7 +28,8 @@ from typing import Any
 import openai
 
 from ._db import Database
-from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded
+from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded, StoreError
+from ._failopen import FailOpen, keep_books, log
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._prepared import Prepared
@@ -161,7 +162,9 @@ class Sender:
         retry: RetryPolicy | None,
         quotas: Quotas,
         sleep: Callable[[float], Any] | None,
+        failopen: FailOpen,
     ):
+        self.failopen = failopen
         self.prepare = prepare
         self.aprepare = aprepare
         self.recorder = recorder
@@ -230,18 +233,22 @@ class Sender:
 
     def observe(self, model: str, headers: Mapping[str, str]) -> None:
         if self.governor is not None:
-            self.governor.observe(self.budget(model), headers)
+            try:
+                self.governor.observe(self.budget(model), headers)
+            except StoreError as error:  # the API answered: its answer goes to the caller
+                log.warning("context-trimmer: rate-limit headers not stored: %s", error)
 
     def reserve(self, state: SendState, model: str) -> float:
         assert self.governor is not None
         return self.governor.try_reserve(self.budget(model), model, state.tokens)
 
-    def finish(self, state: SendState, response: Any) -> None:
-        """Record usage, how the call went, and settle the user's quota."""
-        self.recorder.record(state.prepared, response)
+    def finish(self, state: SendState, response: Any, outcome: str = "ok") -> None:
+        """Record usage, how the call went, and settle the user's quota (a failing store
+        never costs the caller the answer: see ``keep_books``)."""
         used = self.recorder.usage_of(state.prepared, response)
-        state.outcome = "ok"
-        self._close(state, used["prompt_tokens"] + used["completion_tokens"])
+        state.outcome = outcome
+        record = ("usage", lambda: self.recorder.record(state.prepared, response))
+        self._close(state, used["prompt_tokens"] + used["completion_tokens"], record)
 
     def fail(self, state: SendState, error: BaseException) -> None:
         if isinstance(error, RateLimitBudgetExceeded):
@@ -250,24 +257,32 @@ class Sender:
             state.outcome = "rate_limited"
         self._close(state, 0)
 
-    def _close(self, state: SendState, actual: int) -> None:
-        self.quotas.settle(state.quota, actual)
-        self.ledger.add_attempt(
-            {
-                "request_id": state.prepared.request_id,
-                "attempts": state.attempts,
-                "rate_limited": state.rate_limited,
-                "waited_ms": int(state.waited * 1000),
-                "fallback_model": state.fallback_model,
-                "outcome": state.outcome,
-            }
-        )
+    def _close(self, state: SendState, actual: int, *first: tuple[str, Callable[[], Any]]) -> None:
+        attempt = {
+            "request_id": state.prepared.request_id,
+            "attempts": state.attempts,
+            "rate_limited": state.rate_limited,
+            "waited_ms": int(state.waited * 1000),
+            "fallback_model": state.fallback_model,
+            "outcome": state.outcome,
+        }
+        steps = [
+            *first,
+            ("quota", lambda: self.quotas.settle(state.quota, actual)),
+            ("attempt", lambda: self.ledger.add_attempt(attempt)),
+        ]
+        keep_books(state.prepared.request_id, steps)
 
 
 def run_sync(sender: Sender, kwargs: dict[str, Any]) -> Any:
     prepare, options = sender.split(kwargs)
-    prepared = sender.prepare(**prepare)
-    state = sender.start(prepared, options)
+    try:
+        state = sender.start(sender.prepare(**prepare), options)
+    except StoreError as error:
+        return sender.client.chat.completions.create(
+            **sender.failopen.passthrough(error, prepare, options)
+        )
+    sender.failopen.recovered()
     sleep = sender.sleep or time.sleep
     try:
         raw = _drive(
@@ -283,7 +298,7 @@ def run_sync(sender: Sender, kwargs: dict[str, Any]) -> Any:
         raise
     response = raw.parse()
     if options.get("stream"):
-        return RecordedStream(response, lambda summary: sender.finish(state, summary))
+        return RecordedStream(response, lambda summary, end: sender.finish(state, summary, end))
     sender.finish(state, response)
     return response
 
@@ -334,8 +349,14 @@ class _Step:
 
 async def run_async(sender: Sender, kwargs: dict[str, Any]) -> Any:
     prepare, options = sender.split(kwargs)
-    prepared = await sender.aprepare(**prepare)
-    state = await asyncio.to_thread(sender.start, prepared, options)
+    try:
+        prepared = await sender.aprepare(**prepare)
+        state = await asyncio.to_thread(sender.start, prepared, options)
+    except StoreError as error:
+        return await sender.client.chat.completions.create(
+            **sender.failopen.passthrough(error, prepare, options)
+        )
+    sender.failopen.recovered()
     sleep = sender.sleep or asyncio.sleep
     try:
         raw = await _adrive(
@@ -352,7 +373,7 @@ async def run_async(sender: Sender, kwargs: dict[str, Any]) -> Any:
     response = await _awaitable(raw.parse())
     if options.get("stream"):
         return AsyncRecordedStream(
-            response, lambda summary: asyncio.to_thread(sender.finish, state, summary)
+            response, lambda summary, end: sender.finish(state, summary, end)
         )
     await asyncio.to_thread(sender.finish, state, response)
     return response

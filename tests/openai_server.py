@@ -33,6 +33,7 @@ class Reply:
     cached_tokens: int = 0
     error: str = "simulated error"
     model: str | None = None
+    break_after: int | None = None  # a stream cut off (connection dropped) after N events
 
 
 @dataclass
@@ -233,7 +234,8 @@ class FakeOpenAI:
                     self._send(reply.status, payload, reply.headers)
                 elif body.get("stream"):
                     include = bool((body.get("stream_options") or {}).get("include_usage"))
-                    self._stream(stream_events(reply, model, include), reply.headers)
+                    events = stream_events(reply, model, include)
+                    self._stream(events, reply.headers, reply.break_after)
                 else:
                     self._send(200, completion_body(reply, model), reply.headers)
 
@@ -247,16 +249,22 @@ class FakeOpenAI:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _stream(self, events: list[dict[str, Any]], headers: dict[str, str]) -> None:
+            def _stream(
+                self, events: list[dict[str, Any]], headers: dict[str, str], cut: int | None
+            ) -> None:
                 data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
                 data += b"data: [DONE]\n\n"
+                sent = data
+                if cut is not None:  # promise the whole body, send part, drop the line
+                    sent = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events[:cut])
+                    self.close_connection = True
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("content-length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(sent)
 
         return Handler
 

@@ -9,15 +9,19 @@ fails the test instead of stalling the suite); their speed belongs in benchmarks
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import openai
 import pytest
+from openai_server import FakeOpenAI, Reply
 from pg_server import PgServer, free_port, server_binaries
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from context_trimmer import StoreError, Trimmer
 
@@ -150,8 +154,19 @@ def pg(own_postgres: PgServer) -> Iterator[PgServer]:
 
 
 @pytest.fixture
-def pg_trimmer(pg: PgServer) -> Iterator[Trimmer]:
-    with Trimmer(pg.url, summarizer="extractive", background=False, store_timeout=1) as trimmer:
+def pg_url(pg: PgServer) -> str:
+    """A URL on the test's own server whose connections use a fresh, empty schema."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(pg.url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    admin.dispose()
+    return f"{pg.url}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_trimmer(pg_url: str) -> Iterator[Trimmer]:
+    with Trimmer(pg_url, summarizer="extractive", background=False, store_timeout=1) as trimmer:
         yield trimmer
 
 
@@ -195,3 +210,103 @@ def test_statement_timeout_applies_on_a_live_server(pg_trimmer: Trimmer) -> None
     error = store_error(slow)
     assert "statement timeout" in str(error)
     assert pg_trimmer.prepare(chat()).request_id > 0
+
+
+# -- the wrapped client: fail-open, no answer lost ------------------------------------
+
+
+def test_passthrough_while_the_server_is_down(
+    pg: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        FakeOpenAI() as api,
+        Trimmer(
+            pg_url,
+            summarizer="extractive",
+            background=False,
+            store_timeout=1,
+            on_store_error="passthrough",
+            max_tokens=300,
+        ) as trimmer,
+    ):
+        wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k", max_retries=0))
+        pg.stop()
+        with caplog.at_level(logging.WARNING, logger="context_trimmer"):
+            for question in ("One?", "Two?"):
+                answer = finishes(
+                    lambda q=question: wrapped.chat.completions.create(  # type: ignore[misc]
+                        model="gpt-4o", messages=chat(q)
+                    )
+                )
+                assert answer.choices[0].message.content == "OK"
+            assert api.requests[-1]["messages"] == chat("Two?")  # sent as given
+            assert api.requests[-1]["max_tokens"] == 300  # the max_tokens policy applied
+            assert trimmer.passthrough_requests == 2
+            warned = [r for r in caplog.records if "store is unavailable" in r.message]
+            assert len(warned) == 1  # once per outage
+            pg.start()
+            finishes(lambda: wrapped.chat.completions.create(model="gpt-4o", messages=chat()))
+            assert any("store is back" in r.message for r in caplog.records)
+        assert trimmer.passthrough_requests == 2
+        assert len(trimmer._ledger.rows(None, None)) == 1  # prepared once it was back
+
+
+def test_the_default_policy_raises_store_error(pg: PgServer, pg_url: str) -> None:
+    with (
+        FakeOpenAI() as api,
+        Trimmer(pg_url, summarizer="extractive", background=False, store_timeout=1) as trimmer,
+    ):
+        wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"))
+        pg.stop()
+        store_error(lambda: wrapped.chat.completions.create(model="gpt-4o", messages=chat()))
+        assert api.requests == []  # nothing sent
+
+
+async def test_passthrough_on_a_corrupt_sqlite_file(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    with (
+        FakeOpenAI() as api,
+        Trimmer(
+            f"sqlite:///{path}",
+            summarizer="extractive",
+            background=False,
+            on_store_error="passthrough",
+        ) as trimmer,
+    ):
+        wrapped = trimmer.wrap(openai.AsyncOpenAI(base_url=api.base_url, api_key="k"))
+        trimmer._db.close()
+        good = path.read_bytes()
+        path.write_bytes(b"\0garbage" * (len(good) // 8))
+        answer = await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+        assert answer.choices[0].message.content == "OK"
+        assert trimmer.passthrough_requests == 1 and api.requests[-1]["max_tokens"] == 1024
+        trimmer._db.close()
+        path.write_bytes(good)
+        await wrapped.chat.completions.create(model="gpt-4o", messages=chat("Back"))
+        assert trimmer.passthrough_requests == 1
+        assert len(trimmer._ledger.rows(None, None)) == 1  # prepared once it was back
+        await wrapped.close()
+
+
+def test_an_answer_is_never_lost_to_bookkeeping(
+    pg: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def answer_then_lose_the_store(_body: dict[str, Any]) -> Reply:
+        pg.stop()  # the API answers (and bills) while the store goes away
+        return Reply("Billed answer", prompt_tokens=30, completion_tokens=4)
+
+    with (
+        FakeOpenAI(answer_then_lose_the_store) as api,
+        Trimmer(pg_url, summarizer="extractive", background=False, store_timeout=1) as trimmer,
+    ):
+        wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"), governor=False)
+        with caplog.at_level(logging.ERROR, logger="context_trimmer"):
+            answer = finishes(
+                lambda: wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+            )
+        assert answer.choices[0].message.content == "Billed answer"
+        (lost,) = [r for r in caplog.records if "could not record" in r.message]
+        assert "usage, quota, attempt of request 1" in lost.message
+        pg.start()
+        (row,) = trimmer._ledger.rows(None, None)
+        assert row.usage_prompt_tokens is None  # lost, and said so in the log
