@@ -9,9 +9,11 @@ fails the test instead of stalling the suite); their speed belongs in benchmarks
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from openai_server import FakeOpenAI, Reply
 from pg_server import PgServer, free_port, server_binaries
 from sqlalchemy import create_engine, text
 
-from context_trimmer import StoreError, Trimmer
+from context_trimmer import StoreError, Trimmer, UserQuota
 
 T = TypeVar("T")
 HANG = 90.0  # seconds: far beyond any bounded wait below; reaching it means a hang
@@ -310,3 +312,102 @@ def test_an_answer_is_never_lost_to_bookkeeping(
         pg.start()
         (row,) = trimmer._ledger.rows(None, None)
         assert row.usage_prompt_tokens is None  # lost, and said so in the log
+
+
+# -- streams that end badly -----------------------------------------------------------
+
+
+@pytest.fixture
+def streaming(db_url: str) -> Iterator[tuple[Trimmer, FakeOpenAI]]:
+    with (
+        FakeOpenAI(lambda _b: Reply("one two three four five six", prompt_tokens=40)) as api,
+        Trimmer(db_url, summarizer="extractive", background=False) as trimmer,
+    ):
+        yield trimmer, api
+
+
+def outcome_of(trimmer: Trimmer, request_id: int) -> tuple[str | None, bool | None, int | None]:
+    """(attempt outcome, usage estimated?, completion tokens) of one request."""
+    (row,) = [r for r in trimmer._ledger.rows(None, None) if r.id == request_id]
+    return row.outcome, row.usage_estimated, row.completion_tokens
+
+
+QUOTA = UserQuota(tokens_per_minute=100_000)
+
+
+def test_a_stream_closed_early_is_recorded_and_settles_the_quota(
+    streaming: tuple[Trimmer, FakeOpenAI],
+) -> None:
+    trimmer, api = streaming
+    wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"), user_quota=QUOTA)
+    stream = wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat(), stream=True, user="ann"
+    )
+    _first, second = next(stream), next(stream)
+    assert second.choices[0].delta.content == "one"
+    stream.close()
+    outcome, estimated, completion = outcome_of(trimmer, 1)
+    assert (outcome, estimated, completion) == ("stream_closed", True, 1)
+    prompt = trimmer._ledger.rows(None, None)[0].prompt_tokens
+    assert trimmer.quota_usage("ann")["minute"] == prompt + 1  # settled, not the reservation
+
+
+def test_a_stream_cut_by_the_upstream_is_recorded(streaming: tuple[Trimmer, FakeOpenAI]) -> None:
+    trimmer, api = streaming
+    api.enqueue(Reply("one two three four", break_after=3))
+    wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"), user_quota=QUOTA)
+    stream = wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat(), stream=True, user="ann"
+    )
+    seen = []
+    with pytest.raises(Exception) as cut:
+        for chunk in stream:
+            seen.append(chunk.choices[0].delta.content)
+    assert not isinstance(cut.value, AssertionError)
+    assert seen == ["", "one", " two"]
+    assert outcome_of(trimmer, 1) == ("stream_error", True, 2)
+    assert trimmer.quota_usage("ann")["minute"] < 1000  # settled at the estimate
+
+
+def test_an_abandoned_stream_is_recorded_when_collected(
+    streaming: tuple[Trimmer, FakeOpenAI],
+) -> None:
+    trimmer, api = streaming
+    wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"))
+    stream = wrapped.chat.completions.create(model="gpt-4o", messages=chat(), stream=True)
+    next(stream)
+    del stream
+    gc.collect()
+    finishes(lambda: wait_for(lambda: outcome_of(trimmer, 1)[0] is not None))
+    assert outcome_of(trimmer, 1) == ("stream_abandoned", True, 0)
+
+
+async def test_async_streams_that_end_badly(streaming: tuple[Trimmer, FakeOpenAI]) -> None:
+    trimmer, api = streaming
+    wrapped = trimmer.wrap(openai.AsyncOpenAI(base_url=api.base_url, api_key="k"))
+    stream = await wrapped.chat.completions.create(model="gpt-4o", messages=chat(), stream=True)
+    await stream.__anext__()
+    await stream.__anext__()
+    await stream.close()
+    assert outcome_of(trimmer, 1) == ("stream_closed", True, 1)
+    api.enqueue(Reply("one two three four", break_after=2))
+    stream = await wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat("Again"), stream=True
+    )
+    with pytest.raises(Exception) as cut:
+        async for _chunk in stream:
+            pass
+    assert not isinstance(cut.value, AssertionError)
+    assert outcome_of(trimmer, 2) == ("stream_error", True, 1)
+    stream = await wrapped.chat.completions.create(
+        model="gpt-4o", messages=chat("Once more"), stream=True
+    )
+    pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+    assert "".join(p or "" for p in pieces) == "one two three four five six"
+    assert outcome_of(trimmer, 3)[0] == "ok"
+    await wrapped.close()
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    while not condition():
+        time.sleep(0.02)
