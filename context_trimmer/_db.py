@@ -103,9 +103,13 @@ def make_engine(
                 url=parsed.render_as_string(hide_password=True),
             ) from error
     seconds = store_timeout(timeout)
+    postgres = parsed.get_backend_name() == "postgresql"
     try:
         engine = create_engine(
-            resolved, pool_timeout=seconds, connect_args=connect_args(parsed, seconds)
+            resolved,
+            pool_timeout=seconds,
+            pool_pre_ping=not postgres,  # PostgreSQL: pinged on checkout under a deadline
+            connect_args=connect_args(parsed, seconds) if postgres else {},
         )
     except (NoSuchModuleError, ModuleNotFoundError) as error:
         raise StoreError(
@@ -113,7 +117,8 @@ def make_engine(
             "postgres extra (pip install '.[postgres]' from the checkout) and use a "
             "postgresql+psycopg:// URL."
         ) from error
-    bound(engine, seconds)
+    if postgres:
+        bound(engine, seconds)
     return engine
 
 
