@@ -126,6 +126,13 @@ def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[st
     return events
 
 
+def sse_body(events: list[dict[str, Any]], cut: int | None = None) -> tuple[bytes, bytes]:
+    """The whole SSE body, and what is sent: all of it, or (``cut``) only the first
+    events, the connection then dropped although the whole body was promised."""
+    parts = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+    return b"".join(parts), b"".join(parts if cut is None else parts[:cut])
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once in the load benchmarks
@@ -252,11 +259,8 @@ class FakeOpenAI:
             def _stream(
                 self, events: list[dict[str, Any]], headers: dict[str, str], cut: int | None
             ) -> None:
-                data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
-                data += b"data: [DONE]\n\n"
-                sent = data
-                if cut is not None:  # promise the whole body, send part, drop the line
-                    sent = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events[:cut])
+                data, sent = sse_body(events, cut)
+                if cut is not None:
                     self.close_connection = True
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")

@@ -178,3 +178,27 @@ def test_good_input_at_the_limits_is_accepted_on_every_backend(
     assert prepared.request_id > 0
     again = trimmer.prepare([*messages, {"role": "assistant", "content": "ok"}], **arguments)
     assert again.request_id > prepared.request_id
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"store_timeout": 0},
+        {"store_timeout": "soon"},
+        {"store_timeout": True},
+        {"on_store_error": "ignore"},
+    ],
+    ids=["timeout zero", "timeout text", "timeout bool", "unknown policy"],
+)
+def test_bad_failure_settings_are_configuration_errors(sqlite_url: str, options: Any) -> None:
+    with pytest.raises(ConfigurationError):
+        Trimmer(sqlite_url, **options)
+
+
+def test_a_bad_timeout_in_the_environment(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONTEXT_TRIMMER_DB_TIMEOUT", "five")
+    with pytest.raises(ConfigurationError, match="CONTEXT_TRIMMER_DB_TIMEOUT"):
+        Trimmer(sqlite_url)
+    monkeypatch.setenv("CONTEXT_TRIMMER_DB_TIMEOUT", "2.5")
+    with Trimmer(sqlite_url) as trimmer:
+        assert trimmer._db.timeout == 2.5
