@@ -77,6 +77,7 @@ class Watchdog:
         self._cut: set[int] = set()  # threads whose connection was cut
         self._condition = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._wakes_at: float | None = None  # when the thread looks next (None: when told)
 
     def arm(self, dbapi_connection: Any, seconds: float) -> None:
         with self._condition:
@@ -91,7 +92,8 @@ class Watchdog:
                     target=self._run, name="context-trimmer-db-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._condition.notify()
+            if self._wakes_at is None or deadline < self._wakes_at:
+                self._condition.notify()  # else it wakes in time anyway: no switch per call
 
     def disarm(self, dbapi_connection: Any) -> None:
         if dbapi_connection is not None:
@@ -116,8 +118,9 @@ class Watchdog:
                         del self._armed[key]
                         self._cut.add(thread)
                         _shut_down(connection)
-                soonest = min((d for d, _c, _t in self._armed.values()), default=None)
-                self._condition.wait(None if soonest is None else max(0.0, soonest - now))
+                self._wakes_at = min((d for d, _c, _t in self._armed.values()), default=None)
+                wait = None if self._wakes_at is None else max(0.0, self._wakes_at - now)
+                self._condition.wait(wait)
 
 
 def _shut_down(dbapi_connection: Any) -> None:

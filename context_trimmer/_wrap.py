@@ -240,7 +240,13 @@ class Sender:
 
     def reserve(self, state: SendState, model: str) -> float:
         assert self.governor is not None
-        return self.governor.try_reserve(self.budget(model), model, state.tokens)
+        try:
+            return self.governor.try_reserve(self.budget(model), model, state.tokens)
+        except StoreError as error:  # the store went away after prepare()
+            if self.failopen.policy != "passthrough":
+                raise
+            log.warning("context-trimmer: sending without the rate-limit budget: %s", error)
+            return 0.0
 
     def finish(self, state: SendState, response: Any, outcome: str = "ok") -> None:
         """Record usage, how the call went, and settle the user's quota (a failing store

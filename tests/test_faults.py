@@ -411,3 +411,32 @@ async def test_async_streams_that_end_badly(streaming: tuple[Trimmer, FakeOpenAI
 def wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         time.sleep(0.02)
+
+
+def test_passthrough_when_the_store_goes_away_after_prepare(
+    pg: PgServer, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class StoreLostAfterPrepare(Trimmer):
+        def prepare(self, *args: Any, **kwargs: Any) -> Any:
+            prepared = super().prepare(*args, **kwargs)
+            pg.stop()
+            return prepared
+
+    with (
+        FakeOpenAI() as api,
+        StoreLostAfterPrepare(
+            pg_url,
+            summarizer="extractive",
+            background=False,
+            store_timeout=1,
+            on_store_error="passthrough",
+        ) as trimmer,
+    ):
+        wrapped = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k"))
+        with caplog.at_level(logging.WARNING, logger="context_trimmer"):
+            answer = finishes(
+                lambda: wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+            )
+        assert answer.choices[0].message.content == "OK"
+        assert any("without the rate-limit budget" in r.message for r in caplog.records)
+        assert any("could not record" in r.message for r in caplog.records)
