@@ -11,7 +11,7 @@ means "not set". The conversation and user come from ``with conversation(...)``,
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -62,21 +62,17 @@ class Call:
 
     def body_for(self, prepared: Prepared, model: str, models: ModelTable) -> dict[str, Any]:
         """The body to send to ``model``: the prepared messages and the reply cap."""
+        return self.body_with(prepared.messages, prepared.max_tokens, model, models)
+
+    def body_with(
+        self, messages: Sequence[Mapping[str, Any]], cap: int, model: str, models: ModelTable
+    ) -> dict[str, Any]:
+        """The body to send to ``model`` with ``messages`` (chat form) and reply ``cap``."""
         if self.view is None:
             param = models.get(model).max_tokens_param
-            return {
-                **self.body,
-                "model": model,
-                "messages": prepared.messages,
-                param: prepared.max_tokens,
-            }
-        instructions, items = to_responses(prepared.messages, self.view)
-        body = {
-            **self.body,
-            "model": model,
-            "input": items,
-            "max_output_tokens": prepared.max_tokens,
-        }
+            return {**self.body, "model": model, "messages": list(messages), param: cap}
+        instructions, items = to_responses(list(messages), self.view)
+        body = {**self.body, "model": model, "input": items, "max_output_tokens": cap}
         if instructions is not None:
             body["instructions"] = instructions
         return body

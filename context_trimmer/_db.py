@@ -6,11 +6,18 @@ migrations, and hands out transactions: :meth:`Database.writing` and
 :meth:`Database.reading`. Each concern of the store (history, summaries, leases,
 ledger, keys, rate-limit budgets, prompt compressions) owns its SQL in its own module
 and takes a ``Database``.
+
+``Database`` is also the store's failure boundary: every error a driver, SQLAlchemy,
+Alembic or the operating system raises while opening, migrating, reading or writing
+leaves it as :class:`~._exceptions.StoreError`, naming the URL (without its password)
+and what to check, so every concern module is covered without handling errors itself.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,15 +25,39 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from . import _migrate
+from ._deadlines import WATCHDOG, bound, connect_args, store_timeout
 from ._exceptions import StoreError
 
 DB_ENV = "CONTEXT_TRIMMER_DB"
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """The raw driver errors (raised outside SQLAlchemy's wrapping, e.g. in events)."""
+    errors: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # the postgres extra is not installed
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+STORE_FAILURES: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    PoolTimeoutError,
+    DisconnectionError,
+    *_driver_errors(),
+)
+"""What a database failure may be raised as, before it becomes a StoreError."""
 
 
 def default_db_path() -> Path:
@@ -45,12 +76,16 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
-def make_engine(url: str | None = None, *, for_writes: bool = True) -> Engine:
+def make_engine(
+    url: str | None = None, *, for_writes: bool = True, timeout: float | None = None
+) -> Engine:
     """An engine for ``url`` tuned for this store (SQLite: WAL, busy timeout, foreign keys).
 
     On SQLite, write transactions take the write lock up front (``BEGIN IMMEDIATE``);
     ``for_writes=False`` gives an engine for reads, whose deferred transactions never
     wait for a writer in WAL mode (so a read may run while this thread holds a write).
+    Elsewhere connecting, waiting for a pooled connection and each statement are bounded
+    by ``timeout`` seconds (see ``_deadlines.store_timeout``).
     """
     resolved = resolve_url(url)
     try:
@@ -58,15 +93,33 @@ def make_engine(url: str | None = None, *, for_writes: bool = True) -> Engine:
     except ArgumentError as error:
         raise StoreError(f"not a database URL: {resolved!r} ({error})") from error
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(resolved, parsed.database, immediate=for_writes)
+        try:
+            return _sqlite_engine(resolved, parsed.database, immediate=for_writes)
+        except OSError as error:
+            raise StoreError(
+                f"cannot create the folder of the SQLite database {parsed.database}: "
+                f"{error.strerror or error}. Check that the path is a folder you may write "
+                "to (no part of it may be a file).",
+                url=parsed.render_as_string(hide_password=True),
+            ) from error
+    seconds = store_timeout(timeout)
+    postgres = parsed.get_backend_name() == "postgresql"
     try:
-        return create_engine(resolved, pool_pre_ping=True)
+        engine = create_engine(
+            resolved,
+            pool_timeout=seconds,
+            pool_pre_ping=not postgres,  # PostgreSQL: pinged on checkout under a deadline
+            connect_args=connect_args(parsed, seconds) if postgres else {},
+        )
     except (NoSuchModuleError, ModuleNotFoundError) as error:
         raise StoreError(
             f"no driver for {parsed.drivername!r} ({error}). For PostgreSQL install the "
             "postgres extra (pip install '.[postgres]' from the checkout) and use a "
             "postgresql+psycopg:// URL."
         ) from error
+    if postgres:
+        bound(engine, seconds)
+    return engine
 
 
 def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine:
@@ -112,12 +165,19 @@ class Database:
     Use it as a context manager (or call :meth:`close`) to release its connections.
     """
 
-    def __init__(self, url: str | None = None, *, migrate: bool = True):
+    def __init__(
+        self, url: str | None = None, *, migrate: bool = True, timeout: float | None = None
+    ):
         self.url = resolve_url(url)
-        self.engine = make_engine(self.url)
+        self.timeout = store_timeout(timeout)
+        self.engine = make_engine(self.url, timeout=self.timeout)
         self.reader = make_engine(self.url, for_writes=False) if self.is_sqlite else self.engine
         if migrate:
-            self.upgrade()
+            try:
+                self.upgrade()
+            except StoreError:
+                self.close()
+                raise
 
     def __enter__(self) -> Database:
         return self
@@ -136,12 +196,49 @@ class Database:
 
     def upgrade(self) -> bool:
         """Apply pending migrations; returns False when the schema was already current."""
+        with self.failures("open or migrate"):
+            try:
+                return _migrate.upgrade(self.engine)
+            except CommandError as error:  # e.g. a revision newer than this version knows
+                raise StoreError(
+                    f"cannot migrate the database {self.display_url}: {error}. Check that "
+                    "this context-trimmer is at least as new as the one that last migrated it.",
+                    url=self.display_url,
+                ) from error
+
+    @contextmanager
+    def failures(self, doing: str) -> Iterator[None]:
+        """Turn every database failure inside into a StoreError saying what to check."""
         try:
-            return _migrate.upgrade(self.engine)
-        except OperationalError as error:
-            raise StoreError(
-                f"cannot open or migrate the database {self.display_url}: {error.orig}"
-            ) from error
+            yield
+        except STORE_FAILURES as error:
+            raise self.store_error(doing, error) from error
+
+    def store_error(self, doing: str, error: BaseException) -> StoreError:
+        """The StoreError for ``error`` met while trying to ``doing`` the database."""
+        cause = getattr(error, "orig", None) or error
+        detail = re.sub(r"\s+", " ", str(cause)).strip() or type(cause).__name__
+        if WATCHDOG.take_cut():
+            detail = f"no answer within {self.timeout:g} s store_timeout ({detail})"
+        password = self.engine.url.password
+        if password:
+            detail = detail.replace(str(password), "***")
+        return StoreError(
+            f"cannot {doing} the database {self.display_url}: {detail}. {self._advice()}",
+            url=self.display_url,
+        )
+
+    def _advice(self) -> str:
+        if self.is_sqlite:
+            return (
+                "Check that the file's folder exists and is writable, that the file is "
+                "writable, and that it is an SQLite database (not a corrupt or foreign file)."
+            )
+        return (
+            "Check that the server is running and reachable at that address, and the "
+            "user, password and database name in the URL (each wait is bounded by "
+            f"store_timeout, {self.timeout:g} s)."
+        )
 
     def revision(self) -> str | None:
         """The schema revision the database is at (None: not migrated yet)."""
@@ -156,7 +253,7 @@ class Database:
         if lock is not None and not lock.acquire(timeout=60):
             raise StoreError(f"the database {self.display_url} stayed busy for 60 s")
         try:
-            with self.engine.begin() as connection:
+            with self.failures("write to"), self.engine.begin() as connection:
                 yield connection
         finally:
             if lock is not None:
@@ -165,7 +262,7 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read-only connection (never waits for a writer on SQLite)."""
-        with self.reader.connect() as connection:
+        with self.failures("read from"), self.reader.connect() as connection:
             yield connection
 
     def close(self) -> None:

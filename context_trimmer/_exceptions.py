@@ -4,7 +4,7 @@
     ├── InvalidMessagesError        a message list the Chat Completions API would reject
     ├── EncodingUnavailableError    tiktoken's BPE files could not be loaded offline
     ├── ConfigurationError          an argument or setting that cannot work
-    ├── StoreError                  the history database could not be opened or migrated
+    ├── StoreError                  the history database could not be reached, opened or used
     ├── PromptTooLargeError         even the smallest valid request exceeds the limit
     ├── SummarizerError             a summary could not be made (never stored, never sent)
     ├── RateLimitBudgetExceeded     the shared rate-limit budget would need too long a wait
@@ -48,7 +48,17 @@ class ConfigurationError(TrimmerError, ValueError):
 
 
 class StoreError(TrimmerError):
-    """The history database could not be opened, migrated or written."""
+    """The history database could not be reached, opened, migrated, read or written.
+
+    Every database failure reaches the caller as this error, whatever the driver
+    (SQLAlchemy, psycopg, sqlite3) or the operating system said; the original is its
+    ``__cause__``. ``url`` is the store's URL without its password; the message says
+    what failed and what to check.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None):
+        self.url = url
+        super().__init__(message)
 
 
 class PromptTooLargeError(TrimmerError):

@@ -1,10 +1,16 @@
 """Streams that record what they carried: every chunk passes through untouched, and
-when the stream ends (or is closed) the answering model, the text and the usage (if the
-stream reported it) go to ``finish``."""
+when the stream ends the answering model, the text and the usage (if the stream
+reported it; else estimated from the text so far, and marked so) go to ``finish``
+with how it ended: ``"ok"`` (read to the end), ``"stream_closed"`` (closed by the
+caller before the end), ``"stream_error"`` (the upstream failed mid-stream) or
+``"stream_abandoned"`` (dropped unfinished and garbage-collected; recorded on a
+thread of its own). Either way the attempt is recorded and the quota settled, once."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ._responses import field_of
@@ -18,6 +24,13 @@ class StreamSummary:
         self.parts: list[str] = []
         self.usage: Any = None
         self.done = False
+        self._lock = threading.Lock()
+
+    def end(self) -> bool:
+        """True the first time only: the one caller that records the stream."""
+        with self._lock:
+            first, self.done = not self.done, True
+        return first
 
     def take(self, chunk: Any) -> None:
         self.model = field_of(chunk, "model") or self.model
@@ -35,15 +48,22 @@ class StreamSummary:
         return {"model": self.model, "choices": [{"message": {"content": "".join(self.parts)}}]}
 
 
-class RecordedStream:
-    """The SDK's stream, passed through chunk by chunk; usage recorded at the end."""
+Finish = Callable[[dict[str, Any], str], None]
+"""Records a stream: its response-shaped summary and how it ended (runs blocking I/O)."""
 
-    def __init__(
-        self,
-        stream: Any,
-        finish: Callable[[dict[str, Any]], None],
-        summary: StreamSummary | None = None,
-    ):
+
+def _abandoned(summary: StreamSummary | None, finish: Finish | None) -> None:
+    """Record a stream garbage-collected unfinished, on a thread (never inside GC)."""
+    if summary is not None and finish is not None and summary.end():
+        threading.Thread(
+            target=finish, args=(summary.response(), "stream_abandoned"), daemon=True
+        ).start()
+
+
+class RecordedStream:
+    """The SDK's stream, passed through chunk by chunk; recorded however it ends."""
+
+    def __init__(self, stream: Any, finish: Finish, summary: StreamSummary | None = None):
         self._stream = stream
         self._iterator = iter(stream)
         self._finish = finish
@@ -56,14 +76,19 @@ class RecordedStream:
         try:
             chunk = next(self._iterator)
         except StopIteration:
-            self._end()
+            self._end("ok")
+            raise
+        except BaseException:
+            self._end("stream_error")
             raise
         self._summary.take(chunk)
         return chunk
 
     def close(self) -> None:
-        self._stream.close()
-        self._end()
+        try:
+            self._stream.close()
+        finally:
+            self._end("stream_closed")
 
     def __enter__(self) -> RecordedStream:
         return self
@@ -74,21 +99,19 @@ class RecordedStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
-    def _end(self) -> None:
-        if not self._summary.done:
-            self._summary.done = True
-            self._finish(self._summary.response())
+    def __del__(self) -> None:
+        _abandoned(self.__dict__.get("_summary"), self.__dict__.get("_finish"))
+
+    def _end(self, outcome: str) -> None:
+        if self._summary.end():
+            self._finish(self._summary.response(), outcome)
 
 
 class AsyncRecordedStream:
-    """The async SDK stream, passed through chunk by chunk; usage recorded at the end."""
+    """The async SDK stream, passed through chunk by chunk; recorded however it ends
+    (``finish`` runs on a worker thread, so the event loop never waits on the store)."""
 
-    def __init__(
-        self,
-        stream: Any,
-        finish: Callable[[dict[str, Any]], Awaitable[None]],
-        summary: StreamSummary | None = None,
-    ):
+    def __init__(self, stream: Any, finish: Finish, summary: StreamSummary | None = None):
         self._stream = stream
         self._iterator = stream.__aiter__()
         self._finish = finish
@@ -101,14 +124,19 @@ class AsyncRecordedStream:
         try:
             chunk = await self._iterator.__anext__()
         except StopAsyncIteration:
-            await self._end()
+            await self._end("ok")
+            raise
+        except BaseException:
+            await self._end("stream_error")
             raise
         self._summary.take(chunk)
         return chunk
 
     async def close(self) -> None:
-        await self._stream.close()
-        await self._end()
+        try:
+            await self._stream.close()
+        finally:
+            await self._end("stream_closed")
 
     async def __aenter__(self) -> AsyncRecordedStream:
         return self
@@ -119,7 +147,9 @@ class AsyncRecordedStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
-    async def _end(self) -> None:
-        if not self._summary.done:
-            self._summary.done = True
-            await self._finish(self._summary.response())
+    def __del__(self) -> None:
+        _abandoned(self.__dict__.get("_summary"), self.__dict__.get("_finish"))
+
+    async def _end(self, outcome: str) -> None:
+        if self._summary.end():
+            await asyncio.to_thread(self._finish, self._summary.response(), outcome)

@@ -20,11 +20,13 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import _erasure
+from ._arguments import check_arguments, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
 from ._erasure import Erasure
 from ._exceptions import ConfigurationError
 from ._export import export
+from ._failopen import FailOpen
 from ._folding import Folder, summarizer_from
 from ._hashing import ChainCache
 from ._keys import GatewayKeys
@@ -83,6 +85,10 @@ class Trimmer:
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
     applied to system and developer messages; ``protect``: regexes of lines to keep
     byte for byte; ``prompt_rewriter``: the model for ``"llm"`` (gpt-4o-mini by default).
+    ``store_timeout``: seconds a database connect, pool wait or statement may take
+    (default ``$CONTEXT_TRIMMER_DB_TIMEOUT``, else 5); beyond it: :class:`StoreError`.
+    ``on_store_error``: ``"raise"``, or ``"passthrough"`` for wrapped clients to send
+    requests untrimmed while the store is down (counted in ``passthrough_requests``).
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class Trimmer:
         protect: Sequence[str] = (),
         prompt_rewriter: PromptRewriter | None = None,
         migrate: bool = True,
+        store_timeout: float | None = None,
+        on_store_error: str = "raise",
         **options: Any,
     ):
         try:
@@ -102,11 +110,12 @@ class Trimmer:
         except TypeError as error:
             raise ConfigurationError(f"Trimmer(): {error}") from None
         self.models = ModelTable(models)
+        self._failopen = FailOpen(on_store_error, self.options.max_tokens, self.models)
         self._counters: dict[str, TokenCounter] = {}
         self._chains = ChainCache(self.options.cache_bytes)
         self._summary_tokens: dict[tuple[int, str], int] = {}
         chosen = summarizer_from(summarizer, api_key_present=bool(os.environ.get("OPENAI_API_KEY")))
-        self._db = Database(url, migrate=migrate)
+        self._db = Database(url, migrate=migrate, timeout=store_timeout)
         self._summaries = Summaries(self._db)
         self._ledger = Ledger(self._db)
         self._background = Background()
@@ -127,6 +136,11 @@ class Trimmer:
     def url(self) -> str:
         """The store's URL without its password."""
         return self._db.display_url
+
+    @property
+    def passthrough_requests(self) -> int:
+        """Requests wrapped clients sent untrimmed because the store was down."""
+        return self._failopen.passthrough_requests
 
     @property
     def summarizer(self) -> Summarizer:
@@ -156,26 +170,9 @@ class Trimmer:
         with self._db.writing() as connection:
             return self._finish(connection, stored, self._plan(connection, stored), sync_fold)
 
-    async def aprepare(
-        self,
-        messages: Sequence[Message],
-        *,
-        model: str = "gpt-4o",
-        conversation_id: str | None = None,
-        user: str | None = None,
-        tools: Sequence[Message] | None = None,
-        max_tokens: int | None = None,
-    ) -> Prepared:
-        """:meth:`prepare`, run on a worker thread so the event loop is never blocked."""
-        return await asyncio.to_thread(
-            self.prepare,
-            messages,
-            model=model,
-            conversation_id=conversation_id,
-            user=user,
-            tools=tools,
-            max_tokens=max_tokens,
-        )
+    async def aprepare(self, messages: Sequence[Message], **arguments: Any) -> Prepared:
+        """:meth:`prepare` (same arguments) on a worker thread: the event loop never blocks."""
+        return await asyncio.to_thread(lambda: self.prepare(messages, **arguments))
 
     def compact(
         self,
@@ -262,6 +259,7 @@ class Trimmer:
             retry=retry,
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
+            failopen=self._failopen,
         )
         return wrap_client(self._folder.follow(client), sender)
 
@@ -347,8 +345,11 @@ class Trimmer:
         tools: Sequence[Message] | None = None,
         max_tokens: int | None = None,
     ) -> Path:
+        max_tokens = check_arguments(messages, model, conversation_id, user, tools, max_tokens)
         counter = self._counter(model)
-        return build_path(self._chains, counter, messages, user, conversation_id, tools, max_tokens)
+        path = build_path(self._chains, counter, messages, user, conversation_id, tools, max_tokens)
+        refuse_oversized_turn(messages, counter, self.options.max_prompt_tokens)
+        return path
 
     def _counter(self, model: str) -> TokenCounter:
         counter = self._counters.get(model)

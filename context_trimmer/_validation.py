@@ -6,9 +6,16 @@ Errors name the message index and the field, and say what to do. The common mess
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+from ._arguments import (
+    MAX_TEXT_CHARS,
+    check_message_list,
+    json_problem,
+    text_chars,
+    valid_unicode,
+)
 from ._exceptions import InvalidMessagesError
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -28,12 +35,7 @@ def validate_messages(messages: Any, *, known_valid: int = 0) -> None:
     ``known_valid``: a leading count already checked as a complete list (so no tool
     call is pending at its end); only the messages after it are checked.
     """
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidMessagesError(
-            f"must be a list of message objects, got {type(messages).__name__}"
-        )
-    if not messages:
-        raise InvalidMessagesError("is empty; send at least one message")
+    check_message_list(messages)
     unanswered: dict[str, int] = {}
     for index in range(known_valid, len(messages)):
         message = messages[index]
@@ -44,9 +46,41 @@ def validate_messages(messages: Any, *, known_valid: int = 0) -> None:
             and message.get("role") in _SIMPLE_ROLES
         ):
             _check_answered(unanswered)
+            _check_text(index, message["content"])
             continue
         _validate_message(index, message, unanswered)
+        _check_storable(index, message)
     _check_answered(unanswered)
+
+
+def _check_text(index: int, content: str) -> None:
+    if len(content) > MAX_TEXT_CHARS:
+        _too_large(index, len(content))
+    if not valid_unicode(content):
+        raise InvalidMessagesError(
+            "holds text that is not valid Unicode; remove lone surrogates", index=index
+        )
+
+
+def _too_large(index: int, chars: int) -> None:
+    raise InvalidMessagesError(
+        f"carries {chars:,} characters of text, over the limit of {MAX_TEXT_CHARS:,} per "
+        "message (beyond any context window); nothing was stored. Split or shorten it.",
+        index=index,
+    )
+
+
+def _check_storable(index: int, message: Any) -> None:
+    """Any message: JSON all the way down, not too deep, valid Unicode, not too large."""
+    problem = json_problem(message, skip=_DATA_KEYS)
+    if problem:
+        raise InvalidMessagesError(problem, index=index)
+    chars = text_chars(message)
+    if chars > MAX_TEXT_CHARS:
+        _too_large(index, chars)
+
+
+_DATA_KEYS = frozenset({"url", "data", "file_data"})  # images, audio, files: not walked
 
 
 def _check_answered(unanswered: dict[str, int]) -> None:

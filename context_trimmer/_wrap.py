@@ -24,7 +24,8 @@ import openai
 
 from ._calls import Call, conversation
 from ._db import Database
-from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded
+from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded, StoreError
+from ._failopen import FailOpen, keep_books, log
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._prepared import Prepared
@@ -154,6 +155,7 @@ class Sender:
         fallback_model: str | None,
         retry: RetryPolicy | None,
         quotas: Quotas,
+        failopen: FailOpen,
         sleep: Callable[[float], Any] | None,
     ):
         self.prepare = prepare
@@ -163,6 +165,7 @@ class Sender:
         self.models = models
         self.governor = Governor(db, limits=limits, max_wait=max_wait) if governor else None
         self.quotas = quotas
+        self.failopen = failopen
         self.fallback_model = fallback_model
         self.retry = retry
         self.sleep = sleep
@@ -186,19 +189,29 @@ class Sender:
 
     def observe(self, state: SendState, model: str, headers: Mapping[str, str]) -> None:
         if self.governor is not None:
-            self.governor.observe(self.budget(state, model), headers)
+            try:
+                self.governor.observe(self.budget(state, model), headers)
+            except StoreError as error:  # the API answered: its answer goes to the caller
+                log.warning("context-trimmer: rate-limit headers not stored: %s", error)
 
     def reserve(self, state: SendState, model: str) -> float:
         assert self.governor is not None
-        return self.governor.try_reserve(self.budget(state, model), model, state.tokens)
+        try:
+            return self.governor.try_reserve(self.budget(state, model), model, state.tokens)
+        except StoreError as error:  # the store went away after prepare()
+            if self.failopen.policy != "passthrough":
+                raise
+            log.warning("context-trimmer: sending without the rate-limit budget: %s", error)
+            return 0.0
 
-    def finish(self, state: SendState, response: Any) -> None:
-        """Record usage (``response`` read as a chat completion), how the call went,
-        and settle the user's quota."""
-        self.recorder.record(state.prepared, response)
+    def finish(self, state: SendState, response: Any, outcome: str = "ok") -> None:
+        """Record usage (``response`` read as a chat completion), how the call went, and
+        settle the user's quota (a failing store never costs the caller the answer: see
+        ``keep_books``)."""
         used = self.recorder.usage_of(state.prepared, response)
-        state.outcome = "ok"
-        self._close(state, used["prompt_tokens"] + used["completion_tokens"])
+        state.outcome = outcome
+        record = ("usage", lambda: self.recorder.record(state.prepared, response))
+        self._close(state, used["prompt_tokens"] + used["completion_tokens"], record)
 
     def fail(self, state: SendState, error: BaseException) -> None:
         if isinstance(error, RateLimitBudgetExceeded):
@@ -207,24 +220,31 @@ class Sender:
             state.outcome = "rate_limited"
         self._close(state, 0)
 
-    def _close(self, state: SendState, actual: int) -> None:
-        self.quotas.settle(state.quota, actual)
-        self.ledger.add_attempt(
-            {
-                "request_id": state.prepared.request_id,
-                "attempts": state.attempts,
-                "rate_limited": state.rate_limited,
-                "waited_ms": int(state.waited * 1000),
-                "fallback_model": state.fallback_model,
-                "outcome": state.outcome,
-            }
-        )
+    def _close(self, state: SendState, actual: int, *first: tuple[str, Callable[[], Any]]) -> None:
+        attempt = {
+            "request_id": state.prepared.request_id,
+            "attempts": state.attempts,
+            "rate_limited": state.rate_limited,
+            "waited_ms": int(state.waited * 1000),
+            "fallback_model": state.fallback_model,
+            "outcome": state.outcome,
+        }
+        steps = [
+            *first,
+            ("quota", lambda: self.quotas.settle(state.quota, actual)),
+            ("attempt", lambda: self.ledger.add_attempt(attempt)),
+        ]
+        keep_books(state.prepared.request_id, steps)
 
 
 def run_sync(sender: Sender, call: Call, target: Target) -> Any:
     """Prepare, send and record ``call`` on the sync client."""
-    prepared = sender.prepare(**call.prepare)
-    state = sender.start(prepared, target)
+    try:
+        state = sender.start(sender.prepare(**call.prepare), target)
+    except StoreError as error:
+        raw = target.send(sender.failopen.passthrough(error, call), call.headers_for_send())
+        return raw if call.raw_mode is not None else raw.parse()
+    sender.failopen.recovered()
     sleep = sender.sleep or time.sleep
     try:
         raw = _drive(
@@ -244,7 +264,9 @@ def run_sync(sender: Sender, call: Call, target: Target) -> Any:
     response = raw.parse()
     if call.stream:
         return RecordedStream(
-            response, lambda summary: sender.finish(state, summary), call.stream_summary()
+            response,
+            lambda summary, end: sender.finish(state, summary, end),
+            call.stream_summary(),
         )
     sender.finish(state, call.usage_view(response))
     return response
@@ -297,8 +319,14 @@ class _Step:
 
 async def run_async(sender: Sender, call: Call, target: Target) -> Any:
     """:func:`run_sync` on the async client."""
-    prepared = await sender.aprepare(**call.prepare)
-    state = await asyncio.to_thread(sender.start, prepared, target)
+    try:
+        prepared = await sender.aprepare(**call.prepare)
+        state = await asyncio.to_thread(sender.start, prepared, target)
+    except StoreError as error:
+        body = sender.failopen.passthrough(error, call)
+        raw = await target.send(body, call.headers_for_send())
+        return raw if call.raw_mode is not None else await _awaitable(raw.parse())
+    sender.failopen.recovered()
     sleep = sender.sleep or asyncio.sleep
     try:
         raw = await _adrive(
@@ -320,7 +348,7 @@ async def run_async(sender: Sender, call: Call, target: Target) -> Any:
     if call.stream:
         return AsyncRecordedStream(
             response,
-            lambda summary: asyncio.to_thread(sender.finish, state, summary),
+            lambda summary, end: sender.finish(state, summary, end),
             call.stream_summary(),
         )
     await asyncio.to_thread(sender.finish, state, call.usage_view(response))

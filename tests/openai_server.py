@@ -49,6 +49,7 @@ class Reply:
     error: str = "simulated error"
     model: str | None = None
     raw: bytes | None = None  # sent as the body as is (e.g. text that is not JSON)
+    break_after: int | None = None  # a stream cut off (connection dropped) after N events
 
 
 @dataclass
@@ -222,6 +223,19 @@ def response_events(reply: Reply, model: str) -> list[dict[str, Any]]:
         {"type": "response.completed", "response": response_body(reply, model)},
     ]
     return [{**event, "sequence_number": n} for n, event in enumerate(events)]
+
+
+def sse_body(
+    events: list[dict[str, Any]], cut: int | None = None, typed: bool = False
+) -> tuple[bytes, bytes]:
+    """The whole SSE body, and what is sent: all of it, or (``cut``) only the first
+    events, the connection then dropped although the whole body was promised. ``typed``:
+    the Responses form (named events, no ``[DONE]``)."""
+    if typed:
+        parts = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+    else:
+        parts = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
+    return b"".join(parts), b"".join(parts if cut is None else parts[:cut])
 
 
 class _Server(ThreadingHTTPServer):
@@ -433,7 +447,8 @@ class FakeOpenAI:
                         self._send(200, response_body(reply, model), reply.headers)
                 elif body.get("stream"):
                     include = bool((body.get("stream_options") or {}).get("include_usage"))
-                    self._stream(stream_events(reply, model, include), reply.headers)
+                    events = stream_events(reply, model, include)
+                    self._stream(events, reply.headers, reply.break_after)
                 else:
                     self._send(200, completion_body(reply, model), reply.headers)
 
@@ -450,22 +465,22 @@ class FakeOpenAI:
                 self.wfile.write(data)
 
             def _stream(
-                self, events: list[dict[str, Any]], headers: dict[str, str], typed: bool = False
+                self,
+                events: list[dict[str, Any]],
+                headers: dict[str, str],
+                cut: int | None = None,
+                typed: bool = False,
             ) -> None:
-                if typed:  # Responses: named events, no [DONE]
-                    data = b"".join(
-                        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events
-                    )
-                else:
-                    data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events)
-                    data += b"data: [DONE]\n\n"
+                data, sent = sse_body(events, cut, typed)
+                if cut is not None:
+                    self.close_connection = True
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("content-length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(sent)
 
         return Handler
 
