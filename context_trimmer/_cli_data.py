@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import timedelta
 from pathlib import Path
 
 import click
 
+from ._cli_common import db_option, duration, user_errors
 from ._erasure import Erasure
 from ._trimmer import Trimmer
-
-_DB = click.option(
-    "--db",
-    "db_url",
-    metavar="URL",
-    default=None,
-    help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
-)
-_AGE = re.compile(r"(\d+)\s*([dhm])")
-_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
 
 def _open(db_url: str | None) -> Trimmer:
@@ -31,7 +20,8 @@ def _open(db_url: str | None) -> Trimmer:
 @click.option("--user", required=True, help="Whose conversations.")
 @click.option("--conversation", "conversation_id", default=None, help="Only this one.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
-@_DB
+@db_option
+@user_errors
 def export_command(
     user: str, conversation_id: str | None, output: Path | None, db_url: str | None
 ) -> None:
@@ -55,7 +45,8 @@ def export_command(
 @click.option("--user", required=True, help="Whose data to erase.")
 @click.option("--conversation", "conversation_id", default=None, help="Only this one.")
 @click.option("--yes", is_flag=True, help="Confirm: the text cannot be brought back.")
-@_DB
+@db_option
+@user_errors
 def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: str | None) -> None:
     """Erase a user's messages and everything derived from them. The savings ledger keeps
     its figures under opaque identifiers, so report totals do not change."""
@@ -70,15 +61,11 @@ def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: st
 @click.option(
     "--older-than", required=True, metavar="AGE", help="e.g. 30d, 12h, 90m: unused for so long."
 )
-@_DB
+@db_option
+@user_errors
 def prune_command(older_than: str, db_url: str | None) -> None:
     """Erase the conversations nobody has used for AGE, as forget does."""
-    match = _AGE.fullmatch(older_than.strip())
-    if match is None:
-        raise click.ClickException(
-            f"--older-than: expected e.g. 30d, 12h or 90m, not {older_than!r}"
-        )
-    age = timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    age = duration(older_than)
     with _open(db_url) as trimmer:
         erasure = trimmer.prune(age)
     click.echo(_said(erasure))

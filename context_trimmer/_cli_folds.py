@@ -12,71 +12,27 @@ folds, so its state is not in the store: ask the process
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-from functools import wraps
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from sqlalchemy import func, select
 
 from ._batch import BatchState, collect, default_state_path, idle_conversations, submit
 from ._batch import last_request as last_request_of
+from ._cli_common import db_option, duration, emit, json_option, user_errors
 from ._db import Database, as_utc
-from ._exceptions import TrimmerError
 from ._folding import is_fallback
 from ._summarizers import OpenAISummarizer
 from ._summary_store import FAILURES, SUMMARIES
 from ._trimmer import Trimmer
 
-F = TypeVar("F", bound=Callable[..., Any])
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PER_PROCESS = (
     "The circuit breaker lives in each process that folds: ask it "
     "(Trimmer.summarizer_status(), or the gateway's /healthz)."
 )
-
-
-def duration(text: str) -> timedelta:
-    """``30s``, ``10m``, ``2h`` or ``7d`` as a timedelta."""
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, such as 10m")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
-
-
-# The options every command takes, as in cli.py (which imports this module, not the
-# other way round).
-db_option = click.option(
-    "--db",
-    "db_url",
-    metavar="URL",
-    default=None,
-    help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-
-
-def user_errors(function: F) -> F:
-    """Report library errors as one clear line, not a traceback."""
-
-    @wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except TrimmerError as error:
-            raise click.ClickException(str(error)) from error
-
-    return wrapper  # type: ignore[return-value]
-
-
-def emit(data: dict[str, Any], as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text)
 
 
 state_option = click.option(

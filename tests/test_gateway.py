@@ -21,12 +21,13 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import Trimmer
+from context_trimmer._cli_gateway import GATEWAY_INSTALL
 from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
 from context_trimmer._gateway_config import endpoints, flag
 from context_trimmer._history import MESSAGES
 from context_trimmer._keys import create_key, revoke_key
-from context_trimmer.cli import GATEWAY_INSTALL, main
+from context_trimmer.cli import main
 from context_trimmer.gateway import GatewayConfig, create_app
 
 UPSTREAM_KEY = "upstream-secret"

@@ -1,0 +1,54 @@
+"""What every ``context-trimmer`` command shares: ``--db``, ``--json``, one-line errors,
+durations such as ``10m`` or ``30d``."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from ._exceptions import TrimmerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+db_option = click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    default=None,
+    help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def user_errors(function: F) -> F:
+    """Report library errors as one clear line, not a traceback."""
+
+    @wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except TrimmerError as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: dict[str, Any], as_json: bool, text: str) -> None:
+    """``data`` as JSON with ``--json``, else ``text``."""
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def duration(text: str) -> timedelta:
+    """``30s``, ``10m``, ``2h`` or ``7d`` as a timedelta."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, such as 10m or 30d")
+    return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
