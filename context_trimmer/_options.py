@@ -16,6 +16,8 @@ class TrimmerOptions:
     budget for the verbatim tail. ``summary_tokens``: the summary's budget; with
     ``summary_share`` (say 0.085) it is that share of the history the summary replaces,
     up to ``summary_tokens``. ``max_tokens``: the default cap on each reply.
+    ``recall_tokens``: the budget of the message that brings back the folded turns
+    matching the newest user message (0: no recall).
     ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
     worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
     worker may hold a fold or rewrite before another may take it over.
@@ -26,6 +28,7 @@ class TrimmerOptions:
     keep_tokens: int | None = None
     summary_tokens: int = 1000
     summary_share: float | None = None
+    recall_tokens: int = 0
     max_tokens: int = 1024
     max_prompt_tokens: int | None = None
     background: bool = True
@@ -36,6 +39,7 @@ class TrimmerOptions:
         check_count("fold_every", self.fold_every, minimum=0)
         check_count("max_tokens", self.max_tokens, minimum=1)
         check_count("summary_tokens", self.summary_tokens, minimum=1)
+        check_count("recall_tokens", self.recall_tokens, minimum=0)
         share = self.summary_share
         if share is not None and (
             isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1

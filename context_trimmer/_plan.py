@@ -16,6 +16,7 @@ from typing import Any
 from ._exceptions import PromptTooLargeError
 from ._options import TrimmerOptions
 from ._path import StoredPath, start_of
+from ._recall import NOTHING, Recalled, newest_user
 from ._summary_store import StoredSummary
 from ._tokens import REPLY_PRIMING
 from ._window import assemble, control_indexes, conversational_count
@@ -35,6 +36,7 @@ class Plan:
     start: int
     summary_tokens: int
     compression_saved: int = 0
+    recall_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,11 @@ def plan_request(
     summary_tokens: int,
     rows: Mapping[int, tuple[int, int]],
     compressor: Compressor | None,
+    recalled: Recalled = NOTHING,
 ) -> Plan:
     """What to send for ``path`` with ``summary`` (of ``summary_tokens`` as a message);
-    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total)."""
+    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total).
+    The ``recalled`` message goes right before the newest user message."""
     start = start_of(summary)
     sent, control = assemble(
         path.messages, start, None if summary is None else summary_message(summary)
@@ -86,7 +90,23 @@ def plan_request(
     if compressor is not None:
         tail_control = control_indexes(path.messages, start, len(path.messages))
         sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
-    return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
+    sent = _place_recall(path.messages, sent, recalled.message)
+    prompt += recalled.tokens
+    return Plan(
+        sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved, recalled.tokens
+    )
+
+
+def _place_recall(
+    messages: Sequence[Message], sent: list[Message], recall: Message | None
+) -> list[Message]:
+    """``sent`` with ``recall`` right before the newest user message (which is in the
+    verbatim tail, so ``sent`` ends with the same messages as ``messages``)."""
+    question = newest_user(messages)
+    if recall is None or question is None:
+        return sent
+    at = len(sent) - (len(messages) - question)
+    return [*sent[:at], recall, *sent[at:]]
 
 
 def _compress(

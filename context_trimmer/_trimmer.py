@@ -43,6 +43,7 @@ from ._plan import (
 )
 from ._prepared import FoldResult, Prepared
 from ._ratelimit import Quotas, RateLimits, UserQuota
+from ._recall import recall
 from ._recording import Recorder, baseline_tokens, request_row
 from ._report import GroupBy, Report, build_report
 from ._retry import RetryPolicy
@@ -63,7 +64,7 @@ class Trimmer:
     ``url``: SQLAlchemy URL of the store (default: ``$CONTEXT_TRIMMER_DB``, else a
     SQLite file under ``~/.local/share/context-trimmer``). The trimming options
     (``keep_last``, ``fold_every``, ``keep_tokens``, ``summary_tokens``,
-    ``summary_share``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
+    ``summary_share``, ``recall_tokens``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
     ``lease_seconds``) are those of :class:`TrimmerOptions`, checked there.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``models``: overrides of the model
@@ -348,7 +349,10 @@ class Trimmer:
         compressor = Compressor(
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
-        return plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        recalled = recall(connection, path, summary, self.options.recall_tokens)
+        return plan_request(
+            path, summary, tokens, rows, compressor if compressing else None, recalled
+        )
 
     def _fits(self, path: StoredPath) -> bool:
         with self._db.reading() as connection:
