@@ -3,15 +3,19 @@
 The summary keeps what is generally important; a question is specific. On every
 prepare() with a summary, the newest user message's words search the folded part of
 this path (messages before the summary's start) in the database's own full-text index
-(``_recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL. Hits are
-kept only when they lie on this path (depth ``d`` and ``path.hashes[d]`` match), so
-another branch, user or tenant never leaks in. Each hit brings its neighbour when it
-asks a question (the turn that answers it). The best fit ``recall_tokens`` as one
-message, in the order they were said::
+(``_recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL, each
+word also as a prefix once a common inflection is cut ("painted" finds "painting").
+Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]``
+match), so another branch, user or tenant never leaks in, and only when they score
+at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
+noise). Each hit brings its neighbour when it asks a question (the turn that answers
+it). The best fit ``recall_tokens`` as one message, in the order they were said, each
+session's date once above its lines::
 
     Earlier messages that may be relevant:
-    [8 May, 2023] user: Caroline: I went to a LGBTQ support group yesterday.
-    [8 May, 2023] assistant: Melanie: That's great! How did it go?
+    [8 May, 2023]
+    user: Caroline: I went to a LGBTQ support group yesterday.
+    assistant: Melanie: That's great! How did it go?
 
 Tool calls and results come back as text lines in that one message, never as raw tool
 messages, so the request stays valid. Its tokens are counted exactly. It goes right
@@ -36,7 +40,10 @@ from ._summary_store import StoredSummary
 Message = Mapping[str, Any]
 RECALL_HEADER = "Earlier messages that may be relevant:"
 MAX_TERMS = 24
+SUFFIXES = ("ing", "ed", "es", "s")
+MIN_STEM = 4
 MAX_HITS = 40
+MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 _WORD = re.compile(r"\w+")
@@ -44,7 +51,8 @@ _WORD = re.compile(r"\w+")
 # the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as is are was were be been
-    am i me my we our you your he she it its they them their this that these those there
+    am i me my we our you your he she it its his her him hers they them their this that
+    these those there
     what which who whom how why when where do does did have has had not no yes can could
     would should will shall may might must just also too than about into over after
     before up out all any some such only own same so very s t don did didn doesn isn
@@ -69,10 +77,23 @@ NOTHING = Recalled()
 
 
 def query_terms(question: str) -> list[str]:
-    """The question's search terms: folded words, stop words and one-letter words out."""
+    """The question's search terms: folded words, stop words and one-letter words out,
+    each cut to its stem (a prefix: see :func:`stem`)."""
     words = _WORD.findall(fold(question).replace("_", " "))
-    wanted = (w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
+    wanted = (stem(w) for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
     return list(dict.fromkeys(wanted))[:MAX_TERMS]
+
+
+def stem(word: str) -> str:
+    """``word`` without a common inflection (-ing, -ed, -es, -s) when at least four
+    letters stay; searched as a prefix, so "painted" finds "painting" and
+    "casas" finds "casa", in any language, with no stemmer to choose."""
+    if word.isdigit():
+        return word
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+            return word[: -len(suffix)]
+    return word
 
 
 def newest_user(messages: Sequence[Message]) -> int | None:
@@ -97,26 +118,35 @@ def recall(
     terms = query_terms(message_text(path.messages[question]))
     if not terms:
         return NOTHING
-    hits = search(connection, path.anchor_hash, terms, start)
-    on_path = [d for h, d in hits if d < start and path.hashes[d] == h]
+    hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
+    floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
+    on_path = [hit.depth for hit in hits if hit.score >= floor]
     return build(path, _with_neighbours(path.messages, on_path, start), summary, budget)
 
 
+def on(path: StoredPath, hit: Any) -> bool:
+    """Whether a hit (a message at ``hit.depth``) is this path's own message."""
+    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
+
+
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
-    """(hash, depth) of the best matches under ``anchor`` above ``before``, best first."""
+    """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
+    best first."""
     if connection.dialect.name == "sqlite":
-        phrases = " OR ".join(f'"{term}"' for term in terms)
+        phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
         query = f'anchor : "{anchor}" AND words : ({phrases})'
         statement = (
-            f"SELECT hash, depth FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH :query "
-            f"AND depth < :before ORDER BY bm25({SEARCH_TABLE}, 1.0, 0.0), depth LIMIT :limit"
+            f"SELECT hash, depth, -bm25({SEARCH_TABLE}, 1.0, 0.0) AS score FROM {SEARCH_TABLE} "
+            f"WHERE {SEARCH_TABLE} MATCH :query AND depth < :before "
+            "ORDER BY score DESC, depth LIMIT :limit"
         )
     else:
-        query = " | ".join(terms)
+        query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
         statement = (
-            f"SELECT hash, depth FROM {SEARCH_TABLE}, to_tsquery('simple', :query) AS q "
+            f"SELECT hash, depth, ts_rank_cd(document, q) AS score "
+            f"FROM {SEARCH_TABLE}, to_tsquery('simple', :query) AS q "
             "WHERE anchor_hash = :anchor AND depth < :before AND document @@ q "
-            "ORDER BY ts_rank_cd(document, q) DESC, depth LIMIT :limit"
+            "ORDER BY score DESC, depth LIMIT :limit"
         )
     parameters = {"query": query, "anchor": anchor, "before": before, "limit": MAX_HITS}
     return list(connection.execute(text(statement), parameters).all())
@@ -141,44 +171,67 @@ def build(
     count = path.counter
     summary_text = summary.text if summary is not None else ""
     used = count.message({"role": "system", "content": RECALL_HEADER})
-    chosen: dict[int, str] = {}
+    chosen: dict[int, Line] = {}
+    dates: set[str] = set()
     for index in ranked:
         line = render(path.messages, index)
-        if not line or _DATE_TAG.sub("", message_text(path.messages[index])) in summary_text:
+        if line is None or line.words in summary_text:
             continue
-        cost = count.text("\n" + line)
+        cost = count.text("\n" + line.text)
+        dated = bool(line.date) and line.date not in dates
+        if dated:
+            cost += count.text(f"\n[{line.date}]")
         if used + cost <= budget:
             chosen[index] = line
             used += cost
+            if dated:
+                dates.add(line.date)
     while chosen:
         message = {"role": "system", "content": _content(chosen)}
         tokens = count.message(message)
         if tokens <= budget:
             return Recalled(message, tokens)
-        del chosen[max(chosen, key=lambda i: ranked.index(i))]  # the lowest-ranked goes
+        del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
     return NOTHING
 
 
-def _content(chosen: Mapping[int, str]) -> str:
-    return "\n".join([RECALL_HEADER, *(chosen[i] for i in sorted(chosen))])
+def _content(chosen: Mapping[int, Line]) -> str:
+    """The header, then the lines in path order, each session date once above its lines."""
+    lines, date = [RECALL_HEADER], ""
+    for index in sorted(chosen):
+        line = chosen[index]
+        if line.date and line.date != date:
+            lines.append(f"[{line.date}]")
+        date = line.date or date
+        lines.append(line.text)
+    return "\n".join(lines)
 
 
-def render(messages: Sequence[Message], index: int) -> str:
-    """One message as a recall line: ``[session date] role: text``."""
+@dataclass(frozen=True)
+class Line:
+    """One recalled message: ``text`` (``role: words``), its ``words``, its session date."""
+
+    text: str
+    words: str
+    date: str
+
+
+def render(messages: Sequence[Message], index: int) -> Line | None:
+    """``messages[index]`` as a recall line (None when it has no words)."""
     message = messages[index]
     words = message_text(message)
-    if not words:
-        return ""
     tagged = _DATE_TAG.match(words)
     date = tagged.group(1) if tagged else session_date(messages, index)
     if tagged:
         words = words[tagged.end() :]
+    if not words:
+        return None
     role = message["role"]
     if role == "tool":
         role = "tool result"
     elif message.get("tool_calls"):
         role = "assistant (tool call)"
-    return f"[{date}] {role}: {words}" if date else f"{role}: {words}"
+    return Line(f"{role}: {words}", words, date)
 
 
 def session_date(messages: Sequence[Message], index: int) -> str:

@@ -31,8 +31,9 @@ def test_models_and_migrations_agree(db_url: str) -> None:
         context = MigrationContext.configure(
             connection,
             opts={
-                "include_name": lambda name, _kind, _parent: name != VERSION_TABLE
-                and not str(name).startswith(SEARCH_TABLE)
+                "include_name": lambda name, _kind, _parent: (
+                    name != VERSION_TABLE and not str(name).startswith(SEARCH_TABLE)
+                )
             },
         )
         differences = compare_metadata(context, Base.metadata)
