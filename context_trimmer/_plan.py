@@ -10,13 +10,13 @@ the limits: the reply cap, the hard prompt limit, and when a fold is due.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._exceptions import PromptTooLargeError
 from ._options import TrimmerOptions
 from ._path import StoredPath, start_of
-from ._recall import NOTHING, Recalled, newest_user
+from ._recall import Recalled, newest_user
 from ._summary_store import StoredSummary
 from ._tokens import REPLY_PRIMING
 from ._window import assemble, control_indexes, conversational_count
@@ -66,11 +66,9 @@ def plan_request(
     summary_tokens: int,
     rows: Mapping[int, tuple[int, int]],
     compressor: Compressor | None,
-    recalled: Recalled = NOTHING,
 ) -> Plan:
     """What to send for ``path`` with ``summary`` (of ``summary_tokens`` as a message);
-    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total).
-    The ``recalled`` message goes right before the newest user message."""
+    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total)."""
     start = start_of(summary)
     sent, control = assemble(
         path.messages, start, None if summary is None else summary_message(summary)
@@ -90,23 +88,34 @@ def plan_request(
     if compressor is not None:
         tail_control = control_indexes(path.messages, start, len(path.messages))
         sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
-    sent = _place_recall(path.messages, sent, recalled.message)
-    prompt += recalled.tokens
-    return Plan(
-        sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved, recalled.tokens
+    return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
+
+
+def recall_budget(path: StoredPath, prompt_tokens: int, options: TrimmerOptions) -> int:
+    """The recall message's budget: ``recall_tokens``, within the room a prompt of
+    ``prompt_tokens`` leaves under the hard limits (so recall never forces a fold) and
+    under the full list's own tokens (so the request is never larger than untrimmed)."""
+    baseline = path.total_tokens + REPLY_PRIMING + path.tools_tokens
+    room = min(baseline, path.info.context_window - reply_cap(path, options)) - prompt_tokens
+    if options.max_prompt_tokens is not None:
+        room = min(room, options.max_prompt_tokens - prompt_tokens)
+    return max(0, min(options.recall_tokens, room))
+
+
+def with_recall(path: StoredPath, plan: Plan, recalled: Recalled) -> Plan:
+    """``plan`` with the ``recalled`` message right before the newest user message
+    (which is in the verbatim tail, so the plan ends with the same messages as the path)."""
+    question = newest_user(path.messages)
+    if recalled.message is None or question is None:
+        return plan
+    at = len(plan.messages) - (len(path.messages) - question)
+    sent = [*plan.messages[:at], recalled.message, *plan.messages[at:]]
+    return replace(
+        plan,
+        messages=sent,
+        prompt_tokens=plan.prompt_tokens + recalled.tokens,
+        recall_tokens=recalled.tokens,
     )
-
-
-def _place_recall(
-    messages: Sequence[Message], sent: list[Message], recall: Message | None
-) -> list[Message]:
-    """``sent`` with ``recall`` right before the newest user message (which is in the
-    verbatim tail, so ``sent`` ends with the same messages as ``messages``)."""
-    question = newest_user(messages)
-    if recall is None or question is None:
-        return sent
-    at = len(sent) - (len(messages) - question)
-    return [*sent[:at], recall, *sent[at:]]
 
 
 def _compress(

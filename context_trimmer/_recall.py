@@ -39,10 +39,12 @@ from ._summary_store import StoredSummary
 
 Message = Mapping[str, Any]
 RECALL_HEADER = "Earlier messages that may be relevant:"
-MAX_TERMS = 24
+MAX_TERMS = 16
 SUFFIXES = ("ing", "ed", "es", "s")
 MIN_STEM = 4
 MAX_HITS = 40
+PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
+DOC_BUDGET = 200  # the ranking scores at most this many messages
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
@@ -118,6 +120,9 @@ def recall(
     terms = query_terms(message_text(path.messages[question]))
     if not terms:
         return NOTHING
+    terms = informative(connection, path.anchor_hash, terms)
+    if not terms:
+        return NOTHING
     hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
     floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
     on_path = [hit.depth for hit in hits if hit.score >= floor]
@@ -129,25 +134,53 @@ def on(path: StoredPath, hit: Any) -> bool:
     return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
 
 
+def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
+    """The full-text condition for ``terms`` (any of them) under ``anchor``, and its
+    query parameter."""
+    if dialect == "sqlite":
+        phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
+        return f"{SEARCH_TABLE} MATCH :query", f'anchor : "{anchor}" AND words : ({phrases})'
+    query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
+    return "anchor_hash = :anchor AND document @@ to_tsquery('simple', :query)", query
+
+
+def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
+    """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
+    messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
+    much to rank). One statement counts each term's messages, up to the cap."""
+    dialect = connection.dialect.name
+    parts, parameters = [], {"anchor": anchor, "cap": PROBE_CAP}
+    for i, term in enumerate(terms):
+        condition, parameters[f"q{i}"] = _match(dialect, anchor, [term])
+        condition = condition.replace(":query", f":q{i}")
+        parts.append(
+            f"SELECT {i} AS term, (SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
+            f"WHERE {condition} LIMIT :cap) AS found) AS messages"
+        )
+    counts = connection.execute(text(" UNION ALL ".join(parts)), parameters).all()
+    kept, total = [], 0
+    for i, found in sorted(counts, key=lambda row: (row.messages, row.term)):
+        if found == 0:
+            continue
+        if found >= PROBE_CAP or total + found > DOC_BUDGET:
+            break
+        kept.append(terms[i])
+        total += found
+    return kept
+
+
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
     """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
     best first."""
+    condition, query = _match(connection.dialect.name, anchor, terms)
     if connection.dialect.name == "sqlite":
-        phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
-        query = f'anchor : "{anchor}" AND words : ({phrases})'
-        statement = (
-            f"SELECT hash, depth, -bm25({SEARCH_TABLE}, 1.0, 0.0) AS score FROM {SEARCH_TABLE} "
-            f"WHERE {SEARCH_TABLE} MATCH :query AND depth < :before "
-            "ORDER BY score DESC, depth LIMIT :limit"
-        )
+        score = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)"
     else:
-        query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
-        statement = (
-            f"SELECT hash, depth, ts_rank_cd(document, q) AS score "
-            f"FROM {SEARCH_TABLE}, to_tsquery('simple', :query) AS q "
-            "WHERE anchor_hash = :anchor AND depth < :before AND document @@ q "
-            "ORDER BY score DESC, depth LIMIT :limit"
-        )
+        score = "ts_rank_cd(document, to_tsquery('simple', :query))"
+    statement = (
+        f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
+        f"WHERE {condition} AND depth < :before ORDER BY score DESC, depth LIMIT :limit"
+    )
     parameters = {"query": query, "anchor": anchor, "before": before, "limit": MAX_HITS}
     return list(connection.execute(text(statement), parameters).all())
 

@@ -37,9 +37,11 @@ from ._plan import (
     fold_due,
     over_limit,
     plan_request,
+    recall_budget,
     reply_cap,
     rows_needed,
     summary_message,
+    with_recall,
 )
 from ._prepared import FoldResult, Prepared
 from ._ratelimit import Quotas, RateLimits, UserQuota
@@ -349,10 +351,9 @@ class Trimmer:
         compressor = Compressor(
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
-        recalled = recall(connection, path, summary, self.options.recall_tokens)
-        return plan_request(
-            path, summary, tokens, rows, compressor if compressing else None, recalled
-        )
+        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        budget = recall_budget(path, plan.prompt_tokens, self.options)
+        return with_recall(path, plan, recall(connection, path, summary, budget))
 
     def _fits(self, path: StoredPath) -> bool:
         with self._db.reading() as connection:
