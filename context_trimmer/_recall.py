@@ -139,7 +139,9 @@ def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
     query parameter."""
     if dialect == "sqlite":
         phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
-        return f"{SEARCH_TABLE} MATCH :query", f'anchor : "{anchor}" AND words : ({phrases})'
+        # No column filters (they make FTS5 read positions): the anchor, a 64-digit hex
+        # token, is never a word, and words are never an anchor.
+        return f"{SEARCH_TABLE} MATCH :query", f'"{anchor}" AND ({phrases})'
     query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
     return "anchor_hash = :anchor AND document @@ to_tsquery('simple', :query)", query
 
