@@ -7,6 +7,11 @@ turns, untimed, as the background worker would. trim_messages gets an exact tikt
 counter (the same per-message rules) and a token budget like the prepared request.
 
     python benchmarks/prepare_speed.py [--sizes 1000 5000 10000] [--turns 15]
+    python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
+
+``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
+wall and CPU medians, on the same messages; each message also names a rare reference
+(``ref1234``) that later user turns ask about, so the search finds and ranks matches.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from langchain_core.messages import (
     trim_messages,
 )
 
-from context_trimmer import ModelTable, Trimmer
+from context_trimmer import ModelTable, Trimmer, TrimmerOptions
 from context_trimmer._tokens import REPLY_PRIMING, TokenCounter
 
 WORDS = (
@@ -64,27 +69,52 @@ def exact_counter(counter: TokenCounter) -> Any:
     return count
 
 
-def time_prepare(size: int, turns: int) -> tuple[float, int]:
+def time_prepare(size: int, turns: int, **options: Any) -> tuple[float, int]:
+    wall, _cpu, tokens = time_prepare_cpu(size, turns, **options)
+    return wall, tokens
+
+
+def time_prepare_cpu(
+    size: int, turns: int, *, refs: bool = False, **options: Any
+) -> tuple[float, float, int]:
+    """Median wall and CPU seconds of prepare() per turn, and the last prompt's tokens."""
     rng = random.Random(size)
+    say = (lambda r: f"{text(r)} About ref{r.randint(0, 9999)}.") if refs else text
     messages = conversation(size, rng)
-    timings = []
+    if refs:
+        messages = [messages[0], *({**m, "content": say(rng)} for m in messages[1:])]
+    walls, cpus = [], []
     with (
         tempfile.TemporaryDirectory() as folder,
         Trimmer(
-            f"sqlite:///{folder}/bench.db", summarizer="extractive", background=False
+            f"sqlite:///{folder}/bench.db", summarizer="extractive", background=False, **options
         ) as trimmer,
     ):
         trimmer.prepare(messages)
         trimmer.compact(messages, force=True)
         for _ in range(turns):
-            messages.append({"role": "user", "content": text(rng)})
-            start = time.perf_counter()
+            messages.append({"role": "user", "content": say(rng)})
+            start, start_cpu = time.perf_counter(), time.process_time()
             prepared = trimmer.prepare(messages)
-            timings.append(time.perf_counter() - start)
-            messages.append({"role": "assistant", "content": text(rng)})
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+            messages.append({"role": "assistant", "content": say(rng)})
             if prepared.fold_pending:
                 trimmer.compact(messages)
-    return statistics.median(timings), prepared.prompt_tokens
+    return statistics.median(walls), statistics.median(cpus), prepared.prompt_tokens
+
+
+def compare_recall(sizes: list[int], turns: int) -> None:
+    print(f"{'stored':>7} {'text':>12} {'recall':>7} {'wall ms':>8} {'CPU ms':>7} {'prompt':>7}")
+    for size in sizes:
+        for refs in (False, True):
+            for budget in (0, TrimmerOptions().recall_tokens):
+                wall, cpu, tokens = time_prepare_cpu(size, turns, refs=refs, recall_tokens=budget)
+                kind = "with refs" if refs else "common words"
+                print(
+                    f"{size:>7,} {kind:>12} {budget:>7} {wall * 1000:>8.2f} "
+                    f"{cpu * 1000:>7.2f} {tokens:>7,}"
+                )
 
 
 def time_trim(size: int, turns: int, budget: int) -> float:
@@ -112,7 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
     parser.add_argument("--turns", type=int, default=15)
+    parser.add_argument("--recall", action="store_true", help="recall off and on")
     args = parser.parse_args()
+    if args.recall:
+        compare_recall(args.sizes, args.turns)
+        return
     print(f"{'stored':>7} {'prepare() ms':>13} {'trim_messages ms':>17} {'speed-up':>9}")
     results = []
     for size in args.sizes:

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 
+from . import _recall_index
 from ._db import insert_ignoring_conflicts
 from ._schema import Message, TokenCount, utcnow
 
@@ -81,7 +83,7 @@ def append(
     path_tokens_before: int,
 ) -> None:
     """Store messages ``start:`` of a path (those already stored are skipped) and their
-    token counts under ``key``."""
+    token counts under ``key``; the messages stored now are indexed for recall."""
     now = utcnow()
     message_rows, count_rows = [], []
     running = path_tokens_before
@@ -105,8 +107,30 @@ def append(
                 "path_tokens": running,
             }
         )
-    insert_ignoring_conflicts(connection, MESSAGES, message_rows)
+    _index_new(connection, messages, hashes, start, _insert_new(connection, message_rows))
     insert_ignoring_conflicts(connection, COUNTS, count_rows)
+
+
+def _insert_new(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+    """Insert message rows not stored yet; the hashes of those inserted."""
+    if not rows:
+        return set()
+    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
+    statement = dialect.insert(MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.hash)
+    return set(connection.execute(statement, list(rows)).scalars())
+
+
+def _index_new(
+    connection: Connection,
+    messages: Sequence[Mapping[str, Any]],
+    hashes: Sequence[str],
+    start: int,
+    new: set[str],
+) -> None:
+    """Index the messages stored just now, in the same transaction."""
+    if new:
+        indexes = [i for i in range(start, len(hashes)) if hashes[i] in new]
+        _recall_index.add(connection, _recall_index.rows_for(messages, hashes, indexes))
 
 
 def load_path(connection: Connection, head: str) -> list[str]:

@@ -43,6 +43,7 @@ class LedgerRow:
     completion_tokens: int | None
     usage_estimated: bool | None
     compression_saved_tokens: int = 0
+    recall_tokens: int = 0
     rate_limited: int = 0
     waited_ms: int = 0
     fallback_model: str | None = None
@@ -86,6 +87,7 @@ def _ledger_query(since: datetime | None, until: datetime | None) -> Any:
             u.completion_tokens,
             u.estimated.label("usage_estimated"),
             r.compression_saved_tokens,
+            r.recall_tokens,
             a.rate_limited,
             a.waited_ms,
             a.fallback_model,

@@ -14,8 +14,11 @@ class TrimmerOptions:
     ``keep_last``: conversational messages sent verbatim after a fold; ``fold_every``:
     how many more may accumulate before the next fold; ``keep_tokens``: optional token
     budget for the verbatim tail. ``summary_tokens``: the summary's budget; with
-    ``summary_share`` (say 0.085) it is that share of the history the summary replaces,
-    up to ``summary_tokens``. ``max_tokens``: the default cap on each reply.
+    ``summary_share`` (say 0.05) it is that share of the history the summary replaces,
+    up to ``summary_tokens`` (None: a fixed ``summary_tokens``). ``max_tokens``: the
+    default cap on each reply.
+    ``recall_tokens``: the budget of the message that brings back the folded turns
+    matching the newest user message (0: no recall).
     ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
     worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
     worker may hold a fold or rewrite before another may take it over.
@@ -25,11 +28,14 @@ class TrimmerOptions:
     summarizer before the extractive one folds instead.
     """
 
-    keep_last: int = 20
+    # Defaults measured on LoCoMo (benchmarks/locomo_questions.py; README, Benchmarks):
+    # the middle of the flat region of the sweep, not its best cell.
+    keep_last: int = 6
     fold_every: int = 10
     keep_tokens: int | None = None
-    summary_tokens: int = 1000
-    summary_share: float | None = None
+    summary_tokens: int = 4000
+    summary_share: float | None = 0.05
+    recall_tokens: int = 2000
     max_tokens: int = 1024
     max_prompt_tokens: int | None = None
     background: bool = True
@@ -42,6 +48,7 @@ class TrimmerOptions:
         check_count("fold_every", self.fold_every, minimum=0)
         check_count("max_tokens", self.max_tokens, minimum=1)
         check_count("summary_tokens", self.summary_tokens, minimum=1)
+        check_count("recall_tokens", self.recall_tokens, minimum=0)
         share = self.summary_share
         if share is not None and (
             isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1

@@ -10,12 +10,13 @@ the limits: the reply cap, the hard prompt limit, and when a fold is due.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._exceptions import PromptTooLargeError
 from ._options import TrimmerOptions
 from ._path import StoredPath, start_of
+from ._recall import Recalled, newest_user
 from ._summary_store import StoredSummary
 from ._tokens import REPLY_PRIMING
 from ._window import assemble, control_indexes, conversational_count
@@ -35,6 +36,7 @@ class Plan:
     start: int
     summary_tokens: int
     compression_saved: int = 0
+    recall_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,33 @@ def plan_request(
         tail_control = control_indexes(path.messages, start, len(path.messages))
         sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
     return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
+
+
+def recall_budget(path: StoredPath, prompt_tokens: int, options: TrimmerOptions) -> int:
+    """The recall message's budget: ``recall_tokens``, within the room a prompt of
+    ``prompt_tokens`` leaves under the hard limits (so recall never forces a fold) and
+    under the full list's own tokens (so the request is never larger than untrimmed)."""
+    baseline = path.total_tokens + REPLY_PRIMING + path.tools_tokens
+    room = min(baseline, path.info.context_window - reply_cap(path, options)) - prompt_tokens
+    if options.max_prompt_tokens is not None:
+        room = min(room, options.max_prompt_tokens - prompt_tokens)
+    return max(0, min(options.recall_tokens, room))
+
+
+def with_recall(path: StoredPath, plan: Plan, recalled: Recalled) -> Plan:
+    """``plan`` with the ``recalled`` message right before the newest user message
+    (which is in the verbatim tail, so the plan ends with the same messages as the path)."""
+    question = newest_user(path.messages)
+    if recalled.message is None or question is None:
+        return plan
+    at = len(plan.messages) - (len(path.messages) - question)
+    sent = [*plan.messages[:at], recalled.message, *plan.messages[at:]]
+    return replace(
+        plan,
+        messages=sent,
+        prompt_tokens=plan.prompt_tokens + recalled.tokens,
+        recall_tokens=recalled.tokens,
+    )
 
 
 def _compress(

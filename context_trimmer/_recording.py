@@ -43,6 +43,7 @@ def request_row(
         "folded_synchronously": sync_fold is not None,
         "summary_failures": sync_fold.failures if sync_fold else 0,
         "compression_saved_tokens": plan.compression_saved,
+        "recall_tokens": plan.recall_tokens,
     }
 
 

@@ -49,6 +49,7 @@ class ReportRow:
     saved_percent: float = 0.0
     summary_saved_tokens: int = 0
     compression_saved_tokens: int = 0
+    recall_tokens: int = 0
     usage_prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -256,6 +257,7 @@ def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
     target.baseline_tokens += row.baseline_tokens
     target.prompt_tokens += row.prompt_tokens
     target.compression_saved_tokens += row.compression_saved_tokens
+    target.recall_tokens += row.recall_tokens
     target.usage_prompt_tokens += figures.usage_prompt
     target.cached_tokens += figures.cached
     target.completion_tokens += figures.completion

@@ -10,6 +10,9 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 - ``ct_leases``: short leases so two workers never summarize the same span at once.
 - ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
   API's reported usage when the response is recorded.
+- ``ct_message_search``: the full-text index recall searches (an FTS5 table on SQLite,
+  a tsvector table on PostgreSQL); made by migration 0006 in SQL, not modelled here
+  (see ``_recall_index``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 HASH = String(64)
+SEARCH_TABLE = "ct_message_search"
 
 
 def utcnow() -> datetime:
@@ -137,6 +141,7 @@ class Request(Base):
     folded_synchronously: Mapped[bool] = mapped_column(Boolean)
     summary_failures: Mapped[int] = mapped_column(Integer)
     compression_saved_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    recall_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 class Usage(Base):

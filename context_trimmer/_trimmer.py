@@ -50,13 +50,16 @@ from ._plan import (
     fold_due,
     over_limit,
     plan_request,
+    recall_budget,
     reply_cap,
     rows_needed,
     summary_message,
+    with_recall,
 )
 from ._prepared import FoldResult, Prepared
 from ._prompt_cache import DEFAULT_LIFETIME
 from ._ratelimit import Quotas, RateLimits, UserQuota
+from ._recall import recall
 from ._recording import Recorder, baseline_tokens, request_row
 from ._report import GroupBy, Report, build_report
 from ._retry import RetryPolicy
@@ -77,9 +80,9 @@ class Trimmer:
     ``url``: SQLAlchemy URL of the store (default: ``$CONTEXT_TRIMMER_DB``, else a
     SQLite file under ``~/.local/share/context-trimmer``). The trimming options
     (``keep_last``, ``fold_every``, ``keep_tokens``, ``summary_tokens``,
-    ``summary_share``, ``max_tokens``, ``max_prompt_tokens``, ``background``,
-    ``lease_seconds``, ``sync_fold_deadline``, ``cache_bytes``) are those of
-    :class:`TrimmerOptions`, checked there.
+    ``summary_share``, ``recall_tokens``, ``max_tokens``, ``max_prompt_tokens``,
+    ``background``, ``lease_seconds``, ``sync_fold_deadline``, ``cache_bytes``) are those
+    of :class:`TrimmerOptions`, checked there.
     ``summarizer``: ``"extractive"``, ``"openai"``, a Summarizer, or None (gpt-4o-mini
     when ``OPENAI_API_KEY`` is set, else extractive). ``models``: overrides of the model
     table. ``system_prompt``: ``"safe"`` (default), ``"llm"``, ``"off"`` or a callable,
@@ -366,7 +369,9 @@ class Trimmer:
         compressor = Compressor(
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
-        return plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        budget = recall_budget(path, plan.prompt_tokens, self.options)
+        return with_recall(path, plan, recall(connection, path, summary, budget))
 
     def _fits(self, path: StoredPath) -> bool:
         with self._db.reading() as connection:

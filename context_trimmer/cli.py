@@ -24,6 +24,7 @@ from ._html_report import render_html
 from ._ledger import Ledger
 from ._migrate import head_revision
 from ._models import ModelTable
+from ._options import TrimmerOptions
 from ._replay import ReplayResult, load_conversations, replay, request_points
 from ._report import GROUPS, Report, build_report
 from ._report_formats import FORMATS, render
@@ -31,6 +32,8 @@ from ._summarizers import OpenAISummarizer
 from ._system_prompt import PromptRewriter, SystemPrompts
 from ._tokens import count_tokens, counter_for
 from ._trimmer import Trimmer
+
+OPTIONS = TrimmerOptions()  # the replay command's defaults are the library's
 
 
 @click.group()
@@ -103,15 +106,19 @@ def count(file: Path, model: str, as_json: bool) -> None:
     help="openai uses OPENAI_API_KEY and OPENAI_BASE_URL.",
 )
 @click.option("--summarizer-model", default="gpt-4o-mini", show_default=True)
-@click.option("--keep-last", default=20, show_default=True, help="Messages sent verbatim.")
-@click.option("--fold-every", default=10, show_default=True, help="Messages per fold.")
-@click.option("--summary-tokens", default=1000, show_default=True, help="Summary budget.")
+@click.option("--keep-last", default=OPTIONS.keep_last, show_default=True, help="Verbatim tail.")
+@click.option("--fold-every", default=OPTIONS.fold_every, show_default=True, help="Per fold.")
+@click.option("--summary-tokens", default=OPTIONS.summary_tokens, show_default=True)
 @click.option(
     "--summary-share",
     type=float,
-    default=None,
+    default=OPTIONS.summary_share,
+    show_default=True,
     help="Grow the summary budget to this share of the history it replaces "
     "(never above --summary-tokens).",
+)
+@click.option(
+    "--recall-tokens", default=OPTIONS.recall_tokens, show_default=True, help="0: no recall."
 )
 @click.option("--model", default="gpt-4o", show_default=True, help="Model the app calls.")
 @json_option
@@ -125,6 +132,7 @@ def replay_command(
     fold_every: int,
     summary_tokens: int,
     summary_share: float | None,
+    recall_tokens: int,
     model: str,
     as_json: bool,
 ) -> None:
@@ -152,6 +160,7 @@ def replay_command(
             summarizer=chosen,
             summary_tokens=summary_tokens,
             summary_share=summary_share,
+            recall_tokens=recall_tokens,
             background=False,
         ) as trimmer,
         click.progressbar(length=total, label="replaying", file=sys.stderr) as bar,

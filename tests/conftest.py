@@ -99,7 +99,15 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def trimmer(db_url: str) -> Iterator[Trimmer]:
+    # Small windows, a fixed summary budget and no recall: the layout these tests check.
     with Trimmer(
-        db_url, keep_last=4, fold_every=2, summarizer="extractive", background=False
+        db_url,
+        keep_last=4,
+        fold_every=2,
+        summary_tokens=1000,
+        summary_share=None,
+        recall_tokens=0,
+        summarizer="extractive",
+        background=False,
     ) as instance:
         yield instance

@@ -1,0 +1,197 @@
+"""Questions asked as the next turn: how much of the history is sent, and is the answer in it?
+
+Each LoCoMo conversation is replayed turn by turn through prepare() with the extractive
+summarizer (speaker A is the user, speaker B the assistant, session dates open each
+session; due folds run in between). Then every question of categories 1 to 4 is asked
+as the next user turn, and for each prepared request it reports:
+
+- the share of the full history's tokens sent (``prompt_tokens / baseline_tokens``);
+- whether the answer is in what is sent, the question itself left out: the answer's
+  words, in order, among the sent words (case, accents and punctuation ignored).
+
+Answers that are not in the full history either (inferred ones, computed dates) cannot
+be present; they are counted as ``answerable`` apart, and the share present is given
+over the answerable questions and over all of them.
+
+    python benchmarks/locomo_questions.py [--data PATH] [--keep-last 20 ...]
+        [--fold-every 10 ...] [--summary-tokens 4000] [--summary-share 0.085 ... | none]
+        [--recall-tokens 0 300 ...] [--json]
+
+Several values of an option make a sweep over every combination (a replay per summary
+setting; the recall budgets reuse it). Without options it measures the defaults of
+``TrimmerOptions``, with and without recall.
+
+The data: ``locomo-sample.json`` (three conversations of the LoCoMo benchmark, Maharana
+et al. 2024, CC BY-NC 4.0), read from ``../shared/data/`` next to the repository, or
+``--data PATH``; it is not part of this project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from context_trimmer import Trimmer, TrimmerOptions
+from context_trimmer._recall_index import fold, message_text
+from context_trimmer._replay import Conversation, load_conversations, replay
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
+CATEGORIES = (1, 2, 3, 4)
+DEFAULTS = TrimmerOptions()
+SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None  # the stores are throwaway
+
+
+def words(text: str) -> str:
+    """Lower-case words without accents or punctuation, space-separated and padded."""
+    return " " + " ".join(re.findall(r"[^\W_]+", fold(text))) + " "
+
+
+def present(answer: Any, sent_words: str) -> bool:
+    wanted = words(str(answer))
+    return wanted.strip() != "" and wanted in sent_words
+
+
+def questions_of(item: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [q for q in item["qa"] if q.get("category") in CATEGORIES and "answer" in q]
+
+
+def ask(
+    url: str, conversation: Conversation, qa: Sequence[Mapping[str, Any]], **options: Any
+) -> list[dict[str, Any]]:
+    """Ask every question after the replayed ``conversation``; one row per question."""
+    full_words = words("\n".join(message_text(m) for m in conversation.messages))
+    rows = []
+    with Trimmer(url, summarizer="extractive", background=False, **options) as trimmer:
+        for item in qa:
+            question = {"role": "user", "content": str(item["question"])}
+            prepared = trimmer.prepare(
+                [*conversation.messages, question], conversation_id=conversation.id
+            )
+            sent = words("\n".join(message_text(m) for m in prepared.messages[:-1]))
+            rows.append(
+                {
+                    "share": prepared.prompt_tokens / prepared.baseline_tokens,
+                    "answerable": present(item["answer"], full_words),
+                    "present": present(item["answer"], sent),
+                    "category": item["category"],
+                }
+            )
+    return rows
+
+
+def measure(
+    data: Sequence[tuple[Mapping[str, Any], Conversation]],
+    replay_options: Mapping[str, Any],
+    recall_budgets: Iterable[int],
+) -> list[dict[str, Any]]:
+    """One result per recall budget, each over every conversation."""
+    per_budget: dict[int, list[dict[str, Any]]] = {b: [] for b in recall_budgets}
+    for item, conversation in data:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+            url = f"sqlite:///{folder}/bench.db"
+            with Trimmer(
+                url, summarizer="extractive", background=False, **replay_options
+            ) as trimmer:
+                replay(trimmer, [conversation])
+            for budget, rows in per_budget.items():
+                asked = ask(
+                    url, conversation, questions_of(item), **replay_options, recall_tokens=budget
+                )
+                rows.extend({**row, "conversation": conversation.id} for row in asked)
+    return [
+        summarize(dict(replay_options, recall_tokens=b), rows) for b, rows in per_budget.items()
+    ]
+
+
+def summarize(options: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    conversations = sorted({r["conversation"] for r in rows})
+    by_conversation = {}
+    for name in conversations:
+        mine = [r for r in rows if r["conversation"] == name]
+        by_conversation[name] = _figures(mine)
+    return {"options": dict(options), **_figures(rows), "conversations": by_conversation}
+
+
+def _figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    answerable = [r for r in rows if r["answerable"]]
+    return {
+        "questions": len(rows),
+        "answerable": len(answerable),
+        "present": sum(r["present"] for r in answerable),
+        "present_share": sum(r["present"] for r in answerable) / max(len(answerable), 1),
+        "present_share_all": sum(r["present"] for r in rows) / max(len(rows), 1),
+        "mean_share_sent": statistics.mean(r["share"] for r in rows),
+    }
+
+
+def print_result(result: Mapping[str, Any]) -> None:
+    options = " ".join(f"{k}={v}" for k, v in result["options"].items())
+    print(
+        f"{options}: sent {result['mean_share_sent']:.1%} of the history; answer present "
+        f"{result['present']}/{result['answerable']} ({result['present_share']:.1%}) of "
+        f"the answerable, {result['present_share_all']:.1%} of all {result['questions']}"
+    )
+    for name, figures in result["conversations"].items():
+        print(
+            f"    {name:<8} sent {figures['mean_share_sent']:.1%}  present "
+            f"{figures['present']}/{figures['answerable']} ({figures['present_share']:.1%})"
+        )
+    sys.stdout.flush()
+
+
+def share(value: str) -> float | None:
+    return None if value.lower() == "none" else float(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--keep-last", type=int, nargs="+", default=[DEFAULTS.keep_last])
+    parser.add_argument("--fold-every", type=int, nargs="+", default=[DEFAULTS.fold_every])
+    parser.add_argument("--summary-tokens", type=int, nargs="+", default=[DEFAULTS.summary_tokens])
+    parser.add_argument("--summary-share", type=share, nargs="+", default=[DEFAULTS.summary_share])
+    parser.add_argument("--recall-tokens", type=int, nargs="+")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not args.data.exists():
+        sys.exit(
+            f"{args.data}: not found. The LoCoMo sample (Maharana et al. 2024, CC BY-NC 4.0) "
+            "is read from ../shared/data/locomo-sample.json next to the repository; it is "
+            "not part of this project. Pass --data PATH to a copy of it."
+        )
+    budgets = args.recall_tokens or sorted({0, DEFAULTS.recall_tokens})
+    raw = json.loads(args.data.read_text())
+    data = list(zip(raw, load_conversations(args.data), strict=True))
+    results = []
+    grid = itertools.product(
+        args.keep_last, args.fold_every, args.summary_tokens, args.summary_share
+    )
+    for keep_last, fold_every, summary_tokens, summary_share in grid:
+        started = time.perf_counter()
+        replay_options = {
+            "keep_last": keep_last,
+            "fold_every": fold_every,
+            "summary_tokens": summary_tokens,
+            "summary_share": summary_share,
+        }
+        for result in measure(data, replay_options, budgets):
+            results.append(result)
+            if not args.json:
+                print_result(result)
+        if not args.json:
+            print(f"    ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Recall: the earlier turns the newest question needs, brought back verbatim.
+
+The summary keeps what is generally important; a question is specific. On every
+prepare() with a summary, the newest user message's words search the folded part of
+this path (messages before the summary's start) in the database's own full-text index
+(``_recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL, each
+word also as a prefix once a common inflection is cut ("painted" finds "painting").
+Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]``
+match), so another branch, user or tenant never leaks in, and only when they score
+at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
+noise). Each hit brings its neighbour when it asks a question (the turn that answers
+it). The best fit ``recall_tokens`` as one message, in the order they were said, each
+session's date once above its lines::
+
+    Earlier messages that may be relevant:
+    [8 May, 2023]
+    user: Caroline: I went to a LGBTQ support group yesterday.
+    assistant: Melanie: That's great! How did it go?
+
+Tool calls and results come back as text lines in that one message, never as raw tool
+messages, so the request stays valid. Its tokens are counted exactly. It goes right
+before the newest user message, after the cache-stable ``[system][summary][tail]``.
+Same path and question, same message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from ._path import StoredPath
+from ._recall_index import CONTROL_ROLES, fold, message_text
+from ._schema import SEARCH_TABLE
+from ._summary_store import StoredSummary
+
+Message = Mapping[str, Any]
+RECALL_HEADER = "Earlier messages that may be relevant:"
+MAX_TERMS = 16
+SUFFIXES = ("ing", "ed", "es", "s")
+MIN_STEM = 4
+MAX_HITS = 40
+PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
+DOC_BUDGET = 200  # the ranking scores at most this many messages
+MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
+DATE_LOOKBACK = 100
+_DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
+_WORD = re.compile(r"\w+")
+# Words too common to find anything (English, German, Spanish, French): dropped from
+# the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
+STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as is are was were be been
+    am i me my we our you your he she it its his her him hers they them their this that
+    these those there
+    what which who whom how why when where do does did have has had not no yes can could
+    would should will shall may might must just also too than about into over after
+    before up out all any some such only own same so very s t don did didn doesn isn
+    ever get got go going went one two de la el en y los las del que un una por con para
+    se su al lo es como mas pero sus le ya o fue este ha si porque esta son entre cuando
+    muy sin sobre ser tiene tambien me hay donde quien desde todo nos durante der die
+    das und ist ein eine einen dem den des zu mit von auf fur im nicht sich auch es an
+    als wie wir ihr sie er ich du wo was wann wer hat habe war le les et est pas pour
+    qui dans ce il elle au aux avec sur ou""".split()
+)
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """The recall message (None when nothing fits or matches) and its exact tokens."""
+
+    message: Message | None = None
+    tokens: int = 0
+
+
+NOTHING = Recalled()
+
+
+def query_terms(question: str) -> list[str]:
+    """The question's search terms: folded words, stop words and one-letter words out,
+    each cut to its stem (a prefix: see :func:`stem`)."""
+    words = _WORD.findall(fold(question).replace("_", " "))
+    wanted = (stem(w) for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
+    return list(dict.fromkeys(wanted))[:MAX_TERMS]
+
+
+def stem(word: str) -> str:
+    """``word`` without a common inflection (-ing, -ed, -es, -s) when at least four
+    letters stay; searched as a prefix, so "painted" finds "painting" and
+    "casas" finds "casa", in any language, with no stemmer to choose."""
+    if word.isdigit():
+        return word
+    for suffix in SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+            return word[: -len(suffix)]
+    return word
+
+
+def newest_user(messages: Sequence[Message]) -> int | None:
+    """Index of the newest user message, or None."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "user":
+            return index
+    return None
+
+
+def recall(
+    connection: Connection,
+    path: StoredPath,
+    summary: StoredSummary | None,
+    budget: int,
+) -> Recalled:
+    """The recall message for ``path`` (folded up to ``summary``), within ``budget``."""
+    start = 0 if summary is None else summary.next_index
+    question = newest_user(path.messages)
+    if budget <= 0 or start <= 0 or question is None or path.anchor_hash is None:
+        return NOTHING
+    terms = query_terms(message_text(path.messages[question]))
+    if not terms:
+        return NOTHING
+    terms = informative(connection, path.anchor_hash, terms)
+    if not terms:
+        return NOTHING
+    hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
+    floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
+    on_path = [hit.depth for hit in hits if hit.score >= floor]
+    return build(path, _with_neighbours(path.messages, on_path, start), summary, budget)
+
+
+def on(path: StoredPath, hit: Any) -> bool:
+    """Whether a hit (a message at ``hit.depth``) is this path's own message."""
+    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
+
+
+def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
+    """The full-text condition for ``terms`` (any of them) under ``anchor``, and its
+    query parameter."""
+    if dialect == "sqlite":
+        phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
+        # No column filters (they make FTS5 read positions): the anchor, a 64-digit hex
+        # token, is never a word, and words are never an anchor.
+        return f"{SEARCH_TABLE} MATCH :query", f'"{anchor}" AND ({phrases})'
+    query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
+    return "anchor_hash = :anchor AND document @@ to_tsquery('simple', :query)", query
+
+
+def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
+    """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
+    messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
+    much to rank). One statement counts each term's messages, up to the cap."""
+    dialect = connection.dialect.name
+    parts, parameters = [], {"anchor": anchor, "cap": PROBE_CAP}
+    for i, term in enumerate(terms):
+        condition, parameters[f"q{i}"] = _match(dialect, anchor, [term])
+        condition = condition.replace(":query", f":q{i}")
+        parts.append(
+            f"SELECT {i} AS term, (SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
+            f"WHERE {condition} LIMIT :cap) AS found) AS messages"
+        )
+    counts = connection.execute(text(" UNION ALL ".join(parts)), parameters).all()
+    kept, total = [], 0
+    for i, found in sorted(counts, key=lambda row: (row.messages, row.term)):
+        if found == 0:
+            continue
+        if found >= PROBE_CAP or total + found > DOC_BUDGET:
+            break
+        kept.append(terms[i])
+        total += found
+    return kept
+
+
+def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
+    """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
+    best first."""
+    condition, query = _match(connection.dialect.name, anchor, terms)
+    if connection.dialect.name == "sqlite":
+        score = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)"
+    else:
+        score = "ts_rank_cd(document, to_tsquery('simple', :query))"
+    statement = (
+        f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
+        f"WHERE {condition} AND depth < :before ORDER BY score DESC, depth LIMIT :limit"
+    )
+    parameters = {"query": query, "anchor": anchor, "before": before, "limit": MAX_HITS}
+    return list(connection.execute(text(statement), parameters).all())
+
+
+def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:
+    """Hits in rank order, each followed by the turn answering it when it asks a question."""
+    ordered: list[int] = []
+    for index in hits:
+        ordered.append(index)
+        answer = index + 1
+        asks = "?" in message_text(messages[index])
+        if asks and answer < start and messages[answer]["role"] not in CONTROL_ROLES:
+            ordered.append(answer)
+    return list(dict.fromkeys(ordered))
+
+
+def build(
+    path: StoredPath, ranked: Sequence[int], summary: StoredSummary | None, budget: int
+) -> Recalled:
+    """The best-ranked lines that fit ``budget`` tokens, as one message in path order."""
+    count = path.counter
+    summary_text = summary.text if summary is not None else ""
+    used = count.message({"role": "system", "content": RECALL_HEADER})
+    chosen: dict[int, Line] = {}
+    dates: set[str] = set()
+    for index in ranked:
+        line = render(path.messages, index)
+        if line is None or line.words in summary_text:
+            continue
+        cost = count.text("\n" + line.text)
+        dated = bool(line.date) and line.date not in dates
+        if dated:
+            cost += count.text(f"\n[{line.date}]")
+        if used + cost <= budget:
+            chosen[index] = line
+            used += cost
+            if dated:
+                dates.add(line.date)
+    while chosen:
+        message = {"role": "system", "content": _content(chosen)}
+        tokens = count.message(message)
+        if tokens <= budget:
+            return Recalled(message, tokens)
+        del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
+    return NOTHING
+
+
+def _content(chosen: Mapping[int, Line]) -> str:
+    """The header, then the lines in path order, each session date once above its lines."""
+    lines, date = [RECALL_HEADER], ""
+    for index in sorted(chosen):
+        line = chosen[index]
+        if line.date and line.date != date:
+            lines.append(f"[{line.date}]")
+        date = line.date or date
+        lines.append(line.text)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One recalled message: ``text`` (``role: words``), its ``words``, its session date."""
+
+    text: str
+    words: str
+    date: str
+
+
+def render(messages: Sequence[Message], index: int) -> Line | None:
+    """``messages[index]`` as a recall line (None when it has no words)."""
+    message = messages[index]
+    words = message_text(message)
+    tagged = _DATE_TAG.match(words)
+    date = tagged.group(1) if tagged else session_date(messages, index)
+    if tagged:
+        words = words[tagged.end() :]
+    if not words:
+        return None
+    role = message["role"]
+    if role == "tool":
+        role = "tool result"
+    elif message.get("tool_calls"):
+        role = "assistant (tool call)"
+    return Line(f"{role}: {words}", words, date)
+
+
+def session_date(messages: Sequence[Message], index: int) -> str:
+    """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
+    looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
+    for earlier in range(index - 1, max(index - DATE_LOOKBACK, 0) - 1, -1):
+        content = messages[earlier].get("content")
+        if isinstance(content, str) and content.startswith("["):
+            tagged = _DATE_TAG.match(content)
+            if tagged:
+                return tagged.group(1)
+    return ""

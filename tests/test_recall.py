@@ -1,0 +1,238 @@
+"""Recall: folded turns matching the newest user message come back, from this path only."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from context_trimmer import (
+    ConfigurationError,
+    SummaryRequest,
+    SummaryResult,
+    Trimmer,
+    count_tokens,
+)
+from context_trimmer._ledger import REQUESTS
+from context_trimmer._migrate import downgrade
+from context_trimmer._recall import RECALL_HEADER, query_terms
+from context_trimmer._schema import SEARCH_TABLE
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+FILLER = [
+    "Tell me a fun fact about octopuses.",
+    "Octopuses have three hearts and blue blood.",
+    "What should I cook tonight?",
+    "A quick vegetable stir-fry with rice would be nice.",
+    "Any tips for sleeping better?",
+    "Keep a regular schedule and avoid screens before bed.",
+]
+
+
+def conversation(*facts: str, filler_rounds: int = 4) -> list[dict[str, Any]]:
+    """The system prompt, a user turn per fact (each answered), then filler turns."""
+    messages: list[dict[str, Any]] = [SYSTEM]
+    for fact in facts:
+        messages.append({"role": "user", "content": fact})
+        messages.append({"role": "assistant", "content": "Noted, thanks for telling me."})
+    for round_ in range(filler_rounds):
+        for position, line in enumerate(FILLER):
+            role = "user" if position % 2 == 0 else "assistant"
+            messages.append({"role": role, "content": f"{line} (round {round_})"})
+    return messages
+
+
+def ask(messages: list[dict[str, Any]], question: str) -> list[dict[str, Any]]:
+    return [*messages, {"role": "user", "content": question}]
+
+
+def folded(
+    url: str,
+    messages: list[dict[str, Any]],
+    user: str | None = None,
+    summarizer: Any = "extractive",
+    **options: Any,
+) -> None:
+    """Store ``messages`` and fold them, as the background worker would."""
+    with Trimmer(url, summarizer=summarizer, background=False, **options) as trimmer:
+        trimmer.prepare(messages, user=user)
+        fold = trimmer.compact(messages, user=user, force=True)
+        assert fold.summary_id is not None
+
+
+class Fixed:
+    """A summarizer whose summary is always ``text``."""
+
+    name, prompt_version, input_tokens = "fixed", "1", 100_000
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult:
+        return SummaryResult(self.text)
+
+
+def recall_message(prepared: Any) -> dict[str, Any] | None:
+    found = [m for m in prepared.messages if str(m.get("content", "")).startswith(RECALL_HEADER)]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+@pytest.fixture
+def options() -> dict[str, Any]:
+    return {"keep_last": 4, "fold_every": 2, "summary_tokens": 60, "recall_tokens": 200}
+
+
+@pytest.fixture
+def trimmer(db_url: str, options: dict[str, Any]) -> Iterator[Trimmer]:
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as instance:
+        yield instance
+
+
+def test_a_folded_turn_comes_back_before_the_question_with_exact_tokens(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    history = conversation("My sister's dog is called Biscuit and loves the beach.")
+    folded(db_url, history, **options)
+    prepared = trimmer.prepare(ask(history, "What is the name of my sister's dog?"))
+    recalled = recall_message(prepared)
+    assert recalled is not None and recalled["role"] == "system"
+    assert "user: My sister's dog is called Biscuit" in recalled["content"]
+    assert (
+        prepared.messages[-2] is not None
+        and prepared.messages[-2]["content"] == recalled["content"]
+    )
+    assert prepared.messages[-1]["content"] == "What is the name of my sister's dog?"
+    assert prepared.prompt_tokens == count_tokens(prepared.messages)
+    assert count_tokens([recalled]) - 3 <= options["recall_tokens"]
+    with trimmer._db.reading() as connection:
+        stored = connection.execute(
+            REQUESTS.select().where(REQUESTS.c.id == prepared.request_id)
+        ).one()
+    assert stored.recall_tokens == count_tokens([recalled]) - 3 > 0
+    assert trimmer.report().totals.recall_tokens == stored.recall_tokens
+
+
+def test_the_prefix_before_the_recall_is_what_is_sent_without_it(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    history = conversation("My sister's dog is called Biscuit.")
+    folded(db_url, history, **options)
+    question = ask(history, "What is my sister's dog called?")
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        with_recall = trimmer.prepare(question)
+        again = trimmer.prepare(question)
+    without = {**options, "recall_tokens": 0}
+    with Trimmer(db_url, summarizer="extractive", background=False, **without) as trimmer:
+        plain = trimmer.prepare(question)
+    assert recall_message(plain) is None and recall_message(with_recall) is not None
+    assert with_recall.messages[:-2] == plain.messages[:-1]  # cache-stable prefix kept
+    assert with_recall.messages == again.messages  # deterministic
+    assert with_recall.prompt_tokens > plain.prompt_tokens
+
+
+def test_nothing_is_recalled_from_another_branch_or_user(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    secret = conversation("My cat is named Pixel.", "The vault code is ZANZIBAR-7731.")
+    # The same first turn (so the same conversation anchor), the vault turn edited away.
+    branch = [*secret[:3], {"role": "user", "content": "I like green tea."}, *secret[4:]]
+    folded(db_url, secret, user="ann", **options)
+    folded(db_url, branch, user="ann", **options)
+    folded(db_url, branch, user="bob", **options)
+    question = "What is the vault code, ZANZIBAR?"
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        own = trimmer.prepare(ask(secret, question), user="ann", conversation_id="c1")
+        other_branch = trimmer.prepare(ask(branch, question), user="ann", conversation_id="c1")
+        other_user = trimmer.prepare(ask(branch, question), user="bob", conversation_id="c1")
+    own_recall = recall_message(own)
+    assert own_recall is not None and "ZANZIBAR-7731" in own_recall["content"]
+    for prepared in (other_branch, other_user):
+        assert prepared.messages_folded > 0
+        assert "ZANZIBAR-7731" not in json.dumps(prepared.messages)
+
+
+def test_accents_and_other_languages_match_either_way(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    history = conversation(
+        "Mi hermana vive en Málaga y trabaja en una panadería.",
+        "Der Schlüssel liegt unter dem Blumentopf.",
+    )
+    folded(db_url, history, **options)
+    spanish = recall_message(trimmer.prepare(ask(history, "¿Dónde está la panaderia, en Malaga?")))
+    german = recall_message(trimmer.prepare(ask(history, "Wo ist der Schlussel?")))
+    assert spanish is not None and "trabaja en una panadería" in spanish["content"]
+    assert german is not None and "Der Schlüssel liegt unter dem Blumentopf." in german["content"]
+    assert query_terms("¿Qué compraste en Málaga?") == ["compraste", "malaga"]
+
+
+def test_tool_calls_come_back_as_text_never_as_tool_messages(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "lookup_order", "arguments": '{"order": "QX-4471"}'},
+    }
+    history = [
+        SYSTEM,
+        {"role": "user", "content": "Where is my order QX-4471?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "QX-4471 shipped via Kestrel Post."},
+        {"role": "assistant", "content": "It shipped."},
+        *conversation(filler_rounds=4)[1:],
+    ]
+    folded(db_url, history, summarizer=Fixed("Small talk about cooking and sleep."), **options)
+    prepared = trimmer.prepare(ask(history, "Which carrier shipped QX-4471?"))
+    recalled = recall_message(prepared)
+    assert recalled is not None
+    assert "tool result: QX-4471 shipped via Kestrel Post." in recalled["content"]
+    assert 'assistant (tool call): lookup_order({"order": "QX-4471"})' in recalled["content"]
+    assert not any(m["role"] == "tool" or m.get("tool_calls") for m in prepared.messages)
+
+
+def test_what_the_summary_already_says_is_not_recalled(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    fact = "The spare key is under the blue flowerpot."
+    history = conversation(fact, "The car is parked behind the blue garage.")
+    folded(db_url, history, summarizer=Fixed(fact), **options)
+    with Trimmer(db_url, summarizer=Fixed(fact), background=False, **options) as trimmer:
+        recalled = recall_message(trimmer.prepare(ask(history, "Anything blue?")))
+    assert recalled is not None
+    assert "behind the blue garage" in recalled["content"]
+    assert fact not in recalled["content"]
+
+
+def test_no_recall_without_a_fold_a_match_or_a_budget(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    history = conversation("My sister's dog is called Biscuit.")
+    assert recall_message(trimmer.prepare(ask(history, "Biscuit?"))) is None  # nothing folded
+    folded(db_url, history, **options)
+    assert recall_message(trimmer.prepare(ask(history, "Anything about volcanoes?"))) is None
+    tiny = {**options, "recall_tokens": 12}
+    with Trimmer(db_url, summarizer="extractive", background=False, **tiny) as small:
+        assert recall_message(small.prepare(ask(history, "Biscuit?"))) is None
+    with pytest.raises(ConfigurationError, match="recall_tokens"):
+        Trimmer(db_url, recall_tokens=-1)
+
+
+def test_migration_indexes_histories_stored_before_it(db_url: str, options: dict[str, Any]) -> None:
+    history = conversation("My sister's dog is called Biscuit.")
+    folded(db_url, history, **options)
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        downgrade(trimmer._db.engine, "0005")
+        with trimmer._db.engine.connect() as connection:
+            tables = connection.dialect.get_table_names(connection)
+        assert SEARCH_TABLE not in tables
+        assert trimmer._db.upgrade() is True
+        with trimmer._db.reading() as connection:
+            indexed = connection.execute(text(f"SELECT count(*) FROM {SEARCH_TABLE}")).scalar()
+        assert indexed == len(history) - 1  # every conversational message, once
+        recalled = recall_message(trimmer.prepare(ask(history, "What is my sister's dog called?")))
+    assert recalled is not None and "Biscuit" in recalled["content"]
