@@ -73,7 +73,7 @@ def _upgrade(url: str) -> bool:
 def test_concurrent_upgrades_on_postgresql(postgres_schema_url: str) -> None:
     context = warm_workers()
     with context.Pool(4) as pool:
-        results = pool.map(_upgrade, [postgres_schema_url] * 4)
+        results = pool.map_async(_upgrade, [postgres_schema_url] * 4).get(timeout=120)
     assert results.count(True) >= 1
     engine = create_engine(postgres_schema_url)
     with engine.connect() as connection:
