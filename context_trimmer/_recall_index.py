@@ -45,7 +45,8 @@ def message_text(message: Message) -> str:
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
         parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
-    return " ".join(" ".join(p.split()) for p in parts if p).strip()
+    # NUL is valid message text but not PostgreSQL text: index it as a space.
+    return " ".join(" ".join(p.replace("\x00", " ").split()) for p in parts if p).strip()
 
 
 def fold(words: str) -> str:
