@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
+from . import _recall_index
 from ._compress import VERSION as COMPRESSION_VERSION
 from ._db import Database
 from ._exceptions import ConfigurationError
@@ -360,6 +361,7 @@ def _skeletonise(connection: Connection, erased: list[str], opaque: Callable[[st
             )
         connection.execute(delete(COUNTS).where(c.message_hash.in_(chunk)))
         connection.execute(delete(MESSAGES).where(m.hash.in_(chunk)))
+        _recall_index.remove(connection, list(chunk))
     return len(erased)
 
 

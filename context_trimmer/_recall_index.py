@@ -106,6 +106,18 @@ def add(connection: Connection, rows: Sequence[tuple[str, str, int, str]]) -> No
     connection.execute(text(statement), values)
 
 
+def remove(connection: Connection, hashes: Sequence[str]) -> None:
+    """Take erased messages out of the index, leaving no trace of their words (on SQLite
+    the index's segments are merged, so no deleted token lingers in an older one)."""
+    if not hashes:
+        return
+    marks = ", ".join(f":h{i}" for i in range(len(hashes)))
+    values = {f"h{i}": h for i, h in enumerate(hashes)}
+    connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)
+    if connection.dialect.name == "sqlite":
+        connection.execute(text(f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('optimize')"))
+
+
 def rows_for(
     messages: Sequence[Message], hashes: Sequence[str], indexes: Iterable[int]
 ) -> list[tuple[str, str, int, str]]:

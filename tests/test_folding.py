@@ -85,6 +85,8 @@ def test_every_prepare_answers_trimmed_whatever_the_summarizer_does(
             keep_last=keep_last,
             fold_every=fold_every,
             summary_tokens=BUDGET,
+            summary_share=None,
+            recall_tokens=0,
             summarizer=summarizer_for(server, timeout=1.0),
         ) as trimmer,
     ):

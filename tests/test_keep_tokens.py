@@ -34,6 +34,7 @@ def trimmer(url: str, keep_tokens: int) -> Trimmer:
         keep_last=100,
         fold_every=100,
         keep_tokens=keep_tokens,
+        recall_tokens=0,  # the layout alone: no recalled message before the newest turn
         summarizer="extractive",
         background=False,
     )
