@@ -66,7 +66,8 @@ class SSERelay(StreamingResponse):
         the next chunk, then stops."""
         await self.listen_for_disconnect(receive)
         self.client_gone = True
-        await self._close()
+        with anyio.CancelScope(shield=True):  # recording the stream must not be cut short
+            await self._close()
 
     async def _close(self) -> None:
         try:
