@@ -453,3 +453,14 @@ def test_empty_summaries_still_trim_through_the_gateway(
     assert len(chat_requests(gateway.upstream)) == 60
     assert len(last) <= len(sent) // 2
     assert trimmer.report().totals.summary_failures >= 1
+
+
+def test_an_unexpected_failure_is_a_json_500(
+    sqlite_url: str, running_gateway: Callable[..., Running], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that answers 200 with a body that is not JSON: nothing the gateway
+    expects, so the catch-all answers (as JSON, logged with its traceback)."""
+    gateway = running_gateway(sqlite_url, reply=lambda _body: Reply(raw=b"<html>oops"))
+    error = assert_openai_error(gateway.post(chat_body()), 500)
+    assert error["code"] == "internal_error" and "oops" not in error["message"]
+    assert "unexpected error answering POST /v1/chat/completions" in caplog.text
