@@ -62,6 +62,7 @@ from ._gateway_guard import (
     identity,
     on_store_error,
     read_json_body,
+    sdk_arguments,
 )
 from ._gateway_relay import SSERelay
 from ._keys import KeyInfo
@@ -255,7 +256,8 @@ async def chat_completions(request: Request) -> Response:
     trimmer: Trimmer = request.app.state.trimmer
     try:
         with trimmer.conversation(conversation, user=user):
-            result = await request.app.state.client.chat.completions.create(**body)
+            create = request.app.state.client.chat.completions.create
+            result = await create(**sdk_arguments(body, create))
     except openai.APIStatusError as error:
         return _upstream_error(error)
     except openai.APIConnectionError as error:

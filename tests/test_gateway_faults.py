@@ -464,3 +464,12 @@ def test_an_unexpected_failure_is_a_json_500(
     error = assert_openai_error(gateway.post(chat_body()), 500)
     assert error["code"] == "internal_error" and "oops" not in error["message"]
     assert "unexpected error answering POST /v1/chat/completions" in caplog.text
+
+
+def test_fields_the_sdk_does_not_know_are_forwarded(
+    sqlite_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    gateway = running_gateway(sqlite_url)
+    answered = gateway.post(chat_body(vendor_option={"beam": 2}, max_tokens=None))
+    assert answered.status_code == 200, answered.text
+    assert gateway.upstream.requests[-1]["vendor_option"] == {"beam": 2}
