@@ -13,8 +13,10 @@
   user follow (``acme`` + ``bob`` is ``acme:bob``; a tenant named ``acme:bob`` is
   ``acme\\:bob``). Names without ``\\`` or ``:`` in the tenant are stored as before.
 - Keys longer than :data:`MAX_KEY_CHARS` are refused before they are hashed; unknown
-  keys are remembered in a bounded cache; a key seen valid is still accepted while the
-  store cannot be reached (so ``--on-store-error passthrough`` serves known callers).
+  keys are remembered in a bounded cache; a key seen valid in the last hour is still
+  accepted while the store cannot be reached (so ``--on-store-error passthrough``
+  serves known callers).
+- Body fields the SDK does not name are forwarded in ``extra_body``, never a 500.
 - ``/healthz`` checks the store at most once a second (:class:`StoreHealth`).
 """
 
