@@ -14,6 +14,7 @@ from ._cli_common import F, db_option, emit, json_option, user_errors
 from ._db import Database
 from ._gateway_config import (
     CONFIG_ENV,
+    STORE_ERROR_POLICIES,
     SUMMARIZERS,
     SYSTEM_PROMPTS,
     GatewayConfig,
@@ -158,6 +159,12 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
 @_serve_option("max_body_bytes", "Largest request body accepted.", type=int)
 @_serve_option(
     "key_cache_seconds", "How long a checked gateway key is trusted (revocation delay).", type=float
+)
+@_serve_option(
+    "on_store_error",
+    "When the history store is down: answer 503 (raise), or send requests upstream "
+    "untrimmed (passthrough).",
+    type=click.Choice(STORE_ERROR_POLICIES),
 )
 @user_errors
 def serve(host: str, port: int, **settings: Any) -> None:

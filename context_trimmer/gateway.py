@@ -8,7 +8,8 @@ leaves the gateway. ``GET /v1/models`` is passed through, ``GET /healthz`` answe
 ``GET /v1/savings`` (admin keys) returns the savings report.
 
 Identity: the key's user is the tenant. ``X-User-Id`` (or the request's ``user``) names
-an end user within it (stored as ``tenant:end-user``); ``X-Conversation-Id`` names the
+an end user within it (stored as ``tenant:end-user``, the tenant's ``\\`` and ``:``
+escaped so that no tenant can name another's end users); ``X-Conversation-Id`` names the
 conversation, else it is inferred from the messages. Conversations are
 content-addressed per user, so no tenant can reach another's history.
 
@@ -17,7 +18,9 @@ prompt rewrites go to the upstream, with the upstream key, unless the operator n
 another endpoint; nothing is sent to a host the operator did not configure.
 
 Errors are OpenAI-style ``{"error": {"message", "type", "param", "code"}}``, upstream
-errors keep their status, and bad requests are 4xx, never 500.
+errors keep their status, bad requests are 4xx (refused before anything is stored), a
+store outage is a 503 with ``Retry-After`` (or, with ``on_store_error="passthrough"``,
+the request goes upstream untrimmed); see ``_gateway_guard``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -34,13 +36,14 @@ from typing import Any, cast
 import openai
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._exceptions import (
     InvalidMessagesError,
     QuotaExceeded,
     RateLimitBudgetExceeded,
+    StoreError,
     TrimmerError,
 )
 from ._gateway_config import (
@@ -50,6 +53,18 @@ from ._gateway_config import (
     endpoints,
     public_url,
 )
+from ._gateway_guard import (
+    EXCEPTION_HANDLERS,
+    KeyCache,
+    StoreHealth,
+    check_chat_body,
+    error_response,
+    identity,
+    on_store_error,
+    read_json_body,
+    sdk_arguments,
+)
+from ._gateway_relay import SSERelay
 from ._keys import KeyInfo
 from ._ratelimit import UserQuota
 from ._report import GROUPS
@@ -57,7 +72,7 @@ from ._summarizers import OpenAISummarizer
 from ._system_prompt import Mode, PromptRewriter
 from ._trimmer import Trimmer
 
-__all__ = ["GatewayConfig", "app_from_env", "create_app"]
+__all__ = ["GatewayConfig", "app_from_env", "create_app", "error_response"]
 
 log = logging.getLogger("context_trimmer.gateway")
 
@@ -68,19 +83,6 @@ def app_from_env() -> Starlette:
     workers), else the defaults; for ``uvicorn --factory``."""
     text = os.environ.get(CONFIG_ENV)
     return create_app(GatewayConfig.from_json(text) if text else GatewayConfig())
-
-
-def error_response(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def create_app(
@@ -104,7 +106,8 @@ def create_app(
             upstream, fallback_model=config.fallback_model, user_quota=quota
         )
         app.state.config = config
-        app.state.keys = KeyCache(trimmer, config.key_cache_seconds)
+        app.state.keys = KeyCache(trimmer.keys.authenticate, config.key_cache_seconds)
+        app.state.health = StoreHealth(trimmer.schema_revision)
         if ends.calls_a_model or config.system_prompt == "llm":
             await _check_summary_endpoint(ends)
         yield
@@ -113,6 +116,7 @@ def create_app(
 
     return Starlette(
         lifespan=lifespan,
+        exception_handlers=EXCEPTION_HANDLERS,
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/v1/models", models, methods=["GET"]),
@@ -142,6 +146,7 @@ def _trimmer(config: GatewayConfig, ends: Endpoints) -> Trimmer:
         max_tokens=config.max_tokens,
         system_prompt=cast(Mode, config.system_prompt),
         prompt_rewriter=rewriter,
+        on_store_error=config.on_store_error,
     )
 
 
@@ -172,9 +177,18 @@ async def _check_summary_endpoint(ends: Endpoints) -> None:
 
 
 async def healthz(request: Request) -> Response:
+    """200 when the store answers, else 503 naming it; the summarizer's breaker either way."""
     trimmer: Trimmer = request.app.state.trimmer
-    revision = await asyncio.to_thread(trimmer.schema_revision)
-    return JSONResponse({"status": "ok", "schema": revision})
+    store = await request.app.state.health.check()
+    body: dict[str, Any] = {
+        "status": "ok" if store.ok else "unavailable",
+        "schema": store.revision,
+        "store": "ok" if store.ok else "unavailable",
+        "failing": [] if store.ok else ["store"],
+        "summarizer": trimmer.summarizer_status(),
+        "passthrough_requests": trimmer.passthrough_requests,
+    }
+    return JSONResponse(body, status_code=200 if store.ok else 503)
 
 
 async def _key(request: Request) -> KeyInfo | None:
@@ -184,26 +198,6 @@ async def _key(request: Request) -> KeyInfo | None:
         return None
     keys: KeyCache = request.app.state.keys
     return await keys.lookup(token.strip())
-
-
-class KeyCache:
-    """Authenticated keys, remembered for ``seconds`` (so a revocation takes effect
-    within that time) to keep a database read off most requests."""
-
-    def __init__(self, trimmer: Trimmer, seconds: float):
-        self.trimmer = trimmer
-        self.seconds = seconds
-        self._seen: dict[str, tuple[float, KeyInfo | None]] = {}
-
-    async def lookup(self, token: str) -> KeyInfo | None:
-        now = time.monotonic()
-        cached = self._seen.get(token)
-        if cached is not None and now - cached[0] < self.seconds:
-            return cached[1]
-        info = await asyncio.to_thread(self.trimmer.keys.authenticate, token)
-        if self.seconds > 0 and len(self._seen) < 100_000:
-            self._seen[token] = (now, info)
-        return info
 
 
 def _unauthorized() -> JSONResponse:
@@ -249,16 +243,21 @@ async def chat_completions(request: Request) -> Response:
     key = await _key(request)
     if key is None:
         return _unauthorized()
-    body = await _json_body(request)
+    body = await read_json_body(request, request.app.state.config.max_body_bytes)
     if isinstance(body, Response):
         return body
+    refused = check_chat_body(body)
+    if refused is not None:
+        return refused
+    who = identity(request, key.user, body)
+    if isinstance(who, Response):
+        return who
+    conversation, user = who
     trimmer: Trimmer = request.app.state.trimmer
-    end_user = request.headers.get("x-user-id") or body.get("user")
-    user = f"{key.user}:{end_user}" if end_user else key.user
-    conversation = request.headers.get("x-conversation-id")
     try:
         with trimmer.conversation(conversation, user=user):
-            result = await request.app.state.client.chat.completions.create(**body)
+            create = request.app.state.client.chat.completions.create
+            result = await create(**sdk_arguments(body, create))
     except openai.APIStatusError as error:
         return _upstream_error(error)
     except openai.APIConnectionError as error:
@@ -279,49 +278,13 @@ async def chat_completions(request: Request) -> Response:
         wait = error.wait_seconds
         headers = {"retry-after": str(max(1, int(wait)))} if wait != float("inf") else None
         return error_response(429, str(error), kind="rate_limit_exceeded", headers=headers)
+    except StoreError as error:
+        return await on_store_error(request, error)
     except TrimmerError as error:
         return error_response(400, str(error))
     if body.get("stream"):
-        return StreamingResponse(_sse(result), media_type="text/event-stream")
+        return SSERelay(result)
     return Response(json.dumps(result.to_dict()), media_type="application/json")
-
-
-async def _json_body(request: Request) -> dict[str, Any] | Response:
-    limit = request.app.state.config.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
-    data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > limit:
-            return error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
-    try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, f"the request body is not valid JSON: {error}")
-    if not isinstance(body, dict):
-        return error_response(400, "the request body must be a JSON object")
-    for name in ("model", "messages"):
-        if name not in body:
-            return error_response(
-                400,
-                f"missing required parameter: '{name}'",
-                param=name,
-                code="missing_required_parameter",
-            )
-    return body
-
-
-async def _sse(stream: Any) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in stream:
-            yield b"data: " + json.dumps(chunk.to_dict()).encode() + b"\n\n"
-    except openai.APIError as error:  # the upstream broke mid-stream: say so, in-band
-        log.warning("upstream stream failed: %s", error)
-        failure = {"error": {"message": str(error), "type": "upstream_error"}}
-        yield b"data: " + json.dumps(failure).encode() + b"\n\n"
-    yield b"data: [DONE]\n\n"
 
 
 def _upstream_error(error: openai.APIStatusError) -> Response:

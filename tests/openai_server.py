@@ -50,6 +50,7 @@ class Reply:
     model: str | None = None
     raw: bytes | None = None  # sent as the body as is (e.g. text that is not JSON)
     break_after: int | None = None  # a stream cut off (connection dropped) after N events
+    event_delay: float = 0.0  # a stream written one event at a time, this far apart
 
 
 @dataclass
@@ -266,6 +267,7 @@ class FakeOpenAI:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.hold_batches = False
+        self.streams_cut = 0  # paced streams whose reader went away before the end
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), self._handler())
@@ -448,6 +450,9 @@ class FakeOpenAI:
                 elif body.get("stream"):
                     include = bool((body.get("stream_options") or {}).get("include_usage"))
                     events = stream_events(reply, model, include)
+                    if reply.event_delay:
+                        self._paced(events, reply.event_delay)
+                        return
                     self._stream(events, reply.headers, reply.break_after)
                 else:
                     self._send(200, completion_body(reply, model), reply.headers)
@@ -463,6 +468,23 @@ class FakeOpenAI:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _paced(self, events: list[dict[str, Any]], delay: float) -> None:
+                """The stream written event by event (a slow model); a client that
+                goes away ends it (the write fails)."""
+                self.close_connection = True
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                parts = sse_body(events)[0].split(b"\n\n")[:-1]
+                try:
+                    for part in parts:
+                        self.wfile.write(part + b"\n\n")
+                        self.wfile.flush()
+                        time.sleep(delay)
+                except (BrokenPipeError, ConnectionResetError):
+                    with server._lock:
+                        server.streams_cut += 1
 
             def _stream(
                 self,
