@@ -28,6 +28,7 @@ CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
 OPENAI_URL = "https://api.openai.com/v1"
 SUMMARIZERS = ("extractive", "openai")
 SYSTEM_PROMPTS = ("safe", "llm", "off")
+LOG_FORMATS = ("text", "json")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FLAGS = {"db_url": "--db"}  # every other field's flag is its name with dashes
 
@@ -69,6 +70,8 @@ class GatewayConfig:
     user_tokens_per_minute: int | None = None
     user_tokens_per_day: int | None = None
     workers: int = 1
+    metrics_public: bool = False
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for name in ("upstream", "summary_base_url"):
@@ -86,6 +89,7 @@ class GatewayConfig:
         _check_text("summary_model", self.summary_model)
         _check_choice("summarizer", self.summarizer, SUMMARIZERS, optional=True)
         _check_choice("system_prompt", self.system_prompt, SYSTEM_PROMPTS)
+        _check_choice("log_format", self.log_format, LOG_FORMATS)
         for name, minimum in _COUNTS.items():
             _check_count(name, getattr(self, name), minimum)
         for name in ("user_tokens_per_minute", "user_tokens_per_day"):
@@ -255,6 +259,8 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         ("body limit", f"{config.max_body_bytes:,} bytes"),
         ("key cache", f"{config.key_cache_seconds:g} s"),
         ("workers", str(config.workers)),
+        ("metrics", "GET /metrics, " + ("public" if config.metrics_public else "admin keys")),
+        ("log format", config.log_format),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

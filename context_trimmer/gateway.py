@@ -33,6 +33,7 @@ from typing import Any, cast
 
 import openai
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -50,7 +51,9 @@ from ._gateway_config import (
     endpoints,
     public_url,
 )
+from ._gateway_routes import api_routes, passthrough_client
 from ._keys import KeyInfo
+from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
 from ._report import GROUPS
 from ._summarizers import OpenAISummarizer
@@ -105,12 +108,16 @@ def create_app(
         )
         app.state.config = config
         app.state.keys = KeyCache(trimmer, config.key_cache_seconds)
+        app.state.metrics = metrics
+        app.state.http = passthrough_client(ends.upstream_url, ends.upstream_key)
         if ends.calls_a_model or config.system_prompt == "llm":
             await _check_summary_endpoint(ends)
         yield
+        await app.state.http.aclose()
         await upstream.close()
         trimmer.close()
 
+    metrics = Metrics()
     return Starlette(
         lifespan=lifespan,
         routes=[
@@ -118,7 +125,9 @@ def create_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/savings", savings, methods=["GET"]),
+            *api_routes(_key, metrics_public=config.metrics_public),
         ],
+        middleware=[Middleware(Observe, metrics=metrics)],
     )
 
 
@@ -252,6 +261,7 @@ async def chat_completions(request: Request) -> Response:
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
+    note(request, model=body.get("model"), user=key.user)
     trimmer: Trimmer = request.app.state.trimmer
     end_user = request.headers.get("x-user-id") or body.get("user")
     user = f"{key.user}:{end_user}" if end_user else key.user
