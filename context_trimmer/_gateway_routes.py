@@ -39,6 +39,7 @@ from ._exceptions import (
 )
 from ._keys import KeyInfo
 from ._metrics import Metrics, endpoint_family, note, render_metrics
+from ._responses_api import untrimmable
 
 try:
     import httpx2 as httpx  # openai 3.x is built on httpx2
@@ -157,6 +158,8 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
         )
     user = _user(request, key, body)
     note(request, model=body["model"], user=key.user)
+    if untrimmable(body) is not None:  # the wrapped client passes it through untouched
+        request.app.state.metrics.passthrough("responses")
     trimmer = request.app.state.trimmer
     client: openai.AsyncOpenAI = request.app.state.client
     stream = bool(body.get("stream"))

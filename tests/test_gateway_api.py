@@ -220,6 +220,7 @@ def test_metrics_count_what_was_served(gateway: Gateway) -> None:
         )
     client.responses.create(model="gpt-4o-mini", input="hi")
     client.embeddings.create(model="text-embedding-3-small", input="x")
+    client.responses.create(model="gpt-4o", previous_response_id="resp_1", input="more")
     gateway.upstream.enqueue(Reply(status=400, error="bad"))
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
@@ -239,11 +240,14 @@ def test_metrics_count_what_was_served(gateway: Gateway) -> None:
     assert total(samples, requests, status="200", **chat) == 3
     assert total(samples, requests, status="400", **chat) == 1
     assert total(samples, requests, endpoint="responses", model="gpt-4o-mini", status="200") == 1
+    assert total(samples, requests, endpoint="responses", status="200") == 2
     assert total(samples, requests, endpoint="embeddings", user="acme") == 1
     latency = "context_trimmer_http_request_duration_seconds"
     assert total(samples, latency + "_count", endpoint="chat/completions") == 4
     assert total(samples, latency + "_bucket", endpoint="chat/completions", le="+Inf") == 4
-    assert total(samples, "context_trimmer_passthrough_requests_total", endpoint="embeddings") == 1
+    passthroughs = "context_trimmer_passthrough_requests_total"
+    assert total(samples, passthroughs, endpoint="embeddings") == 1
+    assert total(samples, passthroughs, endpoint="responses") == 1
     assert total(samples, "context_trimmer_store_up") == 1
     given = total(samples, "context_trimmer_store_prompt_tokens_given_total", model="gpt-4o")
     sent = total(samples, "context_trimmer_store_prompt_tokens_sent_total", model="gpt-4o")
