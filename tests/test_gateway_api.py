@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -270,6 +271,15 @@ def test_metrics_public(sqlite_url: str) -> None:
         assert "# TYPE context_trimmer_http_requests_total counter" in scrape.text
 
 
+def logged(serve: ServeProcess, text: str) -> str:
+    """The server's output once ``text`` is in it (the access line is written after the
+    answer's last byte, so it may follow the answer by a moment)."""
+    deadline = time.monotonic() + 30
+    while text not in serve.output and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return serve.output
+
+
 def test_json_logs_carry_the_request_id(sqlite_url: str) -> None:
     with FakeOpenAI(default=answer) as upstream:
         store = Database(sqlite_url)
@@ -283,7 +293,7 @@ def test_json_logs_carry_the_request_id(sqlite_url: str) -> None:
             raw = client.embeddings.with_raw_response.create(model="m", input="x")
             request_id = raw.headers["x-gateway-request-id"]
             client.close()
-            output = serve.output
+            output = logged(serve, request_id)
     lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     access = [line for line in lines if line.get("request_id") == request_id]
     assert access, output
