@@ -14,6 +14,7 @@ from ._cli_common import F, db_option, emit, json_option, user_errors
 from ._db import Database
 from ._gateway_config import (
     CONFIG_ENV,
+    LOG_FORMATS,
     STORE_ERROR_POLICIES,
     SUMMARIZERS,
     SYSTEM_PROMPTS,
@@ -22,6 +23,7 @@ from ._gateway_config import (
     endpoints,
 )
 from ._gateway_config import flag as config_flag
+from ._gateway_logs import log_config
 from ._keys import create_key, list_keys, revoke_key
 
 
@@ -166,6 +168,8 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     "untrimmed (passthrough).",
     type=click.Choice(STORE_ERROR_POLICIES),
 )
+@_serve_option("metrics_public", "Serve GET /metrics without a key.", is_flag=True)
+@_serve_option("log_format", "Log lines as text or JSON.", type=click.Choice(LOG_FORMATS))
 @user_errors
 def serve(host: str, port: int, **settings: Any) -> None:
     """Run the OpenAI-compatible gateway: point any client's base URL at it.
@@ -187,7 +191,7 @@ def serve(host: str, port: int, **settings: Any) -> None:
     click.echo(f"context-trimmer gateway on http://{host}:{port}/v1", err=True)
     click.echo(describe(config, ends), err=True)
     if config.workers == 1:
-        uvicorn.run(gateway.create_app(config), host=host, port=port, log_level="info")
+        uvicorn.run(gateway.create_app(config), host=host, port=port, **_logging(config))
         return
     os.environ[CONFIG_ENV] = config.to_json()  # one value, read back by each worker
     uvicorn.run(
@@ -196,9 +200,15 @@ def serve(host: str, port: int, **settings: Any) -> None:
         host=host,
         port=port,
         workers=config.workers,
-        log_level="info",
+        **_logging(config),
         **_worker_patience(uvicorn.run),
     )
+
+
+def _logging(config: GatewayConfig) -> dict[str, Any]:
+    """uvicorn's logging: our handlers (request ids; JSON lines if asked), and our access
+    line in place of uvicorn's."""
+    return {"log_config": log_config(config.log_format), "access_log": False}
 
 
 def _worker_patience(run: Callable[..., Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ OPENAI_URL = "https://api.openai.com/v1"
 SUMMARIZERS = ("extractive", "openai")
 SYSTEM_PROMPTS = ("safe", "llm", "off")
 STORE_ERROR_POLICIES = ("raise", "passthrough")
+LOG_FORMATS = ("text", "json")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FLAGS = {"db_url": "--db"}  # every other field's flag is its name with dashes
 
@@ -71,6 +72,8 @@ class GatewayConfig:
     user_tokens_per_day: int | None = None
     workers: int = 1
     on_store_error: str = "raise"
+    metrics_public: bool = False
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for name in ("upstream", "summary_base_url"):
@@ -89,6 +92,7 @@ class GatewayConfig:
         _check_choice("summarizer", self.summarizer, SUMMARIZERS, optional=True)
         _check_choice("system_prompt", self.system_prompt, SYSTEM_PROMPTS)
         _check_choice("on_store_error", self.on_store_error, STORE_ERROR_POLICIES)
+        _check_choice("log_format", self.log_format, LOG_FORMATS)
         for name, minimum in _COUNTS.items():
             _check_count(name, getattr(self, name), minimum)
         for name in ("user_tokens_per_minute", "user_tokens_per_day"):
@@ -259,6 +263,8 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         ("key cache", f"{config.key_cache_seconds:g} s"),
         ("workers", str(config.workers)),
         ("on store error", config.on_store_error),
+        ("metrics", "GET /metrics, " + ("public" if config.metrics_public else "admin keys")),
+        ("log format", config.log_format),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

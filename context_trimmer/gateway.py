@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import openai
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -65,7 +66,9 @@ from ._gateway_guard import (
     sdk_arguments,
 )
 from ._gateway_relay import SSERelay
+from ._gateway_routes import api_routes, passthrough_client
 from ._keys import KeyInfo
+from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
 from ._report import GROUPS
 from ._summarizers import OpenAISummarizer
@@ -108,12 +111,16 @@ def create_app(
         app.state.config = config
         app.state.keys = KeyCache(trimmer.keys.authenticate, config.key_cache_seconds)
         app.state.health = StoreHealth(trimmer.schema_revision)
+        app.state.metrics = metrics
+        app.state.http = passthrough_client(ends.upstream_url, ends.upstream_key)
         if ends.calls_a_model or config.system_prompt == "llm":
             await _check_summary_endpoint(ends)
         yield
+        await app.state.http.aclose()
         await upstream.close()
         trimmer.close()
 
+    metrics = Metrics()
     return Starlette(
         lifespan=lifespan,
         exception_handlers=EXCEPTION_HANDLERS,
@@ -122,7 +129,9 @@ def create_app(
             Route("/v1/models", models, methods=["GET"]),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/savings", savings, methods=["GET"]),
+            *api_routes(_key, metrics_public=config.metrics_public),
         ],
+        middleware=[Middleware(Observe, metrics=metrics)],
     )
 
 
@@ -253,6 +262,7 @@ async def chat_completions(request: Request) -> Response:
     if isinstance(who, Response):
         return who
     conversation, user = who
+    note(request, model=body.get("model"), user=key.user)
     trimmer: Trimmer = request.app.state.trimmer
     try:
         with trimmer.conversation(conversation, user=user):

@@ -13,7 +13,8 @@ queue; errors go to the error file), ``GET /v1/batches/{id}`` and
 ``GET /v1/files/{id}/content``. With ``hold_batches`` set, a batch stays
 ``in_progress`` until :meth:`FakeOpenAI.finish_batches`.
 
-``POST /v1/responses`` answers in the
+``POST /v1/embeddings`` answers a small vector per input (its requests and headers are
+kept in ``embeddings``). ``POST /v1/responses`` answers in the
 Responses API's shape (``output`` message, ``usage`` with ``input_tokens`` /
 ``output_tokens`` / ``input_tokens_details.cached_tokens``), as JSON or, with
 ``"stream": true``, as the SSE event sequence the SDK's stream helpers expect.
@@ -266,6 +267,7 @@ class FakeOpenAI:
         self.statuses: Counter[int] = Counter()
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
+        self.embeddings: list[tuple[dict[str, Any], dict[str, str]]] = []
         self.hold_batches = False
         self.streams_cut = 0  # paced streams whose reader went away before the end
         self._ids = itertools.count(1)
@@ -337,6 +339,23 @@ class FakeOpenAI:
         if not self.hold_batches:
             self._run_batch(self.batches[batch_id])
         return self.batches[batch_id]
+
+    def embed(self, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            self.embeddings.append((body, headers))
+        given = body.get("input", "")
+        texts = given if isinstance(given, list) else [given]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [float(len(str(t))), 0.5, -0.25]}
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(len(str(t).split()) for t in texts)
+        return {
+            "object": "list",
+            "data": data,
+            "model": body.get("model", "unknown"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     def finish_batches(self) -> None:
         """Run every batch still in progress."""
@@ -424,6 +443,10 @@ class FakeOpenAI:
                 body = json.loads(raw or b"{}")
                 if self.path.startswith("/v1/batches"):
                     self._send(200, server.create_batch(body), {})
+                    return
+                if self.path.startswith("/v1/embeddings"):
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    self._send(200, server.embed(body, headers), {})
                     return
                 reply = server._answer(body, {k.lower(): v for k, v in self.headers.items()})
                 if reply.delay:

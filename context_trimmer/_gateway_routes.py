@@ -1,0 +1,301 @@
+"""The gateway beyond chat completions: ``POST /v1/responses``, every other ``/v1/...``
+endpoint passed through, ``GET /metrics``, and a JSON 404 for everything else.
+
+- ``POST /v1/responses`` (JSON or SSE) goes through the same wrapped client as chat
+  completions (``app.state.client``), so it is trimmed exactly as the wrapper trims
+  ``responses.create``; a request with server-side state (``previous_response_id``,
+  ``conversation``) passes through untouched. It is posted with the client's own
+  ``post`` (what ``responses.create`` calls), so parameters newer than the installed SDK
+  still reach the upstream.
+- Any other ``/v1/...`` request (embeddings, moderations, models, files, batches, audio,
+  images...) is relayed by one shared HTTP client (``app.state.http``, made by
+  :func:`passthrough_client`), request and response bodies streamed, with the UPSTREAM
+  key in place of the caller's gateway key, which never leaves the gateway.
+- Authentication is the gateway's (``authenticate`` is handed in by ``create_app``, so
+  this module does not import ``gateway``); every error the gateway makes itself is
+  OpenAI-style JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import openai
+from openai.types.responses import Response as ResponsesAnswer
+from openai.types.responses import ResponseStreamEvent
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ._exceptions import (
+    InvalidMessagesError,
+    QuotaExceeded,
+    RateLimitBudgetExceeded,
+    TrimmerError,
+)
+from ._keys import KeyInfo
+from ._metrics import Metrics, endpoint_family, note, render_metrics
+from ._responses_api import untrimmable
+
+try:
+    import httpx2 as httpx  # openai 3.x is built on httpx2
+except ModuleNotFoundError:  # pragma: no cover (openai 2.x is built on httpx)
+    import httpx  # type: ignore[no-redef]
+
+__all__ = ["api_routes", "error_response", "passthrough_client"]
+
+log = logging.getLogger("context_trimmer.gateway")
+Authenticate = Callable[[Request], Awaitable[KeyInfo | None]]
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+PASSTHROUGH_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {"host", "authorization", "x-user-id", "x-conversation-id"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An OpenAI-style error: ``{"error": {"message", "type", "param", "code"}}``."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def unauthorized() -> JSONResponse:
+    return error_response(
+        401,
+        "Invalid or missing gateway API key. Send 'Authorization: Bearer <key>'; "
+        "create one with: context-trimmer keys create --user NAME",
+        code="invalid_api_key",
+    )
+
+
+def passthrough_client(upstream_url: str, upstream_key: str) -> httpx.AsyncClient:
+    """The one HTTP client the passthrough shares: the upstream's base URL and key."""
+    return httpx.AsyncClient(
+        base_url=upstream_url.rstrip("/") + "/",
+        headers={"authorization": f"Bearer {upstream_key}"},
+        timeout=PASSTHROUGH_TIMEOUT,
+    )
+
+
+def api_routes(authenticate: Authenticate, *, metrics_public: bool = False) -> list[Route]:
+    """The routes to register after the gateway's own (chat completions, savings...)."""
+
+    async def responses(request: Request) -> Response:
+        key = await authenticate(request)
+        if key is None:
+            return unauthorized()
+        return await _responses(request, key)
+
+    async def passthrough(request: Request) -> Response:
+        key = await authenticate(request)
+        if key is None:
+            return unauthorized()
+        return await _passthrough(request, key)
+
+    async def metrics(request: Request) -> Response:
+        if not metrics_public:
+            key = await authenticate(request)
+            if key is None:
+                return unauthorized()
+            if not key.admin:
+                return error_response(
+                    403,
+                    "/metrics needs an admin key (context-trimmer keys create --user NAME "
+                    "--admin), or serve --metrics-public",
+                    kind="permission_error",
+                )
+        return await render_metrics(request.app.state.metrics, request.app.state.trimmer)
+
+    return [
+        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/v1/{path:path}", passthrough, methods=METHODS),
+        Route("/{path:path}", not_found, methods=METHODS),
+    ]
+
+
+async def not_found(request: Request) -> Response:
+    return error_response(
+        404,
+        f"Unknown path: {request.method} {request.url.path}. The gateway serves the OpenAI "
+        "API under /v1 (and /healthz, /metrics).",
+        code="unknown_url",
+    )
+
+
+async def _responses(request: Request, key: KeyInfo) -> Response:
+    body = await read_json(request)
+    if isinstance(body, Response):
+        return body
+    if not isinstance(body.get("model"), str):
+        return error_response(
+            400,
+            "missing required parameter: 'model'",
+            param="model",
+            code="missing_required_parameter",
+        )
+    user = _user(request, key, body)
+    note(request, model=body["model"], user=key.user)
+    if untrimmable(body) is not None:  # the wrapped client passes it through untouched
+        request.app.state.metrics.passthrough("responses")
+    trimmer = request.app.state.trimmer
+    client: openai.AsyncOpenAI = request.app.state.client
+    stream = bool(body.get("stream"))
+    try:
+        with trimmer.conversation(request.headers.get("x-conversation-id"), user=user):
+            result: Any = await client.post(
+                "/responses",
+                body=body,
+                cast_to=ResponsesAnswer,
+                stream=stream,
+                stream_cls=openai.AsyncStream[ResponseStreamEvent],
+            )
+    except (openai.APIError, TrimmerError) as error:
+        return model_call_error(error)
+    if stream:
+        return StreamingResponse(_response_events(result), media_type="text/event-stream")
+    return Response(json.dumps(result.to_dict()), media_type="application/json")
+
+
+def _user(request: Request, key: KeyInfo, body: dict[str, Any]) -> str:
+    """The stored user: the key's user (the tenant), then ``:`` and the end user, if any."""
+    end_user = request.headers.get("x-user-id") or body.get("user")
+    return f"{key.user}:{end_user}" if isinstance(end_user, str) and end_user else key.user
+
+
+async def _response_events(stream: Any) -> AsyncIterator[bytes]:
+    try:
+        async for event in stream:
+            data = json.dumps(event.to_dict()).encode()
+            yield b"event: " + str(event.type).encode() + b"\ndata: " + data + b"\n\n"
+    except openai.APIError as error:  # the upstream broke mid-stream: say so, in-band
+        log.warning("upstream stream failed: %s", error)
+        failure = {"type": "error", "message": str(error), "code": "upstream_error"}
+        yield b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
+
+
+async def read_json(request: Request) -> dict[str, Any] | Response:
+    """The request's JSON object, read up to the configured size limit."""
+    limit = request.app.state.config.max_body_bytes
+    declared = request.headers.get("content-length")
+    too_big = error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return too_big
+    data = bytearray()
+    async for piece in request.stream():
+        data += piece
+        if len(data) > limit:
+            return too_big
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, f"the request body is not valid JSON: {error}")
+    if not isinstance(body, dict):
+        return error_response(400, "the request body must be a JSON object")
+    return body
+
+
+def model_call_error(error: openai.APIError | TrimmerError) -> Response:
+    """The gateway's answer when a trimmed call fails (the upstream's errors keep their
+    status and body)."""
+    if isinstance(error, openai.APIStatusError):
+        return upstream_error(error)
+    if isinstance(error, openai.APIError):
+        return error_response(
+            502,
+            f"the upstream could not be reached: {error}",
+            kind="upstream_error",
+            code="upstream_unreachable",
+        )
+    if isinstance(error, InvalidMessagesError):
+        return error_response(400, str(error), param="input")
+    if isinstance(error, QuotaExceeded):
+        retry = {"retry-after": str(max(1, int(error.retry_after)))}
+        return error_response(
+            429, str(error), kind="quota_exceeded", code="user_quota", headers=retry
+        )
+    if isinstance(error, RateLimitBudgetExceeded):
+        wait = error.wait_seconds
+        headers = {"retry-after": str(max(1, int(wait)))} if wait != float("inf") else None
+        return error_response(429, str(error), kind="rate_limit_exceeded", headers=headers)
+    return error_response(400, str(error))
+
+
+def upstream_error(error: openai.APIStatusError) -> Response:
+    body = error.body if isinstance(error.body, dict) else None
+    if body is None or "error" not in body:
+        body = {
+            "error": body
+            or {"message": str(error), "type": "upstream_error", "param": None, "code": None}
+        }
+    headers = {
+        name: value
+        for name, value in error.response.headers.items()
+        if name.lower() in ("retry-after", "retry-after-ms")
+        or name.lower().startswith("x-ratelimit-")
+    }
+    return JSONResponse(body, status_code=error.status_code, headers=headers)
+
+
+async def _passthrough(request: Request, key: KeyInfo) -> Response:
+    """Relay the request to the upstream as it is (less the gateway key and our identity
+    headers), streaming both bodies."""
+    http: httpx.AsyncClient = request.app.state.http
+    metrics: Metrics = request.app.state.metrics
+    note(request, user=key.user)
+    metrics.passthrough(endpoint_family(request.url.path))
+    path = request.url.path.removeprefix("/v1/")
+    headers = [
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() not in _NOT_FORWARDED
+    ]
+    has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or bool(
+        request.headers.get("content-length") or request.headers.get("transfer-encoding")
+    )
+    outgoing = http.build_request(
+        request.method,
+        path + (f"?{request.url.query}" if request.url.query else ""),
+        headers=headers,
+        content=request.stream() if has_body else None,
+    )
+    try:
+        answer = await http.send(outgoing, stream=True)
+    except httpx.HTTPError as error:
+        return error_response(
+            502,
+            f"the upstream could not be reached: {error!r}",
+            kind="upstream_error",
+            code="upstream_unreachable",
+        )
+    if answer.status_code == 429:
+        metrics.upstream_429()
+    relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+    return StreamingResponse(
+        answer.aiter_raw(),
+        status_code=answer.status_code,
+        headers=relayed,
+        background=BackgroundTask(answer.aclose),
+    )
