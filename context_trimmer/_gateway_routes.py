@@ -37,6 +37,7 @@ from ._exceptions import (
     RateLimitBudgetExceeded,
     TrimmerError,
 )
+from ._gateway_guard import error_response
 from ._keys import KeyInfo
 from ._metrics import Metrics, endpoint_family, note, render_metrics
 from ._responses_api import untrimmable
@@ -67,20 +68,6 @@ _HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = _HOP_BY_HOP | {"host", "authorization", "x-user-id", "x-conversation-id"}
 
 
-def error_response(
-    status: int,
-    message: str,
-    *,
-    kind: str = "invalid_request_error",
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    """An OpenAI-style error: ``{"error": {"message", "type", "param", "code"}}``."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def unauthorized() -> JSONResponse:
     return error_response(
         401,
@@ -99,6 +86,10 @@ def passthrough_client(upstream_url: str, upstream_key: str) -> httpx.AsyncClien
     )
 
 
+OWN_PATHS = {"chat/completions": "POST", "responses": "POST", "savings": "GET"}
+"""Endpoints the gateway answers itself: another method there is a 405, not passed on."""
+
+
 def api_routes(authenticate: Authenticate, *, metrics_public: bool = False) -> list[Route]:
     """The routes to register after the gateway's own (chat completions, savings...)."""
 
@@ -109,6 +100,14 @@ def api_routes(authenticate: Authenticate, *, metrics_public: bool = False) -> l
         return await _responses(request, key)
 
     async def passthrough(request: Request) -> Response:
+        allowed = OWN_PATHS.get(request.path_params["path"].strip("/"))
+        if allowed is not None:  # the gateway's own endpoint, with another method
+            return error_response(
+                405,
+                f"{request.method} is not allowed on {request.url.path}: use {allowed}.",
+                code="method_not_allowed",
+                headers={"allow": allowed},
+            )
         key = await authenticate(request)
         if key is None:
             return unauthorized()

@@ -66,7 +66,7 @@ from ._gateway_guard import (
     sdk_arguments,
 )
 from ._gateway_relay import SSERelay
-from ._gateway_routes import api_routes, passthrough_client
+from ._gateway_routes import api_routes, passthrough_client, unauthorized
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
@@ -209,18 +209,9 @@ async def _key(request: Request) -> KeyInfo | None:
     return await keys.lookup(token.strip())
 
 
-def _unauthorized() -> JSONResponse:
-    return error_response(
-        401,
-        "Invalid or missing gateway API key. Send 'Authorization: Bearer <key>'; "
-        "create one with: context-trimmer keys create --user NAME",
-        code="invalid_api_key",
-    )
-
-
 async def models(request: Request) -> Response:
     if await _key(request) is None:
-        return _unauthorized()
+        return unauthorized()
     try:
         raw = await request.app.state.upstream.models.with_raw_response.list()
     except openai.APIStatusError as error:
@@ -233,7 +224,7 @@ async def models(request: Request) -> Response:
 async def savings(request: Request) -> Response:
     key = await _key(request)
     if key is None:
-        return _unauthorized()
+        return unauthorized()
     if not key.admin:
         return error_response(
             403,
@@ -251,7 +242,7 @@ async def savings(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     key = await _key(request)
     if key is None:
-        return _unauthorized()
+        return unauthorized()
     body = await read_json_body(request, request.app.state.config.max_body_bytes)
     if isinstance(body, Response):
         return body

@@ -294,7 +294,8 @@ def test_unknown_paths_and_methods_answer_json(
     sqlite_url: str, running_gateway: Callable[..., Running]
 ) -> None:
     gateway = running_gateway(sqlite_url)
-    assert_openai_error(httpx.get(f"{gateway.url}/no-such-thing"), 404)
+    root = gateway.url.removesuffix("/v1")
+    assert_openai_error(httpx.get(f"{root}/no-such-thing"), 404)
     assert_openai_error(httpx.get(f"{gateway.url}/chat/completions"), 405)
 
 
