@@ -304,7 +304,7 @@ def _finish(row: ReportRow) -> None:
     row.saved_tokens = row.baseline_tokens - row.prompt_tokens
     row.summary_saved_tokens = row.saved_tokens - row.compression_saved_tokens
     row.saved_percent = (
-        round(100 * row.saved_tokens / row.baseline_tokens, 2) if (row.baseline_tokens) else 0.0
+        round(100 * row.saved_tokens / row.baseline_tokens, 4) if (row.baseline_tokens) else 0.0
     )
     row.tpm_before = row.baseline_tokens + row.max_tokens_before
     row.tpm_after = row.prompt_tokens + row.max_tokens_after

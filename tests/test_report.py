@@ -116,7 +116,7 @@ def ledger(db_url: str) -> Iterator[Trimmer]:
 def test_totals_match_the_hand_computed_ledger(ledger: Trimmer) -> None:
     totals = ledger.report().totals
     assert (totals.requests, totals.baseline_tokens, totals.prompt_tokens) == (2, 14_000, 3_000)
-    assert (totals.saved_tokens, totals.saved_percent) == (11_000, 78.57)
+    assert (totals.saved_tokens, totals.saved_percent) == (11_000, 78.5714)
     assert (totals.usage_prompt_tokens, totals.cached_tokens, totals.completion_tokens) == (
         3_000,
         1_024,
