@@ -87,6 +87,7 @@ def run(
                 fold_every=args.fold_every,
                 summary_tokens=args.summary_tokens,
                 summary_share=summary_share,
+                recall_tokens=args.recall_tokens,
                 summarizer=summarizer,
                 background=False,
             ) as trimmer,
@@ -126,7 +127,7 @@ def print_run(args: argparse.Namespace, outcome: dict[str, Any]) -> None:
     print(
         f"summarizer={args.summarizer} keep_last={args.keep_last} "
         f"fold_every={args.fold_every} summary_tokens={args.summary_tokens} "
-        f"summary_share={outcome['summary_share']}"
+        f"summary_share={outcome['summary_share']} recall_tokens={args.recall_tokens}"
     )
     print(
         f"{'conversation':<12} {'msgs':>5} {'mean sent':>9} {'mean full':>9} "
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--fold-every", type=int, default=10)
     parser.add_argument("--summary-tokens", type=int, default=4000)
     parser.add_argument("--summary-share", type=share, nargs="+", default=[0.085])
+    # The summary alone by default; benchmarks/locomo_questions.py measures recall.
+    parser.add_argument("--recall-tokens", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

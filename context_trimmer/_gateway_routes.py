@@ -35,9 +35,10 @@ from ._exceptions import (
     InvalidMessagesError,
     QuotaExceeded,
     RateLimitBudgetExceeded,
+    StoreError,
     TrimmerError,
 )
-from ._gateway_guard import error_response
+from ._gateway_guard import error_response, on_store_error
 from ._keys import KeyInfo
 from ._metrics import Metrics, endpoint_family, note, render_metrics
 from ._responses_api import untrimmable
@@ -171,8 +172,10 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
                 stream=stream,
                 stream_cls=openai.AsyncStream[ResponseStreamEvent],
             )
+    except StoreError as error:
+        return await on_store_error(request, error)
     except (openai.APIError, TrimmerError) as error:
-        return model_call_error(error)
+        return model_call_error(error, "input")
     if stream:
         return StreamingResponse(_response_events(result), media_type="text/event-stream")
     return Response(json.dumps(result.to_dict()), media_type="application/json")
@@ -216,9 +219,9 @@ async def read_json(request: Request) -> dict[str, Any] | Response:
     return body
 
 
-def model_call_error(error: openai.APIError | TrimmerError) -> Response:
+def model_call_error(error: openai.APIError | TrimmerError, field: str) -> Response:
     """The gateway's answer when a trimmed call fails (the upstream's errors keep their
-    status and body)."""
+    status and body); ``field`` names the request's messages (``messages``, ``input``)."""
     if isinstance(error, openai.APIStatusError):
         return upstream_error(error)
     if isinstance(error, openai.APIError):
@@ -229,7 +232,9 @@ def model_call_error(error: openai.APIError | TrimmerError) -> Response:
             code="upstream_unreachable",
         )
     if isinstance(error, InvalidMessagesError):
-        return error_response(400, str(error), param="input")
+        param = field + (f"[{error.index}]" if error.index is not None else "")
+        param += f".{error.field}" if error.field else ""
+        return error_response(400, str(error), param=param)
     if isinstance(error, QuotaExceeded):
         retry = {"retry-after": str(max(1, int(error.retry_after)))}
         return error_response(

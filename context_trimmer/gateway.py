@@ -41,9 +41,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._exceptions import (
-    InvalidMessagesError,
-    QuotaExceeded,
-    RateLimitBudgetExceeded,
     StoreError,
     TrimmerError,
 )
@@ -66,7 +63,12 @@ from ._gateway_guard import (
     sdk_arguments,
 )
 from ._gateway_relay import SSERelay
-from ._gateway_routes import api_routes, passthrough_client, unauthorized
+from ._gateway_routes import (
+    api_routes,
+    model_call_error,
+    passthrough_client,
+    unauthorized,
+)
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
@@ -214,10 +216,8 @@ async def models(request: Request) -> Response:
         return unauthorized()
     try:
         raw = await request.app.state.upstream.models.with_raw_response.list()
-    except openai.APIStatusError as error:
-        return _upstream_error(error)
-    except openai.APIConnectionError as error:
-        return _unreachable(error)
+    except openai.APIError as error:
+        return model_call_error(error, "messages")
     return Response(raw.content, status_code=raw.status_code, media_type="application/json")
 
 
@@ -259,55 +259,10 @@ async def chat_completions(request: Request) -> Response:
         with trimmer.conversation(conversation, user=user):
             create = request.app.state.client.chat.completions.create
             result = await create(**sdk_arguments(body, create))
-    except openai.APIStatusError as error:
-        return _upstream_error(error)
-    except openai.APIConnectionError as error:
-        return _unreachable(error)
-    except InvalidMessagesError as error:
-        param = "messages" + (f"[{error.index}]" if error.index is not None else "")
-        param += f".{error.field}" if error.field else ""
-        return error_response(400, str(error), param=param)
-    except QuotaExceeded as error:
-        return error_response(
-            429,
-            str(error),
-            kind="quota_exceeded",
-            code="user_quota",
-            headers={"retry-after": str(max(1, int(error.retry_after)))},
-        )
-    except RateLimitBudgetExceeded as error:
-        wait = error.wait_seconds
-        headers = {"retry-after": str(max(1, int(wait)))} if wait != float("inf") else None
-        return error_response(429, str(error), kind="rate_limit_exceeded", headers=headers)
     except StoreError as error:
         return await on_store_error(request, error)
-    except TrimmerError as error:
-        return error_response(400, str(error))
+    except (openai.APIError, TrimmerError) as error:
+        return model_call_error(error, "messages")
     if body.get("stream"):
         return SSERelay(result)
     return Response(json.dumps(result.to_dict()), media_type="application/json")
-
-
-def _upstream_error(error: openai.APIStatusError) -> Response:
-    body = error.body if isinstance(error.body, dict) else None
-    if body is None or "error" not in body:
-        body = {
-            "error": body
-            or {"message": str(error), "type": "upstream_error", "param": None, "code": None}
-        }
-    headers = {
-        name: value
-        for name, value in error.response.headers.items()
-        if name.lower() in ("retry-after", "retry-after-ms")
-        or name.lower().startswith("x-ratelimit-")
-    }
-    return JSONResponse(body, status_code=error.status_code, headers=headers)
-
-
-def _unreachable(error: openai.APIConnectionError) -> Response:
-    return error_response(
-        502,
-        f"the upstream could not be reached: {error}",
-        kind="upstream_error",
-        code="upstream_unreachable",
-    )

@@ -185,6 +185,13 @@ def test_a_stopped_store_is_a_503_and_healthz_follows_it(
     error = assert_openai_error(refused, 503)
     assert error["code"] == "store_unavailable" and refused.headers["retry-after"] == "5"
     assert "127.0.0.1" not in error["message"]  # the store's address stays in the log
+    responses = httpx.post(
+        f"{gateway.url}/responses",
+        json={"model": "gpt-4o", "input": "still there?"},
+        headers={"authorization": f"Bearer {gateway.key}"},
+        timeout=30,
+    )
+    assert assert_openai_error(responses, 503)["code"] == "store_unavailable"
     assert_openai_error(gateway.post(chat_body(), key="ctk-never-seen"), 503)
     until(lambda: gateway.healthz().status_code == 503)
     down = gateway.healthz().json()
