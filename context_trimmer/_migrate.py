@@ -62,9 +62,9 @@ def serialize_migrations(connection: Connection) -> None:
 
 def upgrade(engine: Engine, revision: str = "head") -> bool:
     """Bring the schema to ``revision``; returns False when it already was there."""
-    if revision == "head" and _at_head(engine):
-        return False
     # Alembic keeps its running context in module globals: one migration per process.
+    # The check runs under the same lock, so threads opening a new SQLite file together
+    # wait here for the first one's migration instead of on SQLite's file lock.
     with _in_process:
         if revision == "head" and _at_head(engine):
             return False
