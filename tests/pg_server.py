@@ -13,7 +13,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def server_binaries() -> Path | None:
@@ -94,3 +97,19 @@ class PgServer:
         if (self.directory / "postmaster.pid").exists():
             self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def own_server() -> Iterator[PgServer]:
+    """A running server for one test module (closed after it); the tests skip without the
+    server binaries, or fail when ``CONTEXT_TRIMMER_REQUIRE_POSTGRES=1``."""
+    binaries = server_binaries()
+    if binaries is None:
+        if os.environ.get("CONTEXT_TRIMMER_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL server binaries are needed for the fault tests")
+        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql-15)")
+    server = PgServer(binaries)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 import uuid
@@ -22,7 +21,7 @@ from typing import Any, TypeVar
 import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
-from pg_server import PgServer, free_port, server_binaries
+from pg_server import PgServer, free_port, own_server
 from sqlalchemy import create_engine, text
 
 from context_trimmer import StoreError, Trimmer, UserQuota
@@ -133,17 +132,7 @@ def test_unreachable_server_never_shows_the_password() -> None:
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[PgServer]:
-    binaries = server_binaries()
-    if binaries is None:
-        if os.environ.get("CONTEXT_TRIMMER_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries are needed for the fault tests")
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql-15)")
-    server = PgServer(binaries)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from own_server()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import time
 import uuid
@@ -19,7 +18,7 @@ import openai
 import pytest
 from gateway_server import ServerThread
 from openai_server import FakeOpenAI, Reply
-from pg_server import PgServer, server_binaries
+from pg_server import PgServer, own_server
 from sqlalchemy import create_engine, func, select, text
 from test_gateway import ENVIRON, KEY_ENV, SUMMARY_MODEL, chat_requests, conversation, talk
 
@@ -132,17 +131,7 @@ def assert_openai_error(response: httpx.Response, status: int) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def own_postgres() -> Iterator[PgServer]:
-    binaries = server_binaries()
-    if binaries is None:
-        if os.environ.get("CONTEXT_TRIMMER_REQUIRE_POSTGRES") == "1":
-            pytest.fail("PostgreSQL server binaries are needed for the fault tests")
-        pytest.skip("no PostgreSQL server binaries (apt-get install postgresql-15)")
-    server = PgServer(binaries)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
+    yield from own_server()
 
 
 @pytest.fixture
