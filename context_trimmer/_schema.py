@@ -18,22 +18,46 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Dialect,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
-HASH = String(64)
+
+class Hash(TypeDecorator[str]):
+    """A sha256 digest, stored as its 32 bytes (BLOB / BYTEA) and seen by Python as its
+    64-character hex string, so queries and the code around them deal in hex only.
+    Raw digests (``bytes``) are accepted when binding too."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        return bytes.fromhex(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).hex()
+
+
+HASH = Hash()
 SEARCH_TABLE = "ct_message_search"
+WITHOUT_ROWID = {"sqlite_with_rowid": False}
+"""SQLite: the table is its primary key's b-tree (no second copy of the key)."""
 
 
 def utcnow() -> datetime:
@@ -64,6 +88,7 @@ class Message(Base):
 
 class TokenCount(Base):
     __tablename__ = "ct_token_counts"
+    __table_args__ = WITHOUT_ROWID
 
     message_hash: Mapped[str] = mapped_column(
         HASH, ForeignKey("ct_messages.hash"), primary_key=True

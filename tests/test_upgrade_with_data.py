@@ -17,10 +17,23 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, MetaData, Table, create_engine, func, insert, inspect, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    MetaData,
+    Table,
+    create_engine,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
 
-from context_trimmer import Trimmer, count_tokens
-from context_trimmer._migrate import alembic_config, current_revision, upgrade
+from context_trimmer import Prepared, Trimmer, count_tokens
+from context_trimmer._db import make_engine
+from context_trimmer._migrate import alembic_config, current_revision, downgrade, upgrade
+from context_trimmer._schema import Base, Hash
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
@@ -39,16 +52,19 @@ def revisions() -> list[str]:
     return [script.revision for script in reversed(list(scripts.walk_revisions()))]
 
 
-def utc(value: Any) -> Any:
-    """Datetimes compared as UTC instants (SQLite hands them back naive)."""
+def plain(value: Any) -> Any:
+    """Datetimes compared as UTC instants (SQLite hands them back naive); hashes as hex,
+    whether a revision stores them as hex text or (0008 on) as their bytes."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+    if isinstance(value, (bytes, memoryview)):
+        return bytes(value).hex()
     return value
 
 
-def reflect(engine: Engine) -> MetaData:
+def reflect(bind: Engine | Connection) -> MetaData:
     metadata = MetaData()
-    metadata.reflect(engine, only=lambda name, _m: name.startswith("ct_"))
+    metadata.reflect(bind, only=lambda name, _m: name.startswith("ct_"))
     return metadata
 
 
@@ -57,7 +73,7 @@ def rows_of(engine: Engine, table: Table, columns: list[str]) -> list[dict[str, 
         result = connection.execute(
             select(*(table.c[c] for c in columns)).order_by(*table.primary_key.columns)
         )
-        return [{k: utc(v) for k, v in row._mapping.items()} for row in result]
+        return [{k: plain(v) for k, v in row._mapping.items()} for row in result]
 
 
 def advance_sequences(engine: Engine) -> None:
@@ -196,7 +212,7 @@ def copy_tables(source: Engine, target: Engine) -> dict[str, list[dict[str, Any]
     """Copy every row of each table the target has, in the target's columns."""
     source_tables, copied = reflect(source).tables, {}
     with target.begin() as connection:
-        for table in reflect(target).sorted_tables:
+        for table in reflect(connection).sorted_tables:
             columns = [column.name for column in table.columns]
             rows = rows_of(source, source_tables[table.name], columns)
             if rows:
@@ -207,90 +223,137 @@ def copy_tables(source: Engine, target: Engine) -> dict[str, list[dict[str, Any]
 
 @pytest.fixture
 def target(db_url: str) -> Iterator[Engine]:
-    engine = create_engine(db_url)
+    """The database upgraded, on the app's own engine (on SQLite: foreign keys on)."""
+    engine = make_engine(db_url)
     yield engine
     engine.dispose()
 
 
-def test_a_database_with_data_upgrades_from_0001_and_the_app_carries_on(
-    db_url: str, target: Engine, written_by_the_app: Engine
-) -> None:
+def populate(target: Engine, written_by_the_app: Engine) -> dict[str, list[dict[str, Any]]]:
+    """Upgrade ``target`` from 0001 to head, giving every table rows at the revision that
+    creates it; the rows written, per table (hashes as hex)."""
     steps = revisions()
     assert steps[0] == "0001"
     upgrade(target, "0001")
     expected = copy_tables(written_by_the_app, target)
     written = {"ct_messages", "ct_token_counts", "ct_summaries", "ct_requests", "ct_usage"}
     assert {name for name, rows in expected.items() if rows} == written
-    (old_request, old_summary) = (
-        expected["ct_requests"][-1]["id"],
-        expected["ct_requests"][-1]["summary_id"],
-    )
-    extra = handmade(old_request)
+    extra = handmade(expected["ct_requests"][-1]["id"])
     for revision in steps:
         upgrade(target, revision)
         with target.begin() as connection:
-            tables = reflect(target).tables
+            tables = reflect(connection).tables
             for name, rows in extra.get(revision, {}).items():
                 connection.execute(insert(tables[name]), rows)
                 expected.setdefault(name, []).extend(rows)
         advance_sequences(target)
     with target.connect() as connection:
         assert current_revision(connection) == steps[-1]
+    return expected
 
-    # Every table at head holds rows, and every row written on the way is intact.
-    head_tables = reflect(target).tables
+
+def assert_rows_intact(target: Engine, expected: dict[str, list[dict[str, Any]]]) -> None:
+    """Every table holds rows, and every row written on the way is intact: the same
+    values column by column (hashes compared as hex, however they are stored)."""
+    tables = reflect(target).tables
     # The full-text index of 0006 is derived: the migration fills it from the messages.
-    derived = {name for name in head_tables if name.startswith("ct_message_search")}
-    assert set(head_tables) - derived == set(expected), "a new table needs rows in this test"
+    derived = {name for name in tables if name.startswith("ct_message_search")}
+    assert set(tables) - derived == set(expected), "a new table needs rows in this test"
+    assert all(expected.values()), {name: len(rows) for name, rows in expected.items()}
+    for name, rows in expected.items():
+        survived = rows_of(target, tables[name], list(tables[name].columns.keys()))
+        assert len(survived) == len(rows), name
+        assert [{k: row[k] for k in r} for row, r in zip(survived, rows, strict=True)] == rows, name
+
+
+def stored_hashes(target: Engine) -> list[Any]:
+    """Every value of every hash column, as the database hands it back (no conversion)."""
+    tables, values = reflect(target).tables, []
+    with target.connect() as connection:
+        for model in Base.metadata.sorted_tables:
+            for column in model.columns:
+                if isinstance(column.type, Hash):
+                    raw = tables[model.name].c[column.name]
+                    values += connection.execute(select(raw).where(raw.is_not(None))).scalars()
+    return values
+
+
+def carry_on(url: str) -> tuple[Prepared, int, int | None]:
+    """The app continues the old conversation: a new user turn prepared, then folded."""
+    longer = [*chat(6), {"role": "user", "content": "And a hotel near the airport?"}]
+    with Trimmer(
+        url, keep_last=4, fold_every=2, recall_tokens=0, summarizer="extractive", background=False
+    ) as trimmer:
+        prepared = trimmer.prepare(longer, user="ann", conversation_id="c-old")
+        assert prepared.baseline_tokens == count_tokens(longer)
+        assert prepared.prompt_tokens == count_tokens(prepared.messages)
+        assert prepared.messages[-1] == longer[-1]
+        requests = trimmer.report().totals.requests
+        folded = trimmer.compact(longer, user="ann", conversation_id="c-old", force=True)
+    return prepared, requests, folded.summary_id
+
+
+def test_a_database_with_data_upgrades_from_0001_and_the_app_carries_on(
+    db_url: str, target: Engine, written_by_the_app: Engine
+) -> None:
+    expected = populate(target, written_by_the_app)
+    old_summary = expected["ct_requests"][-1]["summary_id"]
+    assert_rows_intact(target, expected)
     with target.connect() as connection:
         indexed = connection.execute(text("SELECT count(*) FROM ct_message_search")).scalar()
+        filled = connection.execute(
+            select(reflect(connection).tables["ct_requests"].c.compression_saved_tokens)
+        ).scalars()
+        assert set(filled) == {0}  # the column 0003 added, filled for the old rows
     conversational = [
         m for m in expected["ct_messages"] if m["role"] not in ("system", "developer")
     ]
     assert indexed == len(conversational) > 0
-    assert all(expected.values()), {name: len(rows) for name, rows in expected.items()}
-    for name, rows in expected.items():
-        survived = rows_of(target, head_tables[name], list(head_tables[name].columns.keys()))
-        assert len(survived) == len(rows), name
-        assert [{k: row[k] for k in r} for row, r in zip(survived, rows, strict=True)] == rows, name
-    with target.connect() as connection:
-        filled = connection.execute(
-            select(head_tables["ct_requests"].c.compression_saved_tokens)
-        ).scalars()
-        assert set(filled) == {0}  # the column 0003 added, filled for the old rows
+    # 0008: every hash is stored as its 32 bytes (the hex read back above is the same).
+    hashes = stored_hashes(target)
+    assert hashes and all(isinstance(h, bytes) and len(h) == 32 for h in hashes), hashes[:3]
 
     # The app opens it (nothing left to migrate) and carries on with the old data.
-    messages = chat(6)
-    longer = [*messages, {"role": "user", "content": "And a hotel near the airport?"}]
-    with Trimmer(
-        db_url,
-        keep_last=4,
-        fold_every=2,
-        recall_tokens=0,
-        summarizer="extractive",
-        background=False,
-    ) as trimmer:
+    with Trimmer(db_url, recall_tokens=0, summarizer="extractive", background=False) as trimmer:
         before = trimmer.report().totals
-        assert before.requests == len(expected["ct_requests"]) == 2
-        assert (before.summaries, before.summary_failures) == (1, 2)
-        unrecorded = expected["ct_requests"][0]["prompt_tokens"]  # counted as an estimate
-        assert before.usage_prompt_tokens == 120 + unrecorded
-        assert (before.estimated_requests, before.rate_limited_429s) == (1, 1)
-        prepared = trimmer.prepare(longer, user="ann", conversation_id="c-old")
-        assert prepared.summary_id == old_summary
-        assert prepared.baseline_tokens == count_tokens(longer)
-        assert prepared.prompt_tokens == count_tokens(prepared.messages)
-        assert prepared.messages[-1] == longer[-1]
-        assert trimmer.report().totals.requests == 3
-        folded = trimmer.compact(longer, user="ann", conversation_id="c-old", force=True)
-        assert folded.summary_id is not None and folded.summary_id != old_summary
+    assert before.requests == len(expected["ct_requests"]) == 2
+    assert (before.summaries, before.summary_failures) == (1, 2)
+    unrecorded = expected["ct_requests"][0]["prompt_tokens"]  # counted as an estimate
+    assert before.usage_prompt_tokens == 120 + unrecorded
+    assert (before.estimated_requests, before.rate_limited_429s) == (1, 1)
+    prepared, requests, folded = carry_on(db_url)
+    assert prepared.summary_id == old_summary
+    assert requests == 3
+    assert folded is not None and folded != old_summary
+    # The same request as the app makes from the database it wrote (never migrated).
+    unmigrated, _requests, _folded = carry_on(written_by_the_app.url.render_as_string(False))
+    assert prepared.messages == unmigrated.messages
+    assert (prepared.max_tokens, prepared.prompt_tokens, prepared.summary_id) == (
+        unmigrated.max_tokens,
+        unmigrated.prompt_tokens,
+        unmigrated.summary_id,
+    )
     with target.connect() as connection:
-        summaries = head_tables["ct_summaries"]
+        tables = reflect(connection).tables
+        summaries = tables["ct_summaries"]
         parent = connection.execute(
-            select(summaries.c.parent_id).where(summaries.c.id == folded.summary_id)
+            select(summaries.c.parent_id).where(summaries.c.id == folded)
         ).scalar_one()
-        stored = connection.execute(
-            select(func.count()).select_from(head_tables["ct_messages"])
-        ).scalar_one()
+        stored = connection.execute(select(func.count()).select_from(tables["ct_messages"]))
     assert parent == old_summary  # the new summary builds on the one from before
-    assert stored == len(longer)  # the old messages were found, not stored again
+    assert stored.scalar_one() == len(chat(6)) + 1  # the old messages found, not stored again
+
+
+def test_binary_hashes_downgrade_and_upgrade_again_with_data(
+    target: Engine, written_by_the_app: Engine
+) -> None:
+    expected = populate(target, written_by_the_app)
+    before_binary = ScriptDirectory.from_config(alembic_config()).get_revision("0008")
+    assert before_binary is not None and isinstance(before_binary.down_revision, str)
+    downgrade(target, before_binary.down_revision)
+    assert_rows_intact(target, expected)
+    hashes = stored_hashes(target)
+    assert hashes and all(isinstance(h, str) and len(h) == 64 for h in hashes), hashes[:3]
+    upgrade(target, "head")
+    assert_rows_intact(target, expected)
+    assert all(isinstance(h, bytes) and len(h) == 32 for h in stored_hashes(target))
