@@ -2,6 +2,7 @@
 them; ``tests/test_migrations.py`` fails if the two disagree.
 
 - ``ct_messages``: every message ever seen, keyed by its prefix chain hash; append-only.
+  Every hash column holds the digest's 32 bytes (:class:`Hash`; hex to Python code).
 - ``ct_token_counts``: each message's tokens, and the running total of its path, per
   counting key (encoding + image pricing), so stored history is never recounted.
 - ``ct_summaries``: rolling summaries, each keyed by the hash of the last message it
