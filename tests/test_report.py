@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -41,7 +42,7 @@ def request_row(**values: Any) -> dict[str, Any]:
         "conversation_id": "c1",
         "user": "ann",
         "model": "gpt-4o",
-        "head_hash": "h" * 64,
+        "head_hash": "f" * 64,
         "message_count": 10,
         "messages_sent": 4,
         "baseline_tokens": 0,
@@ -282,7 +283,7 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 
 
 def _node(name: str) -> str:
-    return name.ljust(64, "0")
+    return hashlib.sha256(name.encode()).hexdigest()  # hash columns hold real digests
 
 
 def _tree(trimmer: Trimmer, nodes: list[tuple[str, str | None, int]]) -> None:
