@@ -291,3 +291,22 @@ def test_on_its_last_attempt_a_429_follows_the_failure_policy(pg: str) -> None:
         "extractive (fallback for openai:gpt-4o-mini)"
     ]
     assert len(rows(pg, "SELECT * FROM ct_summary_failures")) == 1
+
+
+def test_the_worker_runs_the_idle_compaction_as_a_periodic_job(pg: str, tmp_path: Path) -> None:
+    with Trimmer(pg, background=False, summarizer="extractive", **OPTIONS) as trimmer:
+        assert trimmer.prepare(turns(12), model="gpt-4o", conversation_id="idle").fold_pending
+    log = tmp_path / "worker.log"
+    command = [str(SCRIPT), "worker", "--db", pg, "--summarizer", "extractive"]
+    command += ["--compact-every", "1s", "--idle", "0s", "--keep-last", "4", "--fold-every", "4"]
+    with log.open("wb") as out:
+        worker = subprocess.Popen(command, stderr=out)
+    try:
+        deadline = time.monotonic() + 300
+        while "compact 1 idle conversations: 1 folded" not in log.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    assert [label for _, label, _ in summaries(pg)] == ["extractive"]
