@@ -22,7 +22,6 @@ app or the worker comes first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -142,8 +141,12 @@ class QueueDispatch:
             lock=f"fold:{path.anchor_hash}",
             queueing_lock=f"fold:{path.anchor_hash}",
         )
-        with contextlib.suppress(AlreadyEnqueued):  # the waiting job folds what is due
+        try:
             deferrer.defer(**fold_job(path, start, self._options))
+        except AlreadyEnqueued:
+            pass  # this conversation's waiting job folds what is due when it runs
+        except Exception:  # the next prepare() that finds the fold due queues it again
+            log.exception("could not queue the fold of conversation %s", path.conversation_id)
 
     def close(self) -> None:
         self.app.close()

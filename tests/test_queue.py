@@ -310,3 +310,27 @@ def test_the_worker_runs_the_idle_compaction_as_a_periodic_job(pg: str, tmp_path
         worker.terminate()
         worker.wait(60)
     assert [label for _, label, _ in summaries(pg)] == ["extractive"]
+
+
+def _execute(url: str, sql: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(sql))
+    engine.dispose()
+
+
+def test_a_fold_that_cannot_be_queued_is_logged_and_queued_later(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Trimmer(pg, folds="queue", summarizer="extractive", **OPTIONS) as trimmer:
+        _execute(pg, "ALTER TABLE procrastinate_jobs RENAME TO procrastinate_jobs_away")
+        with caplog.at_level(logging.ERROR, logger="context_trimmer"):
+            prepared = trimmer.prepare(turns(12), model="gpt-4o", conversation_id="c1")
+            trimmer.wait_for_background()
+        assert prepared.fold_pending  # prepare() answered all the same
+        assert "could not queue the fold of conversation c1" in caplog.text
+        _execute(pg, "ALTER TABLE procrastinate_jobs_away RENAME TO procrastinate_jobs")
+        assert waiting_jobs(pg) == 0
+        trimmer.prepare(turns(12), model="gpt-4o", conversation_id="c1")
+        trimmer.wait_for_background()
+    assert waiting_jobs(pg) == 1
