@@ -12,7 +12,10 @@ and prepare()'s p50/p99 in the app process while folds are due (thread vs queue)
    and this thread's CPU). Three ways: no folds (``background=False``, the reference),
    folds on this process's background thread, folds as jobs for one worker process.
 
-    python benchmarks/fold_queue.py [--db URL] [--workers 1 2 4] [--conversations 48]
+    python benchmarks/fold_queue.py [--db URL] [--workers 1 2 4] [--conversations 32]
+        [--summarizer openai|extractive] [--latency 0.5] [--skip-prepare]
+
+(``--workers`` with no number: only the prepare() part.)
 
 Without --db (or $CONTEXT_TRIMMER_TEST_POSTGRES_URL) it starts a throwaway PostgreSQL
 with scripts/postgres. Each measurement runs in its own fresh schema.
@@ -215,7 +218,7 @@ def prepare_row(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=os.environ.get("CONTEXT_TRIMMER_TEST_POSTGRES_URL"))
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--conversations", type=int, default=32)
     parser.add_argument("--turns", type=int, default=40, help="for the prepare() part")
     parser.add_argument("--latency", type=float, default=0.5, help="seconds per summary")
@@ -228,8 +231,9 @@ def main() -> None:
         "- The customer's box arrived damaged; a replacement was offered.", delay=args.latency
     )
     with postgres(args.db) as base, FakeOpenAI(default=lambda _body: reply) as server:
-        print("\n| workers | folds | wall | folds/s | workers' CPU | CPU per fold |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        if args.workers:
+            print("\n| workers | folds | wall | folds/s | workers' CPU | CPU per fold |")
+            print("|---:|---:|---:|---:|---:|---:|")
         for count in args.workers:
             print(through_workers(base, count, args, server), flush=True)
         if args.skip_prepare:
