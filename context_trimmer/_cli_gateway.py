@@ -170,6 +170,12 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
 )
 @_serve_option("metrics_public", "Serve GET /metrics without a key.", is_flag=True)
 @_serve_option("log_format", "Log lines as text or JSON.", type=click.Choice(LOG_FORMATS))
+@_serve_option(
+    "folds",
+    "Where due folds run: this process's thread, or jobs for `context-trimmer worker` "
+    "(PostgreSQL only).",
+    type=click.Choice(["thread", "queue"]),
+)
 @user_errors
 def serve(host: str, port: int, **settings: Any) -> None:
     """Run the OpenAI-compatible gateway: point any client's base URL at it.

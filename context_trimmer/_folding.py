@@ -34,14 +34,14 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection
 
 from ._background import Background
 from ._breaker import CircuitBreaker
 from ._db import Database
-from ._exceptions import ConfigurationError, SummarizerError
+from ._exceptions import ConfigurationError, SummarizerError, TrimmerError
 from ._extractive import ExtractiveSummarizer
 from ._leases import Leases
 from ._options import TrimmerOptions
@@ -63,6 +63,19 @@ from ._window import CONTROL_ROLES, control_indexes, tail_start
 log = logging.getLogger("context_trimmer")
 MIN_SUMMARY_TOKENS = 16
 T = TypeVar("T")
+
+
+class FoldDeferred(TrimmerError):
+    """The LLM asked to be called later (a 429): the fold's job goes back on the queue
+    instead of failing (only where ``Folder.requeue`` says so: ``_queue``)."""
+
+
+class FoldDispatch(Protocol):
+    """Where due folds go instead of the background thread (``_queue.QueueDispatch``)."""
+
+    def __call__(self, path: StoredPath, start: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def summarizer_from(spec: str | Summarizer | None, *, api_key_present: bool) -> Summarizer:
@@ -174,6 +187,8 @@ class Folder:
         self._leases = Leases(db)
         self._background = background
         self._clock = clock
+        self.dispatch: FoldDispatch | None = None  # set by Trimmer(folds="queue")
+        self.requeue: Callable[[BaseException], bool] | None = None  # set by a queue worker
 
     @property
     def local(self) -> bool:
@@ -218,10 +233,14 @@ class Folder:
                 break
         return total
 
-    def schedule(self, path: StoredPath) -> None:
-        """Fold ``path`` on the background thread (once per conversation at a time)."""
+    def schedule(self, path: StoredPath, start: int = 0) -> None:
+        """Fold ``path`` (whose span starts at ``start``) on the background thread, or
+        hand it to ``dispatch`` there (once per conversation at a time)."""
         if self._options.background and path.anchor_hash is not None:
-            self._background.submit_once(path.anchor_hash, lambda: self._fold_logged(path))
+            work: Callable[[], Any] = partial(self._fold_logged, path)
+            if self.dispatch is not None:
+                work = partial(self.dispatch, path, start)
+            self._background.submit_once(path.anchor_hash, work)
 
     def _fold_logged(self, path: StoredPath) -> FoldResult:
         try:
@@ -366,14 +385,18 @@ class Folder:
                 result = work()
             else:
                 result = within_deadline(work, deadline - self._clock(), summarizer.name)
-        except BaseException:
+        except BaseException as error:
+            if self.requeue is not None and self.requeue(error):
+                raise FoldDeferred(str(error)) from error  # not the LLM's fault: no breaker
             self.breaker.failure()
             raise
         self.breaker.success()
         return result
 
     def close(self) -> None:
-        """Close the summarizers' clients."""
+        """Close the summarizers' clients (and the queue a dispatch sends jobs to)."""
+        if self.dispatch is not None:
+            self.dispatch.close()
         for summarizer in (self.summarizer, self.fallback):
             close = getattr(summarizer, "close", None)
             if callable(close):

@@ -20,8 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._db import DB_ENV
+from ._db import DB_ENV, resolve_url
 from ._exceptions import ConfigurationError
+from ._options import FOLDS
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
@@ -74,6 +75,7 @@ class GatewayConfig:
     on_store_error: str = "raise"
     metrics_public: bool = False
     log_format: str = "text"
+    folds: str = "thread"  # or "queue": folds as jobs for `context-trimmer worker` (_queue)
 
     def __post_init__(self) -> None:
         for name in ("upstream", "summary_base_url"):
@@ -93,6 +95,9 @@ class GatewayConfig:
         _check_choice("system_prompt", self.system_prompt, SYSTEM_PROMPTS)
         _check_choice("on_store_error", self.on_store_error, STORE_ERROR_POLICIES)
         _check_choice("log_format", self.log_format, LOG_FORMATS)
+        _check_choice("folds", self.folds, FOLDS)
+        if self.folds == "queue" and resolve_url(self.db_url).startswith("sqlite"):
+            raise ConfigurationError("--folds queue needs a PostgreSQL --db (the queue is in it)")
         for name, minimum in _COUNTS.items():
             _check_count(name, getattr(self, name), minimum)
         for name in ("user_tokens_per_minute", "user_tokens_per_day"):

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from ._exceptions import ConfigurationError
 
+FOLDS = ("thread", "queue")
+
 
 @dataclass(frozen=True)
 class TrimmerOptions:
@@ -26,6 +28,8 @@ class TrimmerOptions:
     conversation, mostly); the least recently used conversations are dropped past it.
     ``sync_fold_deadline``: seconds a fold on the request path may wait for the LLM
     summarizer before the extractive one folds instead.
+    ``folds``: where a due fold runs: ``"thread"`` (this process's background thread)
+    or ``"queue"`` (a job for ``context-trimmer worker``; PostgreSQL only, ``_queue``).
     """
 
     # Defaults measured on LoCoMo (benchmarks/locomo_questions.py; README, Benchmarks):
@@ -42,6 +46,7 @@ class TrimmerOptions:
     lease_seconds: float = 120.0
     cache_bytes: int = 64 * 1024 * 1024
     sync_fold_deadline: float = 10.0
+    folds: str = "thread"
 
     def __post_init__(self) -> None:
         check_count("keep_last", self.keep_last, minimum=0)
@@ -63,6 +68,8 @@ class TrimmerOptions:
         check_count("cache_bytes", self.cache_bytes, minimum=0)
         check_seconds("lease_seconds", self.lease_seconds)
         check_seconds("sync_fold_deadline", self.sync_fold_deadline)
+        if self.folds not in FOLDS:
+            raise ConfigurationError(f"folds must be one of {', '.join(FOLDS)}; got {self.folds!r}")
 
 
 def check_seconds(name: str, seconds: object) -> None:

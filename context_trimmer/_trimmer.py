@@ -123,6 +123,10 @@ class Trimmer:
         self._ledger = Ledger(self._db)
         self._background = Background()
         self._folder = Folder(self._db, self.options, chosen, self._background)
+        if self.options.folds == "queue":
+            from ._queue import QueueDispatch  # procrastinate is an optional extra
+
+            self._folder.dispatch = QueueDispatch(self._db, self.options)
         self.keys = GatewayKeys(self._db)
         self._recorder = Recorder(self._ledger, self._counter)
         self._system_prompts = SystemPrompts(
@@ -395,7 +399,7 @@ class Trimmer:
         due = fold_due(path, plan.start, plan.tail_tokens, self.options)
         request_id = self._ledger.add_request(connection, request_row(path, plan, reply, sync_fold))
         if due:
-            self._folder.schedule(path)
+            self._folder.schedule(path, plan.start)
         summary = plan.summary
         return Prepared(
             messages=[dict(m) for m in plan.messages],

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from . import __version__, _cli_data, _cli_folds, _cli_gateway
+from . import __version__, _cli_data, _cli_folds, _cli_gateway, _cli_worker
 from ._cli_common import db_option, emit, json_option, user_errors
 from ._compress import Compression, compress_safe
 from ._db import Database
@@ -351,6 +351,7 @@ main.add_command(_cli_folds.status)
 main.add_command(_cli_folds.compact)
 main.add_command(_cli_gateway.keys)
 main.add_command(_cli_gateway.serve)
+main.add_command(_cli_worker.worker)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -158,6 +158,7 @@ def _trimmer(config: GatewayConfig, ends: Endpoints) -> Trimmer:
         system_prompt=cast(Mode, config.system_prompt),
         prompt_rewriter=rewriter,
         on_store_error=config.on_store_error,
+        folds=config.folds,
     )
 
 

@@ -1,0 +1,318 @@
+"""Folds as jobs on a PostgreSQL task queue (procrastinate), run by ``context-trimmer worker``.
+
+``Trimmer(folds="queue")`` sets a :class:`QueueDispatch` on its Folder: a due fold is
+deferred as a job (from the background thread, so prepare() pays nothing for it) on
+the ``context_trimmer`` queue, instead of being folded in this process. A job carries
+identifiers only: the path's head hash, user, conversation, model, where its span
+starts, and the trimming options that decide the fold; never message text. One job per
+conversation may wait at a time (procrastinate's ``queueing_lock``), and jobs of one
+conversation run one after another (its ``lock``).
+
+:class:`FoldWorker` runs a job: it loads the path from the store, skips it when its
+span was folded meanwhile (or is no longer due), and folds under the fold lease with
+the Folder's failure policy (a SummarizerError is recorded and the extractive
+summarizer folds instead). A 429 from the summarizer raises :class:`FoldDeferred`
+instead, so procrastinate puts the job back with an exponential backoff; on its last
+attempt the failure policy applies. It logs one line per job.
+
+procrastinate's schema (its own tables, functions and types, beside ours, not in our
+Alembic chain) is applied when absent, under our migration lock, by whichever of the
+app or the worker comes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import text
+
+from ._background import Background
+from ._db import Database
+from ._exceptions import ConfigurationError
+from ._folding import FoldDeferred, Folder
+from ._migrate import serialize_migrations
+from ._options import TrimmerOptions
+from ._path import StoredPath, deepest_summary, load_bodies, start_of
+from ._path import store as store_path
+from ._plan import fold_due
+from ._summarizers import Summarizer
+
+if TYPE_CHECKING:
+    import procrastinate
+
+    from ._trimmer import Trimmer
+
+log = logging.getLogger("context_trimmer.worker")
+QUEUE = "context_trimmer"
+FOLD_TASK = "context_trimmer.fold"
+COMPACT_TASK = "context_trimmer.compact"
+ATTEMPTS = 6  # a 429 puts a job back up to 5 times: 2, 4, 8, 16, 32 s later
+BACKOFF = 2
+JOB_OPTIONS = (
+    "keep_last",
+    "fold_every",
+    "keep_tokens",
+    "summary_tokens",
+    "summary_share",
+    "lease_seconds",
+)
+INSTALL = "folds on a queue need procrastinate: from the checkout, pip install '.[queue]'"
+
+
+def require_procrastinate() -> None:
+    """A ConfigurationError that says how to install procrastinate, if it is missing."""
+    try:
+        import procrastinate  # noqa: F401
+    except ModuleNotFoundError as missing:
+        raise ConfigurationError(INSTALL) from missing
+
+
+def conninfo(db: Database) -> str:
+    """The libpq URL of the store (its SQLAlchemy URL without the driver)."""
+    url = db.engine.url.set(drivername="postgresql")
+    return url.render_as_string(hide_password=False)
+
+
+def require_postgres(db: Database, what: str) -> None:
+    """ConfigurationError (the store closed) unless the store is PostgreSQL."""
+    if db.engine.dialect.name != "postgresql":
+        db.close()
+        raise ConfigurationError(
+            f"{what} needs PostgreSQL as the store (the queue lives in it); "
+            f"{db.display_url} is {db.engine.dialect.name}: use folds='thread' there"
+        )
+
+
+def apply_schema(db: Database) -> bool:
+    """Create procrastinate's tables and functions unless they exist; True if it did.
+    Under the migration lock, so hosts starting together apply it once."""
+    require_procrastinate()
+    from procrastinate.schema import SchemaManager
+
+    schema = SchemaManager.get_schema()
+    with db.writing() as connection:
+        serialize_migrations(connection)
+        present = connection.execute(text("SELECT to_regclass('procrastinate_jobs')")).scalar()
+        if present is not None:
+            return False
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.execute(schema)  # several statements, no parameters: psycopg runs them all
+    return True
+
+
+def fold_job(path: StoredPath, start: int, options: TrimmerOptions) -> dict[str, Any]:
+    """A fold job's arguments: identifiers and trimming options, never message text."""
+    return {
+        "head": path.hashes[-1],
+        "user": path.user,
+        "conversation": path.conversation_id,
+        "model": path.info.name,
+        "start": start,
+        "options": {name: getattr(options, name) for name in JOB_OPTIONS},
+    }
+
+
+class QueueDispatch:
+    """Defers due folds as jobs (a Folder's ``dispatch`` under ``folds="queue"``)."""
+
+    def __init__(self, db: Database, options: TrimmerOptions):
+        require_postgres(db, 'folds="queue"')
+        apply_schema(db)
+        import procrastinate
+
+        self._options = options
+        connector = procrastinate.SyncPsycopgConnector(
+            conninfo=conninfo(db), min_size=1, max_size=2
+        )
+        self.app: procrastinate.App = procrastinate.App(connector=connector).open()
+
+    def __call__(self, path: StoredPath, start: int) -> None:
+        from procrastinate.exceptions import AlreadyEnqueued
+
+        assert path.anchor_hash is not None
+        deferrer = self.app.configure_task(
+            FOLD_TASK,
+            queue=QUEUE,
+            lock=f"fold:{path.anchor_hash}",
+            queueing_lock=f"fold:{path.anchor_hash}",
+        )
+        try:
+            deferrer.defer(**fold_job(path, start, self._options))
+        except AlreadyEnqueued:
+            pass  # this conversation's waiting job folds what is due when it runs
+        except Exception:  # the next prepare() that finds the fold due queues it again
+            log.exception("could not queue the fold of conversation %s", path.conversation_id)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def rate_limited(error: BaseException | None) -> bool:
+    """Whether ``error`` (or what caused it) is an HTTP 429."""
+    seen = 0
+    while error is not None and seen < 10:
+        if getattr(error, "status_code", None) == 429:
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
+@dataclass(frozen=True)
+class FoldOutcome:
+    """What a job did, as the worker logs it."""
+
+    conversation: str | None
+    span: str
+    summary_tokens: int
+    ms: float
+    outcome: str
+
+    def line(self) -> str:
+        return (
+            f"fold conversation={self.conversation} span={self.span} "
+            f"summary_tokens={self.summary_tokens} ms={self.ms:.0f} outcome={self.outcome}"
+        )
+
+
+class FoldWorker:
+    """Runs fold jobs with one summarizer, against the store of ``trimmer``."""
+
+    def __init__(self, trimmer: Trimmer):
+        self.trimmer = trimmer
+        self._background = Background()  # never used: a job folds on the worker's thread
+
+    @property
+    def summarizer(self) -> Summarizer:
+        return self.trimmer.summarizer
+
+    def run(self, job: Mapping[str, Any], *, last_attempt: bool = True) -> FoldOutcome:
+        """Fold the job's span unless it was folded meanwhile; FoldDeferred on a 429
+        unless this is the job's last attempt."""
+        began = time.perf_counter()
+        options = TrimmerOptions(**job["options"], background=False)
+        folder = Folder(self.trimmer._db, options, self.summarizer, self._background)
+        folder.requeue = None if last_attempt else rate_limited
+        stored = self._stored(job)
+        start = job["start"]
+        conversation = job["conversation"]
+        if stored is None:
+            return FoldOutcome(conversation, f"{start}-", 0, _ms(began), "skipped: history gone")
+        with self.trimmer._db.reading() as connection:
+            now = start_of(deepest_summary(connection, self.trimmer._summaries, stored))
+        if now != start:
+            outcome = f"skipped: span already folded (now starts at {now})"
+            return FoldOutcome(conversation, f"{start}-", 0, _ms(began), outcome)
+        if not fold_due(stored, start, folder.tail_tokens(stored, start), options):
+            return FoldOutcome(conversation, f"{start}-", 0, _ms(began), "skipped: not due")
+        result = folder.fold(stored, keep_last=options.keep_last)
+        return self._outcome(
+            stored, start, result.summary_id, result.failures, result.reason, began
+        )
+
+    def _stored(self, job: Mapping[str, Any]) -> StoredPath | None:
+        trimmer = self.trimmer
+        with trimmer._db.reading() as connection:
+            messages = load_bodies(connection, job["head"])
+        if not messages:
+            return None
+        path = trimmer._path(messages, job["model"], job["user"], job["conversation"])
+        with trimmer._db.writing() as connection:
+            return store_path(connection, path)  # stored already: writes nothing new
+
+    def _outcome(
+        self,
+        stored: StoredPath,
+        start: int,
+        summary_id: int | None,
+        failures: int,
+        reason: str,
+        began: float,
+    ) -> FoldOutcome:
+        conversation = stored.conversation_id
+        if summary_id is None:
+            outcome = f"skipped: {reason}" if not failures else f"failed: {reason}"
+            return FoldOutcome(conversation, f"{start}-", 0, _ms(began), outcome)
+        with self.trimmer._db.reading() as connection:
+            summary = deepest_summary(connection, self.trimmer._summaries, stored)
+        assert summary is not None
+        tokens = stored.counter.text(summary.text)
+        outcome = "fallback" if failures else "summarized"
+        span = f"{start}-{summary.covers_depth + 1}"
+        return FoldOutcome(conversation, span, tokens, _ms(began), outcome)
+
+    def run_logged(self, job: Mapping[str, Any], *, last_attempt: bool) -> dict[str, Any]:
+        """:meth:`run`, its line logged (a deferral too, then re-raised)."""
+        try:
+            outcome = self.run(job, last_attempt=last_attempt)
+        except FoldDeferred as error:
+            log.info(
+                "fold conversation=%s span=%s- outcome=requeued (429: %s)",
+                job["conversation"],
+                job["start"],
+                error,
+            )
+            raise
+        log.info("%s", outcome.line())
+        return asdict(outcome)
+
+
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
+
+
+def worker_app(worker: FoldWorker) -> procrastinate.App:
+    """The worker's procrastinate App, with the fold task registered."""
+    db = worker.trimmer._db
+    require_postgres(db, "context-trimmer worker")
+    apply_schema(db)
+    import procrastinate
+
+    app: procrastinate.App = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(conninfo=conninfo(db))
+    )
+    retry = procrastinate.RetryStrategy(
+        max_attempts=ATTEMPTS - 1, exponential_wait=BACKOFF, retry_exceptions={FoldDeferred}
+    )
+
+    @app.task(name=FOLD_TASK, queue=QUEUE, retry=retry, pass_context=True)
+    def fold(context: procrastinate.JobContext, /, **job: Any) -> dict[str, Any]:
+        attempts = context.job.attempts if context.job else 0
+        return worker.run_logged(job, last_attempt=attempts >= ATTEMPTS - 1)
+
+    del fold
+    return app
+
+
+def cron_every(seconds: float) -> str:
+    """A cron line (procrastinate's, seconds as a 6th field) firing every ``seconds``:
+    a divisor of a minute in seconds, of an hour in minutes, or of a day in hours."""
+    whole = int(seconds)
+    if whole == seconds and 0 < whole < 60 and 60 % whole == 0:
+        return f"* * * * * */{whole}"
+    if whole % 60 == 0 and 0 < whole // 60 < 60 and 60 % (whole // 60) == 0:
+        return f"*/{whole // 60} * * * *"
+    if whole % 3600 == 0 and 0 < whole // 3600 <= 24 and 24 % (whole // 3600) == 0:
+        return f"0 */{whole // 3600} * * *"
+    raise ConfigurationError(
+        f"--compact-every must divide a minute (seconds), an hour (minutes) or a day "
+        f"(hours), such as 30s, 10m or 6h; got {seconds:g} s"
+    )
+
+
+def add_compaction(app: procrastinate.App, every: float, compact: Callable[[], str]) -> None:
+    """Run ``compact()`` (and log what it says) every ``every`` seconds on one of the
+    workers (procrastinate defers each tick once, however many workers run)."""
+
+    def compaction(timestamp: int) -> str:
+        del timestamp
+        said = compact()
+        log.info("compact %s", said)
+        return said
+
+    task = app.task(name=COMPACT_TASK, queue=QUEUE, queueing_lock=COMPACT_TASK)(compaction)
+    app.periodic(cron=cron_every(every), periodic_id="compact")(task)
