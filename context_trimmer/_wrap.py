@@ -320,9 +320,9 @@ class _Step:
 
 async def run_async(sender: Sender, call: Call, target: Target) -> Any:
     """:func:`run_sync` on the async client."""
-    try:
-        prepared = await sender.aprepare(**call.prepare)
-        state = await asyncio.to_thread(sender.start, prepared, target)
+    try:  # prepare and take the quota in one hand-off to a worker thread
+        prepare = sender.prepare
+        state = await asyncio.to_thread(lambda: sender.start(prepare(**call.prepare), target))
     except StoreError as error:
         body = sender.failopen.passthrough(error, call)
         raw = await target.send(body, call.headers_for_send())
