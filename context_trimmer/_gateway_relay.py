@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -25,12 +25,19 @@ from ._relayed import RelayedStream
 log = logging.getLogger("context_trimmer.gateway")
 
 
+def chat_failure(error: Exception) -> bytes:
+    """The in-band error of a chat completions stream the upstream broke, and its end."""
+    failure = {"error": {"message": str(error) or type(error).__name__, "type": "upstream_error"}}
+    return b"data: " + json.dumps(failure).encode() + b"\n\ndata: [DONE]\n\n"
+
+
 class SSERelay(StreamingResponse):
     """``text/event-stream`` of the bytes of ``stream`` (a :class:`RelayedStream`),
     closed when the client goes away."""
 
-    def __init__(self, stream: RelayedStream):
+    def __init__(self, stream: RelayedStream, failure: Callable[[Exception], bytes] | None = None):
         self.upstream = stream
+        self.failure = failure or chat_failure
         self.client_gone = False
         self._events = self._relay()
         super().__init__(self._events, media_type="text/event-stream")
@@ -43,11 +50,8 @@ class SSERelay(StreamingResponse):
             if self.client_gone:
                 return
             log.warning("upstream stream failed: %s", error)
-            failure = {
-                "error": {"message": str(error) or type(error).__name__, "type": "upstream_error"}
-            }
             cut = b"" if self.upstream.at_event_boundary else b"\n\n"  # end the cut event
-            yield cut + b"data: " + json.dumps(failure).encode() + b"\n\ndata: [DONE]\n\n"
+            yield cut + self.failure(error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -65,6 +65,7 @@ from ._gateway_guard import (
 from ._gateway_relay import SSERelay
 from ._gateway_routes import (
     api_routes,
+    as_relayed,
     model_call_error,
     passthrough_client,
     unauthorized,
@@ -72,7 +73,7 @@ from ._gateway_routes import (
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
-from ._relayed import RELAY, RelayedAnswer, RelayedStream, UpstreamAnswerError, unrecorded
+from ._relayed import RELAY, RelayedStream, UpstreamAnswerError
 from ._report import GROUPS
 from ._summarizers import OpenAISummarizer
 from ._system_prompt import Mode, PromptRewriter
@@ -267,7 +268,7 @@ async def chat_completions(request: Request) -> Response:
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
                 options={"headers": {RAW_HEADER: RELAY}},
             )
-            answer = await _relayed(result, stream)
+            answer = await as_relayed(result, stream)
     except StoreError as error:
         return await on_store_error(request, error)
     except UpstreamAnswerError:
@@ -277,11 +278,3 @@ async def chat_completions(request: Request) -> Response:
     if isinstance(answer, RelayedStream):
         return SSERelay(answer)
     return Response(answer.content, answer.status_code, media_type="application/json")
-
-
-async def _relayed(result: Any, stream: bool) -> RelayedStream | RelayedAnswer:
-    """The wrapped client's relayed answer; a request passed through while the store is
-    down comes back as the SDK's raw response, relayed unrecorded."""
-    if isinstance(result, (RelayedStream, RelayedAnswer)):
-        return result
-    return await unrecorded(result, stream=stream)

@@ -131,3 +131,50 @@ def test_the_body_is_forwarded_as_it_came(
     assert {name: sent[name] for name in fields} == fields
     assert sent["stream"] is True and sent["max_tokens"] > 0
     assert sent["messages"] == [{"role": "user", "content": "hi"}]
+
+
+RESPONSE_EVENTS = (
+    b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+    b'"delta":"h\\u00e9llo there","sequence_number":0}\n\n'
+    b'event: response.completed\ndata: {"type":"response.completed","sequence_number":1,'
+    b'"response":{"id":"r1","object":"response","model":"gpt-4o-2024","output":[],'
+    b'"usage":{"input_tokens":55,"output_tokens":6,"total_tokens":61,'
+    b'"input_tokens_details":{"cached_tokens":0}}}}\n\n'
+)
+
+
+def responses_stream(gateway: Running) -> bytes:
+    body = {"model": "gpt-4o", "input": "hi", "stream": True}
+    with httpx.stream(
+        "POST",
+        f"{gateway.url}/responses",
+        json=body,
+        headers={"authorization": f"Bearer {gateway.key}"},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        return response.read()
+
+
+def test_a_responses_stream_is_relayed_byte_for_byte_and_recorded(
+    sqlite_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    gateway = running_gateway(sqlite_url, reply=lambda _body: Reply(raw=RESPONSE_EVENTS))
+    assert responses_stream(gateway) == RESPONSE_EVENTS
+    until(lambda: len(usage_rows(gateway)) == 1)
+    assert usage_rows(gateway) == [("ok", "gpt-4o-2024", 55, 6, False)]
+
+
+def test_a_responses_stream_cut_short_ends_with_an_error_event_and_is_recorded(
+    sqlite_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    cut = RESPONSE_EVENTS.index(b"event: response.completed") + 30
+    gateway = running_gateway(
+        sqlite_url, reply=lambda _body: Reply(raw=RESPONSE_EVENTS, raw_cut=cut)
+    )
+    received = responses_stream(gateway)
+    assert received.startswith(RESPONSE_EVENTS[:cut] + b"\n\nevent: error\ndata: ")
+    assert json.loads(received.split(b"data: ")[-1])["code"] == "upstream_error"
+    until(lambda: len(usage_rows(gateway)) == 1)
+    ((outcome, _model, _prompt, completion, estimated),) = usage_rows(gateway)
+    assert (outcome, completion, estimated) == ("stream_error", 3, True)
