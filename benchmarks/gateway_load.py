@@ -81,15 +81,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(url: str) -> None:
-    deadline = time.monotonic() + 60
+def wait_for(url: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + 180  # four workers starting on a busy 2-core host
     while time.monotonic() < deadline:
         try:
             httpx.get(url, timeout=1)
             return
         except httpx.HTTPError:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+    said = log.read_text()[-2000:] if log is not None and log.exists() else ""
+    raise RuntimeError(f"{url} did not come up\n{said}")
 
 
 def tree_cpu(root: int) -> float:
@@ -175,8 +176,9 @@ def servers(workers: int, profile: str | None) -> Iterator[tuple[str, str, str, 
     """The upstream and the gateway, running: their URLs, a gateway key, their pids."""
     upstream_port, gateway_port = free_port(), free_port()
     cli = [sys.executable, "-m", "context_trimmer.cli"]
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, open(Path(folder) / "gateway.log", "w") as errors:
         db = f"sqlite:///{folder}/gateway.db"
+        log = Path(errors.name)
         env = {**os.environ, "OPENAI_API_KEY": "upstream-key"}
         created = subprocess.run(
             [*cli, "keys", "create", "--user", "bench", "--db", db, "--json"],
@@ -198,11 +200,11 @@ def servers(workers: int, profile: str | None) -> Iterator[tuple[str, str, str, 
             command,
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=errors,
         )
         try:
             wait_for(f"http://127.0.0.1:{upstream_port}/v1/models")
-            wait_for(f"http://127.0.0.1:{gateway_port}/healthz")
+            wait_for(f"http://127.0.0.1:{gateway_port}/healthz", log)
             pids = {"gateway": gateway.pid, "upstream": upstream.pid}
             direct_url = f"http://127.0.0.1:{upstream_port}/v1"
             yield direct_url, f"http://127.0.0.1:{gateway_port}/v1", key, pids

@@ -100,12 +100,11 @@ class RelayedStream:
 
     def _scan(self, data: bytes) -> None:
         """Read the events ``data`` completes (the bytes themselves are not changed)."""
-        if self._finish is None:
-            return
         text = (self._pending + data).replace(b"\r\n", b"\n")
         *events, self._pending = text.split(b"\n\n")
-        for event in events:
-            self._take(event)
+        if self._finish is not None:
+            for event in events:
+                self._take(event)
 
     def _take(self, event: bytes) -> None:
         lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
