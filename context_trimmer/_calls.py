@@ -28,6 +28,8 @@ from ._streams import StreamSummary
 CONVERSATION_HEADER = "x-conversation-id"
 USER_HEADER = "x-user-id"
 RAW_HEADER = "x-stainless-raw-response"
+RELAY = "relay"
+"""The ``X-Stainless-Raw-Response`` value that asks for the answer as bytes (``_relayed``)."""
 _OURS = frozenset({CONVERSATION_HEADER, USER_HEADER, RAW_HEADER})
 _identity: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
     "context_trimmer_identity", default=(None, None)
@@ -48,7 +50,8 @@ def conversation(conversation_id: str | None = None, user: str | None = None) ->
 class Call:
     """A call on its way out: ``body`` and ``headers`` less what the trimmer rewrites or
     reads; ``raw_mode`` is the caller's ``with_raw_response`` ("true") or
-    ``with_streaming_response`` ("stream"); ``view`` is set for a Responses call."""
+    ``with_streaming_response`` ("stream"), or the gateway's "relay" (the answer as
+    bytes, see ``_relayed``); ``view`` is set for a Responses call."""
 
     prepare: dict[str, Any]
     body: dict[str, Any]
@@ -79,7 +82,8 @@ class Call:
 
     def headers_for_send(self) -> dict[str, Any]:
         """The caller's headers; the answer always comes back raw (for its headers)."""
-        return {**self.headers, "X-Stainless-Raw-Response": self.raw_mode or "true"}
+        mode = "stream" if self.raw_mode == RELAY else self.raw_mode  # relay: body unread
+        return {**self.headers, "X-Stainless-Raw-Response": mode or "true"}
 
     def usage_view(self, response: Any) -> Any:
         """The answer as the recorder reads it (chat-shaped ``usage``)."""
@@ -161,4 +165,4 @@ def _prepare(
 
 def _raw_mode(ours: Mapping[str, Any]) -> str | None:
     mode = ours.get(RAW_HEADER)
-    return mode if mode in ("true", "stream") else None
+    return mode if mode in ("true", "stream", RELAY) else None

@@ -16,14 +16,14 @@
   keys are remembered in a bounded cache; a key seen valid in the last hour is still
   accepted while the store cannot be reached (so ``--on-store-error passthrough``
   serves known callers).
-- Body fields the SDK does not name are forwarded in ``extra_body``, never a 500.
+- The body is forwarded as it came (fields the SDK does not name included): the
+  gateway posts it with the wrapped client's own ``post``, never a 500 for a new field.
 - ``/healthz`` checks the store at most once a second (:class:`StoreHealth`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
 import re
@@ -275,21 +275,6 @@ def check_chat_body(body: dict[str, Any]) -> Response | None:
     if body.get("user") is not None and not isinstance(body["user"], str):
         return _wrong_type("user", "a string", body["user"])
     return None
-
-
-_SDK_OPTIONS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
-
-
-def sdk_arguments(body: dict[str, Any], create: Callable[..., Any]) -> dict[str, Any]:
-    """``body`` as keyword arguments of the SDK's ``create``: the fields it does not
-    name (and any named like its own options, such as ``timeout``) go in ``extra_body``,
-    so they are forwarded as they came instead of failing the call."""
-    named = set(inspect.signature(create).parameters) - _SDK_OPTIONS
-    arguments = {name: value for name, value in body.items() if name in named}
-    extra = {name: value for name, value in body.items() if name not in named}
-    if extra:
-        arguments["extra_body"] = extra
-    return arguments
 
 
 # -- identity ---------------------------------------------------------------------------

@@ -1,51 +1,57 @@
-"""The gateway's SSE relay: chunks from the upstream to the client, and a clean end
-however the stream stops.
+"""The gateway's SSE relay: the upstream's bytes to the client as they come, and a
+clean end however the stream stops.
 
-The upstream stream is the wrapped client's recorded stream, which records its attempt,
-the usage so far (estimated and marked) and settles the quota when it ends, is closed
-or fails. So the relay closes it in every case: read to the end, the upstream failing
-mid-stream (the client gets the error in-band, then ``[DONE]``), or the client going
-away, which is noticed while the relay waits for the upstream, not only at the next
-write.
+The upstream stream is the wrapped client's relayed stream (``_relayed``): the bytes
+the upstream wrote, read only for accounting, which records its attempt, the usage so
+far (estimated and marked) and settles the quota when it ends, is closed or fails. So
+the relay closes it in every case: read to the end (the upstream's own ``[DONE]``
+passes through), the upstream failing mid-stream (the client gets the error in-band as
+an event of its own, then ``[DONE]``), or the client going away, which is noticed while
+the relay waits for the upstream, not only at the next write.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Callable
 
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ._relayed import RelayedStream
+
 log = logging.getLogger("context_trimmer.gateway")
 
 
-class SSERelay(StreamingResponse):
-    """``text/event-stream`` of the chunks of ``stream`` (an async iterator of SDK
-    chunks with an async ``close()``), closed when the client goes away."""
+def chat_failure(error: Exception) -> bytes:
+    """The in-band error of a chat completions stream the upstream broke, and its end."""
+    failure = {"error": {"message": str(error) or type(error).__name__, "type": "upstream_error"}}
+    return b"data: " + json.dumps(failure).encode() + b"\n\ndata: [DONE]\n\n"
 
-    def __init__(self, stream: Any):
+
+class SSERelay(StreamingResponse):
+    """``text/event-stream`` of the bytes of ``stream`` (a :class:`RelayedStream`),
+    closed when the client goes away."""
+
+    def __init__(self, stream: RelayedStream, failure: Callable[[Exception], bytes] | None = None):
         self.upstream = stream
+        self.failure = failure or chat_failure
         self.client_gone = False
         self._events = self._relay()
         super().__init__(self._events, media_type="text/event-stream")
 
     async def _relay(self) -> AsyncGenerator[bytes, None]:
         try:
-            async for chunk in self.upstream:
-                yield b"data: " + json.dumps(chunk.to_dict()).encode() + b"\n\n"
+            async for data in self.upstream:
+                yield data
         except Exception as error:  # the upstream broke mid-stream: say so, in-band
             if self.client_gone:
                 return
             log.warning("upstream stream failed: %s", error)
-            failure = {
-                "error": {"message": str(error) or type(error).__name__, "type": "upstream_error"}
-            }
-            yield b"data: " + json.dumps(failure).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            cut = b"" if self.upstream.at_event_boundary else b"\n\n"  # end the cut event
+            yield cut + self.failure(error)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

@@ -6,7 +6,8 @@ endpoint passed through, ``GET /metrics``, and a JSON 404 for everything else.
   ``responses.create``; a request with server-side state (``previous_response_id``,
   ``conversation``) passes through untouched. It is posted with the client's own
   ``post`` (what ``responses.create`` calls), so parameters newer than the installed SDK
-  still reach the upstream.
+  still reach the upstream, and answered as the upstream's bytes (``_relayed``), as chat
+  completions are.
 - Any other ``/v1/...`` request (embeddings, moderations, models, files, batches, audio,
   images...) is relayed by one shared HTTP client (``app.state.http``, made by
   :func:`passthrough_client`), request and response bodies streamed, with the UPSTREAM
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import openai
@@ -31,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ._calls import RAW_HEADER
 from ._exceptions import (
     InvalidMessagesError,
     QuotaExceeded,
@@ -39,8 +41,10 @@ from ._exceptions import (
     TrimmerError,
 )
 from ._gateway_guard import error_response, on_store_error
+from ._gateway_relay import SSERelay
 from ._keys import KeyInfo
 from ._metrics import Metrics, endpoint_family, note, render_metrics
+from ._relayed import RELAY, RelayedAnswer, RelayedStream, UpstreamAnswerError, unrecorded
 from ._responses_api import untrimmable
 
 try:
@@ -171,14 +175,26 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
                 cast_to=ResponsesAnswer,
                 stream=stream,
                 stream_cls=openai.AsyncStream[ResponseStreamEvent],
+                options={"headers": {RAW_HEADER: RELAY}},  # the answer as bytes
             )
+            answer = await as_relayed(result, stream)
     except StoreError as error:
         return await on_store_error(request, error)
+    except UpstreamAnswerError:
+        raise  # nothing the gateway expects: the catch-all answers
     except (openai.APIError, TrimmerError) as error:
         return model_call_error(error, "input")
-    if stream:
-        return StreamingResponse(_response_events(result), media_type="text/event-stream")
-    return Response(json.dumps(result.to_dict()), media_type="application/json")
+    if isinstance(answer, RelayedStream):
+        return SSERelay(answer, failure=_responses_failure)
+    return Response(answer.content, answer.status_code, media_type="application/json")
+
+
+async def as_relayed(result: Any, stream: bool) -> RelayedStream | RelayedAnswer:
+    """The wrapped client's relayed answer; a request passed through (server-side
+    state, or the store down) comes back as the SDK's raw response, relayed unrecorded."""
+    if isinstance(result, (RelayedStream, RelayedAnswer)):
+        return result
+    return await unrecorded(result, stream=stream)
 
 
 def _user(request: Request, key: KeyInfo, body: dict[str, Any]) -> str:
@@ -187,15 +203,10 @@ def _user(request: Request, key: KeyInfo, body: dict[str, Any]) -> str:
     return f"{key.user}:{end_user}" if isinstance(end_user, str) and end_user else key.user
 
 
-async def _response_events(stream: Any) -> AsyncIterator[bytes]:
-    try:
-        async for event in stream:
-            data = json.dumps(event.to_dict()).encode()
-            yield b"event: " + str(event.type).encode() + b"\ndata: " + data + b"\n\n"
-    except openai.APIError as error:  # the upstream broke mid-stream: say so, in-band
-        log.warning("upstream stream failed: %s", error)
-        failure = {"type": "error", "message": str(error), "code": "upstream_error"}
-        yield b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
+def _responses_failure(error: Exception) -> bytes:
+    """The in-band error event of a Responses stream the upstream broke."""
+    failure = {"type": "error", "message": str(error), "code": "upstream_error"}
+    return b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
 
 
 async def read_json(request: Request) -> dict[str, Any] | Response:

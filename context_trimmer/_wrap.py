@@ -31,6 +31,7 @@ from ._models import ModelTable
 from ._prepared import Prepared
 from ._ratelimit import Governor, QuotaHold, Quotas, RateLimits, budget_key
 from ._recording import Recorder
+from ._relayed import RELAY, relayed
 from ._retry import RetryPolicy, should_retry
 from ._streams import AsyncRecordedStream, RecordedStream
 
@@ -319,9 +320,9 @@ class _Step:
 
 async def run_async(sender: Sender, call: Call, target: Target) -> Any:
     """:func:`run_sync` on the async client."""
-    try:
-        prepared = await sender.aprepare(**call.prepare)
-        state = await asyncio.to_thread(sender.start, prepared, target)
+    try:  # prepare and take the quota in one hand-off to a worker thread
+        prepare = sender.prepare
+        state = await asyncio.to_thread(lambda: sender.start(prepare(**call.prepare), target))
     except StoreError as error:
         body = sender.failopen.passthrough(error, call)
         raw = await target.send(body, call.headers_for_send())
@@ -340,6 +341,8 @@ async def run_async(sender: Sender, call: Call, target: Target) -> Any:
     except BaseException as error:
         await asyncio.to_thread(sender.fail, state, error)
         raise
+    if call.raw_mode == RELAY:  # the gateway relays the answer's bytes
+        return await relayed(raw, call, lambda answer, end: sender.finish(state, answer, end))
     if call.raw_mode is not None:
         answer = None if call.stream else await _awaitable(raw.parse())
         await asyncio.to_thread(sender.finish, state, call.usage_view(answer))

@@ -26,7 +26,6 @@ the request goes upstream untrimmed); see ``_gateway_guard``.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -34,12 +33,14 @@ from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._calls import RAW_HEADER
 from ._exceptions import (
     StoreError,
     TrimmerError,
@@ -60,11 +61,11 @@ from ._gateway_guard import (
     identity,
     on_store_error,
     read_json_body,
-    sdk_arguments,
 )
 from ._gateway_relay import SSERelay
 from ._gateway_routes import (
     api_routes,
+    as_relayed,
     model_call_error,
     passthrough_client,
     unauthorized,
@@ -72,6 +73,7 @@ from ._gateway_routes import (
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
+from ._relayed import RELAY, RelayedStream, UpstreamAnswerError
 from ._report import GROUPS
 from ._summarizers import OpenAISummarizer
 from ._system_prompt import Mode, PromptRewriter
@@ -256,14 +258,24 @@ async def chat_completions(request: Request) -> Response:
     conversation, user = who
     note(request, model=body.get("model"), user=key.user)
     trimmer: Trimmer = request.app.state.trimmer
+    stream = bool(body.get("stream"))
     try:
         with trimmer.conversation(conversation, user=user):
-            create = request.app.state.client.chat.completions.create
-            result = await create(**sdk_arguments(body, create))
+            result = await request.app.state.client.post(
+                "/chat/completions",  # the JSON as it came: no SDK transform, bytes back
+                body=body,
+                cast_to=ChatCompletion,
+                stream=stream,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
+                options={"headers": {RAW_HEADER: RELAY}},
+            )
+            answer = await as_relayed(result, stream)
     except StoreError as error:
         return await on_store_error(request, error)
+    except UpstreamAnswerError:
+        raise  # nothing the gateway expects: the catch-all answers
     except (openai.APIError, TrimmerError) as error:
         return model_call_error(error, "messages")
-    if body.get("stream"):
-        return SSERelay(result)
-    return Response(json.dumps(result.to_dict()), media_type="application/json")
+    if isinstance(answer, RelayedStream):
+        return SSERelay(answer)
+    return Response(answer.content, answer.status_code, media_type="application/json")

@@ -52,6 +52,7 @@ class Reply:
     raw: bytes | None = None  # sent as the body as is (e.g. text that is not JSON)
     break_after: int | None = None  # a stream cut off (connection dropped) after N events
     event_delay: float = 0.0  # a stream written one event at a time, this far apart
+    raw_cut: int | None = None  # with raw: only its first N bytes sent, then the connection dropped
 
 
 @dataclass
@@ -455,7 +456,7 @@ class FakeOpenAI:
                     server.statuses[reply.status] += 1
                 model = body.get("model", "unknown")
                 if reply.raw is not None:
-                    self._send_bytes(reply.status, reply.raw, reply.headers)
+                    self._send_bytes(reply.status, reply.raw, reply.headers, reply.raw_cut)
                 elif reply.status != 200:
                     payload = {
                         "error": {
@@ -483,14 +484,18 @@ class FakeOpenAI:
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> None:
                 self._send_bytes(status, json.dumps(payload).encode(), headers)
 
-            def _send_bytes(self, status: int, data: bytes, headers: dict[str, str]) -> None:
+            def _send_bytes(
+                self, status: int, data: bytes, headers: dict[str, str], cut: int | None = None
+            ) -> None:
+                if cut is not None:
+                    self.close_connection = True
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(data)
+                self.wfile.write(data if cut is None else data[:cut])
 
             def _paced(self, events: list[dict[str, Any]], delay: float) -> None:
                 """The stream written event by event (a slow model); a client that

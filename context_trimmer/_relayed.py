@@ -1,0 +1,156 @@
+"""Answers relayed as bytes: the gateway's way of calling a wrapped client.
+
+The gateway posts a request's JSON as it came (``client.post`` with the
+``X-Stainless-Raw-Response: relay`` header: no SDK request transform) and relays the
+upstream's answer as bytes, without building SDK objects:
+
+- a stream (:class:`RelayedStream`) passes through as the upstream wrote it, chunk by
+  chunk; its complete events are read only for what accounting needs (the answering
+  model, the text, the usage, an in-band error), and it is recorded however it ends,
+  as :mod:`._streams` records the SDK's streams (``ok``, ``stream_closed``,
+  ``stream_error``, ``stream_abandoned``);
+- a JSON answer (:class:`RelayedAnswer`) is read whole, parsed once for its usage,
+  recorded, and handed back as the bytes that came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._calls import RELAY, Call
+from ._exceptions import TrimmerError
+from ._streams import StreamSummary, _abandoned
+
+__all__ = [
+    "RELAY",
+    "RelayedAnswer",
+    "RelayedStream",
+    "UpstreamAnswerError",
+    "relayed",
+    "unrecorded",
+]
+
+Finish = Callable[[Any, str], None]
+"""Records the answer (response-shaped) and how it ended (runs blocking I/O)."""
+
+
+class UpstreamAnswerError(TrimmerError):
+    """The upstream answered 200 with a body that is not a JSON object."""
+
+
+@dataclass(frozen=True)
+class RelayedAnswer:
+    """A JSON answer as the upstream sent it."""
+
+    status_code: int
+    content: bytes
+    headers: Mapping[str, str]
+
+
+class RelayedStream:
+    """The upstream's SSE bytes, passed through untouched (``async for`` gives bytes);
+    recorded once, however it ends. ``finish`` None: relayed without recording."""
+
+    def __init__(
+        self, response: Any, finish: Finish | None, summary: StreamSummary | None = None
+    ) -> None:
+        self.response = response  # the upstream's HTTP response (status, headers)
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._finish = finish
+        self._summary = summary or StreamSummary()
+        self._pending = b""  # the start of an event not yet complete
+        self.failed = False  # the upstream sent an error event
+
+    @property
+    def at_event_boundary(self) -> bool:
+        """Whether the bytes relayed so far end between two events."""
+        return not self._pending
+
+    def __aiter__(self) -> RelayedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            data = await self._chunks.__anext__()
+        except StopAsyncIteration:
+            await self._end("stream_error" if self.failed else "ok")
+            raise
+        except BaseException:
+            await self._end("stream_error")
+            raise
+        self._scan(data)
+        return data
+
+    async def close(self) -> None:
+        try:
+            await self.response.aclose()
+        finally:
+            await self._end("stream_closed")
+
+    def __del__(self) -> None:
+        _abandoned(self.__dict__.get("_summary"), self.__dict__.get("_finish"))
+
+    async def _end(self, outcome: str) -> None:
+        if self._summary.end() and self._finish is not None:
+            await asyncio.to_thread(self._finish, self._summary.response(), outcome)
+
+    def _scan(self, data: bytes) -> None:
+        """Read the events ``data`` completes (the bytes themselves are not changed)."""
+        text = (self._pending + data).replace(b"\r\n", b"\n")
+        *events, self._pending = text.split(b"\n\n")
+        if self._finish is not None:
+            for event in events:
+                self._take(event)
+
+    def _take(self, event: bytes) -> None:
+        lines = [line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        if not lines or lines == [b"[DONE]"]:
+            return
+        try:
+            chunk = json.loads(b"\n".join(lines))
+        except ValueError:
+            return  # not JSON: relayed, nothing to count
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("error") is not None or chunk.get("type") == "error":
+            self.failed = True
+        self._summary.take(chunk)
+
+
+async def relayed(raw: Any, call: Call, finish: Finish) -> RelayedStream | RelayedAnswer:
+    """The answer of ``raw`` (the SDK's raw response to ``call``, its body not read
+    yet) as bytes: a :class:`RelayedStream`, or a :class:`RelayedAnswer` read, parsed
+    once and recorded by ``finish``."""
+    if call.stream:
+        return RelayedStream(raw.http_response, finish, call.stream_summary())
+    answer = await unrecorded(raw, stream=False)
+    assert isinstance(answer, RelayedAnswer)
+    try:
+        parsed = json.loads(answer.content)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        await asyncio.to_thread(finish, {}, "error")
+        raise UpstreamAnswerError(
+            f"the upstream answered {answer.status_code} with a body that is not a JSON "
+            f"object ({answer.headers.get('content-type', 'no content type')})"
+        )
+    await asyncio.to_thread(finish, call.usage_view(parsed), "ok")
+    return answer
+
+
+async def unrecorded(raw: Any, *, stream: bool) -> RelayedStream | RelayedAnswer:
+    """The answer of ``raw`` as bytes, recorded by no one (a request passed through
+    while the store is down)."""
+    response = raw.http_response
+    if stream:
+        return RelayedStream(response, None)
+    try:
+        content = await response.aread()
+    finally:
+        await response.aclose()
+    return RelayedAnswer(response.status_code, content, response.headers)
