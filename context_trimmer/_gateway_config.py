@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._db import DB_ENV
 from ._exceptions import ConfigurationError
+from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, from_json, resolve
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
@@ -74,8 +75,11 @@ class GatewayConfig:
     on_store_error: str = "raise"
     metrics_public: bool = False
     log_format: str = "text"
+    upstreams: tuple[UpstreamConfig, ...] = ()  # from serve --config FILE
 
     def __post_init__(self) -> None:
+        if self.upstreams and self.upstream is not None:
+            raise ConfigurationError("give --upstream or a --config file's [[upstreams]], not both")
         for name in ("upstream", "summary_base_url"):
             _check_url(name, getattr(self, name))
         _check_env_name("upstream_key_env", self.upstream_key_env)
@@ -118,6 +122,8 @@ class GatewayConfig:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigurationError(f"{CONFIG_ENV} has unknown settings: {', '.join(unknown)}")
+        if "upstreams" in data:
+            data["upstreams"] = from_json(data["upstreams"], CONFIG_ENV)
         return cls(**data)
 
 
@@ -201,6 +207,7 @@ class Endpoints:
     summary_url: str
     summary_key_env: str
     summary_key: str = field(repr=False)
+    upstreams: tuple[UpstreamEndpoint, ...] = ()  # the pool, the one above first
 
     @property
     def calls_a_model(self) -> bool:
@@ -210,17 +217,21 @@ class Endpoints:
 def endpoints(config: GatewayConfig, environ: Mapping[str, str]) -> Endpoints:
     """Resolve the URLs and keys of ``config`` against ``environ``; ConfigurationError
     says which variable to set."""
-    upstream_key = environ.get(config.upstream_key_env)
-    if not upstream_key:
-        raise ConfigurationError(
-            f"set {config.upstream_key_env} to the upstream API key "
-            "(--upstream-key-env names another variable)"
-        )
-    upstream_url = config.upstream or environ.get("OPENAI_BASE_URL") or OPENAI_URL
-    summary_key_env = config.summary_key_env or config.upstream_key_env
-    summary_key = environ.get(summary_key_env, "")
+    pool = _pool(config, environ)
     summarizer = config.summarizer or "openai"  # the gateway always has the upstream's key
-    if not summary_key and (summarizer == "openai" or config.system_prompt == "llm"):
+    calls = summarizer == "openai" or config.system_prompt == "llm"
+    # Summaries go to the first upstream that is not Azure (no deployment path there).
+    own = next((u.config for u in pool if not u.config.azure), None)
+    if own is None and config.summary_base_url is None and calls:
+        raise ConfigurationError(
+            "every upstream is Azure OpenAI, where summaries cannot be sent as they are: "
+            "give --summary-base-url with --summary-key-env, or --summarizer extractive"
+        )
+    own = own or pool[0].config
+    upstream_url, upstream_key = pool[0].config.base_url, pool[0].key
+    summary_key_env = config.summary_key_env or own.api_key_env
+    summary_key = environ.get(summary_key_env, "")
+    if not summary_key and calls:
         raise ConfigurationError(
             f"set {summary_key_env} to the API key for summaries (--summary-key-env)"
         )
@@ -228,10 +239,25 @@ def endpoints(config: GatewayConfig, environ: Mapping[str, str]) -> Endpoints:
         upstream_url=upstream_url,
         upstream_key=upstream_key,
         summarizer=summarizer,
-        summary_url=config.summary_base_url or upstream_url,
+        summary_url=config.summary_base_url or own.base_url,
         summary_key_env=summary_key_env,
         summary_key=summary_key,
+        upstreams=pool,
     )
+
+
+def _pool(config: GatewayConfig, environ: Mapping[str, str]) -> tuple[UpstreamEndpoint, ...]:
+    """The upstreams with their keys: the configuration file's, else the one upstream."""
+    if config.upstreams:
+        return resolve(config.upstreams, environ)
+    upstream_key = environ.get(config.upstream_key_env)
+    if not upstream_key:
+        raise ConfigurationError(
+            f"set {config.upstream_key_env} to the upstream API key "
+            "(--upstream-key-env names another variable)"
+        )
+    url = config.upstream or environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    return (UpstreamEndpoint(UpstreamConfig(None, url, config.upstream_key_env), upstream_key),)
 
 
 def describe(config: GatewayConfig, ends: Endpoints) -> str:
@@ -249,7 +275,7 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
     )
     share = "off" if config.summary_share is None else f"{config.summary_share:g}"
     rows = [
-        ("upstream", f"{public_url(ends.upstream_url)} with ${config.upstream_key_env}"),
+        *_upstream_rows(ends),
         ("database", _public_db(config.db_url)),
         ("summarizer", summarizer),
         ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
@@ -268,6 +294,26 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _upstream_rows(ends: Endpoints) -> list[tuple[str, str]]:
+    rows = []
+    for number, upstream in enumerate(ends.upstreams, start=1):
+        u = upstream.config
+        text = f"{public_url(u.base_url)} with ${u.api_key_env}"
+        if u.name is not None:
+            text = f"{u.name}: {text}"
+        if u.azure:
+            text += f" (Azure, api-version {u.api_version})"
+        if u.models is not None:
+            text += " for " + ", ".join(
+                f"{m} as {u.models[m]}" if isinstance(u.models, Mapping) and u.models[m] != m else m
+                for m in u.models
+            )
+        if u.limits is not None:
+            text += f", {_limit(u.tpm)} TPM / {_limit(u.rpm)} RPM until headers say"
+        rows.append(("upstream" if len(ends.upstreams) == 1 else f"upstream {number}", text))
+    return rows
 
 
 def _limit(value: int | None) -> str:
