@@ -7,6 +7,7 @@ requests in a few seconds, no 429 reaching the client, each serving at least 8."
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -252,3 +253,15 @@ def test_serve_with_two_upstreams_of_20_requests_a_minute_answers_30_requests(
     assert savings["totals"]["failed_requests"] == 0
     assert "secret-key" not in printed
     assert f"a: {a.base_url} with $KEY_A" in printed and f"b: {b.base_url} with $KEY_B" in printed
+
+
+def test_the_readme_configuration_file_loads_as_documented(tmp_path: Path) -> None:
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    (block,) = re.findall(r"```toml\n(.*?)```", readme.read_text(), re.DOTALL)
+    upstreams = load_upstreams(write(tmp_path, block))
+    assert [u.name for u in upstreams] == ["openai-a", "openai-b", "azure-east"]
+    assert upstreams[2].models == {"gpt-4o": "gpt4o-prod"} and upstreams[2].azure
+    assert upstreams[0].limits is not None and upstreams[0].limits.tokens_per_minute == 30000
+    environ = {"OPENAI_KEY_A": "a", "OPENAI_KEY_B": "b", "AZURE_EAST_KEY": "c"}
+    ends = endpoints(GatewayConfig(upstreams=upstreams), environ)
+    assert len(ends.upstreams) == 3 and ends.summary_url == "https://api.openai.com/v1"
