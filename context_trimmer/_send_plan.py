@@ -92,8 +92,9 @@ class _Failed:
 
     @property
     def moves_on(self) -> bool:
-        """A 429 or a connection failure: another upstream may answer."""
-        return self.status in (None, 429) and should_retry(self.status, self.headers)
+        """A 429 or a connection failure: another upstream may answer (even when this
+        one says to wait longer than a retry would, or not to retry)."""
+        return self.status in (None, 429)
 
 
 Effect = Choose | Reserve | Sleep | Send

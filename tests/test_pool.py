@@ -105,6 +105,18 @@ def test_a_429_moves_to_the_next_upstream_before_any_fallback_model(
     assert "key-b" not in row.upstream
 
 
+def test_a_429_that_says_wait_ten_minutes_still_moves_on(
+    trimmer: Trimmer, db_url: str, a: FakeOpenAI, b: FakeOpenAI
+) -> None:
+    a.default = lambda _b: Reply(status=429, headers={"retry-after": "600"})
+    wrapped = trimmer.wrap(client(a.base_url), client(b.base_url), retry=FAST)
+    assert ask(wrapped) == "from B"
+    b.default = a.default  # now both say so: not retried, the 429 reaches the caller
+    with pytest.raises(openai.RateLimitError):
+        ask(wrapped, conversation="again")
+    assert len(a.requests) + len(b.requests) == 4
+
+
 def test_the_fallback_model_comes_only_when_every_upstream_stays_rate_limited(
     trimmer: Trimmer, db_url: str, a: FakeOpenAI, b: FakeOpenAI
 ) -> None:
