@@ -24,7 +24,6 @@ from ._gateway_config import (
 )
 from ._gateway_config import flag as config_flag
 from ._gateway_logs import log_config
-from ._gateway_upstreams import load_upstreams
 from ._keys import create_key, list_keys, revoke_key
 
 
@@ -171,24 +170,19 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
 )
 @_serve_option("metrics_public", "Serve GET /metrics without a key.", is_flag=True)
 @_serve_option("log_format", "Log lines as text or JSON.", type=click.Choice(LOG_FORMATS))
-@click.option(
-    "--config",
-    "config_file",
-    envvar="CONTEXT_TRIMMER_CONFIG",
-    show_envvar=True,
+@_serve_option(
+    "config",
+    "TOML file with [[upstreams]] (name, base_url, api_key_env, models, tpm, rpm, azure, "
+    "api_version): each request goes to the one with the most budget left.",
     metavar="FILE",
-    help="TOML file with [[upstreams]] (name, base_url, api_key_env, models, tpm, rpm, "
-    "azure, api_version): requests go to the one with the most budget left.",
 )
 @user_errors
-def serve(host: str, port: int, config_file: str | None, **settings: Any) -> None:
+def serve(host: str, port: int, **settings: Any) -> None:
     """Run the OpenAI-compatible gateway: point any client's base URL at it.
 
     Every option can also be set by the environment variable shown. The settings in
     effect are printed at start-up (key variable names, never keys).
     """
-    if config_file is not None:
-        settings["upstreams"] = load_upstreams(config_file)
     config = GatewayConfig(**settings)
     ends = endpoints(config, os.environ)
     try:

@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._db import DB_ENV
 from ._exceptions import ConfigurationError
-from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, from_json, resolve
+from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, load_upstreams, resolve
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
@@ -75,11 +75,13 @@ class GatewayConfig:
     on_store_error: str = "raise"
     metrics_public: bool = False
     log_format: str = "text"
-    upstreams: tuple[UpstreamConfig, ...] = ()  # from serve --config FILE
+    config: str | None = None
 
     def __post_init__(self) -> None:
-        if self.upstreams and self.upstream is not None:
-            raise ConfigurationError("give --upstream or a --config file's [[upstreams]], not both")
+        if self.config is not None:
+            if self.upstream is not None:
+                raise ConfigurationError("give --upstream or --config FILE, not both")
+            object.__setattr__(self, "_upstreams", load_upstreams(self.config))
         for name in ("upstream", "summary_base_url"):
             _check_url(name, getattr(self, name))
         _check_env_name("upstream_key_env", self.upstream_key_env)
@@ -122,9 +124,14 @@ class GatewayConfig:
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigurationError(f"{CONFIG_ENV} has unknown settings: {', '.join(unknown)}")
-        if "upstreams" in data:
-            data["upstreams"] = from_json(data["upstreams"], CONFIG_ENV)
         return cls(**data)
+
+    @property
+    def upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The ``[[upstreams]]`` of the ``config`` file, read and checked when this value
+        was built (each worker reads the file again); empty without one."""
+        upstreams: tuple[UpstreamConfig, ...] = self.__dict__.get("_upstreams", ())
+        return upstreams
 
 
 _COUNTS = {

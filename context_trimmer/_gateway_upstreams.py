@@ -229,13 +229,3 @@ def pool_clients(endpoints: Sequence[UpstreamEndpoint]) -> list[Upstream[openai.
             client = openai.AsyncOpenAI(base_url=config.base_url, api_key=endpoint.key)
         pool.append(Upstream(client, config.name, config.models, config.limits))
     return pool
-
-
-def from_json(items: object, source: str) -> tuple[UpstreamConfig, ...]:
-    """Upstreams as :func:`dataclasses.asdict` wrote them (a worker's configuration)."""
-    if not isinstance(items, list):
-        raise ConfigurationError(f"{source}: upstreams must be a list")
-    return tuple(
-        UpstreamConfig.parse(item, f"{source}: upstreams #{n}")
-        for n, item in enumerate(items, start=1)
-    )

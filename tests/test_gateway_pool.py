@@ -124,17 +124,20 @@ def test_more_file_errors(tmp_path: Path) -> None:
 def test_keys_come_from_the_environment_and_the_settings_travel_without_them(
     tmp_path: Path,
 ) -> None:
-    upstreams = load_upstreams(two(tmp_path, extra='models = { "gpt-4o" = "dep-4o" }\ntpm = 9000'))
-    config = GatewayConfig(upstreams=upstreams, summarizer="extractive")
+    path = two(tmp_path, extra='models = { "gpt-4o" = "dep-4o" }\ntpm = 9000')
+    config = GatewayConfig(config=str(path), summarizer="extractive")
+    assert config.upstreams == load_upstreams(path) and config.upstreams[1].tpm == 9000
     with pytest.raises(ConfigurationError, match="set KEY_B to the API key of upstream 'b'"):
         endpoints(config, {"KEY_A": "x"})
     ends = endpoints(config, KEYS)
     assert [u.key for u in ends.upstreams] == ["secret-key-a", "secret-key-b"]
     text = config.to_json()
-    assert "secret-key" not in text and "KEY_B" in text
-    assert GatewayConfig.from_json(text) == config
-    with pytest.raises(ConfigurationError, match="--upstream or a --config file"):
-        GatewayConfig(upstream="http://h/v1", upstreams=upstreams)
+    assert "secret-key" not in text and str(path) in text
+    assert GatewayConfig.from_json(text) == config  # a worker reads the file again
+    assert GatewayConfig.from_json(text).upstreams == config.upstreams
+    with pytest.raises(ConfigurationError, match="give --upstream or --config FILE, not both"):
+        GatewayConfig(upstream="http://h/v1", config=str(path))
+    assert GatewayConfig().upstreams == ()
 
 
 def test_serve_refuses_a_bad_file_with_one_line(tmp_path: Path) -> None:
@@ -149,16 +152,16 @@ def test_serve_refuses_a_bad_file_with_one_line(tmp_path: Path) -> None:
 
 def test_summaries_skip_azure_upstreams(tmp_path: Path) -> None:
     azure = 'azure = true\napi_version = "2024-10-21"'
-    config = GatewayConfig(upstreams=load_upstreams(two(tmp_path, extra=azure)))
+    config = GatewayConfig(config=str(two(tmp_path, extra=azure)))
     ends = endpoints(config, KEYS)
     assert (ends.summary_url, ends.summary_key) == ("http://127.0.0.1:1/v1", "secret-key-a")
     both = TWO.format(a="http://h/v1", b="http://h2/v1", extra=azure).replace(
         'api_key_env = "KEY_A"', f'api_key_env = "KEY_A"\n{azure}'
     )
-    all_azure = GatewayConfig(upstreams=load_upstreams(write(tmp_path, both)))
+    all_azure = GatewayConfig(config=str(write(tmp_path, both)))
     with pytest.raises(ConfigurationError, match="every upstream is Azure OpenAI"):
         endpoints(all_azure, KEYS)
-    endpoints(GatewayConfig(upstreams=all_azure.upstreams, summarizer="extractive"), KEYS)
+    endpoints(GatewayConfig(config=all_azure.config, summarizer="extractive"), KEYS)
 
 
 @pytest.fixture
@@ -182,9 +185,8 @@ def test_the_gateway_pool_maps_models_and_reports_by_upstream(
         path = two(tmp_path, a.base_url, b.base_url, models)
         a_models = 'api_key_env = "KEY_A"\nmodels = ["gpt-4o", "gpt-4.1"]'
         write(tmp_path, path.read_text().replace('api_key_env = "KEY_A"', a_models))
-        upstreams = load_upstreams(path)
         config = GatewayConfig(
-            db_url=sqlite_url, upstreams=upstreams, summarizer="extractive", key_cache_seconds=0
+            db_url=sqlite_url, config=str(path), summarizer="extractive", key_cache_seconds=0
         )
         with ServerThread(create_app(config, environ=KEYS)) as server:
             client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
@@ -258,10 +260,11 @@ def test_serve_with_two_upstreams_of_20_requests_a_minute_answers_30_requests(
 def test_the_readme_configuration_file_loads_as_documented(tmp_path: Path) -> None:
     readme = Path(__file__).resolve().parents[1] / "README.md"
     (block,) = re.findall(r"```toml\n(.*?)```", readme.read_text(), re.DOTALL)
-    upstreams = load_upstreams(write(tmp_path, block))
+    path = write(tmp_path, block)
+    upstreams = load_upstreams(path)
     assert [u.name for u in upstreams] == ["openai-a", "openai-b", "azure-east"]
     assert upstreams[2].models == {"gpt-4o": "gpt4o-prod"} and upstreams[2].azure
     assert upstreams[0].limits is not None and upstreams[0].limits.tokens_per_minute == 30000
     environ = {"OPENAI_KEY_A": "a", "OPENAI_KEY_B": "b", "AZURE_EAST_KEY": "c"}
-    ends = endpoints(GatewayConfig(upstreams=upstreams), environ)
+    ends = endpoints(GatewayConfig(config=str(path)), environ)
     assert len(ends.upstreams) == 3 and ends.summary_url == "https://api.openai.com/v1"
