@@ -121,16 +121,19 @@ def _send_one_model(
     attempt = 0
     while True:
         upstreams = list((yield Choose(model)))
+        limited: _Failed | None = None  # a 429 this round: the model is rate-limited
         while True:
             index = yield from _reserve(state, model, upstreams, governor, policy)
             sent = yield from _send_once(state, model, index)
             if not isinstance(sent, _Failed):
                 return sent
+            limited = sent if sent.status == 429 else limited
             upstreams.remove(index)
             if not (sent.moves_on and upstreams):
                 break
         if attempt >= policy.max_retries or not should_retry(sent.status, sent.headers):
-            raise sent.error
+            # Rate-limited where it answered, unreachable elsewhere: the fallback's case.
+            raise (limited if sent.moves_on and limited else sent).error
         delay = policy.delay(attempt, sent.headers)
         state.waited += delay
         yield Sleep(delay)

@@ -1,15 +1,19 @@
 """The pool of upstreams on its own (no database, no HTTP): the choice by budget, turns
-for ties, cool-downs on an injected clock, model names per upstream, labels."""
+for ties, cool-downs on an injected clock, model names per upstream, labels; and the
+send plan driven by hand (failover before the retry wait and the fallback model)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
+import httpx2
 import openai
 import pytest
 
-from context_trimmer import ConfigurationError, CoolDown, RateLimits, Upstream
+from context_trimmer import ConfigurationError, CoolDown, RateLimits, RetryPolicy, Upstream
 from context_trimmer._ratelimit import Headroom
+from context_trimmer._send_plan import Choose, Send, SendState, send_plan
 from context_trimmer._upstreams import Member, Pool, host_of, members
 from context_trimmer._wrapped_client import pool_of
 
@@ -146,3 +150,71 @@ def test_a_pool_of_clients_is_all_sync_or_all_async() -> None:
         pool_of([sync, openai.AsyncOpenAI(base_url="http://127.0.0.1:3/v1", api_key="k")])
     with pytest.raises(ConfigurationError, match="got str"):
         pool_of([sync, "not a client"])  # type: ignore[list-item]
+
+
+def rate_limited() -> openai.RateLimitError:
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    return openai.RateLimitError(
+        "limited", response=httpx2.Response(429, request=request), body=None
+    )
+
+
+def refused() -> openai.APIConnectionError:
+    return openai.APIConnectionError(request=httpx2.Request("POST", "http://127.0.0.1:1/v1"))
+
+
+def walk(
+    state: SendState, policy: RetryPolicy, answers: dict[int, list[Any]]
+) -> tuple[Any, list[Any]]:
+    """Drive the send plan of ``state`` by hand (no governor): ``answers[upstream]`` is
+    what each Send to it gets (an exception is raised into the plan); Choose gets the
+    pool's order; Sleep nothing."""
+    plan = send_plan(state, None, policy)
+    effects: list[Any] = []
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = plan.throw(error) if error is not None else plan.send(value)
+        except StopIteration as stop:
+            return stop.value, effects
+        effects.append(effect)
+        value, error = None, None
+        if isinstance(effect, Choose):
+            value = state.pool.order(effect.model, {}, 1)
+        elif isinstance(effect, Send):
+            answer = answers[effect.upstream].pop(0)
+            value, error = (None, answer) if isinstance(answer, BaseException) else (answer, None)
+
+
+def plan_state(pool_: Pool, fallback: str | None = None) -> SendState:
+    models = ["gpt-4o", *([fallback] if fallback else [])]
+    return SendState(cast(Any, None), [], pool_, models, tokens=100)
+
+
+def test_the_send_plan_moves_on_before_waiting_or_falling_back() -> None:
+    state = plan_state(pool(None, None), fallback="gpt-4o-mini")
+    policy = RetryPolicy(max_retries=1, random=lambda: 0.5)
+    answer, effects = walk(
+        state,
+        policy,
+        {0: [rate_limited(), refused(), "mini from A"], 1: [refused(), rate_limited()]},
+    )
+    assert answer == "mini from A"
+    sends = [(e.model, e.upstream) for e in effects if isinstance(e, Send)]
+    # Both upstreams, a wait, both again in the next turn's order (the one retry), then
+    # the fallback model: the last failure was a refused connection, but the model was
+    # rate-limited where it answered.
+    assert sends == [("gpt-4o", 0), ("gpt-4o", 1), ("gpt-4o", 1), ("gpt-4o", 0), ("gpt-4o-mini", 0)]
+    assert [type(e).__name__ for e in effects].count("Sleep") == 1
+    assert (state.attempts, state.rate_limited, state.fallback_model) == (5, 2, "gpt-4o-mini")
+    assert state.upstream == 0
+
+
+def test_the_send_plan_does_not_move_on_after_a_bad_request() -> None:
+    state = plan_state(pool(None, None))
+    request = httpx2.Request("POST", "http://127.0.0.1:1/v1/chat/completions")
+    bad = openai.BadRequestError("bad", response=httpx2.Response(400, request=request), body=None)
+    with pytest.raises(openai.BadRequestError):
+        walk(state, RetryPolicy(max_retries=3), {0: [bad], 1: ["never"]})
+    assert state.attempts == 1
