@@ -108,6 +108,19 @@ class Sender:
             raise
         return state
 
+    def untrimmed(
+        self, error: StoreError, call: Call, targets: Sequence[Target]
+    ) -> tuple[Target, dict[str, Any]]:
+        """The store is down: where the call goes as given (``on_store_error=
+        "passthrough"``, else ``error`` is raised): the first upstream serving its model,
+        under its name there."""
+        body = self.failopen.passthrough(error, call)
+        model = body.get("model")
+        if not isinstance(model, str) or not self.pool.serving(model):
+            return targets[0], body
+        index = self.pool.serving(model)[0]
+        return targets[index], {**body, "model": self.pool.model_name(index, model)}
+
     def choose(self, state: SendState, model: str) -> list[int]:
         """The upstreams to try for ``model``, in order (one upstream: no budget read)."""
         serving = self.pool.serving(model)
@@ -184,8 +197,8 @@ def run_sync(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:
     try:
         state = sender.start(sender.prepare(**call.prepare), targets)
     except StoreError as error:
-        body = sender.failopen.passthrough(error, call)
-        raw = targets[0].send(body, call.headers_for_send())
+        target, body = sender.untrimmed(error, call, targets)
+        raw = target.send(body, call.headers_for_send())
         return raw if call.raw_mode is not None else raw.parse()
     sender.failopen.recovered()
     sleep = sender.sleep or time.sleep
@@ -279,8 +292,8 @@ async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> An
         prepared = await sender.aprepare(**call.prepare)
         state = await asyncio.to_thread(sender.start, prepared, targets)
     except StoreError as error:
-        body = sender.failopen.passthrough(error, call)
-        raw = await targets[0].send(body, call.headers_for_send())
+        target, body = sender.untrimmed(error, call, targets)
+        raw = await target.send(body, call.headers_for_send())
         return raw if call.raw_mode is not None else await _awaitable(raw.parse())
     sender.failopen.recovered()
     sleep = sender.sleep or asyncio.sleep

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -276,3 +277,24 @@ def test_requests_table_counts_each_call_once(
     with engine.connect() as connection:
         assert connection.execute(select(func.count()).select_from(REQUESTS)).scalar() == 3
     engine.dispose()
+
+
+def test_with_the_store_down_a_passthrough_goes_to_an_upstream_serving_the_model(
+    tmp_path: Path, a: FakeOpenAI, b: FakeOpenAI
+) -> None:
+    path = tmp_path / "history.db"
+    with Trimmer(
+        f"sqlite:///{path}", summarizer="extractive", background=False, on_store_error="passthrough"
+    ) as trimmer:
+        wrapped = trimmer.wrap(
+            Upstream(client(a.base_url), models=["gpt-4o-mini"]),
+            Upstream(client(b.base_url), models={"gpt-4o": "b-4o"}),
+        )
+        trimmer._db.close()
+        good = path.read_bytes()
+        path.write_bytes(b"\0garbage" * (len(good) // 8))  # the store is now unreadable
+        assert ask(wrapped, "gpt-4o") == "from B"
+        assert trimmer.passthrough_requests == 1
+        trimmer._db.close()
+        path.write_bytes(good)
+    assert [r["model"] for r in b.requests] == ["b-4o"] and not a.requests
