@@ -35,6 +35,7 @@ from ._summarizers import (
 from ._system_prompt import PromptRewriter
 from ._tokens import count_text_tokens, count_tokens
 from ._trimmer import Trimmer
+from ._upstreams import CoolDown, Upstream
 from ._validation import validate_messages
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "CircuitBreaker",
     "Compression",
     "ConfigurationError",
+    "CoolDown",
     "EncodingUnavailableError",
     "ExtractiveSummarizer",
     "FoldResult",
@@ -69,6 +71,7 @@ __all__ = [
     "Trimmer",
     "TrimmerError",
     "TrimmerOptions",
+    "Upstream",
     "UserQuota",
     "__version__",
     "compress_safe",

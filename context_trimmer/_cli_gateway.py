@@ -176,6 +176,12 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     "(PostgreSQL only).",
     type=click.Choice(["thread", "queue"]),
 )
+@_serve_option(
+    "config",
+    "TOML file with [[upstreams]] (name, base_url, api_key_env, models, tpm, rpm, azure, "
+    "api_version): each request goes to the one with the most budget left.",
+    metavar="FILE",
+)
 @user_errors
 def serve(host: str, port: int, **settings: Any) -> None:
     """Run the OpenAI-compatible gateway: point any client's base URL at it.

@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 
 from ._db import DB_ENV, resolve_url
 from ._exceptions import ConfigurationError
+from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, load_upstreams, resolve
 from ._options import FOLDS
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -76,8 +77,13 @@ class GatewayConfig:
     metrics_public: bool = False
     log_format: str = "text"
     folds: str = "thread"  # or "queue": folds as jobs for `context-trimmer worker` (_queue)
+    config: str | None = None
 
     def __post_init__(self) -> None:
+        if self.config is not None:
+            if self.upstream is not None:
+                raise ConfigurationError("give --upstream or --config FILE, not both")
+            object.__setattr__(self, "_upstreams", load_upstreams(self.config))
         for name in ("upstream", "summary_base_url"):
             _check_url(name, getattr(self, name))
         _check_env_name("upstream_key_env", self.upstream_key_env)
@@ -124,6 +130,13 @@ class GatewayConfig:
         if unknown:
             raise ConfigurationError(f"{CONFIG_ENV} has unknown settings: {', '.join(unknown)}")
         return cls(**data)
+
+    @property
+    def upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The ``[[upstreams]]`` of the ``config`` file, read and checked when this value
+        was built (each worker reads the file again); empty without one."""
+        upstreams: tuple[UpstreamConfig, ...] = self.__dict__.get("_upstreams", ())
+        return upstreams
 
 
 _COUNTS = {
@@ -206,6 +219,7 @@ class Endpoints:
     summary_url: str
     summary_key_env: str
     summary_key: str = field(repr=False)
+    upstreams: tuple[UpstreamEndpoint, ...] = ()  # the pool, the one above first
 
     @property
     def calls_a_model(self) -> bool:
@@ -215,17 +229,21 @@ class Endpoints:
 def endpoints(config: GatewayConfig, environ: Mapping[str, str]) -> Endpoints:
     """Resolve the URLs and keys of ``config`` against ``environ``; ConfigurationError
     says which variable to set."""
-    upstream_key = environ.get(config.upstream_key_env)
-    if not upstream_key:
-        raise ConfigurationError(
-            f"set {config.upstream_key_env} to the upstream API key "
-            "(--upstream-key-env names another variable)"
-        )
-    upstream_url = config.upstream or environ.get("OPENAI_BASE_URL") or OPENAI_URL
-    summary_key_env = config.summary_key_env or config.upstream_key_env
-    summary_key = environ.get(summary_key_env, "")
+    pool = _pool(config, environ)
     summarizer = config.summarizer or "openai"  # the gateway always has the upstream's key
-    if not summary_key and (summarizer == "openai" or config.system_prompt == "llm"):
+    calls = summarizer == "openai" or config.system_prompt == "llm"
+    # Summaries go to the first upstream that is not Azure (no deployment path there).
+    own = next((u.config for u in pool if not u.config.azure), None)
+    if own is None and config.summary_base_url is None and calls:
+        raise ConfigurationError(
+            "every upstream is Azure OpenAI, where summaries cannot be sent as they are: "
+            "give --summary-base-url with --summary-key-env, or --summarizer extractive"
+        )
+    own = own or pool[0].config
+    upstream_url, upstream_key = pool[0].config.base_url, pool[0].key
+    summary_key_env = config.summary_key_env or own.api_key_env
+    summary_key = environ.get(summary_key_env, "")
+    if not summary_key and calls:
         raise ConfigurationError(
             f"set {summary_key_env} to the API key for summaries (--summary-key-env)"
         )
@@ -233,10 +251,25 @@ def endpoints(config: GatewayConfig, environ: Mapping[str, str]) -> Endpoints:
         upstream_url=upstream_url,
         upstream_key=upstream_key,
         summarizer=summarizer,
-        summary_url=config.summary_base_url or upstream_url,
+        summary_url=config.summary_base_url or own.base_url,
         summary_key_env=summary_key_env,
         summary_key=summary_key,
+        upstreams=pool,
     )
+
+
+def _pool(config: GatewayConfig, environ: Mapping[str, str]) -> tuple[UpstreamEndpoint, ...]:
+    """The upstreams with their keys: the configuration file's, else the one upstream."""
+    if config.upstreams:
+        return resolve(config.upstreams, environ)
+    upstream_key = environ.get(config.upstream_key_env)
+    if not upstream_key:
+        raise ConfigurationError(
+            f"set {config.upstream_key_env} to the upstream API key "
+            "(--upstream-key-env names another variable)"
+        )
+    url = config.upstream or environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    return (UpstreamEndpoint(UpstreamConfig(None, url, config.upstream_key_env), upstream_key),)
 
 
 def describe(config: GatewayConfig, ends: Endpoints) -> str:
@@ -254,7 +287,7 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
     )
     share = "off" if config.summary_share is None else f"{config.summary_share:g}"
     rows = [
-        ("upstream", f"{public_url(ends.upstream_url)} with ${config.upstream_key_env}"),
+        *_upstream_rows(ends),
         ("database", _public_db(config.db_url)),
         ("summarizer", summarizer),
         ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
@@ -273,6 +306,26 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def _upstream_rows(ends: Endpoints) -> list[tuple[str, str]]:
+    rows = []
+    for number, upstream in enumerate(ends.upstreams, start=1):
+        u = upstream.config
+        text = f"{public_url(u.base_url)} with ${u.api_key_env}"
+        if u.name is not None:
+            text = f"{u.name}: {text}"
+        if u.azure:
+            text += f" (Azure, api-version {u.api_version})"
+        if u.models is not None:
+            text += " for " + ", ".join(
+                f"{m} as {u.models[m]}" if isinstance(u.models, Mapping) and u.models[m] != m else m
+                for m in u.models
+            )
+        if u.limits is not None:
+            text += f", {_limit(u.tpm)} TPM / {_limit(u.rpm)} RPM until headers say"
+        rows.append(("upstream" if len(ends.upstreams) == 1 else f"upstream {number}", text))
+    return rows
 
 
 def _limit(value: int | None) -> str:

@@ -48,6 +48,7 @@ class LedgerRow:
     waited_ms: int = 0
     fallback_model: str | None = None
     outcome: str | None = None
+    upstream: str | None = None
     head_hash: str = ""
     summary_id: int | None = None
     summary_tokens: int = 0
@@ -92,6 +93,7 @@ def _ledger_query(since: datetime | None, until: datetime | None) -> Any:
             a.waited_ms,
             a.fallback_model,
             a.outcome,
+            a.upstream,
             r.head_hash,
             r.summary_id,
             r.summary_tokens,

@@ -16,8 +16,9 @@ reserved before sending and settled to the real usage afterwards.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -95,6 +96,25 @@ class RateLimits:
     requests_per_minute: int | None = None
 
 
+@dataclass(frozen=True)
+class Headroom:
+    """What is left of one budget (None: no limit known on that side)."""
+
+    tokens: int | None
+    requests: int | None
+
+    @classmethod
+    def of(cls, limits: RateLimits) -> Headroom:
+        """A full budget of ``limits``."""
+        return cls(limits.tokens_per_minute, limits.requests_per_minute)
+
+    def fits(self, tokens: int) -> float:
+        """How many requests of ``tokens`` still fit (``inf`` when unbounded)."""
+        by_tokens = math.inf if self.tokens is None else self.tokens / max(tokens, 1)
+        by_requests = math.inf if self.requests is None else float(self.requests)
+        return max(0.0, min(by_tokens, by_requests))
+
+
 def budget_key(base_url: str, api_key: str, model: str) -> str:
     """The budget a request draws on: one per API key, endpoint and model."""
     account = hashlib.sha256(f"{base_url}\0{api_key}".encode()).hexdigest()[:16]
@@ -115,13 +135,17 @@ class Governor:
         self.limits = dict(limits or {})
         self.max_wait = max_wait
 
-    def try_reserve(self, key: str, model: str, tokens: int) -> float:
-        """Reserve ``tokens`` and one request: 0.0 when done, else the seconds to wait."""
+    def try_reserve(
+        self, key: str, model: str, tokens: int, limits: RateLimits | None = None
+    ) -> float:
+        """Reserve ``tokens`` and one request: 0.0 when done, else the seconds to wait.
+        ``limits``: this budget's own (an upstream's), before the configured ones."""
         now = utcnow()
-        if self._configured(model) is None and not self._known(key):
+        seed = limits or self._configured(model)
+        if seed is None and not self._known(key):
             return 0.0  # nothing known about this budget yet: the first response tells
         with self._db.writing() as connection:
-            row = self._locked_row(connection, key, model, now)
+            row = self._locked_row(connection, key, seed, now)
             if row is None:
                 return 0.0  # nothing known about this budget yet: the first response tells
             state = dict(row._mapping)
@@ -150,6 +174,27 @@ class Governor:
                 is not None
             )
 
+    def headroom(
+        self, budgets: Sequence[tuple[str, str, RateLimits | None]]
+    ) -> list[Headroom | None]:
+        """What is left now of each budget ``(key, model, its own limits)``, read without
+        a lock (None: nothing known yet)."""
+        keys = [key for key, _model, _limits in budgets]
+        with self._db.reading() as connection:
+            rows = connection.execute(select(LIMITS).where(LIMITS.c.key.in_(keys))).mappings()
+            known = {row["key"]: dict(row) for row in rows}
+        now = utcnow()
+        left: list[Headroom | None] = []
+        for key, model, limits in budgets:
+            state = known.get(key)
+            if state is None:
+                seed = limits or self._configured(model)
+                left.append(None if seed is None else Headroom.of(seed))
+                continue
+            _refill(state, now)
+            left.append(Headroom(state["remaining_tokens"], state["remaining_requests"]))
+        return left
+
     def observe(self, key: str, headers: Mapping[str, str]) -> None:
         """Take in what the API said about the limits."""
         seen = HeaderLimits.parse(headers)
@@ -173,15 +218,13 @@ class Governor:
             )
 
     def _locked_row(
-        self, connection: Connection, key: str, model: str | None, now: datetime
+        self, connection: Connection, key: str, seed: RateLimits | None, now: datetime
     ) -> Any:
+        """The budget row, locked; seeded from ``seed`` when there is none yet."""
         query = select(LIMITS).where(LIMITS.c.key == key).with_for_update()
         row = connection.execute(query).first()
-        if row is None and model is not None:
-            configured = self._configured(model)
-            if configured is None:
-                return None
-            insert_if_absent(connection, LIMITS, {"key": key, **_seed(configured, now)})
+        if row is None and seed is not None:
+            insert_if_absent(connection, LIMITS, {"key": key, **_seed(seed, now)})
             row = connection.execute(query).first()
         return row
 

@@ -32,8 +32,12 @@ from ._ledger import Ledger, LedgerRow, SpendRow
 from ._models import ModelInfo, ModelTable
 from ._prompt_cache import DEFAULT_LIFETIME, Cached, CacheRequest, simulate
 
-GroupBy = Literal["day", "model", "conversation", "user"]
-GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user")
+GroupBy = Literal["day", "model", "conversation", "user", "upstream"]
+GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user", "upstream")
+NOT_SENT = "(not sent)"
+"""The upstream of requests never sent (or recorded before upstreams were)."""
+LIBRARY = "(summarizer)"
+"""The upstream group of the library's own spend (summaries, prompt rewrites)."""
 PER_MILLION = 1_000_000
 
 
@@ -357,12 +361,14 @@ _REQUEST_KEYS: dict[str, Callable[[LedgerRow], str]] = {
     "model": lambda row: row.model,
     "conversation": lambda row: row.conversation_id,
     "user": lambda row: row.user or "(none)",
+    "upstream": lambda row: row.upstream or NOT_SENT,
 }
 _SPEND_KEYS: dict[str, Callable[[SpendRow], str]] = {
     "day": lambda item: item.created_at.date().isoformat(),
     "model": lambda item: summarizer_model(item.model) or item.model,
     "conversation": lambda item: item.conversation_id or "(shared)",
     "user": lambda item: item.user or "(none)",
+    "upstream": lambda _item: LIBRARY,
 }
 
 

@@ -230,7 +230,8 @@ class UserWindow(Base):
 
 
 class Attempt(Base):
-    """How a prepared request was sent: retries, 429s, waits, fallback, outcome."""
+    """How a prepared request was sent: retries, 429s, waits, fallback, outcome, and the
+    upstream that answered (its label: a name and host, never a key)."""
 
     __tablename__ = "ct_attempts"
 
@@ -242,6 +243,7 @@ class Attempt(Base):
     waited_ms: Mapped[int] = mapped_column(Integer)
     fallback_model: Mapped[str | None] = mapped_column(String(200))
     outcome: Mapped[str] = mapped_column(String(32))
+    upstream: Mapped[str | None] = mapped_column(String(200))  # label, never a key
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )

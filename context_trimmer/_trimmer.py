@@ -68,8 +68,9 @@ from ._summarizers import Summarizer
 from ._summary_store import StoredSummary, Summaries
 from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 from ._tokens import TokenCounter
+from ._upstreams import Client, CoolDown, Upstream
 from ._wrap import Sender, conversation
-from ._wrapped_client import Client, wrap_client
+from ._wrapped_client import pool_of, wrap_client
 
 Message = Mapping[str, Any]
 
@@ -231,8 +232,8 @@ class Trimmer:
 
     def wrap(
         self,
-        client: Client,
-        *,
+        client: Client | Upstream[Client],
+        *more: Client | Upstream[Client],
         governor: bool = True,
         limits: Mapping[str, RateLimits] | None = None,
         max_wait: float = 60.0,
@@ -241,10 +242,14 @@ class Trimmer:
         user_quota: UserQuota | None = None,
         user_quotas: Mapping[str, UserQuota] | None = None,
         sleep: Callable[[float], Any] | None = None,
+        cooldown: CoolDown | None = None,
     ) -> Client:
         """A copy of ``client`` (``openai.OpenAI`` or ``AsyncOpenAI``, and still one) with
         every chat completion and Responses call prepared, governed and recorded (a default
-        summarizer follows its endpoint and key).
+        summarizer follows its endpoint and key). With ``more`` clients (of the same kind;
+        each bare or an :class:`Upstream` naming its models and limits), each call goes to
+        the one serving its model with the most budget left, and on to the next on a 429
+        or a connection failure; ``cooldown`` says when a failing one is skipped.
 
         ``governor``: keep the shared rate-limit budget from the ``x-ratelimit-*``
         headers (``limits`` per model until headers arrive) and wait for it, up to
@@ -252,6 +257,8 @@ class Trimmer:
         rate-limited. ``retry``: backoff with full jitter (the client's ``max_retries``).
         ``user_quota`` / ``user_quotas``: tokens per minute and day for each ``user``.
         """
+        pool, clients = pool_of((client, *more), cooldown)
+        first: Client = clients[0]
         sender = Sender(
             prepare=self.prepare,
             aprepare=self.aprepare,
@@ -267,8 +274,9 @@ class Trimmer:
             quotas=Quotas(self._db, user_quota, user_quotas),
             sleep=sleep,
             failopen=self._failopen,
+            pool=pool,
         )
-        return wrap_client(self._folder.follow(client), sender)
+        return wrap_client(self._folder.follow(first), sender, clients[1:])
 
     conversation = staticmethod(conversation)
 
@@ -289,8 +297,8 @@ class Trimmer:
         cache_lifetime: float = DEFAULT_LIFETIME,
     ) -> Report:
         """The token savings report for requests in ``[since, until)``, optionally grouped
-        by ``"day"``, ``"model"``, ``"conversation"`` or ``"user"``; the cached baseline
-        keeps a prompt prefix ``cache_lifetime`` seconds after its last use."""
+        by ``"day"``, ``"model"``, ``"conversation"``, ``"user"`` or ``"upstream"``; the
+        cached baseline keeps a prompt prefix ``cache_lifetime`` seconds after its last use."""
         return build_report(
             self._ledger,
             self.models,

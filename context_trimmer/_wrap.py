@@ -7,139 +7,47 @@ object comes back (a stream comes back as a transparent proxy that passes every 
 through untouched and records the usage when the stream ends; a raw response, from
 ``with_raw_response`` / ``with_streaming_response``, comes back as it is).
 
-The send logic is written once, as a generator of effects (:func:`send_plan`): reserve
-budget, sleep, send. The sync and async clients each drive it with their own I/O, so
-retries, budget waits and model fallback behave identically in both.
+A wrapped client may hold several upstreams (a :class:`~._upstreams.Pool`): each call
+goes to the upstream serving its model with the most budget left; a 429 or a
+connection failure moves it to the next one, then (all tried) it waits and retries, and
+only then falls back to the next model.
+
+The send logic is written once, as a generator of effects (:func:`._send_plan.send_plan`):
+choose the upstreams, reserve budget, sleep, send. The sync and async clients each
+drive it here with their own I/O, so failover, retries, budget waits and model fallback
+behave identically in both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import openai
 
 from ._calls import Call, conversation
 from ._db import Database
-from ._exceptions import ConfigurationError, QuotaExceeded, RateLimitBudgetExceeded, StoreError
+from ._exceptions import QuotaExceeded, RateLimitBudgetExceeded, StoreError
 from ._failopen import FailOpen, keep_books, log
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._prepared import Prepared
-from ._ratelimit import Governor, QuotaHold, Quotas, RateLimits, budget_key
+from ._ratelimit import Governor, Quotas, RateLimits, budget_key
 from ._recording import Recorder
 from ._relayed import RELAY, relayed
-from ._retry import RetryPolicy, should_retry
+from ._retry import RetryPolicy
+from ._send_plan import Choose, Effect, Reserve, Send, SendState, Sleep, Target, send_plan
 from ._streams import AsyncRecordedStream, RecordedStream
+from ._upstreams import Pool
 
 __all__ = ["Sender", "Target", "conversation", "run_async", "run_sync"]
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where one wrapped client sends: the identity of its rate-limit budget, its
-    ``max_retries``, and the SDK's own POST (``send(body, headers)``, retries off),
-    which returns the raw response (an awaitable of it for the async client)."""
-
-    base_url: str
-    api_key: str
-    max_retries: int
-    send: Callable[[dict[str, Any], dict[str, Any]], Any]
-
-
-@dataclass(frozen=True)
-class Reserve:
-    model: str
-
-
-@dataclass(frozen=True)
-class Sleep:
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Send:
-    model: str
-
-
-@dataclass
-class SendState:
-    """One call on its way out: what it is and what happened to it."""
-
-    prepared: Prepared
-    target: Target
-    models: list[str]
-    tokens: int
-    attempts: int = 0
-    rate_limited: int = 0
-    waited: float = 0.0
-    fallback_model: str | None = None
-    quota: QuotaHold | None = None
-    outcome: str = "error"
-
-
-Effect = Reserve | Sleep | Send
-
-
-def send_plan(
-    state: SendState, governor: Governor | None, policy: RetryPolicy
-) -> Generator[Effect, Any, Any]:
-    """Reserve, send and retry; fall back to the next model when one stays exhausted.
-    Returns the raw response of the call that succeeded."""
-    for position, model in enumerate(state.models):
-        try:
-            return (yield from _send_one_model(state, model, governor, policy))
-        except (RateLimitBudgetExceeded, openai.RateLimitError):
-            if position == len(state.models) - 1:
-                raise
-            state.fallback_model = state.models[position + 1]
-    raise ConfigurationError("no model to send to")
-
-
-def _send_one_model(
-    state: SendState, model: str, governor: Governor | None, policy: RetryPolicy
-) -> Generator[Effect, Any, Any]:
-    attempt = 0
-    while True:
-        yield from _reserve(state, model, governor, policy)
-        state.attempts += 1
-        failure: openai.APIError
-        try:
-            return (yield Send(model))
-        except openai.APIStatusError as error:
-            failure, status = error, error.status_code
-            headers: Mapping[str, str] | None = error.response.headers
-            state.rate_limited += status == 429
-        except openai.APIConnectionError as error:
-            failure, status, headers = error, None, None
-        if attempt >= policy.max_retries or not should_retry(status, headers):
-            raise failure
-        delay = policy.delay(attempt, headers)
-        state.waited += delay
-        yield Sleep(delay)
-        attempt += 1
-
-
-def _reserve(
-    state: SendState, model: str, governor: Governor | None, policy: RetryPolicy
-) -> Generator[Effect, Any, None]:
-    if governor is None:
-        return
-    waited = 0.0
-    while (wait := (yield Reserve(model))) > 0:
-        governor.check_wait(model, waited, wait)
-        wait += policy.random() * min(1.0, 0.1 * wait)  # jitter: workers do not wake in step
-        waited += wait
-        state.waited += wait
-        yield Sleep(wait)
-
-
 class Sender:
     """What a wrapped client (and every copy made by ``with_options``) shares: the
-    Trimmer's parts, the governor, quotas, fallback and retry policy."""
+    Trimmer's parts, the upstreams' pool, the governor, quotas, fallback and retry policy."""
 
     def __init__(
         self,
@@ -158,6 +66,7 @@ class Sender:
         quotas: Quotas,
         failopen: FailOpen,
         sleep: Callable[[float], Any] | None,
+        pool: Pool,
     ):
         self.prepare = prepare
         self.aprepare = aprepare
@@ -170,16 +79,28 @@ class Sender:
         self.fallback_model = fallback_model
         self.retry = retry
         self.sleep = sleep
+        self.pool = pool
+        if fallback_model is not None:
+            pool.check(fallback_model)
 
-    def policy(self, target: Target) -> RetryPolicy:
-        return self.retry or RetryPolicy(max_retries=target.max_retries)
+    def policy(self, targets: Sequence[Target]) -> RetryPolicy:
+        return self.retry or RetryPolicy(max_retries=targets[0].max_retries)
 
-    def budget(self, state: SendState, model: str) -> str:
-        return budget_key(state.target.base_url, state.target.api_key, model)
+    def budget(self, state: SendState, model: str, index: int) -> str:
+        target = state.targets[index]
+        return budget_key(target.base_url, target.api_key, self.pool.model_name(index, model))
 
-    def start(self, prepared: Prepared, target: Target) -> SendState:
+    def check(self, call: Call) -> None:
+        """ConfigurationError, before anything is stored, when no upstream serves the
+        call's model."""
+        model = call.prepare["model"]
+        if isinstance(model, str):
+            self.pool.check(model)
+
+    def start(self, prepared: Prepared, targets: Sequence[Target]) -> SendState:
         models = [prepared.model, *([self.fallback_model] if self.fallback_model else [])]
-        state = SendState(prepared, target, models, prepared.prompt_tokens + prepared.max_tokens)
+        tokens = prepared.prompt_tokens + prepared.max_tokens
+        state = SendState(prepared, targets, self.pool, models, tokens)
         try:
             state.quota = self.quotas.reserve(prepared.user, state.tokens)
         except QuotaExceeded:
@@ -188,17 +109,48 @@ class Sender:
             raise
         return state
 
-    def observe(self, state: SendState, model: str, headers: Mapping[str, str]) -> None:
+    def untrimmed(
+        self, error: StoreError, call: Call, targets: Sequence[Target]
+    ) -> tuple[Target, dict[str, Any]]:
+        """The store is down: where the call goes as given (``on_store_error=
+        "passthrough"``, else ``error`` is raised): the first upstream serving its model,
+        under its name there."""
+        body = self.failopen.passthrough(error, call)
+        model = body.get("model")
+        if not isinstance(model, str) or not self.pool.serving(model):
+            return targets[0], body
+        index = self.pool.serving(model)[0]
+        return targets[index], {**body, "model": self.pool.model_name(index, model)}
+
+    def choose(self, state: SendState, model: str) -> list[int]:
+        """The upstreams to try for ``model``, in order (one upstream: no budget read)."""
+        serving = self.pool.serving(model)
+        if len(serving) < 2 or self.governor is None:
+            return self.pool.order(model, {}, state.tokens)
+        budgets = [
+            (self.budget(state, model, i), model, self.pool.members[i].limits) for i in serving
+        ]
+        try:
+            left = self.governor.headroom(budgets)
+        except StoreError as error:  # as in reserve(): the store went away after prepare()
+            if self.failopen.policy != "passthrough":
+                raise
+            log.warning("context-trimmer: choosing an upstream without the budgets: %s", error)
+            return self.pool.order(model, {}, state.tokens)
+        return self.pool.order(model, dict(zip(serving, left, strict=True)), state.tokens)
+
+    def observe(self, state: SendState, model: str, index: int, headers: Mapping[str, str]) -> None:
         if self.governor is not None:
             try:
-                self.governor.observe(self.budget(state, model), headers)
+                self.governor.observe(self.budget(state, model, index), headers)
             except StoreError as error:  # the API answered: its answer goes to the caller
                 log.warning("context-trimmer: rate-limit headers not stored: %s", error)
 
-    def reserve(self, state: SendState, model: str) -> float:
+    def reserve(self, state: SendState, model: str, index: int) -> float:
         assert self.governor is not None
+        key, limits = self.budget(state, model, index), self.pool.members[index].limits
         try:
-            return self.governor.try_reserve(self.budget(state, model), model, state.tokens)
+            return self.governor.try_reserve(key, model, state.tokens, limits)
         except StoreError as error:  # the store went away after prepare()
             if self.failopen.policy != "passthrough":
                 raise
@@ -229,6 +181,7 @@ class Sender:
             "waited_ms": int(state.waited * 1000),
             "fallback_model": state.fallback_model,
             "outcome": state.outcome,
+            "upstream": None if state.upstream is None else self.pool.label(state.upstream),
         }
         steps = [
             *first,
@@ -238,22 +191,26 @@ class Sender:
         keep_books(state.prepared.request_id, steps)
 
 
-def run_sync(sender: Sender, call: Call, target: Target) -> Any:
-    """Prepare, send and record ``call`` on the sync client."""
+def run_sync(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:
+    """Prepare, send and record ``call`` on the sync client; ``targets``: the pool's
+    upstreams (the wrapped client's own first)."""
+    sender.check(call)
     try:
-        state = sender.start(sender.prepare(**call.prepare), target)
+        state = sender.start(sender.prepare(**call.prepare), targets)
     except StoreError as error:
-        raw = target.send(sender.failopen.passthrough(error, call), call.headers_for_send())
+        target, body = sender.untrimmed(error, call, targets)
+        raw = target.send(body, call.headers_for_send())
         return raw if call.raw_mode is not None else raw.parse()
     sender.failopen.recovered()
     sleep = sender.sleep or time.sleep
     try:
         raw = _drive(
-            send_plan(state, sender.governor, sender.policy(target)),
+            send_plan(state, sender.governor, sender.policy(targets)),
             {
-                Reserve: lambda e: sender.reserve(state, e.model),
+                Choose: lambda e: sender.choose(state, e.model),
+                Reserve: lambda e: sender.reserve(state, e.model, e.upstream),
                 Sleep: lambda e: sleep(e.seconds),
-                Send: lambda e: _send_sync(sender, state, call, e.model),
+                Send: lambda e: _send_sync(sender, state, call, e),
             },
         )
     except BaseException as error:
@@ -273,14 +230,21 @@ def run_sync(sender: Sender, call: Call, target: Target) -> Any:
     return response
 
 
-def _send_sync(sender: Sender, state: SendState, call: Call, model: str) -> Any:
-    body = call.body_for(state.prepared, model, sender.models)
+def _body(sender: Sender, state: SendState, call: Call, send: Send) -> dict[str, Any]:
+    """The body for ``send``: the prepared call, under the upstream's name for the model."""
+    body = call.body_for(state.prepared, send.model, sender.models)
+    body["model"] = sender.pool.model_name(send.upstream, send.model)
+    return body
+
+
+def _send_sync(sender: Sender, state: SendState, call: Call, send: Send) -> Any:
+    body = _body(sender, state, call, send)
     try:
-        raw = state.target.send(body, call.headers_for_send())
+        raw = state.targets[send.upstream].send(body, call.headers_for_send())
     except openai.APIStatusError as error:
-        sender.observe(state, model, error.response.headers)
+        sender.observe(state, send.model, send.upstream, error.response.headers)
         raise
-    sender.observe(state, model, raw.headers)
+    sender.observe(state, send.model, send.upstream, raw.headers)
     return raw
 
 
@@ -289,10 +253,14 @@ def _drive(plan: Generator[Effect, Any, Any], handlers: Mapping[type, Callable[[
     while not step.done:
         try:
             step.value = handlers[type(step.effect)](step.effect)
-        except (openai.APIStatusError, openai.APIConnectionError) as failure:
+        except _THROWN as failure:
             step.error = failure
         step.advance()
     return step.value
+
+
+_THROWN = (openai.APIStatusError, openai.APIConnectionError, RateLimitBudgetExceeded)
+"""What an effect may raise back into the plan (the rest ends it)."""
 
 
 class _Step:
@@ -318,24 +286,26 @@ class _Step:
         self.value, self.error = None, None
 
 
-async def run_async(sender: Sender, call: Call, target: Target) -> Any:
+async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:
     """:func:`run_sync` on the async client."""
+    sender.check(call)
     try:  # prepare and take the quota in one hand-off to a worker thread
         prepare = sender.prepare
-        state = await asyncio.to_thread(lambda: sender.start(prepare(**call.prepare), target))
+        state = await asyncio.to_thread(lambda: sender.start(prepare(**call.prepare), targets))
     except StoreError as error:
-        body = sender.failopen.passthrough(error, call)
+        target, body = sender.untrimmed(error, call, targets)
         raw = await target.send(body, call.headers_for_send())
         return raw if call.raw_mode is not None else await _awaitable(raw.parse())
     sender.failopen.recovered()
     sleep = sender.sleep or asyncio.sleep
     try:
         raw = await _adrive(
-            send_plan(state, sender.governor, sender.policy(target)),
+            send_plan(state, sender.governor, sender.policy(targets)),
             {
-                Reserve: lambda e: asyncio.to_thread(sender.reserve, state, e.model),
+                Choose: lambda e: _achoose(sender, state, e.model),
+                Reserve: lambda e: asyncio.to_thread(sender.reserve, state, e.model, e.upstream),
                 Sleep: lambda e: _awaitable(sleep(e.seconds)),
-                Send: lambda e: _send_async(sender, state, call, e.model),
+                Send: lambda e: _send_async(sender, state, call, e),
             },
         )
     except BaseException as error:
@@ -362,14 +332,21 @@ async def _awaitable(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
 
 
-async def _send_async(sender: Sender, state: SendState, call: Call, model: str) -> Any:
-    body = call.body_for(state.prepared, model, sender.models)
+async def _achoose(sender: Sender, state: SendState, model: str) -> list[int]:
+    if len(sender.pool) < 2:  # nothing to read
+        return sender.choose(state, model)
+    return await asyncio.to_thread(sender.choose, state, model)
+
+
+async def _send_async(sender: Sender, state: SendState, call: Call, send: Send) -> Any:
+    body = _body(sender, state, call, send)
+    where = send.model, send.upstream
     try:
-        raw = await state.target.send(body, call.headers_for_send())
+        raw = await state.targets[send.upstream].send(body, call.headers_for_send())
     except openai.APIStatusError as error:
-        await asyncio.to_thread(sender.observe, state, model, error.response.headers)
+        await asyncio.to_thread(sender.observe, state, *where, error.response.headers)
         raise
-    await asyncio.to_thread(sender.observe, state, model, raw.headers)
+    await asyncio.to_thread(sender.observe, state, *where, raw.headers)
     return raw
 
 
@@ -380,7 +357,7 @@ async def _adrive(
     while not step.done:
         try:
             step.value = await handlers[type(step.effect)](step.effect)
-        except (openai.APIStatusError, openai.APIConnectionError) as failure:
+        except _THROWN as failure:
             step.error = failure
         step.advance()
     return step.value

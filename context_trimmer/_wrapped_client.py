@@ -12,6 +12,11 @@ libraries handed ``w.chat.completions``). A POST to ``/chat/completions`` or
 the SDK's own ``post`` (retries off: the trimmer retries); anything else is untouched.
 ``copy`` / ``with_options`` return wrapped copies sharing the same trimmer.
 
+``trimmer.wrap(client_a, client_b, ...)`` makes a pool (:mod:`._upstreams`): the wrapped
+client is a copy of the first, the others ride along as plain copies of their own
+classes, and each trimmed call may go to any of them. ``with_options`` gives them the
+same ``timeout``, ``max_retries`` and headers (never another URL or key).
+
 A Responses call that uses server-side state (``previous_response_id``,
 ``conversation``) or items the conversion does not know passes through untouched, with
 one log line per reason.
@@ -20,17 +25,18 @@ one log line per reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import openai
 
 from ._calls import Call, chat_call, responses_call, split_headers
 from ._exceptions import ConfigurationError
+from ._upstreams import Client, CoolDown, Pool, Upstream, members
 from ._wrap import Sender, Target, run_async, run_sync
 
 log = logging.getLogger("context_trimmer")
-Client = TypeVar("Client", openai.OpenAI, openai.AsyncOpenAI)
+_SHARED_OPTIONS = ("timeout", "max_retries", "default_headers", "set_default_headers")
 _CALLS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any] | None], Call | str]] = {
     "/chat/completions": chat_call,
     "/responses": responses_call,
@@ -39,18 +45,42 @@ _classes: dict[type, type] = {}
 _logged: set[str] = set()
 
 
-def wrap_client(client: Client, sender: Sender) -> Client:
-    """A copy of ``client`` (same options, same HTTP connection pool) whose chat
-    completions and Responses calls go through ``sender``."""
-    if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+def pool_of(given: Sequence[Any], cooldown: CoolDown | None = None) -> tuple[Pool, list[Any]]:
+    """The pool of ``given`` clients (bare or as :class:`Upstream`) and the clients, in
+    order; all sync or all async (checked here: the type checker sees one ``Client``)."""
+    upstreams = [item if isinstance(item, Upstream) else Upstream(item) for item in given]
+    clients = [upstream.client for upstream in upstreams]
+    for client in clients:
+        if not isinstance(client, (openai.OpenAI, openai.AsyncOpenAI)):
+            raise ConfigurationError(
+                f"wrap() takes openai.OpenAI or openai.AsyncOpenAI clients, "
+                f"got {type(client).__name__}"
+            )
+    if len({isinstance(client, openai.AsyncOpenAI) for client in clients}) > 1:
         raise ConfigurationError(
-            f"wrap() takes an openai.OpenAI or openai.AsyncOpenAI client, "
-            f"got {type(client).__name__}"
+            "wrap() takes clients of one kind: all openai.OpenAI (or AzureOpenAI), or all "
+            "openai.AsyncOpenAI (or AsyncAzureOpenAI)"
         )
+    specs = [(u.name, str(u.client.base_url), u.models, u.limits) for u in upstreams]
+    return Pool(members(specs), cooldown), clients
+
+
+def wrap_client(client: Client, sender: Sender, others: Sequence[Any] = ()) -> Client:
+    """A copy of ``client`` (same options, same HTTP connection pool) whose chat
+    completions and Responses calls go through ``sender``, to it or to one of
+    ``others`` (the rest of ``sender``'s pool, in order)."""
     wrapped = client.copy()
     wrapped.__class__ = trimmed_class(type(client))
     setattr(wrapped, "_context_trimmer", sender)  # noqa: B010 (not an attribute of the SDK's type)
+    setattr(wrapped, "_context_trimmer_others", tuple(_plain(c) for c in others))  # noqa: B010
     return wrapped
+
+
+def _plain(client: Any, **options: Any) -> Any:
+    """A copy of ``client`` of its SDK class (never trimmed twice)."""
+    copied = client.copy(**options)
+    copied.__class__ = getattr(type(client), "_context_trimmer_base", type(client))
+    return copied
 
 
 def trimmed_class(base: type) -> type:
@@ -74,7 +104,7 @@ def _sync_methods(base: Any) -> dict[str, Any]:
         call = _call_of(self, path, kwargs)
         if call is None:
             return base.post(self, path, **_without_ours(kwargs))
-        return run_sync(self._context_trimmer, call, _target(self, base, path, kwargs))
+        return run_sync(self._context_trimmer, call, _targets(self, base, path, kwargs))
 
     return {"post": post, **_copy_methods(base)}
 
@@ -84,7 +114,7 @@ def _async_methods(base: Any) -> dict[str, Any]:
         call = _call_of(self, path, kwargs)
         if call is None:
             return await base.post(self, path, **_without_ours(kwargs))
-        return await run_async(self._context_trimmer, call, _target(self, base, path, kwargs))
+        return await run_async(self._context_trimmer, call, _targets(self, base, path, kwargs))
 
     return {"post": post, **_copy_methods(base)}
 
@@ -93,6 +123,9 @@ def _copy_methods(base: Any) -> dict[str, Any]:
     def copy(self: Any, **kwargs: Any) -> Any:
         copied = base.copy(self, **kwargs)  # an instance of type(self): the SDK copies so
         copied._context_trimmer = getattr(self, "_context_trimmer", None)
+        shared = {name: value for name, value in kwargs.items() if name in _SHARED_OPTIONS}
+        others = getattr(self, "_context_trimmer_others", ())
+        copied._context_trimmer_others = tuple(_plain(c, **shared) for c in others)
         return copied
 
     copy.__doc__ = base.copy.__doc__
@@ -113,6 +146,14 @@ def _call_of(client: Any, path: str, kwargs: Mapping[str, Any]) -> Call | None:
         _log_once(f"context-trimmer: POST {path} passes through untrimmed: {call}")
         return None
     return call
+
+
+def _targets(client: Any, base: Any, path: str, kwargs: Mapping[str, Any]) -> list[Target]:
+    """Where this call may go: the wrapped client, then the rest of its pool."""
+    others = getattr(client, "_context_trimmer_others", ())
+    return [_target(client, base, path, kwargs)] + [
+        _target(other, type(other), path, kwargs) for other in others
+    ]
 
 
 def _target(client: Any, base: Any, path: str, kwargs: Mapping[str, Any]) -> Target:

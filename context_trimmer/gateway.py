@@ -70,6 +70,7 @@ from ._gateway_routes import (
     passthrough_client,
     unauthorized,
 )
+from ._gateway_upstreams import pool_clients
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
@@ -103,14 +104,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         trimmer = _trimmer(config, ends)
-        upstream = openai.AsyncOpenAI(base_url=ends.upstream_url, api_key=ends.upstream_key)
+        pool = pool_clients(ends.upstreams)  # one client per upstream, wrapped together
+        upstream = pool[0].client
         quota = None
         if config.user_tokens_per_minute or config.user_tokens_per_day:
             quota = UserQuota(config.user_tokens_per_minute, config.user_tokens_per_day)
         app.state.trimmer = trimmer
         app.state.upstream = upstream
         app.state.client = trimmer.wrap(
-            upstream, fallback_model=config.fallback_model, user_quota=quota
+            *pool, fallback_model=config.fallback_model, user_quota=quota
         )
         app.state.config = config
         app.state.keys = KeyCache(trimmer.keys.authenticate, config.key_cache_seconds)
@@ -121,7 +123,8 @@ def create_app(
             await _check_summary_endpoint(ends)
         yield
         await app.state.http.aclose()
-        await upstream.close()
+        for member in pool:
+            await member.client.close()
         trimmer.close()
 
     metrics = Metrics()

@@ -87,6 +87,36 @@ class TokenLimiter:
         return fits, headers
 
 
+@dataclass
+class RequestLimiter:
+    """OpenAI-style RPM limit: ``limit`` requests per ``window`` seconds (a fixed window
+    from the first request); a request over it is a 429 with ``retry-after-ms`` and the
+    ``x-ratelimit-*-requests`` headers, as every answer carries them."""
+
+    limit: int
+    window: float = 60.0
+    used: int = 0
+    started: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self, _body: dict[str, Any]) -> tuple[bool, dict[str, str]]:
+        with self.lock:
+            now = time.monotonic()
+            if self.started is None or now - self.started >= self.window:
+                self.started, self.used = now, 0
+            fits = self.used < self.limit
+            self.used += fits
+            reset = max(0.0, self.window - (now - self.started))
+            headers = {
+                "x-ratelimit-limit-requests": str(self.limit),
+                "x-ratelimit-remaining-requests": str(self.limit - self.used),
+                "x-ratelimit-reset-requests": f"{reset:.3f}s",
+            }
+        if not fits:
+            headers["retry-after-ms"] = str(int(reset * 1000) + 1)
+        return fits, headers
+
+
 def default_cost(body: dict[str, Any]) -> int:
     max_tokens = (
         body.get("max_tokens")
@@ -257,11 +287,12 @@ class FakeOpenAI:
         self,
         default: Callable[[dict[str, Any]], Reply] | None = None,
         *,
-        limiter: TokenLimiter | None = None,
+        limiter: TokenLimiter | RequestLimiter | None = None,
         port: int = 0,
     ):
         self.default = default or (lambda _body: Reply())
         self.limiter = limiter
+        self.paths: list[str] = []  # the path (and query) of each model call
         self.queue: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -449,6 +480,8 @@ class FakeOpenAI:
                     headers = {k.lower(): v for k, v in self.headers.items()}
                     self._send(200, server.embed(body, headers), {})
                     return
+                with server._lock:
+                    server.paths.append(self.path)
                 reply = server._answer(body, {k.lower(): v for k, v in self.headers.items()})
                 if reply.delay:
                     time.sleep(reply.delay)
@@ -466,7 +499,7 @@ class FakeOpenAI:
                         }
                     }
                     self._send(reply.status, payload, reply.headers)
-                elif self.path.rstrip("/").endswith("/responses"):
+                elif self.path.split("?", 1)[0].rstrip("/").endswith("/responses"):
                     if body.get("stream"):
                         self._stream(response_events(reply, model), reply.headers, typed=True)
                     else:

@@ -16,7 +16,7 @@ head, prompt compressions, API keys) becomes BLOB / BYTEA; existing rows are con
 The recall index (``ct_message_search``) keeps its own hex copy; it is not changed here.
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-11-29
 """
 
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
