@@ -195,12 +195,12 @@ class ChainCache:
             entry, known = None, 0
         previous = entry.digests[known - 1] if entry is not None and known else None
         new = messages[known:]
-        new_digests = chain_digests(new, user, previous=previous, offset=known)
-        new_controls = [i for i, m in enumerate(new, known) if m.get("role") in CONTROL_ROLES]
         if key is None:
-            return Chain(HexDigests(new_digests, len(new_digests)), new_controls)
+            digests = chain_digests(new, user)
+            controls = [i for i, m in enumerate(new) if m.get("role") in CONTROL_ROLES]
+            return Chain(HexDigests(digests, len(digests)), controls)
+        grown = _remember(new, user, previous, known)
         with self._lock:
-            grown = _Entry(list(new), [_snapshot(m) for m in new], new_digests, new_controls, 0)
             entry = self._grow(key, entry, known, grown)
             return Chain(HexDigests(entry.digests, len(messages)), entry.controls)
 
@@ -224,7 +224,7 @@ class ChainCache:
         """Extend ``entry`` in place when it is still the stored one and ``known`` is its
         whole length; else replace it (views handed out earlier keep their lists)."""
         current = self._entries.get(key)
-        added = sum(map(_size, new.snapshots)) + (_DIGEST_BYTES + _REF_BYTES) * len(new.digests)
+        added = new.size + (_DIGEST_BYTES + _REF_BYTES) * len(new.digests)
         if entry is not None and entry is current and known == len(entry.digests):
             entry.extend(new)
             entry.size += added
@@ -325,17 +325,52 @@ def _cache_key(
     return (user, None, first, second)
 
 
-def _snapshot(message: Any) -> Any:
-    if type(message) is dict and all(type(v) is str for v in message.values()):
-        return dict(message)
-    return copy.deepcopy(message)
+_PLAIN_SIZE = 232 + 2 * 100 + len("role") + len("content")
 
 
-def _size(message: Any) -> int:
-    """An estimate of a snapshot's memory: the dict and its strings, else its repr."""
-    if type(message) is dict and all(type(v) is str for v in message.values()):
-        return 232 + sum(100 + len(k) + len(v) for k, v in message.items())
-    return 232 + 2 * len(repr(message))
+def _remember(
+    messages: Sequence[Any], user: str | None, previous: bytes | None, offset: int
+) -> _Entry:
+    """An entry for ``messages`` (at ``offset`` of their list): their digests (as
+    :func:`chain_digests`, ``previous`` the digest before them), copies, control
+    positions and estimated size, in one pass. A dict of strings is copied shallow
+    (its strings shared, counted once here), anything else deep (counted as twice its
+    repr)."""
+    sha256 = hashlib.sha256
+    fast = _FAST_PREFIX
+    if previous is None:
+        previous = root_digest(user)
+    entry = _Entry(list(messages), [], [], [], 0)
+    digests, snapshots, controls = entry.digests, entry.snapshots, entry.controls
+    size = 0
+    for index, message in enumerate(entry.refs, offset):
+        role = message.get("role")
+        if role in CONTROL_ROLES:
+            controls.append(index)
+        content = message.get("content")
+        prefix = fast.get(role) if len(message) == 2 else None
+        if prefix is not None and type(content) is str:
+            try:
+                body = prefix + content.encode()
+            except UnicodeEncodeError:
+                body = _utf8(index, content)
+            previous = sha256(previous + body).digest()
+            digests.append(previous)
+            if type(message) is dict:  # {"role": <str>, "content": <str>}: the common one
+                snapshots.append(message.copy())
+                size += _PLAIN_SIZE + len(role) + len(content)
+                continue
+        else:
+            previous = sha256(previous + b"j" + _json_bytes(index, message)).digest()
+            digests.append(previous)
+        if type(message) is dict and all(type(v) is str for v in message.values()):
+            snapshots.append(message.copy())
+            size += 232 + sum(map(len, message.values())) + sum(100 + len(k) for k in message)
+        else:
+            snapshots.append(copy.deepcopy(message))
+            size += 232 + 2 * len(repr(message))
+    entry.size = size
+    return entry
 
 
 class HexDigests(Sequence[str]):
