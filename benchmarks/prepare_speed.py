@@ -6,7 +6,16 @@ steady state: counts come from the store, nothing is recounted); folds run betwe
 turns, untimed, as the background worker would. trim_messages gets an exact tiktoken
 counter (the same per-message rules) and a token budget like the prepared request.
 
-    python benchmarks/prepare_speed.py [--sizes 1000 5000 10000] [--turns 15]
+Every figure is measured in its own process (``--processes`` of them, 3 by default),
+as CPU time (``time.process_time``) and wall time; the medians are printed with the
+machine's core count and load, then the ratios the targets are about: warm prepare()
+CPU at 50,000 stored messages against 1,000, trim_messages' CPU against prepare()'s at
+20,000, and the cold start (a new process on the stored history: ``Trimmer()``, then
+one prepare(), per stored message). Ratios from one run survive a noisy machine better
+than absolute figures.
+
+    python benchmarks/prepare_speed.py [--sizes 5000 ...] [--turns 15] [--processes 3]
+                                       [--recall-tokens 0]
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
@@ -17,8 +26,12 @@ wall and CPU medians, on the same messages; each message also names a rare refer
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -32,6 +45,7 @@ from langchain_core.messages import (
 )
 
 from context_trimmer import ModelTable, Trimmer, TrimmerOptions
+from context_trimmer._encodings import get_encoding
 from context_trimmer._tokens import REPLY_PRIMING, TokenCounter
 
 WORDS = (
@@ -117,14 +131,15 @@ def compare_recall(sizes: list[int], turns: int) -> None:
                 )
 
 
-def time_trim(size: int, turns: int, budget: int) -> float:
+def time_trim(size: int, turns: int, budget: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of one trim_messages() call on ``size`` messages."""
     rng = random.Random(size)
     messages = to_langchain(conversation(size, rng))
     counter = exact_counter(TokenCounter(ModelTable().get("gpt-4o")))
-    timings = []
+    walls, cpus = [], []
     for _ in range(turns):
         messages.append(HumanMessage(content=text(rng)))
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         trim_messages(
             messages,
             max_tokens=budget,
@@ -133,36 +148,170 @@ def time_trim(size: int, turns: int, budget: int) -> float:
             include_system=True,
             start_on="human",
         )
-        timings.append(time.perf_counter() - start)
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - start_cpu)
         messages.append(AIMessage(content=text(rng)))
-    return statistics.median(timings)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+# -- one measurement per process (``--worker``), medians over processes (main) ---------
+
+
+def warm_worker(size: int, turns: int, folder: str, recall_tokens: int) -> dict[str, Any]:
+    """Store ``size`` messages in ``folder``/SIZE.db, then time warm prepare() turns."""
+    rng = random.Random(size)
+    messages = conversation(size, rng)
+    walls, cpus = [], []
+    with Trimmer(
+        f"sqlite:///{folder}/{size}.db",
+        summarizer="extractive",
+        background=False,
+        recall_tokens=recall_tokens,
+    ) as trimmer:
+        trimmer.prepare(messages)
+        trimmer.compact(messages, force=True)
+        for _ in range(turns):
+            messages.append({"role": "user", "content": text(rng)})
+            start, start_cpu = time.perf_counter(), time.process_time()
+            prepared = trimmer.prepare(messages)
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+            messages.append({"role": "assistant", "content": text(rng)})
+            if prepared.fold_pending:
+                trimmer.compact(messages)
+    return {
+        "wall": statistics.median(walls),
+        "cpu": statistics.median(cpus),
+        "prompt_tokens": prepared.prompt_tokens,
+    }
+
+
+def cold_worker(size: int, folder: str, recall_tokens: int) -> dict[str, Any]:
+    """A new process on the history ``warm_worker`` stored: Trimmer(), then one prepare()
+    of the whole list plus a new message (the encoding loads during it)."""
+    rng = random.Random(size)
+    messages = [*conversation(size, rng), {"role": "user", "content": "one more question"}]
+    start, start_cpu = time.perf_counter(), time.process_time()
+    trimmer = Trimmer(
+        f"sqlite:///{folder}/{size}.db",
+        summarizer="extractive",
+        background=False,
+        recall_tokens=recall_tokens,
+    )
+    made, made_cpu = time.perf_counter(), time.process_time()
+    get_encoding("o200k_base")  # what the first prepare() loads: timed on its own
+    loaded, loaded_cpu = time.perf_counter(), time.process_time()
+    trimmer.prepare(messages)
+    done, done_cpu = time.perf_counter(), time.process_time()
+    trimmer.close()
+    return {
+        "init_wall": made - start,
+        "init_cpu": made_cpu - start_cpu,
+        "encoding_cpu": loaded_cpu - made_cpu,
+        "wall": done - loaded,
+        "cpu": done_cpu - loaded_cpu,
+    }
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    kind, size = args.worker, args.sizes[0]
+    if kind == "warm":
+        result = warm_worker(size, args.turns, args.folder, args.recall_tokens)
+    elif kind == "cold":
+        result = cold_worker(size, args.folder, args.recall_tokens)
+    else:
+        wall, cpu = time_trim(size, max(3, args.turns // 5), args.budget)
+        result = {"wall": wall, "cpu": cpu}
+    print(json.dumps(result))
+
+
+def in_process(kind: str, size: int, folder: str, args: argparse.Namespace, **extra: Any) -> Any:
+    command = [sys.executable, __file__, "--worker", kind, "--sizes", str(size)]
+    command += ["--turns", str(args.turns), "--folder", folder]
+    command += ["--recall-tokens", str(args.recall_tokens)]
+    command += [f"--{k}={v}" for k, v in extra.items()]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.splitlines()[-1])
+
+
+def median_of(runs: list[dict[str, Any]], field: str) -> float:
+    return statistics.median(run[field] for run in runs)
+
+
+def measure(args: argparse.Namespace) -> None:
+    sizes = sorted(set(args.sizes) | {1000, 20000, 50000})
+    warm: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+    cold: dict[int, list[dict[str, Any]]] = {size: [] for size in sizes}
+    trim: list[dict[str, Any]] = []
+    for _process in range(args.processes):
+        with tempfile.TemporaryDirectory() as folder:
+            for size in sizes:
+                warm[size].append(in_process("warm", size, folder, args))
+                cold[size].append(in_process("cold", size, folder, args))
+            budget = int(statistics.median(run["prompt_tokens"] for run in warm[20000]))
+            trim.append(in_process("trim", 20000, folder, args, budget=budget))
+    print(
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; medians of "
+        f"{args.processes} processes, each the median of {args.turns} turns; SQLite; "
+        f"recall_tokens={args.recall_tokens}"
+    )
+    print(
+        f"{'stored':>7} {'warm CPU ms':>12} {'warm wall ms':>13} "
+        f"{'cold CPU ms':>12} {'cold wall ms':>13}  (cold: first prepare(), encoding loaded)"
+    )
+    for size in sizes:
+        print(
+            f"{size:>7,} {median_of(warm[size], 'cpu') * 1e3:>12.2f} "
+            f"{median_of(warm[size], 'wall') * 1e3:>13.2f} "
+            f"{median_of(cold[size], 'cpu') * 1e3:>12.1f} "
+            f"{median_of(cold[size], 'wall') * 1e3:>13.1f}"
+        )
+    report_ratios(warm, cold, trim)
+
+
+def report_ratios(
+    warm: dict[int, list[dict[str, Any]]],
+    cold: dict[int, list[dict[str, Any]]],
+    trim: list[dict[str, Any]],
+) -> None:
+    def cpu(size: int) -> float:
+        return median_of(warm[size], "cpu")
+
+    trim_cpu, trim_wall = median_of(trim, "cpu"), median_of(trim, "wall")
+    slope = (median_of(cold[50000], "cpu") - median_of(cold[1000], "cpu")) / 49000
+    print(
+        f"warm prepare() CPU, 50,000 vs 1,000 stored: {cpu(50000) / cpu(1000):.2f}x (target <= 2x)"
+    )
+    print(
+        f"trim_messages at 20,000 (exact counter): {trim_cpu * 1e3:.1f} ms CPU, "
+        f"{trim_wall * 1e3:.1f} ms wall; prepare() uses {trim_cpu / cpu(20000):.0f}x less CPU "
+        f"(target >= 100x), {trim_wall / median_of(warm[20000], 'wall'):.0f}x less wall"
+    )
+    print(
+        f"cold start: Trimmer() {median_of(cold[1000], 'init_cpu') * 1e3:.0f} ms CPU, loading "
+        f"the encoding (once per process) {median_of(cold[1000], 'encoding_cpu') * 1e3:.0f} ms "
+        f"CPU, then the first prepare() {slope * 1e6:.2f} µs CPU per stored message "
+        "(50,000 vs 1,000; target <= 1)"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 20000, 50000])
     parser.add_argument("--turns", type=int, default=15)
+    parser.add_argument("--processes", type=int, default=3, help="separate processes per figure")
+    parser.add_argument("--recall-tokens", type=int, default=0, help="0: recall off")
     parser.add_argument("--recall", action="store_true", help="recall off and on")
+    parser.add_argument("--worker", choices=["warm", "cold", "trim"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.recall:
         compare_recall(args.sizes, args.turns)
-        return
-    print(f"{'stored':>7} {'prepare() ms':>13} {'trim_messages ms':>17} {'speed-up':>9}")
-    results = []
-    for size in args.sizes:
-        prepare_s, budget = time_prepare(size, args.turns)
-        trim_s = time_trim(size, max(3, args.turns // 5), budget)
-        results.append((size, prepare_s))
-        print(
-            f"{size:>7,} {prepare_s * 1000:>13.2f} {trim_s * 1000:>17.1f} "
-            f"{trim_s / prepare_s:>8.0f}x"
-        )
-    (small, t_small), (large, t_large) = results[0], results[-1]
-    per_message = (t_large - t_small) / (large - small) * 1e6
-    print(
-        f"prepare() cost per extra stored message: {per_message:.2f} µs "
-        f"(encoding one message with tiktoken costs ~10-50 µs)"
-    )
+    elif args.worker:
+        run_worker(args)
+    else:
+        measure(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ and what to check, so every concern module is covered without handling errors it
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sqlite3
@@ -272,8 +273,13 @@ class Database:
 
 
 def _insert_or_ignore(connection: Connection, table: Table) -> Any:
-    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
-    return dialect.insert(table).on_conflict_do_nothing()
+    return _ignoring(connection.dialect.name == "sqlite", table)
+
+
+@functools.cache
+def _ignoring(on_sqlite: bool, table: Table) -> Any:
+    """Built once per table: the hot path's inserts are not rebuilt on every call."""
+    return (sqlite if on_sqlite else postgresql).insert(table).on_conflict_do_nothing()
 
 
 def insert_ignoring_conflicts(

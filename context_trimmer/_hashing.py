@@ -9,15 +9,19 @@ to everything before it, a stored hash proves its whole prefix is stored too.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
+import itertools
 import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 from ._exceptions import InvalidMessagesError
+from ._window import CONTROL_ROLES
 
 _ROOT_TAG = b"context-trimmer/v1\x00"
 
@@ -94,17 +98,20 @@ def _json_bytes(index: int, message: Mapping[str, Any]) -> bytes:
 
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
-_DIGEST_BYTES = 33 + 8  # a 32-byte bytes object and its list slot
+_DIGEST_BYTES = 33 + 8 + 8  # a 32-byte bytes object, its list slot, the message's ref slot
+_REF_BYTES = 232  # the app's own message dict, kept alive by ``refs`` (its strings are shared)
+WINDOW = 16
+"""Messages seen last, compared by value on every call (see :meth:`ChainCache.known_prefix`)."""
 
 
 class ChainCache:
     """Remembers each conversation's last list, so the next prepare() hashes only what is new.
 
-    Apps resend the whole list every turn. Comparing it with a snapshot of the list seen
-    last time is one C-level list comparison; only the messages after the common
-    prefix are validated and hashed. Snapshots are copies, so an app that mutates its
-    messages in place is never served a stale hash. When the new list only extends the
-    old one (the usual turn), the entry grows in place instead of being copied.
+    Apps resend the whole list every turn. Each entry keeps the app's message objects
+    (``refs``), copies of them (``snapshots``), their chain digests and the positions of
+    the system/developer messages; only the messages after the known prefix are
+    validated, hashed and copied. When the new list only extends the old one (the usual
+    turn), the entry grows in place instead of being copied.
 
     Entries are keyed by user and conversation (the conversation id, else the list's
     first two texts) and evicted least recently used once their estimated size passes
@@ -125,15 +132,77 @@ class ChainCache:
     def known_prefix(
         self, messages: Sequence[Any], user: str | None, conversation_id: str | None = None
     ) -> int:
-        """How many leading messages equal the last list seen for this conversation."""
+        """How many leading messages equal the last list seen for this conversation.
+
+        The rule, for a list of ``k`` known messages followed by new ones:
+
+        - **Cheap proof (O(new))**, when the list grew (more than ``k`` messages, a
+          ``list``), holds the same object as last time at every known position (or one
+          equal to it: a pointer comparison in C, about 2 ns a message), and the
+          leading system/developer messages and the last :data:`WINDOW` known messages
+          still equal their snapshots (so a system prompt or a recent message edited in
+          place is seen): the first ``k`` are known.
+        - **Full check (O(N) comparison with the snapshots)** otherwise: a list that did
+          not grow (a retry, an edit, a regeneration), a message replaced, deleted,
+          inserted or moved, another sequence type. It finds the first difference.
+
+        Not seen: a message dict passed before and edited *in place* (the same object,
+        mutated) outside those compared positions while the list also grew. Give such an
+        edit a new dict (``messages[i] = {**messages[i], "content": ...}``), as the
+        SDKs' and frameworks' message objects do, or send the list once unchanged.
+        """
         entry = self._entry(_cache_key(messages, user, conversation_id))
         if entry is None:
             return 0
+        known = len(entry.snapshots)
+        if len(messages) > known and type(messages) is list and self._unchanged(entry, messages):
+            return known
         snapshots = entry.snapshots
         length = min(len(snapshots), len(messages))
         if length == len(snapshots) and messages[:length] == snapshots:
             return length
         return next((i for i in range(length) if messages[i] != snapshots[i]), length)
+
+    def _unchanged(self, entry: _Entry, messages: list[Any]) -> bool:
+        """The cheap proof of :meth:`known_prefix` for ``entry``'s known messages."""
+        with self._lock:
+            refs, snapshots = entry.refs, entry.snapshots
+            known = len(snapshots)
+            if len(refs) != known:
+                return False
+            refs.extend(messages[known:])  # so the two lists compare whole, in C
+            try:
+                same = refs == messages
+            finally:
+                del refs[known:]
+            if not same:
+                return False
+            lead = min(_leading(entry.controls), known)
+            checked = itertools.chain(range(lead), range(max(lead, known - WINDOW), known))
+            return all(messages[i] == snapshots[i] for i in checked)
+
+    def chain(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        user: str | None,
+        known: int,
+        conversation_id: str | None = None,
+    ) -> Chain:
+        """Digests and control positions of ``messages``, reusing the first ``known``."""
+        key = _cache_key(messages, user, conversation_id)
+        entry = self._entry(key) if known else None
+        if entry is None or known > len(entry.digests):
+            entry, known = None, 0
+        previous = entry.digests[known - 1] if entry is not None and known else None
+        new = messages[known:]
+        if key is None:
+            digests = chain_digests(new, user)
+            controls = [i for i, m in enumerate(new) if m.get("role") in CONTROL_ROLES]
+            return Chain(HexDigests(digests, len(digests)), controls)
+        grown = _remember(new, user, previous, known)
+        with self._lock:
+            entry = self._grow(key, entry, known, grown)
+            return Chain(HexDigests(entry.digests, len(messages)), entry.controls)
 
     def digests(
         self,
@@ -143,18 +212,7 @@ class ChainCache:
         conversation_id: str | None = None,
     ) -> HexDigests:
         """Digests of ``messages``, reusing the first ``known`` from the cache."""
-        key = _cache_key(messages, user, conversation_id)
-        entry = self._entry(key) if known else None
-        if entry is None or known > len(entry.digests):
-            entry, known = None, 0
-        previous = entry.digests[known - 1] if entry is not None and known else None
-        new_digests = chain_digests(messages[known:], user, previous=previous, offset=known)
-        new_snapshots = [_snapshot(m) for m in messages[known:]]
-        if key is None:
-            return HexDigests(new_digests, len(new_digests))
-        with self._lock:
-            entry = self._grow(key, entry, known, new_snapshots, new_digests)
-            return HexDigests(entry.digests, len(messages))
+        return self.chain(messages, user, known, conversation_id).hashes
 
     def clear(self) -> None:
         """Forget every conversation (after an erasure)."""
@@ -162,30 +220,26 @@ class ChainCache:
             self._entries.clear()
             self._held = 0
 
-    def _grow(
-        self,
-        key: tuple[Any, ...],
-        entry: _Entry | None,
-        known: int,
-        snapshots: list[Any],
-        digests: list[bytes],
-    ) -> _Entry:
+    def _grow(self, key: tuple[Any, ...], entry: _Entry | None, known: int, new: _Entry) -> _Entry:
         """Extend ``entry`` in place when it is still the stored one and ``known`` is its
         whole length; else replace it (views handed out earlier keep their lists)."""
         current = self._entries.get(key)
-        added = sum(map(_size, snapshots)) + _DIGEST_BYTES * len(digests)
+        added = new.size + (_DIGEST_BYTES + _REF_BYTES) * len(new.digests)
         if entry is not None and entry is current and known == len(entry.digests):
-            entry.snapshots.extend(snapshots)
-            entry.digests.extend(digests)
+            entry.extend(new)
             entry.size += added
             self._held += added
         else:
             if current is not None:
                 self._held -= current.size
-            kept = entry.snapshots[:known] if entry is not None else []
-            kept_digests = entry.digests[:known] if entry is not None else []
-            share = entry.size * known // max(len(entry.digests), 1) if entry is not None else 0
-            entry = _Entry(kept + snapshots, kept_digests + digests, share + added)
+            if entry is not None:
+                share = entry.size * known // max(len(entry.digests), 1)
+                entry = entry.head(known, share)
+                entry.extend(new)
+                entry.size += added
+            else:
+                entry = new
+                entry.size = added
             self._entries[key] = entry
             self._held += entry.size
         self._entries.move_to_end(key)
@@ -208,14 +262,54 @@ class ChainCache:
 
 
 class _Entry:
-    """One conversation's snapshots, their digests, and their estimated size in bytes."""
+    """One conversation: the app's message objects, copies of them, their digests, the
+    positions of the control messages, and the estimated size in bytes."""
 
-    __slots__ = ("digests", "size", "snapshots")
+    __slots__ = ("controls", "digests", "refs", "size", "snapshots")
 
-    def __init__(self, snapshots: list[Any], digests: list[bytes], size: int):
+    def __init__(
+        self,
+        refs: list[Any],
+        snapshots: list[Any],
+        digests: list[bytes],
+        controls: list[int],
+        size: int,
+    ):
+        self.refs = refs
         self.snapshots = snapshots
         self.digests = digests
+        self.controls = controls
         self.size = size
+
+    def extend(self, new: _Entry) -> None:
+        self.refs.extend(new.refs)
+        self.snapshots.extend(new.snapshots)
+        self.digests.extend(new.digests)
+        self.controls.extend(new.controls)
+
+    def head(self, known: int, size: int) -> _Entry:
+        """A new entry holding the first ``known`` messages (these lists are kept as they are)."""
+        controls = self.controls[: bisect.bisect_left(self.controls, known)]
+        return _Entry(
+            self.refs[:known], self.snapshots[:known], self.digests[:known], controls, size
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A path's hashes and the positions of its system/developer messages. ``controls``
+    may be shared and grow later: only positions below ``len(hashes)`` belong to it."""
+
+    hashes: HexDigests
+    controls: Sequence[int]
+
+
+def _leading(controls: Sequence[int]) -> int:
+    """How many messages at the start are system/developer messages."""
+    lead = 0
+    while lead < len(controls) and controls[lead] == lead:
+        lead += 1
+    return lead
 
 
 def _cache_key(
@@ -231,17 +325,52 @@ def _cache_key(
     return (user, None, first, second)
 
 
-def _snapshot(message: Any) -> Any:
-    if type(message) is dict and all(type(v) is str for v in message.values()):
-        return dict(message)
-    return copy.deepcopy(message)
+_PLAIN_SIZE = 232 + 2 * 100 + len("role") + len("content")
 
 
-def _size(message: Any) -> int:
-    """An estimate of a snapshot's memory: the dict and its strings, else its repr."""
-    if type(message) is dict and all(type(v) is str for v in message.values()):
-        return 232 + sum(100 + len(k) + len(v) for k, v in message.items())
-    return 232 + 2 * len(repr(message))
+def _remember(
+    messages: Sequence[Any], user: str | None, previous: bytes | None, offset: int
+) -> _Entry:
+    """An entry for ``messages`` (at ``offset`` of their list): their digests (as
+    :func:`chain_digests`, ``previous`` the digest before them), copies, control
+    positions and estimated size, in one pass. A dict of strings is copied shallow
+    (its strings shared, counted once here), anything else deep (counted as twice its
+    repr)."""
+    sha256 = hashlib.sha256
+    fast = _FAST_PREFIX
+    if previous is None:
+        previous = root_digest(user)
+    entry = _Entry(list(messages), [], [], [], 0)
+    digests, snapshots, controls = entry.digests, entry.snapshots, entry.controls
+    size = 0
+    for index, message in enumerate(entry.refs, offset):
+        role = message.get("role")
+        if role in CONTROL_ROLES:
+            controls.append(index)
+        content = message.get("content")
+        prefix = fast.get(role) if len(message) == 2 else None
+        if prefix is not None and type(content) is str:
+            try:
+                body = prefix + content.encode()
+            except UnicodeEncodeError:
+                body = _utf8(index, content)
+            previous = sha256(previous + body).digest()
+            digests.append(previous)
+            if type(message) is dict:  # {"role": <str>, "content": <str>}: the common one
+                snapshots.append(message.copy())
+                size += _PLAIN_SIZE + len(role) + len(content)
+                continue
+        else:
+            previous = sha256(previous + b"j" + _json_bytes(index, message)).digest()
+            digests.append(previous)
+        if type(message) is dict and all(type(v) is str for v in message.values()):
+            snapshots.append(message.copy())
+            size += 232 + sum(map(len, message.values())) + sum(100 + len(k) for k in message)
+        else:
+            snapshots.append(copy.deepcopy(message))
+            size += 232 + 2 * len(repr(message))
+    entry.size = size
+    return entry
 
 
 class HexDigests(Sequence[str]):

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, select
+from sqlalchemy import Connection, Table, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _recall_index
@@ -59,16 +59,24 @@ def counted_prefix(connection: Connection, hashes: Sequence[str], key: str) -> t
     return low, token_rows(connection, key, [hashes[low - 1]])[hashes[low - 1]].path_tokens
 
 
+# Built once: the hot path's statements are compiled once per engine (SQLAlchemy's
+# compiled cache), not rebuilt and keyed on every call.
+_TOKEN_ROWS = select(COUNTS.c.message_hash, COUNTS.c.tokens, COUNTS.c.path_tokens).where(
+    COUNTS.c.counting_key == bindparam("key"),
+    COUNTS.c.message_hash.in_(bindparam("hashes", expanding=True)),
+)
+_INSERT_MESSAGES = {
+    name: dialect.insert(MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.hash)
+    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
+}
+
+
 def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[str, TokenRow]:
     """The stored counts under ``key`` of those of ``hashes`` that have one."""
     wanted = list(dict.fromkeys(hashes))
     if not wanted:
         return {}
-    rows = connection.execute(
-        select(COUNTS.c.message_hash, COUNTS.c.tokens, COUNTS.c.path_tokens).where(
-            COUNTS.c.counting_key == key, COUNTS.c.message_hash.in_(wanted)
-        )
-    )
+    rows = connection.execute(_TOKEN_ROWS, {"key": key, "hashes": wanted})
     return {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in rows}
 
 
@@ -115,8 +123,7 @@ def _insert_new(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> se
     """Insert message rows not stored yet; the hashes of those inserted."""
     if not rows:
         return set()
-    dialect = sqlite if connection.dialect.name == "sqlite" else postgresql
-    statement = dialect.insert(MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.hash)
+    statement = _INSERT_MESSAGES["sqlite" if connection.dialect.name == "sqlite" else "postgresql"]
     return set(connection.execute(statement, list(rows)).scalars())
 
 

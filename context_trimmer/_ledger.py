@@ -22,6 +22,7 @@ REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 USAGE: Table = Usage.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 COMPRESSIONS: Table = PromptCompression.__table__  # type: ignore[assignment]
+_ADD_REQUEST = insert(REQUESTS).returning(REQUESTS.c.id)  # built once: prepare() runs it
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,7 @@ class Ledger:
 
     def add_request(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """A prepared request, inside the caller's transaction; returns its id."""
-        result = connection.execute(
-            insert(REQUESTS).values(**values, created_at=utcnow()).returning(REQUESTS.c.id)
-        )
+        result = connection.execute(_ADD_REQUEST, {**values, "created_at": utcnow()})
         return int(result.scalar_one())
 
     def add_usage(self, values: Mapping[str, Any]) -> bool:

@@ -42,6 +42,9 @@ class Path:
     tools: list[dict[str, Any]] | None = None
     tools_tokens: int = 0
     max_tokens: int | None = None
+    controls: Sequence[int] | None = None
+    """Indexes of the system/developer messages (sorted; any past the end ignored), or
+    None to find them by scanning."""
 
     @property
     def info(self) -> ModelInfo:
@@ -137,7 +140,8 @@ def build_path(
     """Validate and hash ``messages`` (only what ``chains`` has not seen) into a Path."""
     known = chains.known_prefix(messages, user, conversation_id)
     validate_messages(messages, known_valid=known)
-    hashes = chains.digests(messages, user, known, conversation_id)
+    chain = chains.chain(messages, user, known, conversation_id)
+    hashes = chain.hashes
     anchor = anchor_index(messages)
     return Path(
         messages,
@@ -149,6 +153,7 @@ def build_path(
         tools=[dict(t) for t in tools] if tools else None,
         tools_tokens=counter.tools(tools),
         max_tokens=max_tokens,
+        controls=chain.controls,
     )
 
 

@@ -55,8 +55,9 @@ def summary_message(summary: StoredSummary) -> Message:
 
 def rows_needed(path: StoredPath, start: int, compressing: bool) -> list[int]:
     """Message indexes whose token counts :func:`plan_request` needs."""
-    folded_control = control_indexes(path.messages, 0, start) if start else []
-    tail_control = control_indexes(path.messages, start, len(path.messages)) if compressing else []
+    messages, positions = path.messages, path.controls
+    folded_control = control_indexes(messages, 0, start, positions) if start else []
+    tail_control = control_indexes(messages, start, len(messages), positions) if compressing else []
     return [*folded_control, *tail_control, *([start - 1] if start else [])]
 
 
@@ -71,7 +72,10 @@ def plan_request(
     ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total)."""
     start = start_of(summary)
     sent, control = assemble(
-        path.messages, start, None if summary is None else summary_message(summary)
+        path.messages,
+        start,
+        None if summary is None else summary_message(summary),
+        path.controls,
     )
     before_tail = rows[start - 1][1] if start else 0
     tail_tokens = path.total_tokens - before_tail
@@ -86,7 +90,7 @@ def plan_request(
     )
     saved = 0
     if compressor is not None:
-        tail_control = control_indexes(path.messages, start, len(path.messages))
+        tail_control = control_indexes(path.messages, start, len(path.messages), path.controls)
         sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
     return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
 

@@ -14,13 +14,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, Table, bindparam, insert, select
 
 from ._db import Database, insert_if_absent
 from ._schema import Summary, SummaryFailure, utcnow
 
 SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]
 FAILURES: Table = SummaryFailure.__table__  # type: ignore[assignment]
+_c = SUMMARIES.c
+_DEEPEST = (  # built once: prepare() runs it
+    select(
+        _c.id,
+        _c.covers_hash,
+        _c.covers_depth,
+        _c.text,
+        _c.summarizer,
+        _c.messages_folded,
+        _c.tokens_in,
+        _c.tokens_out,
+    )
+    .where(_c.anchor_hash == bindparam("anchor"), _c.covers_depth < bindparam("depth"))
+    .order_by(_c.covers_depth.desc())
+    .limit(64)
+)
 
 
 @dataclass(frozen=True)
@@ -52,22 +68,7 @@ class Summaries:
         self, connection: Connection, anchor: str, hashes: Sequence[str]
     ) -> StoredSummary | None:
         """The summary covering the most of this path, or None."""
-        c = SUMMARIES.c
-        rows = connection.execute(
-            select(
-                c.id,
-                c.covers_hash,
-                c.covers_depth,
-                c.text,
-                c.summarizer,
-                c.messages_folded,
-                c.tokens_in,
-                c.tokens_out,
-            )
-            .where(c.anchor_hash == anchor, c.covers_depth < len(hashes))
-            .order_by(c.covers_depth.desc())
-            .limit(64)
-        )
+        rows = connection.execute(_DEEPEST, {"anchor": anchor, "depth": len(hashes)})
         for row in rows:
             if hashes[row.covers_depth] == row.covers_hash:
                 return StoredSummary(**row._mapping)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -45,17 +45,24 @@ _TOOL_CONSTANTS = {"o200k_base": _ToolConstants(func_init=7), "cl100k_base": _To
 
 
 class TokenCounter:
-    """Counts prompt tokens for one model's encoding and image pricing."""
+    """Counts prompt tokens for one model's encoding and image pricing.
+
+    The encoding (a few hundred milliseconds to load, once per process) is loaded on the
+    first text counted, so a Trimmer starts at once and a warm prepare() whose messages
+    are all stored never waits for it."""
 
     def __init__(self, info: ModelInfo):
         self.info = info
         self.key = info.counting_key
-        self._encoding = get_encoding(info.encoding)
+        self._encode: Callable[[str], list[int]] | None = None
         self._tools = _TOOL_CONSTANTS[info.encoding]
 
     def text(self, text: str) -> int:
         """Tokens of a plain string."""
-        return len(self._encoding.encode_ordinary(text))
+        encode = self._encode
+        if encode is None:
+            encode = self._encode = get_encoding(self.info.encoding).encode_ordinary
+        return len(encode(text))
 
     def message(self, message: Mapping[str, Any]) -> int:
         """Tokens one message adds to a request, overhead included."""

@@ -11,6 +11,7 @@ the summary comes right after them, and any later ones keep their order after it
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,8 +25,15 @@ def anchor_index(messages: Messages) -> int | None:
     return next((i for i, m in enumerate(messages) if m["role"] not in CONTROL_ROLES), None)
 
 
-def control_indexes(messages: Messages, start: int, stop: int) -> list[int]:
-    """Indexes of the system and developer messages in ``messages[start:stop]``."""
+def control_indexes(
+    messages: Messages, start: int, stop: int, positions: Sequence[int] | None = None
+) -> list[int]:
+    """Indexes of the system and developer messages in ``messages[start:stop]``.
+
+    ``positions``: those indexes for the whole list (sorted; any past its end ignored),
+    when known, so this costs O(log n) instead of a scan of the range."""
+    if positions is not None:
+        return list(positions[bisect_left(positions, start) : bisect_left(positions, stop)])
     return [i for i in range(start, stop) if messages[i]["role"] in CONTROL_ROLES]
 
 
@@ -87,14 +95,18 @@ def _shrink_to_tokens(
 
 
 def assemble(
-    messages: Messages, start: int, summary_message: Mapping[str, Any] | None
+    messages: Messages,
+    start: int,
+    summary_message: Mapping[str, Any] | None,
+    positions: Sequence[int] | None = None,
 ) -> tuple[list[Mapping[str, Any]], list[int]]:
     """The messages to send when ``messages[:start]`` is covered by the summary, and the
-    indexes of the folded-region control messages that are sent anyway."""
+    indexes of the folded-region control messages that are sent anyway (``positions``:
+    see :func:`control_indexes`)."""
     if summary_message is None or start == 0:
         return list(messages), []
     first = anchor_index(messages)
     first = start if first is None else min(first, start)
-    kept = control_indexes(messages, first, start)
+    kept = control_indexes(messages, first, start, positions)
     sent = [*messages[:first], summary_message, *(messages[i] for i in kept), *messages[start:]]
     return sent, [*range(first), *kept]
