@@ -186,14 +186,14 @@ def test_a_background_fold_never_blocks_a_synchronous_one(sqlite_url: str) -> No
 
 def test_the_request_path_has_a_deadline(sqlite_url: str) -> None:
     with (
-        FakeOpenAI(default=lambda _body: Reply("too late", delay=3.0)) as server,
+        FakeOpenAI(default=lambda _body: Reply("too late", delay=5.0)) as server,
         Trimmer(
             sqlite_url,
             keep_last=4,
             fold_every=2,
             summarizer=summarizer_for(server, timeout=10.0),
             max_prompt_tokens=500,
-            sync_fold_deadline=0.2,
+            sync_fold_deadline=1.0,
             background=False,
         ) as trimmer,
     ):
@@ -202,7 +202,9 @@ def test_the_request_path_has_a_deadline(sqlite_url: str) -> None:
             messages += [user_turn(turn, words=20), reply_turn(turn)]
         prepared = trimmer.prepare([*messages, user_turn(12)])
         assert prepared.prompt_tokens <= 500
-        assert len(server.requests) == 1
+        # the call was cut by the deadline, not answered (on a loaded machine the
+        # deadline may pass before the request is even sent)
+        assert len(server.requests) <= 1
         assert [s.summarizer for s in rows(trimmer, SUMMARIES)][-1] == LABEL
         assert "deadline" in rows(trimmer, FAILURES)[0].error
 
