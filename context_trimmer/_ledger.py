@@ -7,6 +7,7 @@ Reports are queries over these rows (see ``_report``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -132,15 +133,24 @@ class Ledger:
         result = connection.execute(_ADD_REQUEST, {**values, "created_at": utcnow()})
         return int(result.scalar_one())
 
-    def add_usage(self, values: Mapping[str, Any]) -> bool:
-        """Store the API's usage for a request; False when it was recorded already."""
-        with self._db.writing() as connection:
-            return insert_if_absent(connection, USAGE, {**values, "recorded_at": utcnow()})
+    def writing(self) -> AbstractContextManager[Connection]:
+        """One write transaction, for recording a request's outcome in one commit."""
+        return self._db.writing()
 
-    def add_attempt(self, values: Mapping[str, Any]) -> None:
+    def add_usage(self, values: Mapping[str, Any], connection: Connection | None = None) -> bool:
+        """Store the API's usage for a request (in ``connection``'s transaction, else its
+        own); False when it was recorded already."""
+        if connection is None:
+            with self._db.writing() as connection:
+                return self.add_usage(values, connection)
+        return insert_if_absent(connection, USAGE, {**values, "recorded_at": utcnow()})
+
+    def add_attempt(self, values: Mapping[str, Any], connection: Connection | None = None) -> None:
         """How a prepared request was sent (once per request)."""
-        with self._db.writing() as connection:
-            insert_if_absent(connection, ATTEMPTS, {**values, "created_at": utcnow()})
+        if connection is None:
+            with self._db.writing() as connection:
+                return self.add_attempt(values, connection)
+        insert_if_absent(connection, ATTEMPTS, {**values, "created_at": utcnow()})
 
     def rows(self, since: datetime | None, until: datetime | None) -> list[LedgerRow]:
         """Prepared requests created in ``[since, until)``, with their recorded usage."""

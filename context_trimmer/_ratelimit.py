@@ -351,13 +351,18 @@ class Quotas:
                 _add_tokens(connection, user, window, tokens)
         return QuotaHold(user, tuple(w for w, _l, _e in windows), tokens)
 
-    def settle(self, hold: QuotaHold | None, actual: int) -> None:
-        """Replace the reservation by what the request really used."""
+    def settle(
+        self, hold: QuotaHold | None, actual: int, connection: Connection | None = None
+    ) -> None:
+        """Replace the reservation by what the request really used (in ``connection``'s
+        transaction, else its own)."""
         if hold is None or actual == hold.tokens:
             return
-        with self._db.writing() as connection:
-            for window in hold.windows:
-                _add_tokens(connection, hold.user, window, actual - hold.tokens)
+        if connection is None:
+            with self._db.writing() as connection:
+                return self.settle(hold, actual, connection)
+        for window in hold.windows:
+            _add_tokens(connection, hold.user, window, actual - hold.tokens)
 
     def used(self, user: str) -> dict[str, int]:
         """Tokens ``user`` has spent in the current minute and day."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ._ledger import Ledger
 from ._path import StoredPath
 from ._plan import Plan
@@ -54,11 +56,15 @@ class Recorder:
         self._ledger = ledger
         self._counter = counter
 
-    def record(self, prepared: Prepared, response: Any) -> bool:
-        """Store the usage of ``response``; False if already recorded."""
+    def record(
+        self, prepared: Prepared, response: Any, connection: Connection | None = None
+    ) -> bool:
+        """Store the usage of ``response`` (in ``connection``'s transaction, else its
+        own); False if already recorded."""
         values = self.usage_of(prepared, response)
         model = field_of(response, "model") or prepared.model
-        return self._ledger.add_usage({"request_id": prepared.request_id, "model": model, **values})
+        row = {"request_id": prepared.request_id, "model": model, **values}
+        return self._ledger.add_usage(row, connection)
 
     def usage_of(self, prepared: Prepared, response: Any) -> dict[str, Any]:
         """The API's ``usage``, or an estimate (the exact prepared prompt, the answer's

@@ -163,8 +163,7 @@ class Sender:
         ``keep_books``)."""
         used = self.recorder.usage_of(state.prepared, response)
         state.outcome = outcome
-        record = ("usage", lambda: self.recorder.record(state.prepared, response))
-        self._close(state, used["prompt_tokens"] + used["completion_tokens"], record)
+        self._close(state, used["prompt_tokens"] + used["completion_tokens"], (response,))
 
     def fail(self, state: SendState, error: BaseException) -> None:
         if isinstance(error, RateLimitBudgetExceeded):
@@ -173,7 +172,9 @@ class Sender:
             state.outcome = "rate_limited"
         self._close(state, 0)
 
-    def _close(self, state: SendState, actual: int, *first: tuple[str, Callable[[], Any]]) -> None:
+    def _close(self, state: SendState, actual: int, answered: tuple[Any, ...] = ()) -> None:
+        """Record the usage (when ``answered`` holds the response), settle the quota and
+        record the attempt, in one transaction (one commit, one write lock per answer)."""
         attempt = {
             "request_id": state.prepared.request_id,
             "attempts": state.attempts,
@@ -183,11 +184,15 @@ class Sender:
             "outcome": state.outcome,
             "upstream": None if state.upstream is None else self.pool.label(state.upstream),
         }
-        steps = [
-            *first,
-            ("quota", lambda: self.quotas.settle(state.quota, actual)),
-            ("attempt", lambda: self.ledger.add_attempt(attempt)),
-        ]
+
+        def write() -> None:
+            with self.ledger.writing() as connection:
+                for response in answered:
+                    self.recorder.record(state.prepared, response, connection)
+                self.quotas.settle(state.quota, actual, connection)
+                self.ledger.add_attempt(attempt, connection)
+
+        steps = [("usage, quota, attempt" if answered else "quota, attempt", write)]
         keep_books(state.prepared.request_id, steps)
 
 
