@@ -6,7 +6,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import click
+import openai
 import pytest
+from gateway_server import ServerThread
+from openai_server import FakeOpenAI, Reply
 from sqlalchemy import text
 
 from context_trimmer import (
@@ -16,10 +20,14 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
+from context_trimmer._cli_gateway import serve
+from context_trimmer._db import Database
+from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
 from context_trimmer._recall import RECALL_HEADER, query_terms
 from context_trimmer._schema import SEARCH_TABLE
+from context_trimmer.gateway import GatewayConfig, create_app
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 FILLER = [
@@ -236,3 +244,46 @@ def test_migration_indexes_histories_stored_before_it(db_url: str, options: dict
         assert indexed == len(history) - 1  # every conversational message, once
         recalled = recall_message(trimmer.prepare(ask(history, "What is my sister's dog called?")))
     assert recalled is not None and "Biscuit" in recalled["content"]
+
+
+@pytest.mark.parametrize("budget", [0, 200])
+def test_serve_recall_tokens_reaches_the_gateway(
+    db_url: str, options: dict[str, Any], budget: int
+) -> None:
+    """``--recall-tokens`` (GatewayConfig.recall_tokens) is the gateway Trimmer's budget:
+    a question about a folded turn, asked through the gateway over HTTP, reaches the
+    upstream with that turn recalled (and without it at 0)."""
+    with pytest.raises(ConfigurationError, match="--recall-tokens must be an integer >= 0"):
+        GatewayConfig(recall_tokens=-1)
+    assert "--recall-tokens" in [p.opts[0] for p in serve.params if isinstance(p, click.Option)]
+    history = conversation("My sister's dog is called Biscuit and loves the beach.")
+    settings = {**options, "recall_tokens": budget}
+    with FakeOpenAI(
+        default=lambda _: Reply("ok", prompt_tokens=30, completion_tokens=2)
+    ) as upstream:
+        store = Database(db_url)
+        key, _ = create_key(store, "acme")
+        config = GatewayConfig(
+            db_url=db_url,
+            upstream=upstream.base_url,
+            upstream_key_env="UP_KEY",
+            summarizer="extractive",
+            **settings,
+        )
+        with ServerThread(create_app(config, environ={"UP_KEY": "sk-up"})) as server:
+            trimmer = server.server.config.app.state.trimmer
+            assert trimmer.options.recall_tokens == budget
+            client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+            client.chat.completions.create(model="gpt-4o", messages=history)  # type: ignore[arg-type]
+            trimmer.wait_for_background()
+            question = ask(history, "What is the name of my sister's dog?")
+            client.chat.completions.create(model="gpt-4o", messages=question)  # type: ignore[arg-type]
+            client.close()
+        store.close()
+    sent = [r for r in upstream.requests if r.get("model") == "gpt-4o"][-1]["messages"]
+    recalled = [m for m in sent if str(m.get("content")).startswith(RECALL_HEADER)]
+    assert len(sent) < len(question)  # folded
+    if budget:
+        assert len(recalled) == 1 and "called Biscuit" in recalled[0]["content"]
+    else:
+        assert recalled == []
