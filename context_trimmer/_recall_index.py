@@ -5,19 +5,27 @@ transaction, under the hash of its path's first conversational message (its
 *anchor*: every branch of a conversation shares it, and hashes are per user, so no
 other user's or tenant's messages share it) and its depth (its index on the path).
 The indexed text is the message's words as sent (text parts, tool calls' names and
-arguments), lower-cased with accents folded, so "Málaga" and "malaga" match:
+arguments), lower-cased with accents folded, so "Málaga" and "malaga" match, each word
+cut to its stem (:func:`stem`: common endings off, in any language, no stemmer to
+choose), so "painted", "paints" and "painting" are one term and a query looks up exact
+terms (a prefix query would merge the postings of every word it starts, which costs
+far more); and each term is *scoped*: the anchor's first 12 hex digits go before it
+(:func:`scoped`), so a lookup reads only this conversation's postings, needs no join
+with the anchor, and a word's document frequency is the conversation's own:
 
 - SQLite: an FTS5 table (``tokenize='unicode61 remove_diacritics 2'``), ranked with
   ``bm25()``; the anchor is an indexed column that the query requires (weight 0).
 - PostgreSQL: a ``tsvector`` column (``'simple'`` configuration, no stemming, so any
   language) with a GIN index, and a btree index on (anchor, depth).
 
-Migration 0006 creates the index and fills it for histories already stored.
+Migration 0006 created the index of plain words; migration 0009 rebuilds it with stems
+(its downgrade rebuilds the plain one). Each fills it for histories already stored.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -28,6 +36,10 @@ from ._schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
 CONTROL_ROLES = frozenset({"system", "developer"})
+SUFFIXES = ("ing", "ed", "es", "s")
+MIN_STEM = 4
+SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
+_WORD = re.compile(r"[^\W_]+")
 
 
 def message_text(message: Message) -> str:
@@ -53,6 +65,43 @@ def fold(words: str) -> str:
     """Lower-cased, accents removed (NFKD without combining marks): how text is indexed."""
     decomposed = unicodedata.normalize("NFKD", words.lower())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def stem(word: str) -> str:
+    """``word`` without its common endings (-ing, -ed, -es, -s, taken off while at least
+    four letters stay): "paintings", "painted" and "paint" are all "paint", "casas" is
+    "casa". Cut the same way when indexing and when asking, so both meet on one term."""
+    if word.isdigit():
+        return word
+    cut = True
+    while cut:
+        cut = False
+        for suffix in SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+                word, cut = word[: -len(suffix)], True
+                break
+    return word
+
+
+def words_of(text: str) -> list[str]:
+    """The folded words of ``text`` (letters and digits; anything else separates)."""
+    return _WORD.findall(fold(text))
+
+
+def scoped(anchor: str, term: str) -> str:
+    """``term`` as indexed in the conversation of ``anchor``: after the anchor's first
+    ``SCOPE`` hex digits, so each conversation's words have postings of their own (a
+    lookup reads this conversation's matches only, and a word's document frequency is
+    this conversation's)."""
+    return anchor[:SCOPE] + term
+
+
+def terms_of(text: str, anchor: str | None = None) -> str:
+    """What is indexed for ``text``: its folded words, stemmed and scoped to ``anchor``,
+    one space apart (``anchor=None``: the folded text, as migration 0006 indexed it)."""
+    if anchor is None:
+        return fold(text)
+    return " ".join(scoped(anchor, stem(w)) for w in words_of(text))
 
 
 def create(connection: Connection) -> None:
@@ -85,10 +134,15 @@ def drop(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {SEARCH_TABLE}"))
 
 
-def add(connection: Connection, rows: Sequence[tuple[str, str, int, str]]) -> None:
-    """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now."""
+def add(
+    connection: Connection, rows: Sequence[tuple[str, str, int, str]], stems: bool = True
+) -> None:
+    """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now
+    (``stems=False``: the plain words of migration 0006's index)."""
     values = [
-        {"hash": h, "anchor": a, "depth": d, "words": fold(t)} for h, a, d, t in rows if t.strip()
+        {"hash": h, "anchor": a, "depth": d, "words": terms_of(t, a if stems else None)}
+        for h, a, d, t in rows
+        if t.strip()
     ]
     if not values:
         return
@@ -132,8 +186,15 @@ def rows_for(
     ]
 
 
-def backfill(connection: Connection, batch: int = 1000) -> None:
-    """Index every stored conversational message (migration 0006): each message's
+def rebuild(connection: Connection, stems: bool = True) -> None:
+    """Drop the index and build it again from the stored messages (migration 0009)."""
+    drop(connection)
+    create(connection)
+    backfill(connection, stems=stems)
+
+
+def backfill(connection: Connection, batch: int = 1000, stems: bool = True) -> None:
+    """Index every stored conversational message (migrations 0006, 0009): each message's
     anchor is inherited from its parent, or is itself when it is the first
     conversational message of its path."""
     anchors: dict[str, str | None] = {}
@@ -149,6 +210,6 @@ def backfill(connection: Connection, batch: int = 1000) -> None:
         if conversational and anchor is not None:
             pending.append((hash_, anchor, depth, message_text(json.loads(body))))
         if len(pending) >= batch:
-            add(connection, pending)
+            add(connection, pending, stems)
             pending = []
-    add(connection, pending)
+    add(connection, pending, stems)
