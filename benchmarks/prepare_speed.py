@@ -110,8 +110,9 @@ def time_prepare_cpu(
 def compare_recall(sizes: list[int], turns: int, db: str | None = None) -> None:
     """prepare() with recall off and on (the default ``recall_tokens``) on one store, on
     SQLite (a temporary file) or on ``db`` (a PostgreSQL URL: a throwaway database made
-    there and dropped after). Each turn is prepared by both, in alternating order, so
-    the added cost is the median of paired differences, robust to a loaded machine."""
+    there and dropped after). Each turn's new message is stored first (untimed), then
+    the turn is prepared by both, in alternating order, so the added cost is the median
+    of paired differences, robust to a loaded machine."""
     budget = TrimmerOptions().recall_tokens
     print(
         f"{'stored':>7} {'text':>12} {'wall off':>9} {'wall on':>8} {'added':>6} "
@@ -179,21 +180,24 @@ def time_recall(
     times: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
     options = {"summarizer": "extractive", "background": False}
     with (
+        Trimmer(url, recall_tokens=0, **options) as writer,
         Trimmer(url, recall_tokens=0, **options) as off,
         Trimmer(url, recall_tokens=budget, **options) as on,
     ):
-        for trimmer in (off, on):
+        for trimmer in (writer, off, on):
             trimmer.prepare(messages)
-        off.compact(messages, force=True)
+        writer.compact(messages, force=True)
         for turn in range(turns):
             messages.append({"role": "user", "content": say(rng)})
+            writer.prepare(messages)  # untimed: stores the new message, so off and on
+            # do the same work but recall, in alternating order
             for which in (0, 1) if turn % 2 else (1, 0):
                 start, start_cpu = time.perf_counter(), time.thread_time()
                 prepared = (off, on)[which].prepare(messages)
                 times[which].append((time.perf_counter() - start, time.thread_time() - start_cpu))
             messages.append({"role": "assistant", "content": say(rng)})
             if prepared.fold_pending:
-                off.compact(messages)
+                writer.compact(messages)
     return times
 
 
