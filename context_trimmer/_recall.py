@@ -33,7 +33,15 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ._path import StoredPath
-from ._recall_index import CONTROL_ROLES, message_text, scoped, stem, words_of
+from ._recall_index import (
+    CONTROL_ROLES,
+    PREFIX,
+    TERMS_TABLE,
+    message_text,
+    scoped,
+    stem,
+    words_of,
+)
 from ._schema import SEARCH_TABLE
 from ._summary_store import StoredSummary
 
@@ -125,14 +133,29 @@ def on(path: StoredPath, hit: Any) -> bool:
     return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
 
 
+def lookup(dialect: str, anchor: str, term: str) -> str:
+    """How ``term`` is looked up in the conversation of ``anchor`` (terms are indexed
+    scoped to it). On SQLite a stem of ``PREFIX`` letters or more by its first
+    ``PREFIX`` letters as a prefix ("promoted" finds "promotion"; FTS5 answers it from
+    its prefix index of that length), a shorter one or a number exactly. On PostgreSQL
+    exactly: a GIN prefix match builds the bitmap of every word it starts, which costs
+    milliseconds for a common one."""
+    if dialect != "sqlite":
+        return scoped(anchor, term)
+    prefix = len(term) >= PREFIX and not term.isdigit()
+    return f'"{scoped(anchor, term[:PREFIX] if prefix else term)}"' + ("*" if prefix else "")
+
+
 def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
     """The full-text condition for ``terms`` (any of them) in the conversation of
-    ``anchor`` (terms are indexed scoped to it), and its query parameter."""
+    ``anchor``, and its query parameter."""
     if dialect == "sqlite":
-        phrases = " OR ".join(f'"{scoped(anchor, term)}"' for term in terms)
+        phrases = " OR ".join(lookup(dialect, anchor, term) for term in terms)
         return f"{SEARCH_TABLE} MATCH :query", phrases
-    query = " | ".join(scoped(anchor, term) for term in terms)
-    return "anchor_hash = :anchor AND document @@ to_tsquery('simple', :query)", query
+    query = " | ".join(lookup(dialect, anchor, term) for term in terms)
+    # No anchor_hash condition: scoped terms select the conversation already (hits are
+    # checked against the path), and without it the planner has only the GIN index to use.
+    return "document @@ to_tsquery('simple', :query)", query
 
 
 def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
@@ -141,22 +164,11 @@ def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> li
     much to rank). One statement counts each term's messages, up to the cap (each a
     lookup of this conversation's postings of that term, stopped at the cap)."""
     if connection.dialect.name == "sqlite":
-        mark, condition = "?", f"{SEARCH_TABLE} MATCH ?"
-        lookups = [f'"{scoped(anchor, term)}"' for term in terms]
+        counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
     else:
-        mark, condition = "%s", "document @@ to_tsquery('simple', %s)"
-        lookups = [scoped(anchor, term) for term in terms]
-    probe = (
-        f"(SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} WHERE {condition} "
-        f"LIMIT {mark}) AS found)"
-    )
-    statement = " UNION ALL ".join(f"SELECT {i}, {probe}" for i in range(len(terms)))
-    parameters = tuple(value for lookup in lookups for value in (lookup, PROBE_CAP))
-    # The driver's own statement: this runs on every prepare(), and SQLAlchemy's
-    # compilation of a text() with a bind per term costs as much as the lookups.
-    counts = connection.exec_driver_sql(statement, parameters).all()
+        counts = _counted(connection, [scoped(anchor, term) for term in terms])
     kept, total = [], 0
-    for i, found in sorted(counts, key=lambda row: (row[1], row[0])):
+    for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
         if found == 0:
             continue
         if found >= PROBE_CAP or total + found > DOC_BUDGET:
@@ -164,6 +176,30 @@ def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> li
         kept.append(terms[i])
         total += found
     return kept
+
+
+def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
+    """Each FTS5 lookup's messages, counted up to ``PROBE_CAP``, in one statement."""
+    probe = (
+        f"(SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? "
+        "LIMIT ?))"
+    )
+    statement = " UNION ALL ".join(f"SELECT {i}, {probe}" for i in range(len(lookups)))
+    parameters = tuple(value for lookup in lookups for value in (lookup, PROBE_CAP))
+    # The driver's own statement: this runs on every prepare(), and SQLAlchemy's
+    # compilation of a text() with a bind per term costs as much as the lookups.
+    found: dict[int, int] = {
+        row[0]: row[1] for row in connection.exec_driver_sql(statement, parameters)
+    }
+    return [found[i] for i in range(len(lookups))]
+
+
+def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
+    """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
+    statement = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
+    rows = connection.exec_driver_sql(statement, (list(keys),))
+    found: dict[str, int] = {row[0]: row[1] for row in rows}
+    return [found.get(key, 0) for key in keys]
 
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:

@@ -36,9 +36,10 @@ from ._schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
 CONTROL_ROLES = frozenset({"system", "developer"})
-SUFFIXES = ("ing", "ed", "es", "s")
-MIN_STEM = 4
+SUFFIXES = ("ing", "ed", "es", "s", "e")
+MIN_STEM = 3
 SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
+PREFIX = 6  # a longer stem is looked up by its first PREFIX letters (FTS5 prefix index)
 _WORD = re.compile(r"[^\W_]+")
 
 
@@ -68,9 +69,10 @@ def fold(words: str) -> str:
 
 
 def stem(word: str) -> str:
-    """``word`` without its common endings (-ing, -ed, -es, -s, taken off while at least
-    four letters stay): "paintings", "painted" and "paint" are all "paint", "casas" is
-    "casa". Cut the same way when indexing and when asking, so both meet on one term."""
+    """``word`` without its common endings (-ing, -ed, -es, -s, -e, taken off while at
+    least four letters stay): "paintings", "painted" and "paint" are all "paint";
+    "dance", "dancing" and "danced" are "danc"; "casas" is "casa". Cut the same way
+    when indexing and when asking, so both meet on one term."""
     if word.isdigit():
         return word
     cut = True
@@ -104,14 +106,41 @@ def terms_of(text: str, anchor: str | None = None) -> str:
     return " ".join(scoped(anchor, stem(w)) for w in words_of(text))
 
 
-def create(connection: Connection) -> None:
-    """Create the index (empty) on this connection's database."""
+TERMS_TABLE = f"{SEARCH_TABLE}_terms"
+# On PostgreSQL each scoped term's number of indexed messages, kept with the index: a
+# GIN index cannot count a term's matches without building its whole bitmap.
+_ADD_COUNTED = f"""
+WITH added AS (
+    INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document)
+    SELECT hash, anchor, depth, to_tsvector('simple', words)
+    FROM unnest(CAST(:hashes AS TEXT[]), CAST(:anchors AS TEXT[]), CAST(:depths AS INTEGER[]),
+                CAST(:words AS TEXT[])) AS row (hash, anchor, depth, words)
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING document
+)
+INSERT INTO {TERMS_TABLE} (term, docs)
+SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS term
+GROUP BY term ORDER BY term
+ON CONFLICT (term) DO UPDATE SET docs = {TERMS_TABLE}.docs + EXCLUDED.docs
+"""
+_UNCOUNT = f"""
+UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - gone.docs
+FROM (SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
+      unnest(tsvector_to_array(document)) AS term
+      WHERE hash = ANY(CAST(:hashes AS TEXT[])) GROUP BY term) AS gone
+WHERE counted.term = gone.term
+"""
+
+
+def create(connection: Connection, counts: bool = True) -> None:
+    """Create the index (empty) on this connection's database; on PostgreSQL with its
+    table of term counts (``counts``; migration 0006's index had none)."""
     if connection.dialect.name == "sqlite":
         connection.execute(
             text(
                 f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, "
                 "hash UNINDEXED, depth UNINDEXED, "
-                "tokenize='unicode61 remove_diacritics 2')"
+                f"tokenize='unicode61 remove_diacritics 2', prefix='{SCOPE + PREFIX}')"
             )
         )
         return
@@ -128,10 +157,16 @@ def create(connection: Connection) -> None:
     connection.execute(
         text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
     )
+    if counts:
+        connection.execute(
+            text(f"CREATE TABLE {TERMS_TABLE} (term TEXT PRIMARY KEY, docs INTEGER NOT NULL)")
+        )
 
 
 def drop(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {SEARCH_TABLE}"))
+    if connection.dialect.name != "sqlite":
+        connection.execute(text(f"DROP TABLE IF EXISTS {TERMS_TABLE}"))
 
 
 def add(
@@ -151,6 +186,11 @@ def add(
             f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) "
             "VALUES (:words, :anchor, :hash, :depth)"
         )
+    elif stems:  # one statement: the rows, and the counts of the rows new here
+        plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
+        arrays = {many: [v[one] for v in values] for one, many in plural.items()}
+        connection.execute(text(_ADD_COUNTED), arrays)
+        return
     else:
         statement = (
             f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
@@ -165,6 +205,9 @@ def remove(connection: Connection, hashes: Sequence[str]) -> None:
     the index's segments are merged, so no deleted token lingers in an older one)."""
     if not hashes:
         return
+    if connection.dialect.name != "sqlite":
+        connection.execute(text(_UNCOUNT), {"hashes": list(hashes)})
+        connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
     marks = ", ".join(f":h{i}" for i in range(len(hashes)))
     values = {f"h{i}": h for i, h in enumerate(hashes)}
     connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)
@@ -189,7 +232,7 @@ def rows_for(
 def rebuild(connection: Connection, stems: bool = True) -> None:
     """Drop the index and build it again from the stored messages (migration 0009)."""
     drop(connection)
-    create(connection)
+    create(connection, counts=stems)
     backfill(connection, stems=stems)
 
 
