@@ -26,6 +26,7 @@ from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
 from context_trimmer._recall import RECALL_HEADER, query_terms
+from context_trimmer._recall_index import TERMS_TABLE
 from context_trimmer._schema import SEARCH_TABLE
 from context_trimmer.gateway import GatewayConfig, create_app
 
@@ -287,3 +288,38 @@ def test_serve_recall_tokens_reaches_the_gateway(
         assert len(recalled) == 1 and "called Biscuit" in recalled[0]["content"]
     else:
         assert recalled == []
+
+
+def test_postgresql_term_counts_follow_appends_and_erasure(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """On PostgreSQL the index keeps each term's number of messages (what recall asks
+    to pick the rarer words): equal to a recount after the migration's fill, after an
+    append and a resend, and gone with the conversation's erasure."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("term counts are kept on PostgreSQL only (FTS5 counts a term itself)")
+    recount = (
+        f"SELECT term, count(*) FROM {SEARCH_TABLE}, unnest(tsvector_to_array(document)) "
+        "AS term GROUP BY term"
+    )
+
+    def counts(trimmer: Trimmer) -> tuple[dict[str, int], dict[str, int]]:
+        with trimmer._db.reading() as connection:
+            kept = connection.execute(text(f"SELECT term, docs FROM {TERMS_TABLE}")).all()
+            actual = connection.execute(text(recount)).all()
+        return {t: d for t, d in kept}, {t: d for t, d in actual}
+
+    history = conversation("My sister's dog is called Biscuit.")
+    folded(db_url, history, user="ann", **options)
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        downgrade(trimmer._db.engine, "0006")
+        assert trimmer._db.upgrade() is True  # 0009 rebuilds the index and its counts
+        kept, actual = counts(trimmer)
+        assert kept == actual and max(kept.values()) > 1
+        question = ask(history, "What is my sister's dog called?")
+        for _ in range(2):  # the second send stores nothing new, so counts nothing
+            trimmer.prepare(question, user="ann")
+        kept, actual = counts(trimmer)
+        assert kept == actual
+        trimmer.forget("ann")
+        assert counts(trimmer) == ({}, {})
