@@ -39,6 +39,7 @@ CONTROL_ROLES = frozenset({"system", "developer"})
 SUFFIXES = ("ing", "ed", "es", "s", "e")
 MIN_STEM = 3
 SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
+CHUNK = 500  # messages indexed per statement on PostgreSQL
 PREFIX = 6  # a longer stem is looked up by its first PREFIX letters (FTS5 prefix index)
 _WORD = re.compile(r"[^\W_]+")
 
@@ -188,8 +189,10 @@ def add(
         )
     elif stems:  # one statement: the rows, and the counts of the rows new here
         plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
-        arrays = {many: [v[one] for v in values] for one, many in plural.items()}
-        connection.execute(text(_ADD_COUNTED), arrays)
+        for start in range(0, len(values), CHUNK):  # each statement bounded in time
+            chunk = values[start : start + CHUNK]
+            arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
+            connection.execute(text(_ADD_COUNTED), arrays)
         return
     else:
         statement = (
