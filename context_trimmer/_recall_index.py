@@ -153,8 +153,11 @@ def create(connection: Connection, counts: bool = True) -> None:
         )
     )
     connection.execute(
-        text(f"CREATE INDEX ix_{SEARCH_TABLE}_document ON {SEARCH_TABLE} USING GIN (document)")
-    )
+        text(
+            f"CREATE INDEX ix_{SEARCH_TABLE}_document ON {SEARCH_TABLE} USING GIN (document)"
+            + (" WITH (fastupdate = off)" if counts else "")
+        )
+    )  # no pending list: every search would scan it all (milliseconds) until VACUUM
     connection.execute(
         text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
     )
