@@ -137,12 +137,13 @@ def lookup(dialect: str, anchor: str, term: str) -> str:
     """How ``term`` is looked up in the conversation of ``anchor`` (terms are indexed
     scoped to it). On SQLite a stem of ``PREFIX`` letters or more by its first
     ``PREFIX`` letters as a prefix ("promoted" finds "promotion"; FTS5 answers it from
-    its prefix index of that length), a shorter one or a number exactly. On PostgreSQL
+    its prefix index of that length), a shorter one, a number or a code ("ref1234")
+    exactly. On PostgreSQL
     exactly: a GIN prefix match builds the bitmap of every word it starts, which costs
     milliseconds for a common one."""
     if dialect != "sqlite":
         return scoped(anchor, term)
-    prefix = len(term) >= PREFIX and not term.isdigit()
+    prefix = len(term) >= PREFIX and term.isalpha()  # codes and numbers are exact
     return f'"{scoped(anchor, term[:PREFIX] if prefix else term)}"' + ("*" if prefix else "")
 
 

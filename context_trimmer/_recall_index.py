@@ -13,13 +13,19 @@ far more); and each term is *scoped*: the anchor's first 12 hex digits go before
 (:func:`scoped`), so a lookup reads only this conversation's postings, needs no join
 with the anchor, and a word's document frequency is the conversation's own:
 
-- SQLite: an FTS5 table (``tokenize='unicode61 remove_diacritics 2'``), ranked with
-  ``bm25()``; the anchor is an indexed column that the query requires (weight 0).
-- PostgreSQL: a ``tsvector`` column (``'simple'`` configuration, no stemming, so any
-  language) with a GIN index, and a btree index on (anchor, depth).
+- SQLite: an FTS5 table (``tokenize='unicode61 remove_diacritics 2'``, a prefix index
+  of the scope and six letters, so a six-letter prefix is one lookup), ranked with
+  ``bm25()`` (weight 0 on the anchor column).
+- PostgreSQL: a ``tsvector`` column (``'simple'`` configuration: our stems as they are)
+  with a GIN index without a pending list (``fastupdate = off``: every search would
+  scan the unmerged entries), a btree index on (anchor, depth), and ``TERMS_TABLE``:
+  each scoped term's number of indexed messages, kept in the statements that index and
+  erase (GIN cannot count a term's matches without building its whole bitmap).
 
-Migration 0006 created the index of plain words; migration 0009 rebuilds it with stems
-(its downgrade rebuilds the plain one). Each fills it for histories already stored.
+Migration 0006 created the index of plain words; migration 0009 rebuilds it with
+scoped stems and the counts (its downgrade rebuilds the plain one). Each fills it for
+histories already stored. Messages are never shown from the index (recall renders them
+from the path), so it holds only what the lookups need.
 """
 
 from __future__ import annotations
