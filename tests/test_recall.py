@@ -323,3 +323,23 @@ def test_postgresql_term_counts_follow_appends_and_erasure(
         assert kept == actual
         trimmer.forget("ann")
         assert counts(trimmer) == ({}, {})
+
+
+def test_word_forms_meet_and_codes_stay_exact(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """The index and the question cut the same endings ("dogs"/"dog", "dancing"/"dance",
+    in any language), while a code is looked up exactly ("ref1234" never finds
+    "ref1239")."""
+    history = conversation(
+        "We keep three dogs at home.",
+        "Salsa dancing on Fridays keeps me fit.",
+        "The locker code is ref1239.",
+    )
+    folded(db_url, history, **options)
+    dog = recall_message(trimmer.prepare(ask(history, "Which dog is the oldest?")))
+    dance = recall_message(trimmer.prepare(ask(history, "What dance do I do?")))
+    code = recall_message(trimmer.prepare(ask(history, "What is ref1234?")))
+    assert dog is not None and "three dogs at home" in dog["content"]
+    assert dance is not None and "Salsa dancing" in dance["content"]
+    assert code is None
