@@ -15,11 +15,14 @@ over the answerable questions and over all of them.
 
     python benchmarks/locomo_questions.py [--data PATH] [--keep-last 20 ...]
         [--fold-every 10 ...] [--summary-tokens 4000] [--summary-share 0.085 ... | none]
-        [--recall-tokens 0 300 ...] [--json]
+        [--recall-tokens 0 300 ...] [--leave-one-out 0.12] [--misses] [--json]
 
 Several values of an option make a sweep over every combination (a replay per summary
 setting; the recall budgets reuse it). Without options it measures the defaults of
-``TrimmerOptions``, with and without recall.
+``TrimmerOptions``, with and without recall. ``--leave-one-out SHARE`` then measures
+each conversation with the sweep's cell chosen on the other two (the most answers
+present among cells sending at most SHARE of the history), so the figure is on a
+conversation the settings were not tuned on.
 
 The data: ``locomo-sample.json`` (three conversations of the LoCoMo benchmark, Maharana
 et al. 2024, CC BY-NC 4.0), read from ``../shared/data/`` next to the repository, or
@@ -83,6 +86,8 @@ def ask(
                     "answerable": present(item["answer"], full_words),
                     "present": present(item["answer"], sent),
                     "category": item["category"],
+                    "question": item["question"],
+                    "answer": str(item["answer"]),
                 }
             )
     return rows
@@ -118,7 +123,58 @@ def summarize(options: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> 
     for name in conversations:
         mine = [r for r in rows if r["conversation"] == name]
         by_conversation[name] = _figures(mine)
-    return {"options": dict(options), **_figures(rows), "conversations": by_conversation}
+    misses = [
+        {"conversation": r["conversation"], "question": r["question"], "answer": r["answer"]}
+        for r in rows
+        if r["answerable"] and not r["present"]
+    ]
+    return {
+        "options": dict(options),
+        **_figures(rows),
+        "conversations": by_conversation,
+        "misses": misses,
+    }
+
+
+def leave_one_out(results: Sequence[Mapping[str, Any]], limit: float) -> dict[str, Any]:
+    """Each conversation measured with the settings chosen on the others: the sweep's cell
+    with the most answers present on the other conversations among those sending at most
+    ``limit`` of the history there (fewer tokens breaking ties). Pooled over the held-out
+    conversations: answers present over answerable, and the mean share sent per question."""
+    names = sorted(results[0]["conversations"])
+    held = []
+    for name in names:
+
+        def pooled(result: Mapping[str, Any], out: str = name) -> tuple[Any, ...]:
+            parts = [result["conversations"][n] for n in names if n != out]
+            questions = sum(f["questions"] for f in parts)
+            sent = sum(f["mean_share_sent"] * f["questions"] for f in parts) / questions
+            present = sum(f["present"] for f in parts) / sum(f["answerable"] for f in parts)
+            return (sent <= limit, present, -sent)
+
+        best = max(results, key=pooled)
+        held.append((name, best["options"], best["conversations"][name]))
+    questions = sum(f["questions"] for _, _, f in held)
+    return {
+        "held_out": [{"conversation": n, "options": o, **f} for n, o, f in held],
+        "present": sum(f["present"] for _, _, f in held),
+        "answerable": sum(f["answerable"] for _, _, f in held),
+        "mean_share_sent": sum(f["mean_share_sent"] * f["questions"] for _, _, f in held)
+        / questions,
+    }
+
+
+def print_leave_one_out(loo: Mapping[str, Any]) -> None:
+    for row in loo["held_out"]:
+        options = " ".join(f"{k}={v}" for k, v in row["options"].items())
+        print(
+            f"held out {row['conversation']:<8} ({options}): sent {row['mean_share_sent']:.1%}"
+            f"  present {row['present']}/{row['answerable']} ({row['present_share']:.1%})"
+        )
+    print(
+        f"leave-one-out: sent {loo['mean_share_sent']:.1%} of the history; answer present "
+        f"{loo['present']}/{loo['answerable']} ({loo['present'] / loo['answerable']:.1%})"
+    )
 
 
 def _figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -161,6 +217,18 @@ def main() -> None:
     parser.add_argument("--summary-share", type=share, nargs="+", default=[DEFAULTS.summary_share])
     parser.add_argument("--recall-tokens", type=int, nargs="+")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--leave-one-out",
+        type=float,
+        metavar="SHARE",
+        help="choose the sweep's cell on two conversations (most answers, sending at most "
+        "SHARE of the history), measure it on the third, for each",
+    )
+    parser.add_argument(
+        "--misses",
+        action="store_true",
+        help="list the answerable questions whose answer is not sent",
+    )
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(
@@ -189,6 +257,16 @@ def main() -> None:
                 print_result(result)
         if not args.json:
             print(f"    ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    if args.misses and not args.json:
+        for result in results:
+            for miss in result["misses"]:
+                print(f"  miss {miss['conversation']}: {miss['question']!r} -> {miss['answer']!r}")
+    if args.leave_one_out and len(results) > 1:
+        loo = leave_one_out(results, args.leave_one_out)
+        if args.json:
+            results.append({"leave_one_out": loo})
+        else:
+            print_leave_one_out(loo)
     if args.json:
         print(json.dumps(results, indent=2))
 

@@ -17,10 +17,13 @@ than absolute figures.
     python benchmarks/prepare_speed.py [--sizes 5000 ...] [--turns 15] [--processes 3]
                                        [--recall-tokens 0]
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
+        [--db postgresql+psycopg://USER@HOST/DB]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
-wall and CPU medians, on the same messages; each message also names a rare reference
-(``ref1234``) that later user turns ask about, so the search finds and ranks matches.
+wall and CPU medians, on the same messages, on SQLite or on a PostgreSQL server
+(``--db``: a throwaway database is made there for each run); each message also names
+a rare reference (``ref1234``) that later user turns ask about, so the search finds
+and ranks matches.
 """
 
 from __future__ import annotations
@@ -118,17 +121,98 @@ def time_prepare_cpu(
     return statistics.median(walls), statistics.median(cpus), prepared.prompt_tokens
 
 
-def compare_recall(sizes: list[int], turns: int) -> None:
-    print(f"{'stored':>7} {'text':>12} {'recall':>7} {'wall ms':>8} {'CPU ms':>7} {'prompt':>7}")
+def compare_recall(sizes: list[int], turns: int, db: str | None = None) -> None:
+    """prepare() with recall off and on (the default ``recall_tokens``) on one store, on
+    SQLite (a temporary file) or on ``db`` (a PostgreSQL URL: a throwaway database made
+    there and dropped after). Each turn's new message is stored first (untimed), then
+    the turn is prepared by both, in alternating order, so the added cost is the median
+    of paired differences, robust to a loaded machine."""
+    budget = TrimmerOptions().recall_tokens
+    print(
+        f"{'stored':>7} {'text':>12} {'wall off':>9} {'wall on':>8} {'added':>6} "
+        f"{'CPU off':>8} {'CPU on':>7} {'added':>6}  (ms, medians)"
+    )
     for size in sizes:
         for refs in (False, True):
-            for budget in (0, TrimmerOptions().recall_tokens):
-                wall, cpu, tokens = time_prepare_cpu(size, turns, refs=refs, recall_tokens=budget)
-                kind = "with refs" if refs else "common words"
-                print(
-                    f"{size:>7,} {kind:>12} {budget:>7} {wall * 1000:>8.2f} "
-                    f"{cpu * 1000:>7.2f} {tokens:>7,}"
-                )
+            url, remove = recall_store(db)
+            try:
+                off, on = time_recall(url, size, turns, refs, budget)
+            finally:
+                remove()
+            kind = "with refs" if refs else "common words"
+            print(
+                f"{size:>7,} {kind:>12} {ms(off, 0):>9} {ms(on, 0):>8} {ms(on, 0, off):>6} "
+                f"{ms(off, 1):>8} {ms(on, 1):>7} {ms(on, 1, off):>6}",
+                flush=True,
+            )
+
+
+def ms(times: list[tuple[float, float]], kind: int, base: Any = ()) -> str:
+    """Median of ``times[i][kind]`` (minus ``base[i][kind]``, paired), in milliseconds."""
+    values = [t[kind] - (base[i][kind] if base else 0.0) for i, t in enumerate(times)]
+    return f"{statistics.median(values) * 1000:.2f}"
+
+
+def recall_store(db: str | None) -> tuple[str, Any]:
+    """A fresh, empty store and what removes it: a temporary SQLite file, or a database
+    made on ``db``'s PostgreSQL server."""
+    if db is None:
+        folder = tempfile.TemporaryDirectory()
+        return f"sqlite:///{folder.name}/bench.db", folder.cleanup
+    import os
+
+    import sqlalchemy
+
+    server = sqlalchemy.create_engine(db, isolation_level="AUTOCOMMIT")
+    name = f"ct_recall_bench_{os.getpid()}"
+
+    def run(statement: str) -> None:
+        with server.connect() as connection:
+            connection.exec_driver_sql(statement)
+
+    run(f"DROP DATABASE IF EXISTS {name}")
+    run(f"CREATE DATABASE {name}")
+
+    def remove() -> None:
+        run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.dispose()
+
+    return sqlalchemy.make_url(db).set(database=name).render_as_string(False), remove
+
+
+def time_recall(
+    url: str, size: int, turns: int, refs: bool, budget: int
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(wall, CPU) seconds of each turn's prepare() with recall off, and with
+    ``recall_tokens=budget``, on the same store and messages (CPU: this thread's). With
+    ``refs`` each message also names a rare ``refNNNN`` that later user turns ask about."""
+    rng = random.Random(size)
+    say = (lambda r: f"{text(r)} About ref{r.randint(0, 9999)}.") if refs else text
+    messages = conversation(size, rng)
+    if refs:
+        messages = [messages[0], *({**m, "content": say(rng)} for m in messages[1:])]
+    times: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+    options = {"summarizer": "extractive", "background": False}
+    with (
+        Trimmer(url, recall_tokens=0, **options) as writer,
+        Trimmer(url, recall_tokens=0, **options) as off,
+        Trimmer(url, recall_tokens=budget, **options) as on,
+    ):
+        for trimmer in (writer, off, on):
+            trimmer.prepare(messages)
+        writer.compact(messages, force=True)
+        for turn in range(turns):
+            messages.append({"role": "user", "content": say(rng)})
+            writer.prepare(messages)  # untimed: stores the new message, so off and on
+            # do the same work but recall, in alternating order
+            for which in (0, 1) if turn % 2 else (1, 0):
+                start, start_cpu = time.perf_counter(), time.thread_time()
+                prepared = (off, on)[which].prepare(messages)
+                times[which].append((time.perf_counter() - start, time.thread_time() - start_cpu))
+            messages.append({"role": "assistant", "content": say(rng)})
+            if prepared.fold_pending:
+                writer.compact(messages)
+    return times
 
 
 def time_trim(size: int, turns: int, budget: int) -> tuple[float, float]:
@@ -305,9 +389,10 @@ def main() -> None:
     parser.add_argument("--worker", choices=["warm", "cold", "trim"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
     args = parser.parse_args()
     if args.recall:
-        compare_recall(args.sizes, args.turns)
+        compare_recall(args.sizes, args.turns, args.db)
     elif args.worker:
         run_worker(args)
     else:

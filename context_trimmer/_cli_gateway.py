@@ -149,6 +149,7 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     "(never above --summary-tokens).",
     type=float,
 )
+@_serve_option("recall_tokens", "Budget of the recalled earlier messages (0: no recall).", type=int)
 @_serve_option("max_tokens", "max_tokens set on requests that give none.", type=int)
 @_serve_option(
     "system_prompt",

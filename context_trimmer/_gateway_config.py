@@ -68,6 +68,7 @@ class GatewayConfig:
     fold_every: int = 10
     summary_tokens: int = 1000
     summary_share: float | None = None
+    recall_tokens: int = 2000
     max_tokens: int = 1024
     system_prompt: str = "safe"
     user_tokens_per_minute: int | None = None
@@ -144,6 +145,7 @@ _COUNTS = {
     "keep_last": 0,
     "fold_every": 0,
     "summary_tokens": 1,
+    "recall_tokens": 0,
     "max_tokens": 1,
     "workers": 1,
 }
@@ -292,6 +294,7 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         ("summarizer", summarizer),
         ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
         ("summary tokens / share", f"{config.summary_tokens} / {share}"),
+        ("recall tokens", str(config.recall_tokens or "off")),
         ("max tokens", str(config.max_tokens)),
         ("system prompt", prompt),
         ("fallback model", config.fallback_model or "none"),

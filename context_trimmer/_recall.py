@@ -4,7 +4,7 @@ The summary keeps what is generally important; a question is specific. On every
 prepare() with a summary, the newest user message's words search the folded part of
 this path (messages before the summary's start) in the database's own full-text index
 (``_recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL, each
-word also as a prefix once a common inflection is cut ("painted" finds "painting").
+word as its stem, as the index holds it ("painted" finds "painting").
 Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]``
 match), so another branch, user or tenant never leaks in, and only when they score
 at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
@@ -33,22 +33,27 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from ._path import StoredPath
-from ._recall_index import CONTROL_ROLES, fold, message_text
+from ._recall_index import (
+    CONTROL_ROLES,
+    PREFIX,
+    TERMS_TABLE,
+    message_text,
+    scoped,
+    stem,
+    words_of,
+)
 from ._schema import SEARCH_TABLE
 from ._summary_store import StoredSummary
 
 Message = Mapping[str, Any]
 RECALL_HEADER = "Earlier messages that may be relevant:"
-MAX_TERMS = 16
-SUFFIXES = ("ing", "ed", "es", "s")
-MIN_STEM = 4
+MAX_TERMS = 8  # 97.8% of LoCoMo's questions have at most 8 terms
 MAX_HITS = 40
 PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
 DOC_BUDGET = 200  # the ranking scores at most this many messages
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
-_WORD = re.compile(r"\w+")
 # Words too common to find anything (English, German, Spanish, French): dropped from
 # the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
 STOPWORDS = frozenset(
@@ -80,22 +85,16 @@ NOTHING = Recalled()
 
 def query_terms(question: str) -> list[str]:
     """The question's search terms: folded words, stop words and one-letter words out,
-    each cut to its stem (a prefix: see :func:`stem`)."""
-    words = _WORD.findall(fold(question).replace("_", " "))
+    each cut to its stem as the index holds it (see ``_recall_index.stem``); at most
+    ``MAX_TERMS``, the longest (the most specific, as a rule), so a long message costs
+    a bounded number of lookups."""
+    words = words_of(question)
     wanted = (stem(w) for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
-    return list(dict.fromkeys(wanted))[:MAX_TERMS]
-
-
-def stem(word: str) -> str:
-    """``word`` without a common inflection (-ing, -ed, -es, -s) when at least four
-    letters stay; searched as a prefix, so "painted" finds "painting" and
-    "casas" finds "casa", in any language, with no stemmer to choose."""
-    if word.isdigit():
-        return word
-    for suffix in SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
-            return word[: -len(suffix)]
-    return word
+    terms = list(dict.fromkeys(wanted))
+    if len(terms) <= MAX_TERMS:
+        return terms
+    longest = set(sorted(terms, key=len, reverse=True)[:MAX_TERMS])  # stable: earlier first
+    return [term for term in terms if term in longest]
 
 
 def newest_user(messages: Sequence[Message]) -> int | None:
@@ -134,34 +133,43 @@ def on(path: StoredPath, hit: Any) -> bool:
     return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
 
 
+def lookup(dialect: str, anchor: str, term: str) -> str:
+    """How ``term`` is looked up in the conversation of ``anchor`` (terms are indexed
+    scoped to it). On SQLite a stem of ``PREFIX`` letters or more by its first
+    ``PREFIX`` letters as a prefix ("promoted" finds "promotion"; FTS5 answers it from
+    its prefix index of that length), a shorter one, a number or a code ("ref1234")
+    exactly. On PostgreSQL
+    exactly: a GIN prefix match builds the bitmap of every word it starts, which costs
+    milliseconds for a common one."""
+    if dialect != "sqlite":
+        return scoped(anchor, term)
+    prefix = len(term) >= PREFIX and term.isalpha()  # codes and numbers are exact
+    return f'"{scoped(anchor, term[:PREFIX] if prefix else term)}"' + ("*" if prefix else "")
+
+
 def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
-    """The full-text condition for ``terms`` (any of them) under ``anchor``, and its
-    query parameter."""
+    """The full-text condition for ``terms`` (any of them) in the conversation of
+    ``anchor``, and its query parameter."""
     if dialect == "sqlite":
-        phrases = " OR ".join(f'"{term}"{"" if term.isdigit() else "*"}' for term in terms)
-        # No column filters (they make FTS5 read positions): the anchor, a 64-digit hex
-        # token, is never a word, and words are never an anchor.
-        return f"{SEARCH_TABLE} MATCH :query", f'"{anchor}" AND ({phrases})'
-    query = " | ".join(term if term.isdigit() else f"{term}:*" for term in terms)
-    return "anchor_hash = :anchor AND document @@ to_tsquery('simple', :query)", query
+        phrases = " OR ".join(lookup(dialect, anchor, term) for term in terms)
+        return f"{SEARCH_TABLE} MATCH :query", phrases
+    query = " | ".join(lookup(dialect, anchor, term) for term in terms)
+    # No anchor_hash condition: scoped terms select the conversation already (hits are
+    # checked against the path), and without it the planner has only the GIN index to use.
+    return "document @@ to_tsquery('simple', :query)", query
 
 
 def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
     """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
     messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
-    much to rank). One statement counts each term's messages, up to the cap."""
-    dialect = connection.dialect.name
-    parts, parameters = [], {"anchor": anchor, "cap": PROBE_CAP}
-    for i, term in enumerate(terms):
-        condition, parameters[f"q{i}"] = _match(dialect, anchor, [term])
-        condition = condition.replace(":query", f":q{i}")
-        parts.append(
-            f"SELECT {i} AS term, (SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
-            f"WHERE {condition} LIMIT :cap) AS found) AS messages"
-        )
-    counts = connection.execute(text(" UNION ALL ".join(parts)), parameters).all()
+    much to rank). One statement counts each term's messages, up to the cap (each a
+    lookup of this conversation's postings of that term, stopped at the cap)."""
+    if connection.dialect.name == "sqlite":
+        counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
+    else:
+        counts = _counted(connection, [scoped(anchor, term) for term in terms])
     kept, total = [], 0
-    for i, found in sorted(counts, key=lambda row: (row.messages, row.term)):
+    for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
         if found == 0:
             continue
         if found >= PROBE_CAP or total + found > DOC_BUDGET:
@@ -169,6 +177,30 @@ def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> li
         kept.append(terms[i])
         total += found
     return kept
+
+
+def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
+    """Each FTS5 lookup's messages, counted up to ``PROBE_CAP``, in one statement."""
+    probe = (
+        f"(SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? "
+        "LIMIT ?))"
+    )
+    statement = " UNION ALL ".join(f"SELECT {i}, {probe}" for i in range(len(lookups)))
+    parameters = tuple(value for lookup in lookups for value in (lookup, PROBE_CAP))
+    # The driver's own statement: this runs on every prepare(), and SQLAlchemy's
+    # compilation of a text() with a bind per term costs as much as the lookups.
+    found: dict[int, int] = {
+        row[0]: row[1] for row in connection.exec_driver_sql(statement, parameters)
+    }
+    return [found[i] for i in range(len(lookups))]
+
+
+def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
+    """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
+    statement = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
+    rows = connection.exec_driver_sql(statement, (list(keys),))
+    found: dict[str, int] = {row[0]: row[1] for row in rows}
+    return [found.get(key, 0) for key in keys]
 
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:

@@ -159,6 +159,7 @@ def _trimmer(config: GatewayConfig, ends: Endpoints) -> Trimmer:
         summarizer=summarizer,
         summary_tokens=config.summary_tokens,
         summary_share=config.summary_share,
+        recall_tokens=config.recall_tokens,
         max_tokens=config.max_tokens,
         system_prompt=cast(Mode, config.system_prompt),
         prompt_rewriter=rewriter,

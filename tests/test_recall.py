@@ -6,7 +6,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import click
+import openai
 import pytest
+from gateway_server import ServerThread
+from openai_server import FakeOpenAI, Reply
 from sqlalchemy import text
 
 from context_trimmer import (
@@ -16,10 +20,15 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
+from context_trimmer._cli_gateway import serve
+from context_trimmer._db import Database
+from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
 from context_trimmer._recall import RECALL_HEADER, query_terms
+from context_trimmer._recall_index import TERMS_TABLE
 from context_trimmer._schema import SEARCH_TABLE
+from context_trimmer.gateway import GatewayConfig, create_app
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 FILLER = [
@@ -167,7 +176,7 @@ def test_accents_and_other_languages_match_either_way(
     german = recall_message(trimmer.prepare(ask(history, "Wo ist der Schlussel?")))
     assert spanish is not None and "trabaja en una panadería" in spanish["content"]
     assert german is not None and "Der Schlüssel liegt unter dem Blumentopf." in german["content"]
-    assert query_terms("¿Qué compraste en Málaga?") == ["compraste", "malaga"]
+    assert query_terms("¿Qué compraste en Málaga?") == ["comprast", "malaga"]
 
 
 def test_tool_calls_come_back_as_text_never_as_tool_messages(
@@ -236,3 +245,101 @@ def test_migration_indexes_histories_stored_before_it(db_url: str, options: dict
         assert indexed == len(history) - 1  # every conversational message, once
         recalled = recall_message(trimmer.prepare(ask(history, "What is my sister's dog called?")))
     assert recalled is not None and "Biscuit" in recalled["content"]
+
+
+@pytest.mark.parametrize("budget", [0, 200])
+def test_serve_recall_tokens_reaches_the_gateway(
+    db_url: str, options: dict[str, Any], budget: int
+) -> None:
+    """``--recall-tokens`` (GatewayConfig.recall_tokens) is the gateway Trimmer's budget:
+    a question about a folded turn, asked through the gateway over HTTP, reaches the
+    upstream with that turn recalled (and without it at 0)."""
+    with pytest.raises(ConfigurationError, match="--recall-tokens must be an integer >= 0"):
+        GatewayConfig(recall_tokens=-1)
+    assert "--recall-tokens" in [p.opts[0] for p in serve.params if isinstance(p, click.Option)]
+    history = conversation("My sister's dog is called Biscuit and loves the beach.")
+    settings = {**options, "recall_tokens": budget}
+    with FakeOpenAI(
+        default=lambda _: Reply("ok", prompt_tokens=30, completion_tokens=2)
+    ) as upstream:
+        store = Database(db_url)
+        key, _ = create_key(store, "acme")
+        config = GatewayConfig(
+            db_url=db_url,
+            upstream=upstream.base_url,
+            upstream_key_env="UP_KEY",
+            summarizer="extractive",
+            **settings,
+        )
+        with ServerThread(create_app(config, environ={"UP_KEY": "sk-up"})) as server:
+            trimmer = server.server.config.app.state.trimmer
+            assert trimmer.options.recall_tokens == budget
+            client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+            client.chat.completions.create(model="gpt-4o", messages=history)  # type: ignore[arg-type]
+            trimmer.wait_for_background()
+            question = ask(history, "What is the name of my sister's dog?")
+            client.chat.completions.create(model="gpt-4o", messages=question)  # type: ignore[arg-type]
+            client.close()
+        store.close()
+    sent = [r for r in upstream.requests if r.get("model") == "gpt-4o"][-1]["messages"]
+    recalled = [m for m in sent if str(m.get("content")).startswith(RECALL_HEADER)]
+    assert len(sent) < len(question)  # folded
+    if budget:
+        assert len(recalled) == 1 and "called Biscuit" in recalled[0]["content"]
+    else:
+        assert recalled == []
+
+
+def test_postgresql_term_counts_follow_appends_and_erasure(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """On PostgreSQL the index keeps each term's number of messages (what recall asks
+    to pick the rarer words): equal to a recount after the migration's fill, after an
+    append and a resend, and gone with the conversation's erasure."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("term counts are kept on PostgreSQL only (FTS5 counts a term itself)")
+    recount = (
+        f"SELECT term, count(*) FROM {SEARCH_TABLE}, unnest(tsvector_to_array(document)) "
+        "AS term GROUP BY term"
+    )
+
+    def counts(trimmer: Trimmer) -> tuple[dict[str, int], dict[str, int]]:
+        with trimmer._db.reading() as connection:
+            kept = connection.execute(text(f"SELECT term, docs FROM {TERMS_TABLE}")).all()
+            actual = connection.execute(text(recount)).all()
+        return {t: d for t, d in kept}, {t: d for t, d in actual}
+
+    history = conversation("My sister's dog is called Biscuit.")
+    folded(db_url, history, user="ann", **options)
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        downgrade(trimmer._db.engine, "0006")
+        assert trimmer._db.upgrade() is True  # 0009 rebuilds the index and its counts
+        kept, actual = counts(trimmer)
+        assert kept == actual and max(kept.values()) > 1
+        question = ask(history, "What is my sister's dog called?")
+        for _ in range(2):  # the second send stores nothing new, so counts nothing
+            trimmer.prepare(question, user="ann")
+        kept, actual = counts(trimmer)
+        assert kept == actual
+        trimmer.forget("ann")
+        assert counts(trimmer) == ({}, {})
+
+
+def test_word_forms_meet_and_codes_stay_exact(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """The index and the question cut the same endings ("dogs"/"dog", "dancing"/"dance",
+    in any language), while a code is looked up exactly ("ref1234" never finds
+    "ref1239")."""
+    history = conversation(
+        "We keep three dogs at home.",
+        "Salsa dancing on Fridays keeps me fit.",
+        "The locker code is ref1239.",
+    )
+    folded(db_url, history, **options)
+    dog = recall_message(trimmer.prepare(ask(history, "Which dog is the oldest?")))
+    dance = recall_message(trimmer.prepare(ask(history, "What dance do I do?")))
+    code = recall_message(trimmer.prepare(ask(history, "What is ref1234?")))
+    assert dog is not None and "three dogs at home" in dog["content"]
+    assert dance is not None and "Salsa dancing" in dance["content"]
+    assert code is None

@@ -20,7 +20,9 @@ Revises: 0007
 Create Date: 2026-11-29
 """
 
+import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -71,9 +73,7 @@ def _postgresql(using: str, type_: sa.types.TypeEngine[object]) -> None:
 def _sqlite_binary(binary: bool) -> None:
     """Rebuild the tables with hash columns as BLOB (``binary``) or VARCHAR(64) again."""
     connection = op.get_bind()
-    connection.connection.driver_connection.create_function(  # type: ignore[union-attr]
-        "ct_unhex", 1, bytes.fromhex, deterministic=True
-    )
+    _register_unhex(connection.connection.driver_connection)
     convert = "ct_unhex({0})" if binary else "lower(hex({0}))"
     metadata = sa.MetaData()
     metadata.reflect(connection, only=lambda name, _m: name.startswith("ct_"))
@@ -110,3 +110,13 @@ def _sqlite_binary(binary: bool) -> None:
             f"SELECT {', '.join(values)} FROM ct_hold_{table.name}"
         )
         op.execute(f"DROP TABLE ct_hold_{table.name}")
+
+
+def _register_unhex(driver: Any) -> None:
+    """``ct_unhex(text)`` on this SQLite connection (SQLite 3.41's ``unhex`` is not
+    everywhere). Registered once: SQLite refuses to replace a function while a
+    statement is still open on the connection (a downgrade then upgrade in one run)."""
+    try:
+        driver.execute("SELECT ct_unhex('00')").fetchall()
+    except sqlite3.OperationalError:
+        driver.create_function("ct_unhex", 1, bytes.fromhex, deterministic=True)
