@@ -130,12 +130,20 @@ SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS t
 GROUP BY term ORDER BY term
 ON CONFLICT (term) DO UPDATE SET docs = {TERMS_TABLE}.docs + EXCLUDED.docs
 """
+# The count rows are locked in term order, as appends lock them (their INSERT ... ORDER
+# BY term), so an erasure and an append on one conversation never deadlock.
 _UNCOUNT = f"""
-UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - gone.docs
-FROM (SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
-      unnest(tsvector_to_array(document)) AS term
-      WHERE hash = ANY(CAST(:hashes AS TEXT[])) GROUP BY term) AS gone
-WHERE counted.term = gone.term
+WITH gone AS (
+    SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
+    unnest(tsvector_to_array(document)) AS term
+    WHERE hash = ANY(CAST(:hashes AS TEXT[])) GROUP BY term
+), locked AS (
+    SELECT counted.term, gone.docs FROM {TERMS_TABLE} AS counted
+    JOIN gone ON gone.term = counted.term
+    ORDER BY counted.term FOR UPDATE OF counted
+)
+UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - locked.docs
+FROM locked WHERE counted.term = locked.term
 """
 
 
