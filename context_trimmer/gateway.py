@@ -195,7 +195,8 @@ async def _check_summary_endpoint(ends: Endpoints) -> None:
 
 
 async def healthz(request: Request) -> Response:
-    """200 when the store answers, else 503 naming it; the summarizer's breaker either way."""
+    """200 when the store answers, else 503 naming it; the summarizer's breaker and the
+    upstreams cooling down either way."""
     trimmer: Trimmer = request.app.state.trimmer
     store = await request.app.state.health.check()
     body: dict[str, Any] = {
@@ -206,6 +207,11 @@ async def healthz(request: Request) -> Response:
         "summarizer": trimmer.summarizer_status(),
         "passthrough_requests": trimmer.passthrough_requests,
     }
+    sender = getattr(request.app.state.client, "_context_trimmer", None)
+    if sender is not None:  # the upstreams, and those skipped for a cool-down now
+        pool = sender.pool
+        body["upstreams"] = [member.label for member in pool.members]
+        body["upstreams_cooling"] = pool.cooling()
     return JSONResponse(body, status_code=200 if store.ok else 503)
 
 

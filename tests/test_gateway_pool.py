@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -268,3 +269,38 @@ def test_the_readme_configuration_file_loads_as_documented(tmp_path: Path) -> No
     environ = {"OPENAI_KEY_A": "a", "OPENAI_KEY_B": "b", "AZURE_EAST_KEY": "c"}
     ends = endpoints(GatewayConfig(config=str(path)), environ)
     assert len(ends.upstreams) == 3 and ends.summary_url == "https://api.openai.com/v1"
+
+
+def test_healthz_names_an_upstream_cooling_down_after_refused_connections(
+    tmp_path: Path, sqlite_url: str, admin_and_key: tuple[str, str]
+) -> None:
+    key, _admin = admin_and_key
+    with socket.socket() as probe:  # a port nothing listens on: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    with FakeOpenAI(lambda _b: Reply("A")) as a:
+        config = GatewayConfig(
+            db_url=sqlite_url,
+            config=str(two(tmp_path, a.base_url, dead)),
+            summarizer="extractive",
+            key_cache_seconds=0,
+        )
+        with ServerThread(create_app(config, environ=KEYS)) as server:
+            health = f"{server.base_url.removesuffix('/v1')}/healthz"
+            before = httpx.get(health).json()
+            client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+            answers = [
+                client.chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": f"hi {n}"}]
+                )
+                .choices[0]
+                .message.content
+                for n in range(8)
+            ]
+            client.close()
+            after = httpx.get(health).json()
+    assert answers == ["A"] * 8  # every request answered by the live upstream
+    dead_label = f"b@{dead.split('//')[1].split('/')[0]}"
+    assert before["upstreams"] == [f"a@{a.base_url.split('//')[1].split('/')[0]}", dead_label]
+    assert before["upstreams_cooling"] == []
+    assert after["upstreams_cooling"] == [dead_label]
