@@ -295,6 +295,7 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
         ("summary tokens / share", f"{config.summary_tokens} / {share}"),
         ("recall tokens", str(config.recall_tokens or "off")),
+        ("folds", "jobs for context-trimmer worker" if config.folds == "queue" else "thread"),
         ("max tokens", str(config.max_tokens)),
         ("system prompt", prompt),
         ("fallback model", config.fallback_model or "none"),

@@ -22,7 +22,7 @@ from openai_server import FakeOpenAI, Reply, RequestLimiter
 
 from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
-from context_trimmer._gateway_config import endpoints
+from context_trimmer._gateway_config import describe, endpoints
 from context_trimmer._gateway_upstreams import load_upstreams
 from context_trimmer._keys import create_key
 from context_trimmer.cli import main
@@ -304,3 +304,20 @@ def test_healthz_names_an_upstream_cooling_down_after_refused_connections(
     assert before["upstreams"] == [f"a@{a.base_url.split('//')[1].split('/')[0]}", dead_label]
     assert before["upstreams_cooling"] == []
     assert after["upstreams_cooling"] == [dead_label]
+
+
+def test_the_start_up_lines_name_each_upstream_and_where_folds_run(tmp_path: Path) -> None:
+    path = two(tmp_path, extra='models = { "gpt-4o" = "dep-4o" }')
+    queued = GatewayConfig(
+        config=str(path),
+        summarizer="extractive",
+        db_url="postgresql+psycopg://u@db/app",
+        folds="queue",
+    )
+    lines = describe(queued, endpoints(queued, KEYS))
+    assert re.search(r"upstream 1 +a: http://127\.0\.0\.1:1/v1 with \$KEY_A", lines)
+    assert re.search(r"upstream 2 +b: .* for gpt-4o as dep-4o", lines)
+    assert re.search(r"folds +jobs for context-trimmer worker", lines)
+    assert "secret-key" not in lines
+    plain = GatewayConfig(config=str(path), summarizer="extractive")
+    assert re.search(r"folds +thread", describe(plain, endpoints(plain, KEYS)))
