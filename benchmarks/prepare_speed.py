@@ -86,41 +86,6 @@ def exact_counter(counter: TokenCounter) -> Any:
     return count
 
 
-def time_prepare(size: int, turns: int, **options: Any) -> tuple[float, int]:
-    wall, _cpu, tokens = time_prepare_cpu(size, turns, **options)
-    return wall, tokens
-
-
-def time_prepare_cpu(
-    size: int, turns: int, *, refs: bool = False, **options: Any
-) -> tuple[float, float, int]:
-    """Median wall and CPU seconds of prepare() per turn, and the last prompt's tokens."""
-    rng = random.Random(size)
-    say = (lambda r: f"{text(r)} About ref{r.randint(0, 9999)}.") if refs else text
-    messages = conversation(size, rng)
-    if refs:
-        messages = [messages[0], *({**m, "content": say(rng)} for m in messages[1:])]
-    walls, cpus = [], []
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        Trimmer(
-            f"sqlite:///{folder}/bench.db", summarizer="extractive", background=False, **options
-        ) as trimmer,
-    ):
-        trimmer.prepare(messages)
-        trimmer.compact(messages, force=True)
-        for _ in range(turns):
-            messages.append({"role": "user", "content": say(rng)})
-            start, start_cpu = time.perf_counter(), time.process_time()
-            prepared = trimmer.prepare(messages)
-            walls.append(time.perf_counter() - start)
-            cpus.append(time.process_time() - start_cpu)
-            messages.append({"role": "assistant", "content": say(rng)})
-            if prepared.fold_pending:
-                trimmer.compact(messages)
-    return statistics.median(walls), statistics.median(cpus), prepared.prompt_tokens
-
-
 def compare_recall(sizes: list[int], turns: int, db: str | None = None) -> None:
     """prepare() with recall off and on (the default ``recall_tokens``) on one store, on
     SQLite (a temporary file) or on ``db`` (a PostgreSQL URL: a throwaway database made
