@@ -164,17 +164,43 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
     note(request, model=body["model"], user=key.user)
     if untrimmable(body) is not None:  # the wrapped client passes it through untouched
         request.app.state.metrics.passthrough("responses")
+    return await relay_to_upstream(
+        request,
+        "/responses",
+        body,
+        (request.headers.get("x-conversation-id"), user),
+        (ResponsesAnswer, openai.AsyncStream[ResponseStreamEvent]),
+        "input",
+        _responses_failure,
+    )
+
+
+async def relay_to_upstream(
+    request: Request,
+    path: str,
+    body: dict[str, Any],
+    who: tuple[str | None, str],
+    types: tuple[Any, Any],
+    field: str,
+    failure: Callable[[Exception], bytes] | None = None,
+) -> Response:
+    """POST ``body`` (the JSON as it came: no SDK transform) to ``path`` through the
+    wrapped client, for conversation and user ``who``, and answer with the upstream's
+    bytes: JSON, or SSE relayed as it comes (``failure`` writes a broken stream's last
+    event). ``types``: the SDK's answer and stream types; ``field``: the body's
+    field a model-call error names."""
     trimmer = request.app.state.trimmer
-    client: openai.AsyncOpenAI = request.app.state.client
     stream = bool(body.get("stream"))
+    answer_type, stream_type = types
+    conversation, user = who
     try:
-        with trimmer.conversation(request.headers.get("x-conversation-id"), user=user):
-            result: Any = await client.post(
-                "/responses",
+        with trimmer.conversation(conversation, user=user):
+            result: Any = await request.app.state.client.post(
+                path,
                 body=body,
-                cast_to=ResponsesAnswer,
+                cast_to=answer_type,
                 stream=stream,
-                stream_cls=openai.AsyncStream[ResponseStreamEvent],
+                stream_cls=stream_type,
                 options={"headers": {RAW_HEADER: RELAY}},  # the answer as bytes
             )
             answer = await as_relayed(result, stream)
@@ -183,9 +209,9 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
     except UpstreamAnswerError:
         raise  # nothing the gateway expects: the catch-all answers
     except (openai.APIError, TrimmerError) as error:
-        return model_call_error(error, "input")
+        return model_call_error(error, field)
     if isinstance(answer, RelayedStream):
-        return SSERelay(answer, failure=_responses_failure)
+        return SSERelay(answer, failure=failure)
     return Response(answer.content, answer.status_code, media_type="application/json")
 
 

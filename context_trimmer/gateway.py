@@ -40,11 +40,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ._calls import RAW_HEADER
-from ._exceptions import (
-    StoreError,
-    TrimmerError,
-)
 from ._gateway_config import (
     CONFIG_ENV,
     Endpoints,
@@ -59,22 +54,19 @@ from ._gateway_guard import (
     check_chat_body,
     error_response,
     identity,
-    on_store_error,
     read_json_body,
 )
-from ._gateway_relay import SSERelay
 from ._gateway_routes import (
     api_routes,
-    as_relayed,
     model_call_error,
     passthrough_client,
+    relay_to_upstream,
     unauthorized,
 )
 from ._gateway_upstreams import pool_clients
 from ._keys import KeyInfo
 from ._metrics import Metrics, Observe, note
 from ._ratelimit import UserQuota
-from ._relayed import RELAY, RelayedStream, UpstreamAnswerError
 from ._report import GROUPS
 from ._summarizers import OpenAISummarizer
 from ._system_prompt import Mode, PromptRewriter
@@ -267,25 +259,11 @@ async def chat_completions(request: Request) -> Response:
         return who
     conversation, user = who
     note(request, model=body.get("model"), user=key.user)
-    trimmer: Trimmer = request.app.state.trimmer
-    stream = bool(body.get("stream"))
-    try:
-        with trimmer.conversation(conversation, user=user):
-            result = await request.app.state.client.post(
-                "/chat/completions",  # the JSON as it came: no SDK transform, bytes back
-                body=body,
-                cast_to=ChatCompletion,
-                stream=stream,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
-                options={"headers": {RAW_HEADER: RELAY}},
-            )
-            answer = await as_relayed(result, stream)
-    except StoreError as error:
-        return await on_store_error(request, error)
-    except UpstreamAnswerError:
-        raise  # nothing the gateway expects: the catch-all answers
-    except (openai.APIError, TrimmerError) as error:
-        return model_call_error(error, "messages")
-    if isinstance(answer, RelayedStream):
-        return SSERelay(answer)
-    return Response(answer.content, answer.status_code, media_type="application/json")
+    return await relay_to_upstream(
+        request,
+        "/chat/completions",
+        body,
+        (conversation, user),
+        (ChatCompletion, openai.AsyncStream[ChatCompletionChunk]),
+        "messages",
+    )

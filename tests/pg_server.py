@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,15 @@ def own_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.close()
+
+
+def fresh_schema_url(server: PgServer) -> str:
+    """A URL on ``server`` whose connections use a new, empty schema of their own."""
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server.url)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    admin.dispose()
+    return f"{server.url}?options=-csearch_path%3D{schema}"

@@ -13,7 +13,6 @@ import gc
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,8 +20,8 @@ from typing import Any, TypeVar
 import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
-from pg_server import PgServer, free_port, own_server
-from sqlalchemy import create_engine, text
+from pg_server import PgServer, free_port, fresh_schema_url, own_server
+from sqlalchemy import text
 
 from context_trimmer import StoreError, Trimmer, UserQuota
 
@@ -147,12 +146,7 @@ def pg(own_postgres: PgServer) -> Iterator[PgServer]:
 @pytest.fixture
 def pg_url(pg: PgServer) -> str:
     """A URL on the test's own server whose connections use a fresh, empty schema."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg.url)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    admin.dispose()
-    return f"{pg.url}?options=-csearch_path%3D{schema}"
+    return fresh_schema_url(pg)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import asyncio
 import json
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,8 +17,8 @@ import openai
 import pytest
 from gateway_server import ServerThread
 from openai_server import FakeOpenAI, Reply
-from pg_server import PgServer, own_server
-from sqlalchemy import create_engine, func, select, text
+from pg_server import PgServer, fresh_schema_url, own_server
+from sqlalchemy import func, select
 from test_gateway import ENVIRON, KEY_ENV, SUMMARY_MODEL, chat_requests, conversation, talk
 
 from context_trimmer._db import Database
@@ -146,12 +145,8 @@ def pg(own_postgres: PgServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[PgSe
 
 @pytest.fixture
 def pg_url(pg: PgServer) -> str:
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(pg.url)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    admin.dispose()
-    return f"{pg.url}?options=-csearch_path%3D{schema}"
+    """A URL on the test's own server whose connections use a fresh, empty schema."""
+    return fresh_schema_url(pg)
 
 
 def until(check: Callable[[], bool], seconds: float = 30) -> None:
