@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _recall_index
 from ._db import insert_ignoring_conflicts
+from ._fastsql import Fast
 from ._schema import Message, TokenCount, utcnow
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
@@ -65,10 +66,12 @@ _TOKEN_ROWS = select(COUNTS.c.message_hash, COUNTS.c.tokens, COUNTS.c.path_token
     COUNTS.c.counting_key == bindparam("key"),
     COUNTS.c.message_hash.in_(bindparam("hashes", expanding=True)),
 )
+_TOKEN_ROWS_FAST = Fast(_TOKEN_ROWS)
 _INSERT_MESSAGES = {
     name: dialect.insert(MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.hash)
     for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
 }
+_INSERT_MESSAGE_FAST = {name: Fast(statement) for name, statement in _INSERT_MESSAGES.items()}
 
 
 def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[str, TokenRow]:
@@ -76,7 +79,7 @@ def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[
     wanted = list(dict.fromkeys(hashes))
     if not wanted:
         return {}
-    rows = connection.execute(_TOKEN_ROWS, {"key": key, "hashes": wanted})
+    rows = _TOKEN_ROWS_FAST.rows(connection, {"key": key, "hashes": wanted})
     return {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in rows}
 
 
@@ -123,8 +126,11 @@ def _insert_new(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> se
     """Insert message rows not stored yet; the hashes of those inserted."""
     if not rows:
         return set()
-    statement = _INSERT_MESSAGES["sqlite" if connection.dialect.name == "sqlite" else "postgresql"]
-    return set(connection.execute(statement, list(rows)).scalars())
+    dialect = "sqlite" if connection.dialect.name == "sqlite" else "postgresql"
+    if len(rows) == 1:  # a turn's new message: on the driver's cursor
+        row = _INSERT_MESSAGE_FAST[dialect].first(connection, rows[0])
+        return set() if row is None else {row.hash}
+    return set(connection.execute(_INSERT_MESSAGES[dialect], list(rows)).scalars())
 
 
 def _index_new(

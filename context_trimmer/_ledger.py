@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, insert, select
 
 from ._db import Database, as_utc, insert_if_absent, period
+from ._fastsql import Fast
 from ._prompt_cache import PathTree, load_tree
 from ._schema import Attempt, PromptCompression, Request, Usage, utcnow
 from ._summary_store import FAILURES, SUMMARIES
@@ -23,7 +24,7 @@ REQUESTS: Table = Request.__table__  # type: ignore[assignment]
 USAGE: Table = Usage.__table__  # type: ignore[assignment]
 ATTEMPTS: Table = Attempt.__table__  # type: ignore[assignment]
 COMPRESSIONS: Table = PromptCompression.__table__  # type: ignore[assignment]
-_ADD_REQUEST = insert(REQUESTS).returning(REQUESTS.c.id)  # built once: prepare() runs it
+_ADD_REQUEST = Fast(insert(REQUESTS).returning(REQUESTS.c.id))  # prepare() runs it
 
 
 @dataclass(frozen=True)
@@ -130,8 +131,7 @@ class Ledger:
 
     def add_request(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """A prepared request, inside the caller's transaction; returns its id."""
-        result = connection.execute(_ADD_REQUEST, {**values, "created_at": utcnow()})
-        return int(result.scalar_one())
+        return int(_ADD_REQUEST.first(connection, {**values, "created_at": utcnow()}).id)
 
     def writing(self) -> AbstractContextManager[Connection]:
         """One write transaction, for recording a request's outcome in one commit."""

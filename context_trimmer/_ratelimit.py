@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, select, update
 
 from ._db import Database, as_utc, insert_if_absent
 from ._exceptions import QuotaExceeded, RateLimitBudgetExceeded
+from ._fastsql import Fast
 from ._schema import RateLimitState, UserWindow, utcnow
 
 LIMITS: Table = RateLimitState.__table__  # type: ignore[assignment]
@@ -121,6 +122,9 @@ def budget_key(base_url: str, api_key: str, model: str) -> str:
     return f"{account}:{model}"
 
 
+_KNOWN = Fast(select(LIMITS.c.key).where(LIMITS.c.key == bindparam("key")))
+
+
 class Governor:
     """Reserves each request's ``prompt + max_tokens`` in the shared budget."""
 
@@ -169,10 +173,7 @@ class Governor:
     def _known(self, key: str) -> bool:
         """Whether a budget row exists (read without taking the write lock)."""
         with self._db.reading() as connection:
-            return (
-                connection.execute(select(LIMITS.c.key).where(LIMITS.c.key == key)).first()
-                is not None
-            )
+            return _KNOWN.first(connection, {"key": key}) is not None
 
     def headroom(
         self, budgets: Sequence[tuple[str, str, RateLimits | None]]

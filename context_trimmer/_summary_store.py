@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, insert, select
 
 from ._db import Database, insert_if_absent
+from ._fastsql import Fast
 from ._schema import Summary, SummaryFailure, utcnow
 
 SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]
@@ -37,6 +38,7 @@ _DEEPEST = (  # built once: prepare() runs it
     .order_by(_c.covers_depth.desc())
     .limit(64)
 )
+_DEEPEST_FAST = Fast(_DEEPEST)
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,10 @@ class Summaries:
         self, connection: Connection, anchor: str, hashes: Sequence[str]
     ) -> StoredSummary | None:
         """The summary covering the most of this path, or None."""
-        rows = connection.execute(_DEEPEST, {"anchor": anchor, "depth": len(hashes)})
+        rows = _DEEPEST_FAST.rows(connection, {"anchor": anchor, "depth": len(hashes)})
         for row in rows:
             if hashes[row.covers_depth] == row.covers_hash:
-                return StoredSummary(**row._mapping)
+                return StoredSummary(**row._asdict())
         return None
 
     def add(self, values: Mapping[str, Any]) -> int | None:
