@@ -23,7 +23,7 @@ from typing import Any
 
 from ._calls import RELAY, Call
 from ._exceptions import TrimmerError
-from ._streams import StreamSummary, _abandoned
+from ._streams import Offload, StreamSummary, _abandoned
 
 __all__ = [
     "RELAY",
@@ -56,9 +56,14 @@ class RelayedStream:
     recorded once, however it ends. ``finish`` None: relayed without recording."""
 
     def __init__(
-        self, response: Any, finish: Finish | None, summary: StreamSummary | None = None
+        self,
+        response: Any,
+        finish: Finish | None,
+        summary: StreamSummary | None = None,
+        offload: Offload = asyncio.to_thread,
     ) -> None:
         self.response = response  # the upstream's HTTP response (status, headers)
+        self._offload = offload
         self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
         self._finish = finish
         self._summary = summary or StreamSummary()
@@ -96,7 +101,7 @@ class RelayedStream:
 
     async def _end(self, outcome: str) -> None:
         if self._summary.end() and self._finish is not None:
-            await asyncio.to_thread(self._finish, self._summary.response(), outcome)
+            await self._offload(self._finish, self._summary.response(), outcome)
 
     def _scan(self, data: bytes) -> None:
         """Read the events ``data`` completes (the bytes themselves are not changed)."""
@@ -121,12 +126,14 @@ class RelayedStream:
         self._summary.take(chunk)
 
 
-async def relayed(raw: Any, call: Call, finish: Finish) -> RelayedStream | RelayedAnswer:
+async def relayed(
+    raw: Any, call: Call, finish: Finish, offload: Offload = asyncio.to_thread
+) -> RelayedStream | RelayedAnswer:
     """The answer of ``raw`` (the SDK's raw response to ``call``, its body not read
     yet) as bytes: a :class:`RelayedStream`, or a :class:`RelayedAnswer` read, parsed
-    once and recorded by ``finish``."""
+    once and recorded by ``finish`` (run by ``offload``)."""
     if call.stream:
-        return RelayedStream(raw.http_response, finish, call.stream_summary())
+        return RelayedStream(raw.http_response, finish, call.stream_summary(), offload)
     answer = await unrecorded(raw, stream=False)
     assert isinstance(answer, RelayedAnswer)
     try:
@@ -134,12 +141,12 @@ async def relayed(raw: Any, call: Call, finish: Finish) -> RelayedStream | Relay
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        await asyncio.to_thread(finish, {}, "error")
+        await offload(finish, {}, "error")
         raise UpstreamAnswerError(
             f"the upstream answered {answer.status_code} with a body that is not a JSON "
             f"object ({answer.headers.get('content-type', 'no content type')})"
         )
-    await asyncio.to_thread(finish, call.usage_view(parsed), "ok")
+    await offload(finish, call.usage_view(parsed), "ok")
     return answer
 
 

@@ -80,6 +80,15 @@ class SendState:
     quota: QuotaHold | None = None
     outcome: str = "error"
     upstream: int | None = None
+    early: tuple[str, int, Any] | None = None  # a Reserve answered ahead (see take_early)
+
+    def take_early(self, reserve: Reserve) -> Any:
+        """The answer to ``reserve`` if it was made ahead (a wait, or the error to
+        raise), else None; an answer is used once."""
+        early, self.early = self.early, None
+        if early is None or early[:2] != (reserve.model, reserve.upstream):
+            return None
+        return early[2]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._responses import field_of
@@ -49,6 +49,8 @@ class StreamSummary:
 
 
 Finish = Callable[[dict[str, Any], str], None]
+Offload = Callable[..., Awaitable[Any]]
+"""Runs a blocking call off the event loop (``asyncio.to_thread``, or a store's lane)."""
 """Records a stream: its response-shaped summary and how it ended (runs blocking I/O)."""
 
 
@@ -111,11 +113,18 @@ class AsyncRecordedStream:
     """The async SDK stream, passed through chunk by chunk; recorded however it ends
     (``finish`` runs on a worker thread, so the event loop never waits on the store)."""
 
-    def __init__(self, stream: Any, finish: Finish, summary: StreamSummary | None = None):
+    def __init__(
+        self,
+        stream: Any,
+        finish: Finish,
+        summary: StreamSummary | None = None,
+        offload: Offload = asyncio.to_thread,
+    ):
         self._stream = stream
         self._iterator = stream.__aiter__()
         self._finish = finish
         self._summary = summary or StreamSummary()
+        self._offload = offload
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self
@@ -152,4 +161,4 @@ class AsyncRecordedStream:
 
     async def _end(self, outcome: str) -> None:
         if self._summary.end():
-            await asyncio.to_thread(self._finish, self._summary.response(), outcome)
+            await self._offload(self._finish, self._summary.response(), outcome)

@@ -34,7 +34,7 @@ from ._failopen import FailOpen, keep_books, log
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._prepared import Prepared
-from ._ratelimit import Governor, Quotas, RateLimits, budget_key
+from ._ratelimit import Governor, HeaderLimits, Quotas, RateLimits, budget_key
 from ._recording import Recorder
 from ._relayed import RELAY, relayed
 from ._retry import RetryPolicy
@@ -80,6 +80,7 @@ class Sender:
         self.retry = retry
         self.sleep = sleep
         self.pool = pool
+        self.offload = db.offload  # store work of the async client (see _store_lane)
         if fallback_model is not None:
             pool.check(fallback_model)
 
@@ -107,6 +108,20 @@ class Sender:
             state.outcome = "quota_exceeded"
             self._close(state, 0)
             raise
+        return state
+
+    def start_reserved(self, prepared: Prepared, targets: Sequence[Target]) -> SendState:
+        """:meth:`start`, and the send plan's first reservation made now, in the same
+        hand-off to the store's thread (when its upstream needs no choosing)."""
+        state = self.start(prepared, targets)
+        model, serving = state.models[0], self.pool.serving(state.models[0])
+        if self.governor is None or len(serving) != 1:
+            return state
+        index = serving[0]  # what choose() answers for a model one upstream serves
+        try:
+            state.early = (model, index, self.reserve(state, model, index))
+        except Exception as error:  # raised where the plan asks for it
+            state.early = (model, index, error)
         return state
 
     def untrimmed(
@@ -138,6 +153,10 @@ class Sender:
             log.warning("context-trimmer: choosing an upstream without the budgets: %s", error)
             return self.pool.order(model, {}, state.tokens)
         return self.pool.order(model, dict(zip(serving, left, strict=True)), state.tokens)
+
+    def observing(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` tell the governor anything (else no write, no hand-off)."""
+        return self.governor is not None and HeaderLimits.parse(headers) is not None
 
     def observe(self, state: SendState, model: str, index: int, headers: Mapping[str, str]) -> None:
         if self.governor is not None:
@@ -296,7 +315,9 @@ async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> An
     sender.check(call)
     try:  # prepare and take the quota in one hand-off to a worker thread
         prepare = sender.prepare
-        state = await asyncio.to_thread(lambda: sender.start(prepare(**call.prepare), targets))
+        state = await sender.offload(
+            lambda: sender.start_reserved(prepare(**call.prepare), targets)
+        )
     except StoreError as error:
         target, body = sender.untrimmed(error, call, targets)
         raw = await target.send(body, call.headers_for_send())
@@ -308,19 +329,20 @@ async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> An
             send_plan(state, sender.governor, sender.policy(targets)),
             {
                 Choose: lambda e: _achoose(sender, state, e.model),
-                Reserve: lambda e: asyncio.to_thread(sender.reserve, state, e.model, e.upstream),
+                Reserve: lambda e: _areserve(sender, state, e),
                 Sleep: lambda e: _awaitable(sleep(e.seconds)),
                 Send: lambda e: _send_async(sender, state, call, e),
             },
         )
     except BaseException as error:
-        await asyncio.to_thread(sender.fail, state, error)
+        await sender.offload(sender.fail, state, error)
         raise
     if call.raw_mode == RELAY:  # the gateway relays the answer's bytes
-        return await relayed(raw, call, lambda answer, end: sender.finish(state, answer, end))
+        finish = lambda answer, end: sender.finish(state, answer, end)  # noqa: E731
+        return await relayed(raw, call, finish, sender.offload)
     if call.raw_mode is not None:
         answer = None if call.stream else await _awaitable(raw.parse())
-        await asyncio.to_thread(sender.finish, state, call.usage_view(answer))
+        await sender.offload(sender.finish, state, call.usage_view(answer))
         return raw
     response = await _awaitable(raw.parse())
     if call.stream:
@@ -328,8 +350,9 @@ async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> An
             response,
             lambda summary, end: sender.finish(state, summary, end),
             call.stream_summary(),
+            sender.offload,
         )
-    await asyncio.to_thread(sender.finish, state, call.usage_view(response))
+    await sender.offload(sender.finish, state, call.usage_view(response))
     return response
 
 
@@ -337,10 +360,19 @@ async def _awaitable(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
 
 
+async def _areserve(sender: Sender, state: SendState, reserve: Reserve) -> float:
+    early = state.take_early(reserve)
+    if isinstance(early, Exception):
+        raise early
+    if early is not None:
+        return float(early)
+    return await sender.offload(sender.reserve, state, reserve.model, reserve.upstream)
+
+
 async def _achoose(sender: Sender, state: SendState, model: str) -> list[int]:
     if len(sender.pool) < 2:  # nothing to read
         return sender.choose(state, model)
-    return await asyncio.to_thread(sender.choose, state, model)
+    return await sender.offload(sender.choose, state, model)
 
 
 async def _send_async(sender: Sender, state: SendState, call: Call, send: Send) -> Any:
@@ -349,9 +381,11 @@ async def _send_async(sender: Sender, state: SendState, call: Call, send: Send) 
     try:
         raw = await state.targets[send.upstream].send(body, call.headers_for_send())
     except openai.APIStatusError as error:
-        await asyncio.to_thread(sender.observe, state, *where, error.response.headers)
+        if sender.observing(error.response.headers):
+            await sender.offload(sender.observe, state, *where, error.response.headers)
         raise
-    await asyncio.to_thread(sender.observe, state, *where, raw.headers)
+    if sender.observing(raw.headers):
+        await sender.offload(sender.observe, state, *where, raw.headers)
     return raw
 
 
