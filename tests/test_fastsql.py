@@ -4,6 +4,7 @@ Core statement answers through SQLAlchemy, on both databases."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
@@ -22,7 +23,7 @@ def digest(number: int) -> str:
 
 
 @pytest.fixture
-def db(db_url: str) -> Database:
+def db(db_url: str) -> Iterator[Database]:
     database = Database(db_url)
     rows = [
         {
@@ -35,9 +36,10 @@ def db(db_url: str) -> Database:
         }
         for n in range(MAX_LIST + 10)
     ]
-    with database.writing() as connection:
-        connection.execute(insert(MESSAGES), rows)
-    return database
+    with database:
+        with database.writing() as connection:
+            connection.execute(insert(MESSAGES), rows)
+        yield database
 
 
 BY_HASH = (
