@@ -262,9 +262,11 @@ def model_call_error(error: openai.APIError | TrimmerError, field: str) -> Respo
     if isinstance(error, openai.APIStatusError):
         return upstream_error(error)
     if isinstance(error, openai.APIError):
+        cause = error.__cause__  # the transport's own words: refused, reset, timed out...
+        detail = f"{error} ({cause})" if cause is not None and str(cause) else str(error)
         return error_response(
             502,
-            f"the upstream could not be reached: {error}",
+            f"the upstream could not be reached: {detail}",
             kind="upstream_error",
             code="upstream_unreachable",
         )
