@@ -25,13 +25,15 @@ Same path and question, same message.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, text
 
+from ._options import TrimmerOptions
 from ._path import StoredPath
 from ._recall_index import (
     CONTROL_ROLES,
@@ -97,6 +99,15 @@ def query_terms(question: str) -> list[str]:
     return [term for term in terms if term in longest]
 
 
+def recall_cap(path: StoredPath, options: TrimmerOptions) -> int:
+    """``recall_tokens``, and at most ``recall_share`` of the history's tokens: like the
+    summary, recall grows with what was folded, so a short history does not send a long
+    recall (on LoCoMo a fixed 1,500 tokens is 6% of one conversation, 12% of another)."""
+    if options.recall_share is None:
+        return options.recall_tokens
+    return min(options.recall_tokens, math.ceil(options.recall_share * path.total_tokens))
+
+
 def newest_user(messages: Sequence[Message]) -> int | None:
     """Index of the newest user message, or None."""
     for index in range(len(messages) - 1, -1, -1):
@@ -125,7 +136,8 @@ def recall(
     hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
     floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
     on_path = [hit.depth for hit in hits if hit.score >= floor]
-    return build(path, _with_neighbours(path.messages, on_path, start), summary, budget)
+    ranked = _with_neighbours(path.messages, on_path, start)
+    return build(path, ranked, summary, budget, hits=frozenset(on_path))
 
 
 def on(path: StoredPath, hit: Any) -> bool:
@@ -220,29 +232,44 @@ def search(connection: Connection, anchor: str, terms: Sequence[str], before: in
 
 
 def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:
-    """Hits in rank order, each followed by the turn answering it when it asks a question."""
+    """Hits in rank order, each followed by the turn answering it when it asks a
+    question; then, as the budget allows, the rest of each hit's short exchange, in the
+    hits' rank order: the turn after it and the one after that (the reply, and the
+    speaker going on: an answer often comes a turn after the words that match)."""
     ordered: list[int] = []
+    exchange: list[int] = []
     for index in hits:
         ordered.append(index)
-        answer = index + 1
         asks = "?" in message_text(messages[index])
-        if asks and answer < start and messages[answer]["role"] not in CONTROL_ROLES:
-            ordered.append(answer)
-    return list(dict.fromkeys(ordered))
+        for after in (index + 1, index + 2):
+            if after >= start or messages[after]["role"] in CONTROL_ROLES:
+                break
+            (ordered if asks and after == index + 1 else exchange).append(after)
+    return list(dict.fromkeys(ordered + exchange))
 
 
 def build(
-    path: StoredPath, ranked: Sequence[int], summary: StoredSummary | None, budget: int
+    path: StoredPath,
+    ranked: Sequence[int],
+    summary: StoredSummary | None,
+    budget: int,
+    hits: Collection[int] | None = None,
 ) -> Recalled:
-    """The best-ranked lines that fit ``budget`` tokens, as one message in path order."""
+    """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
+    A neighbour (a line not in ``hits``; None: all are hits) comes only after the line
+    before it, recalled or in the summary: a reply without what it replies to is noise."""
     count = path.counter
     summary_text = summary.text if summary is not None else ""
     used = count.message({"role": "system", "content": RECALL_HEADER})
     chosen: dict[int, Line] = {}
+    covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
     for index in ranked:
+        if hits is not None and index not in hits and index - 1 not in covered:
+            continue
         line = render(path.messages, index)
         if line is None or line.words in summary_text:
+            covered.add(index)
             continue
         cost = count.text("\n" + line.text)
         dated = bool(line.date) and line.date not in dates
@@ -250,6 +277,7 @@ def build(
             cost += count.text(f"\n[{line.date}]")
         if used + cost <= budget:
             chosen[index] = line
+            covered.add(index)
             used += cost
             if dated:
                 dates.add(line.date)
