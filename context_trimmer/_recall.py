@@ -31,7 +31,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from ._options import TrimmerOptions
 from ._path import StoredPath
@@ -39,7 +39,9 @@ from ._recall_index import (
     CONTROL_ROLES,
     PREFIX,
     TERMS_TABLE,
+    common_terms,
     message_text,
+    note_common,
     scoped,
     stem,
     words_of,
@@ -161,25 +163,34 @@ def lookup(dialect: str, anchor: str, term: str) -> str:
 
 def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
     """The full-text condition for ``terms`` (any of them) in the conversation of
-    ``anchor``, and its query parameter."""
+    ``anchor`` (one driver parameter), and that parameter."""
     if dialect == "sqlite":
         phrases = " OR ".join(lookup(dialect, anchor, term) for term in terms)
-        return f"{SEARCH_TABLE} MATCH :query", phrases
+        return f"{SEARCH_TABLE} MATCH ?", phrases
     query = " | ".join(lookup(dialect, anchor, term) for term in terms)
     # No anchor_hash condition: scoped terms select the conversation already (hits are
     # checked against the path), and without it the planner has only the GIN index to use.
-    return "document @@ to_tsquery('simple', :query)", query
+    return "document @@ to_tsquery('simple', %s)", query
 
 
 def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
     """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
     messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
     much to rank). One statement counts each term's messages, up to the cap (each a
-    lookup of this conversation's postings of that term, stopped at the cap)."""
+    lookup of this conversation's postings of that term, stopped at the cap). Terms
+    found common once are remembered (``_recall_index.common_terms``): counts only grow,
+    so they are not counted again."""
+    known = common_terms(connection.engine, anchor)
+    terms = [term for term in terms if term not in known]
+    if not terms:
+        return []
     if connection.dialect.name == "sqlite":
         counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
     else:
         counts = _counted(connection, [scoped(anchor, term) for term in terms])
+    common = [term for term, found in zip(terms, counts, strict=True) if found >= PROBE_CAP]
+    if common:
+        note_common(connection.engine, anchor, common)
     kept, total = [], 0
     for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
         if found == 0:
@@ -217,18 +228,20 @@ def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
     """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
-    best first."""
+    best first. The driver's own statement, as in ``_probe``: it runs on every prepare()."""
     condition, query = _match(connection.dialect.name, anchor, terms)
+    parameters: tuple[str, ...] = (query,)
     if connection.dialect.name == "sqlite":
-        score = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)"
+        score, mark = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)", "?"
     else:
-        score = "ts_rank_cd(document, to_tsquery('simple', :query))"
+        score, mark = "ts_rank_cd(document, to_tsquery('simple', %s))", "%s"
+        parameters = (query, query)
     statement = (
         f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
-        f"WHERE {condition} AND depth < :before ORDER BY score DESC, depth LIMIT :limit"
+        f"WHERE {condition} AND depth < {mark} ORDER BY score DESC, depth LIMIT {MAX_HITS}"
     )
-    parameters = {"query": query, "anchor": anchor, "before": before, "limit": MAX_HITS}
-    return list(connection.execute(text(statement), parameters).all())
+    rows = connection.exec_driver_sql(statement, (*parameters, before))
+    return list(rows.all())
 
 
 def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:

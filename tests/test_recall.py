@@ -19,6 +19,7 @@ from context_trimmer import (
     SummaryRequest,
     SummaryResult,
     Trimmer,
+    _recall_index,
     count_tokens,
 )
 from context_trimmer._cli_gateway import serve
@@ -26,7 +27,7 @@ from context_trimmer._db import Database
 from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
-from context_trimmer._recall import RECALL_HEADER, query_terms
+from context_trimmer._recall import PROBE_CAP, RECALL_HEADER, query_terms
 from context_trimmer._recall_index import TERMS_TABLE
 from context_trimmer._schema import SEARCH_TABLE
 from context_trimmer.gateway import GatewayConfig, create_app
@@ -406,3 +407,30 @@ def test_recall_share_bounds_the_recall_by_the_history(
     for bad in (0, 1.5, True, "0.1"):
         with pytest.raises(ConfigurationError, match="recall_share must be a number"):
             Trimmer(db_url, recall_share=bad)
+
+
+def test_terms_found_common_are_remembered_until_an_erasure(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """A term in PROBE_CAP messages or more of a conversation is not counted again on
+    the next prepare() (counts only grow); an erasure forgets what was remembered."""
+    history = conversation("My locker code is kestrel9.", filler_rounds=0)
+    for round_ in range(PROBE_CAP // 2 + 1):
+        history.append({"role": "user", "content": f"The weather is sunny (day {round_})."})
+        history.append({"role": "assistant", "content": "Weather noted."})
+    history.extend(conversation(filler_rounds=1)[1:])
+    folded(db_url, history, user="ann", **options)
+    question = ask(history, "What weather goes with the kestrel code?")
+    recalled = recall_message(trimmer.prepare(question, user="ann"))
+    assert recalled is not None and "kestrel9" in recalled["content"]
+    engines = {trimmer._db.engine, trimmer._db.reader}
+
+    def remembered() -> list[set[str]]:
+        found = (_recall_index._COMMON.get(engine, {}) for engine in engines)
+        return [set(terms) for known in found for terms in known.values() if terms]
+
+    assert remembered() == [{"weather"}]
+    again = recall_message(trimmer.prepare(question, user="ann"))  # "weather" not counted: the same
+    assert again == recalled
+    trimmer.forget("ann")
+    assert remembered() == []
