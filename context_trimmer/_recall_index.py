@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import unicodedata
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -231,6 +232,7 @@ def add(
 # here that is rarer now: recall then leaves it out of the search, as before it.)
 _COMMON: weakref.WeakKeyDictionary[Engine, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
 COMMON_CONVERSATIONS = 4096  # per engine; past this many, the oldest are dropped
+_COMMON_LOCK = threading.Lock()  # prepare() runs on many threads (the gateway)
 
 
 def common_terms(engine: Engine, anchor: str) -> frozenset[str]:
@@ -241,10 +243,11 @@ def common_terms(engine: Engine, anchor: str) -> frozenset[str]:
 
 def note_common(engine: Engine, anchor: str, terms: Iterable[str]) -> None:
     """Remember ``terms`` as common in the conversation of ``anchor``."""
-    known = _COMMON.setdefault(engine, {})
-    known[anchor] = known.pop(anchor, frozenset()).union(terms)  # now the newest entry
-    while len(known) > COMMON_CONVERSATIONS:
-        known.pop(next(iter(known)), None)
+    with _COMMON_LOCK:
+        known = _COMMON.setdefault(engine, {})
+        known[anchor] = known.pop(anchor, frozenset()).union(terms)  # now the newest entry
+        while len(known) > COMMON_CONVERSATIONS:
+            known.pop(next(iter(known)), None)
 
 
 def remove(connection: Connection, hashes: Sequence[str]) -> None:
@@ -252,8 +255,9 @@ def remove(connection: Connection, hashes: Sequence[str]) -> None:
     the index's segments are merged, so no deleted token lingers in an older one)."""
     if not hashes:
         return
-    for known in list(_COMMON.values()):
-        known.clear()  # counts shrink: what was common may not be any more
+    with _COMMON_LOCK:
+        for known in list(_COMMON.values()):
+            known.clear()  # counts shrink: what was common may not be any more
     if connection.dialect.name != "sqlite":
         connection.execute(text(_UNCOUNT), {"hashes": list(hashes)})
         connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
