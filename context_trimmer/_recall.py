@@ -9,8 +9,10 @@ Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]`
 match), so another branch, user or tenant never leaks in, and only when they score
 at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
 noise). Each hit brings its neighbour when it asks a question (the turn that answers
-it). The best fit ``recall_tokens`` as one message, in the order they were said, each
-session's date once above its lines::
+it), then, as the budget allows, the rest of each hit's short exchange (never without
+the line before it). The best fit the budget (``recall_tokens``, at most
+``recall_share`` of the history: ``recall_cap``) as one message, in the order they
+were said, each session's date once above its lines::
 
     Earlier messages that may be relevant:
     [8 May, 2023]
