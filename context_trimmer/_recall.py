@@ -347,9 +347,9 @@ def render(messages: Sequence[Message], index: int) -> Line | None:
 def session_date(messages: Sequence[Message], index: int) -> str:
     """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
     looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
-    for earlier in range(index - 1, max(index - DATE_LOOKBACK, 0) - 1, -1):
-        content = messages[earlier].get("content")
-        if isinstance(content, str) and content.startswith("["):
+    for message in reversed(messages[max(index - DATE_LOOKBACK, 0) : index]):
+        content = message.get("content")
+        if isinstance(content, str) and content[:1] == "[":
             tagged = _DATE_TAG.match(content)
             if tagged:
                 return tagged.group(1)
