@@ -15,10 +15,11 @@ over the answerable questions and over all of them.
 
     python benchmarks/locomo_questions.py [--data PATH] [--keep-last 20 ...]
         [--fold-every 10 ...] [--summary-tokens 4000] [--summary-share 0.085 ... | none]
-        [--recall-tokens 0 300 ...] [--leave-one-out 0.12] [--misses] [--json]
+        [--recall-tokens 0 300 ...] [--recall-share 0.08 ... | none]
+        [--leave-one-out 0.12] [--misses] [--json]
 
 Several values of an option make a sweep over every combination (a replay per summary
-setting; the recall budgets reuse it). Without options it measures the defaults of
+setting; the recall settings reuse it). Without options it measures the defaults of
 ``TrimmerOptions``, with and without recall. ``--leave-one-out SHARE`` then measures
 each conversation with the sweep's cell chosen on the other two (the most answers
 present among cells sending at most SHARE of the history), so the figure is on a
@@ -96,10 +97,12 @@ def ask(
 def measure(
     data: Sequence[tuple[Mapping[str, Any], Conversation]],
     replay_options: Mapping[str, Any],
-    recall_budgets: Iterable[int],
+    recall_settings: Iterable[Mapping[str, Any]],
 ) -> list[dict[str, Any]]:
-    """One result per recall budget, each over every conversation."""
-    per_budget: dict[int, list[dict[str, Any]]] = {b: [] for b in recall_budgets}
+    """One result per recall setting (``recall_tokens``, ``recall_share``), each over
+    every conversation."""
+    settings = [dict(s) for s in recall_settings]
+    per_setting: list[list[dict[str, Any]]] = [[] for _ in settings]
     for item, conversation in data:
         with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
             url = f"sqlite:///{folder}/bench.db"
@@ -107,13 +110,12 @@ def measure(
                 url, summarizer="extractive", background=False, **replay_options
             ) as trimmer:
                 replay(trimmer, [conversation])
-            for budget, rows in per_budget.items():
-                asked = ask(
-                    url, conversation, questions_of(item), **replay_options, recall_tokens=budget
-                )
+            for setting, rows in zip(settings, per_setting, strict=True):
+                asked = ask(url, conversation, questions_of(item), **replay_options, **setting)
                 rows.extend({**row, "conversation": conversation.id} for row in asked)
     return [
-        summarize(dict(replay_options, recall_tokens=b), rows) for b, rows in per_budget.items()
+        summarize(dict(replay_options, **s), rows)
+        for s, rows in zip(settings, per_setting, strict=True)
     ]
 
 
@@ -216,6 +218,7 @@ def main() -> None:
     parser.add_argument("--summary-tokens", type=int, nargs="+", default=[DEFAULTS.summary_tokens])
     parser.add_argument("--summary-share", type=share, nargs="+", default=[DEFAULTS.summary_share])
     parser.add_argument("--recall-tokens", type=int, nargs="+")
+    parser.add_argument("--recall-share", type=share, nargs="+", default=[DEFAULTS.recall_share])
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--leave-one-out",
@@ -237,6 +240,11 @@ def main() -> None:
             "not part of this project. Pass --data PATH to a copy of it."
         )
     budgets = args.recall_tokens or sorted({0, DEFAULTS.recall_tokens})
+    recall_settings = [
+        {"recall_tokens": budget, "recall_share": share}
+        for budget in budgets
+        for share in (args.recall_share if budget else [DEFAULTS.recall_share])
+    ]
     raw = json.loads(args.data.read_text())
     data = list(zip(raw, load_conversations(args.data), strict=True))
     results = []
@@ -251,7 +259,7 @@ def main() -> None:
             "summary_tokens": summary_tokens,
             "summary_share": summary_share,
         }
-        for result in measure(data, replay_options, budgets):
+        for result in measure(data, replay_options, recall_settings):
             results.append(result)
             if not args.json:
                 print_result(result)

@@ -20,7 +20,8 @@ class TrimmerOptions:
     up to ``summary_tokens`` (None: a fixed ``summary_tokens``). ``max_tokens``: the
     default cap on each reply.
     ``recall_tokens``: the budget of the message that brings back the folded turns
-    matching the newest user message (0: no recall).
+    matching the newest user message (0: no recall); with ``recall_share`` (say 0.08)
+    it is at most that share of the history's tokens too (None: ``recall_tokens`` alone).
     ``max_prompt_tokens``: fold synchronously above this. ``background``: fold on a
     worker thread when due (else call ``compact()``). ``lease_seconds``: how long a
     worker may hold a fold or rewrite before another may take it over.
@@ -39,7 +40,8 @@ class TrimmerOptions:
     keep_tokens: int | None = None
     summary_tokens: int = 4000
     summary_share: float | None = 0.05
-    recall_tokens: int = 2000
+    recall_tokens: int = 1500
+    recall_share: float | None = 0.08
     max_tokens: int = 1024
     max_prompt_tokens: int | None = None
     background: bool = True
@@ -54,13 +56,8 @@ class TrimmerOptions:
         check_count("max_tokens", self.max_tokens, minimum=1)
         check_count("summary_tokens", self.summary_tokens, minimum=1)
         check_count("recall_tokens", self.recall_tokens, minimum=0)
-        share = self.summary_share
-        if share is not None and (
-            isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1
-        ):
-            raise ConfigurationError(
-                f"summary_share must be a number in (0, 1], such as 0.085; got {share!r}"
-            )
+        check_share("summary_share", self.summary_share)
+        check_share("recall_share", self.recall_share)
         if self.keep_tokens is not None:
             check_count("keep_tokens", self.keep_tokens, minimum=1)
         if self.max_prompt_tokens is not None:
@@ -70,6 +67,14 @@ class TrimmerOptions:
         check_seconds("sync_fold_deadline", self.sync_fold_deadline)
         if self.folds not in FOLDS:
             raise ConfigurationError(f"folds must be one of {', '.join(FOLDS)}; got {self.folds!r}")
+
+
+def check_share(name: str, share: object) -> None:
+    """``share`` must be None or a number (not a bool) in (0, 1]."""
+    if share is not None and (
+        isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1
+    ):
+        raise ConfigurationError(f"{name} must be a number in (0, 1], such as 0.085; got {share!r}")
 
 
 def check_seconds(name: str, seconds: object) -> None:

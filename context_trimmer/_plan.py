@@ -16,7 +16,7 @@ from typing import Any
 from ._exceptions import PromptTooLargeError
 from ._options import TrimmerOptions
 from ._path import StoredPath, start_of
-from ._recall import Recalled, newest_user
+from ._recall import Recalled, newest_user, recall_cap
 from ._summary_store import StoredSummary
 from ._tokens import REPLY_PRIMING
 from ._window import assemble, control_indexes, conversational_count
@@ -103,7 +103,7 @@ def recall_budget(path: StoredPath, prompt_tokens: int, options: TrimmerOptions)
     room = min(baseline, path.info.context_window - reply_cap(path, options)) - prompt_tokens
     if options.max_prompt_tokens is not None:
         room = min(room, options.max_prompt_tokens - prompt_tokens)
-    return max(0, min(options.recall_tokens, room))
+    return max(0, min(recall_cap(path, options), room))
 
 
 def with_recall(path: StoredPath, plan: Plan, recalled: Recalled) -> Plan:

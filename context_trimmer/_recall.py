@@ -9,8 +9,10 @@ Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]`
 match), so another branch, user or tenant never leaks in, and only when they score
 at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
 noise). Each hit brings its neighbour when it asks a question (the turn that answers
-it). The best fit ``recall_tokens`` as one message, in the order they were said, each
-session's date once above its lines::
+it), then, as the budget allows, the rest of each hit's short exchange (never without
+the line before it). The best fit the budget (``recall_tokens``, at most
+``recall_share`` of the history: ``recall_cap``) as one message, in the order they
+were said, each session's date once above its lines::
 
     Earlier messages that may be relevant:
     [8 May, 2023]
@@ -25,19 +27,23 @@ Same path and question, same message.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
+from ._options import TrimmerOptions
 from ._path import StoredPath
 from ._recall_index import (
     CONTROL_ROLES,
     PREFIX,
     TERMS_TABLE,
+    common_terms,
     message_text,
+    note_common,
     scoped,
     stem,
     words_of,
@@ -97,6 +103,15 @@ def query_terms(question: str) -> list[str]:
     return [term for term in terms if term in longest]
 
 
+def recall_cap(path: StoredPath, options: TrimmerOptions) -> int:
+    """``recall_tokens``, and at most ``recall_share`` of the history's tokens: like the
+    summary, recall grows with what was folded, so a short history does not send a long
+    recall (on LoCoMo a fixed 1,500 tokens is 6% of one conversation, 12% of another)."""
+    if options.recall_share is None:
+        return options.recall_tokens
+    return min(options.recall_tokens, math.ceil(options.recall_share * path.total_tokens))
+
+
 def newest_user(messages: Sequence[Message]) -> int | None:
     """Index of the newest user message, or None."""
     for index in range(len(messages) - 1, -1, -1):
@@ -125,7 +140,8 @@ def recall(
     hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
     floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
     on_path = [hit.depth for hit in hits if hit.score >= floor]
-    return build(path, _with_neighbours(path.messages, on_path, start), summary, budget)
+    ranked = _with_neighbours(path.messages, on_path, start)
+    return build(path, ranked, summary, budget, hits=frozenset(on_path))
 
 
 def on(path: StoredPath, hit: Any) -> bool:
@@ -149,25 +165,34 @@ def lookup(dialect: str, anchor: str, term: str) -> str:
 
 def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
     """The full-text condition for ``terms`` (any of them) in the conversation of
-    ``anchor``, and its query parameter."""
+    ``anchor`` (one driver parameter), and that parameter."""
     if dialect == "sqlite":
         phrases = " OR ".join(lookup(dialect, anchor, term) for term in terms)
-        return f"{SEARCH_TABLE} MATCH :query", phrases
+        return f"{SEARCH_TABLE} MATCH ?", phrases
     query = " | ".join(lookup(dialect, anchor, term) for term in terms)
     # No anchor_hash condition: scoped terms select the conversation already (hits are
     # checked against the path), and without it the planner has only the GIN index to use.
-    return "document @@ to_tsquery('simple', :query)", query
+    return "document @@ to_tsquery('simple', %s)", query
 
 
 def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
     """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
     messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
     much to rank). One statement counts each term's messages, up to the cap (each a
-    lookup of this conversation's postings of that term, stopped at the cap)."""
+    lookup of this conversation's postings of that term, stopped at the cap). Terms
+    found common once are remembered (``_recall_index.common_terms``): counts only grow,
+    so they are not counted again."""
+    known = common_terms(connection.engine, anchor)
+    terms = [term for term in terms if term not in known]
+    if not terms:
+        return []
     if connection.dialect.name == "sqlite":
         counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
     else:
         counts = _counted(connection, [scoped(anchor, term) for term in terms])
+    common = [term for term, found in zip(terms, counts, strict=True) if found >= PROBE_CAP]
+    if common:
+        note_common(connection.engine, anchor, common)
     kept, total = [], 0
     for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
         if found == 0:
@@ -205,44 +230,61 @@ def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
     """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
-    best first."""
+    best first. The driver's own statement, as in ``_probe``: it runs on every prepare()."""
     condition, query = _match(connection.dialect.name, anchor, terms)
+    parameters: tuple[str, ...] = (query,)
     if connection.dialect.name == "sqlite":
-        score = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)"
+        score, mark = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)", "?"
     else:
-        score = "ts_rank_cd(document, to_tsquery('simple', :query))"
+        score, mark = "ts_rank_cd(document, to_tsquery('simple', %s))", "%s"
+        parameters = (query, query)
     statement = (
         f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
-        f"WHERE {condition} AND depth < :before ORDER BY score DESC, depth LIMIT :limit"
+        f"WHERE {condition} AND depth < {mark} ORDER BY score DESC, depth LIMIT {MAX_HITS}"
     )
-    parameters = {"query": query, "anchor": anchor, "before": before, "limit": MAX_HITS}
-    return list(connection.execute(text(statement), parameters).all())
+    rows = connection.exec_driver_sql(statement, (*parameters, before))
+    return list(rows.all())
 
 
 def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:
-    """Hits in rank order, each followed by the turn answering it when it asks a question."""
+    """Hits in rank order, each followed by the turn answering it when it asks a
+    question; then, as the budget allows, the rest of each hit's short exchange, in the
+    hits' rank order: the turn after it and the one after that (the reply, and the
+    speaker going on: an answer often comes a turn after the words that match)."""
     ordered: list[int] = []
+    exchange: list[int] = []
     for index in hits:
         ordered.append(index)
-        answer = index + 1
         asks = "?" in message_text(messages[index])
-        if asks and answer < start and messages[answer]["role"] not in CONTROL_ROLES:
-            ordered.append(answer)
-    return list(dict.fromkeys(ordered))
+        for after in (index + 1, index + 2):
+            if after >= start or messages[after]["role"] in CONTROL_ROLES:
+                break
+            (ordered if asks and after == index + 1 else exchange).append(after)
+    return list(dict.fromkeys(ordered + exchange))
 
 
 def build(
-    path: StoredPath, ranked: Sequence[int], summary: StoredSummary | None, budget: int
+    path: StoredPath,
+    ranked: Sequence[int],
+    summary: StoredSummary | None,
+    budget: int,
+    hits: Collection[int] | None = None,
 ) -> Recalled:
-    """The best-ranked lines that fit ``budget`` tokens, as one message in path order."""
+    """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
+    A neighbour (a line not in ``hits``; None: all are hits) comes only after the line
+    before it, recalled or in the summary: a reply without what it replies to is noise."""
     count = path.counter
     summary_text = summary.text if summary is not None else ""
     used = count.message({"role": "system", "content": RECALL_HEADER})
     chosen: dict[int, Line] = {}
+    covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
     for index in ranked:
+        if hits is not None and index not in hits and index - 1 not in covered:
+            continue
         line = render(path.messages, index)
         if line is None or line.words in summary_text:
+            covered.add(index)
             continue
         cost = count.text("\n" + line.text)
         dated = bool(line.date) and line.date not in dates
@@ -250,6 +292,7 @@ def build(
             cost += count.text(f"\n[{line.date}]")
         if used + cost <= budget:
             chosen[index] = line
+            covered.add(index)
             used += cost
             if dated:
                 dates.add(line.date)
@@ -304,9 +347,9 @@ def render(messages: Sequence[Message], index: int) -> Line | None:
 def session_date(messages: Sequence[Message], index: int) -> str:
     """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
     looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
-    for earlier in range(index - 1, max(index - DATE_LOOKBACK, 0) - 1, -1):
-        content = messages[earlier].get("content")
-        if isinstance(content, str) and content.startswith("["):
+    for message in reversed(messages[max(index - DATE_LOOKBACK, 0) : index]):
+        content = message.get("content")
+        if isinstance(content, str) and content[:1] == "[":
             tagged = _DATE_TAG.match(content)
             if tagged:
                 return tagged.group(1)

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import unicodedata
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from ._schema import SEARCH_TABLE
 
@@ -70,7 +72,10 @@ def message_text(message: Message) -> str:
 
 
 def fold(words: str) -> str:
-    """Lower-cased, accents removed (NFKD without combining marks): how text is indexed."""
+    """Lower-cased, accents removed (NFKD without combining marks): how text is indexed.
+    ASCII text has nothing to decompose: only lower-cased (the same result, sooner)."""
+    if words.isascii():
+        return words.lower()
     decomposed = unicodedata.normalize("NFKD", words.lower())
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
@@ -220,11 +225,39 @@ def add(
     connection.execute(text(statement), values)
 
 
+# Terms known to be in at least ``_recall.PROBE_CAP`` messages of their conversation,
+# per database engine and anchor. A conversation's counts only grow as messages are
+# appended, so such a term stays common and recall need not count it again; an erasure
+# in this process forgets them all. (An erasure by another process can leave a term
+# here that is rarer now: recall then leaves it out of the search, as before it.)
+_COMMON: weakref.WeakKeyDictionary[Engine, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
+COMMON_CONVERSATIONS = 4096  # per engine; past this many, the oldest are dropped
+_COMMON_LOCK = threading.Lock()  # prepare() runs on many threads (the gateway)
+
+
+def common_terms(engine: Engine, anchor: str) -> frozenset[str]:
+    """The terms known to be common in the conversation of ``anchor``."""
+    known = _COMMON.get(engine)
+    return frozenset() if known is None else known.get(anchor, frozenset())
+
+
+def note_common(engine: Engine, anchor: str, terms: Iterable[str]) -> None:
+    """Remember ``terms`` as common in the conversation of ``anchor``."""
+    with _COMMON_LOCK:
+        known = _COMMON.setdefault(engine, {})
+        known[anchor] = known.pop(anchor, frozenset()).union(terms)  # now the newest entry
+        while len(known) > COMMON_CONVERSATIONS:
+            known.pop(next(iter(known)), None)
+
+
 def remove(connection: Connection, hashes: Sequence[str]) -> None:
     """Take erased messages out of the index, leaving no trace of their words (on SQLite
     the index's segments are merged, so no deleted token lingers in an older one)."""
     if not hashes:
         return
+    with _COMMON_LOCK:
+        for known in list(_COMMON.values()):
+            known.clear()  # counts shrink: what was common may not be any more
     if connection.dialect.name != "sqlite":
         connection.execute(text(_UNCOUNT), {"hashes": list(hashes)})
         connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from context_trimmer import (
     SummaryRequest,
     SummaryResult,
     Trimmer,
+    _recall_index,
     count_tokens,
 )
 from context_trimmer._cli_gateway import serve
@@ -25,7 +27,7 @@ from context_trimmer._db import Database
 from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
-from context_trimmer._recall import RECALL_HEADER, query_terms
+from context_trimmer._recall import PROBE_CAP, RECALL_HEADER, query_terms
 from context_trimmer._recall_index import TERMS_TABLE
 from context_trimmer._schema import SEARCH_TABLE
 from context_trimmer.gateway import GatewayConfig, create_app
@@ -92,7 +94,13 @@ def recall_message(prepared: Any) -> dict[str, Any] | None:
 
 @pytest.fixture
 def options() -> dict[str, Any]:
-    return {"keep_last": 4, "fold_every": 2, "summary_tokens": 60, "recall_tokens": 200}
+    return {
+        "keep_last": 4,
+        "fold_every": 2,
+        "summary_tokens": 60,
+        "recall_tokens": 200,
+        "recall_share": None,
+    }
 
 
 @pytest.fixture
@@ -259,6 +267,7 @@ def test_serve_recall_tokens_reaches_the_gateway(
     assert "--recall-tokens" in [p.opts[0] for p in serve.params if isinstance(p, click.Option)]
     history = conversation("My sister's dog is called Biscuit and loves the beach.")
     settings = {**options, "recall_tokens": budget}
+    del settings["recall_share"]  # the gateway's Trimmer has the default share
     with FakeOpenAI(
         default=lambda _: Reply("ok", prompt_tokens=30, completion_tokens=2)
     ) as upstream:
@@ -343,3 +352,85 @@ def test_word_forms_meet_and_codes_stay_exact(
     assert dog is not None and "three dogs at home" in dog["content"]
     assert dance is not None and "Salsa dancing" in dance["content"]
     assert code is None
+
+
+def test_a_hit_brings_its_short_exchange_when_the_budget_allows(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """The answer a turn after the reply (the speaker going on) comes back with the
+    matching turn; with a budget for the matching turn alone, only it does."""
+    history = [
+        *conversation(filler_rounds=1)[:1],
+        {"role": "user", "content": "I just got some new trail shoes!"},
+        {"role": "assistant", "content": "Love that purple color."},
+        {"role": "user", "content": "They are for running along the river."},
+        *conversation(filler_rounds=4)[1:],
+    ]
+    folded(db_url, history, summarizer=Fixed("Small talk."), **options)
+    recalled = recall_message(trimmer.prepare(ask(history, "What are the new trail shoes for?")))
+    assert recalled is not None
+    assert "Love that purple color." in recalled["content"]
+    assert "They are for running along the river." in recalled["content"]
+    empty = count_tokens([{"role": "system", "content": ""}])
+    header = count_tokens([{"role": "system", "content": RECALL_HEADER}]) - 3
+    line = count_tokens([{"role": "system", "content": "\nuser: I just got some new trail shoes!"}])
+    hit = line - empty  # the line's own tokens, as recall adds them up
+    sent = {}
+    for budget in (header + hit, header + hit - 1):  # the hit alone; less, room for its reply
+        settings = {**options, "recall_tokens": budget}
+        with Trimmer(db_url, summarizer="extractive", background=False, **settings) as narrow:
+            sent[budget] = recall_message(narrow.prepare(ask(history, "New trail shoes for?")))
+    alone = sent[header + hit]
+    assert alone is not None
+    assert alone["content"] == f"{RECALL_HEADER}\nuser: I just got some new trail shoes!"
+    assert sent[header + hit - 1] is None  # the reply alone would fit: not without the hit
+
+
+def test_recall_share_bounds_the_recall_by_the_history(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """``recall_share``: the recall message stays within that share of the history's
+    tokens (None: ``recall_tokens`` alone); it must be in (0, 1]."""
+    facts = [f"Fact {i}: the locker code for gym {i} is kestrel{i}." for i in range(12)]
+    history = conversation(*facts)
+    folded(db_url, history, **options)
+    question = ask(history, "What are the kestrel locker codes of the gyms?")
+    sizes = {}
+    for share in (None, 0.1):
+        settings = {**options, "recall_tokens": 2000, "recall_share": share}
+        with Trimmer(db_url, summarizer="extractive", background=False, **settings) as trim:
+            recalled = recall_message(trim.prepare(question))
+            assert recalled is not None
+            sizes[share] = count_tokens([recalled]) - 3
+    total = count_tokens(history) - 3 + count_tokens([question[-1]]) - 3
+    assert 0 < sizes[0.1] <= math.ceil(0.1 * total) < sizes[None]
+    for bad in (0, 1.5, True, "0.1"):
+        with pytest.raises(ConfigurationError, match="recall_share must be a number"):
+            Trimmer(db_url, recall_share=bad)
+
+
+def test_terms_found_common_are_remembered_until_an_erasure(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """A term in PROBE_CAP messages or more of a conversation is not counted again on
+    the next prepare() (counts only grow); an erasure forgets what was remembered."""
+    history = conversation("My locker code is kestrel9.", filler_rounds=0)
+    for round_ in range(PROBE_CAP // 2 + 1):
+        history.append({"role": "user", "content": f"The weather is sunny (day {round_})."})
+        history.append({"role": "assistant", "content": "Weather noted."})
+    history.extend(conversation(filler_rounds=1)[1:])
+    folded(db_url, history, user="ann", **options)
+    question = ask(history, "What weather goes with the kestrel code?")
+    recalled = recall_message(trimmer.prepare(question, user="ann"))
+    assert recalled is not None and "kestrel9" in recalled["content"]
+    engines = {trimmer._db.engine, trimmer._db.reader}
+
+    def remembered() -> list[set[str]]:
+        found = (_recall_index._COMMON.get(engine, {}) for engine in engines)
+        return [set(terms) for known in found for terms in known.values() if terms]
+
+    assert remembered() == [{"weather"}]
+    again = recall_message(trimmer.prepare(question, user="ann"))  # "weather" not counted: the same
+    assert again == recalled
+    trimmer.forget("ann")
+    assert remembered() == []
