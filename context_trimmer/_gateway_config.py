@@ -68,7 +68,7 @@ class GatewayConfig:
     fold_every: int = 10
     summary_tokens: int = 1000
     summary_share: float | None = None
-    recall_tokens: int = 2000
+    recall_tokens: int = 1500
     max_tokens: int = 1024
     system_prompt: str = "safe"
     user_tokens_per_minute: int | None = None
