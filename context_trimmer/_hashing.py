@@ -20,7 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
+from ._arguments import MAX_TEXT_CHARS
 from ._exceptions import InvalidMessagesError
+from ._validation import validate_messages
 from ._window import CONTROL_ROLES
 
 _ROOT_TAG = b"context-trimmer/v1\x00"
@@ -187,8 +189,14 @@ class ChainCache:
         user: str | None,
         known: int,
         conversation_id: str | None = None,
+        *,
+        check: bool = False,
     ) -> Chain:
-        """Digests and control positions of ``messages``, reusing the first ``known``."""
+        """Digests and control positions of ``messages``, reusing the first ``known``.
+
+        ``check``: first validate the messages after ``known``, as
+        ``validate_messages(messages, known_valid=known)`` does (same errors); the usual
+        messages are checked in the pass that hashes them (see :func:`_plain_entry`)."""
         key = _cache_key(messages, user, conversation_id)
         entry = self._entry(key) if known else None
         if entry is None or known > len(entry.digests):
@@ -196,10 +204,17 @@ class ChainCache:
         previous = entry.digests[known - 1] if entry is not None and known else None
         new = messages[known:]
         if key is None:
+            if check:
+                validate_messages(messages, known_valid=known)
             digests = chain_digests(new, user)
             controls = [i for i, m in enumerate(new) if m.get("role") in CONTROL_ROLES]
             return Chain(HexDigests(digests, len(digests)), controls)
-        grown = _remember(new, user, previous, known)
+        grown = _remember_checked(new, user, previous, known) if check else None
+        done = 0 if grown is None else len(grown.digests)
+        if grown is None or done < len(new):
+            if check:
+                validate_messages(messages, known_valid=known + done)
+            grown = _remember_rest(new, user, previous, known, grown)
         with self._lock:
             entry = self._grow(key, entry, known, grown)
             return Chain(HexDigests(entry.digests, len(messages)), entry.controls)
@@ -371,6 +386,67 @@ def _remember(
             size += 232 + 2 * len(repr(message))
     entry.size = size
     return entry
+
+
+def _remember_checked(
+    messages: Sequence[Any], user: str | None, previous: bytes | None, offset: int
+) -> _Entry | None:
+    """:func:`_remember` for the leading valid plain messages of ``messages`` (dicts
+    ``{"role": <system, developer, user or assistant>, "content": <str>}`` of valid text
+    within the limit, those ``validate_messages`` passes on its fast path), checked in
+    the same single pass that hashes and copies them: on a cold start that is every
+    message, and touching each once is what keeps it fast (the work is bound by memory,
+    not by the interpreter). Stops before the first other message; None if that is the
+    first."""
+    if type(messages) is not list:
+        return None
+    sha256, encode, fast, controls_roles = hashlib.sha256, str.encode, _FAST_PREFIX, CONTROL_ROLES
+    if previous is None:
+        previous = root_digest(user)
+    refs: list[Any] = []
+    digests: list[bytes] = []
+    snapshots: list[Any] = []
+    controls: list[int] = []
+    size = 0
+    try:
+        for index, message in enumerate(messages, offset):
+            if type(message) is not dict or len(message) != 2:
+                break
+            role: Any = message.get("role")
+            content: Any = message.get("content")
+            prefix = fast.get(role)
+            if prefix is None or type(content) is not str or len(content) > MAX_TEXT_CHARS:
+                break
+            body = previous + prefix + encode(content)
+            previous = sha256(body).digest()
+            digests.append(previous)
+            refs.append(message)
+            snapshots.append(message.copy())
+            size += len(content) + len(role)
+            if role in controls_roles:
+                controls.append(index)
+    except (TypeError, UnicodeEncodeError):  # an unhashable role, a lone surrogate
+        pass
+    if not digests:
+        return None
+    return _Entry(refs, snapshots, digests, controls, size + _PLAIN_SIZE * len(digests))
+
+
+def _remember_rest(
+    messages: Sequence[Any],
+    user: str | None,
+    previous: bytes | None,
+    offset: int,
+    head: _Entry | None,
+) -> _Entry:
+    """:func:`_remember` for ``messages``, the first of them already in ``head``."""
+    if head is None:
+        return _remember(messages, user, previous, offset)
+    done = len(head.digests)
+    rest = _remember(messages[done:], user, head.digests[-1], offset + done)
+    head.extend(rest)
+    head.size += rest.size
+    return head
 
 
 class HexDigests(Sequence[str]):
