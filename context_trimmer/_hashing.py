@@ -41,6 +41,8 @@ def canonical_json(message: Mapping[str, Any]) -> str:
 _FAST_PREFIX = {
     role: b"s" + role.encode() + b"\x00" for role in ("system", "developer", "user", "assistant")
 }
+_CHAT_PREFIX = {role: _FAST_PREFIX[role] for role in ("user", "assistant")}
+_CONTROL_PREFIX = {role: _FAST_PREFIX[role] for role in CONTROL_ROLES}
 
 
 def chain_digests(
@@ -400,35 +402,40 @@ def _remember_checked(
     first."""
     if type(messages) is not list:
         return None
-    sha256, encode, fast, controls_roles = hashlib.sha256, str.encode, _FAST_PREFIX, CONTROL_ROLES
+    sha256, encode, copy_dict = hashlib.sha256, str.encode, dict.copy
+    chat, control = _CHAT_PREFIX, _CONTROL_PREFIX
     if previous is None:
         previous = root_digest(user)
-    refs: list[Any] = []
     digests: list[bytes] = []
     snapshots: list[Any] = []
     controls: list[int] = []
+    keep, copy = digests.append, snapshots.append
     size = 0
     try:
-        for index, message in enumerate(messages, offset):
+        for message in messages:  # kept lean: this runs once per stored message
             if type(message) is not dict or len(message) != 2:
                 break
             role: Any = message.get("role")
             content: Any = message.get("content")
-            prefix = fast.get(role)
-            if prefix is None or type(content) is not str or len(content) > MAX_TEXT_CHARS:
+            prefix = chat.get(role)
+            if prefix is None:
+                prefix = control.get(role)
+                if prefix is None:
+                    break
+                controls.append(offset + len(digests))
+            if type(content) is not str or len(content) > MAX_TEXT_CHARS:
                 break
-            body = previous + prefix + encode(content)
-            previous = sha256(body).digest()
-            digests.append(previous)
-            refs.append(message)
-            snapshots.append(message.copy())
+            previous = sha256(previous + prefix + encode(content)).digest()
+            keep(previous)
+            copy(copy_dict(message))
             size += len(content) + len(role)
-            if role in controls_roles:
-                controls.append(index)
     except (TypeError, UnicodeEncodeError):  # an unhashable role, a lone surrogate
         pass
+    if len(controls) and controls[-1] >= offset + len(digests):
+        controls.pop()  # the message it names stopped the pass
     if not digests:
         return None
+    refs = messages[: len(digests)]
     return _Entry(refs, snapshots, digests, controls, size + _PLAIN_SIZE * len(digests))
 
 
