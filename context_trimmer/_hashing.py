@@ -33,9 +33,16 @@ def root_digest(user: str | None) -> bytes:
     return hashlib.sha256(_ROOT_TAG + (user or "").encode()).digest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(message: Mapping[str, Any]) -> str:
-    """The stored form of a message: compact JSON with sorted keys."""
-    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The stored form of a message: compact JSON with sorted keys.
+
+    What ``json.dumps(message, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` returns (it builds this very encoder on each call; one made
+    once saves that)."""
+    return _CANONICAL.encode(message)
 
 
 _FAST_PREFIX = {

@@ -8,6 +8,7 @@ cached then.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from context_trimmer import InvalidMessagesError
 from context_trimmer._arguments import MAX_TEXT_CHARS
-from context_trimmer._hashing import ChainCache, chain_digests
+from context_trimmer._hashing import ChainCache, canonical_json, chain_digests
 from context_trimmer._validation import validate_messages
 
 TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
@@ -112,3 +113,16 @@ def test_text_over_the_limit_is_refused_in_the_one_pass_too() -> None:
     with pytest.raises(InvalidMessagesError, match="over the limit") as error:
         cache.chain(messages, None, 0, "c", check=True)
     assert error.value.index == 2 and cache.held_bytes == 0
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(ANY_TEXT, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(ANY_TEXT, JSON, max_size=5))
+def test_canonical_json_is_what_json_dumps_gives(message: dict[str, Any]) -> None:
+    expected = json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(message) == expected
