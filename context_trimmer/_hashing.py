@@ -48,6 +48,8 @@ def canonical_json(message: Mapping[str, Any]) -> str:
 _FAST_PREFIX = {
     role: b"s" + role.encode() + b"\x00" for role in ("system", "developer", "user", "assistant")
 }
+_LAZY_RUN = 64
+"""Plain messages hashed in one pass from which on their copies are made lazily."""
 _CHAT_PREFIX = {role: _FAST_PREFIX[role] for role in ("user", "assistant")}
 _CONTROL_PREFIX = {role: _FAST_PREFIX[role] for role in CONTROL_ROLES}
 
@@ -168,7 +170,8 @@ class ChainCache:
         known = len(entry.snapshots)
         if len(messages) > known and type(messages) is list and self._unchanged(entry, messages):
             return known
-        snapshots = entry.snapshots
+        with self._lock:
+            snapshots = entry.settled()
         length = min(len(snapshots), len(messages))
         if length == len(snapshots) and messages[:length] == snapshots:
             return length
@@ -190,7 +193,8 @@ class ChainCache:
                 return False
             lead = min(_leading(entry.controls), known)
             checked = itertools.chain(range(lead), range(max(lead, known - WINDOW), known))
-            return all(messages[i] == snapshots[i] for i in checked)
+            snapshot = entry.snapshot
+            return all(messages[i] == snapshot(i) for i in checked)
 
     def chain(
         self,
@@ -287,9 +291,14 @@ class ChainCache:
 
 class _Entry:
     """One conversation: the app's message objects, copies of them, their digests, the
-    positions of the control messages, and the estimated size in bytes."""
+    positions of the control messages, and the estimated size in bytes.
 
-    __slots__ = ("controls", "digests", "refs", "size", "snapshots")
+    The copies of a long run of plain messages (a cold start) are made only when first
+    compared whole: until then ``snapshots`` holds None there and ``lazy`` the run's
+    start and the roles and texts the copies will hold (strings do not change, so
+    they are what a copy made then would have held)."""
+
+    __slots__ = ("controls", "digests", "lazy", "refs", "size", "snapshots")
 
     def __init__(
         self,
@@ -304,8 +313,31 @@ class _Entry:
         self.digests = digests
         self.controls = controls
         self.size = size
+        self.lazy: tuple[int, list[Any], list[Any]] | None = None
+
+    def snapshot(self, index: int) -> Any:
+        """The copy of message ``index``."""
+        lazy = self.lazy
+        if lazy is not None and self.snapshots[index] is None:
+            at = index - lazy[0]
+            return {"role": lazy[1][at], "content": lazy[2][at]}
+        return self.snapshots[index]
+
+    def settled(self) -> list[Any]:
+        """``snapshots`` with every copy made (call under the cache's lock)."""
+        if self.lazy is not None:
+            start, roles, texts = self.lazy
+            self.snapshots[start : start + len(roles)] = map(_plain_copy, roles, texts)
+            self.lazy = None
+        return self.snapshots
 
     def extend(self, new: _Entry) -> None:
+        if new.lazy is not None:
+            if self.lazy is None:
+                start, roles, texts = new.lazy
+                self.lazy = (len(self.snapshots) + start, roles, texts)
+            else:
+                new.settled()
         self.refs.extend(new.refs)
         self.snapshots.extend(new.snapshots)
         self.digests.extend(new.digests)
@@ -315,8 +347,12 @@ class _Entry:
         """A new entry holding the first ``known`` messages (these lists are kept as they are)."""
         controls = self.controls[: bisect.bisect_left(self.controls, known)]
         return _Entry(
-            self.refs[:known], self.snapshots[:known], self.digests[:known], controls, size
+            self.refs[:known], self.settled()[:known], self.digests[:known], controls, size
         )
+
+
+def _plain_copy(role: Any, content: Any) -> dict[str, Any]:
+    return {"role": role, "content": content}
 
 
 @dataclass(frozen=True)
@@ -409,14 +445,15 @@ def _remember_checked(
     first."""
     if type(messages) is not list:
         return None
-    sha256, encode, copy_dict = hashlib.sha256, str.encode, dict.copy
+    sha256, encode = hashlib.sha256, str.encode
     chat, control = _CHAT_PREFIX, _CONTROL_PREFIX
     if previous is None:
         previous = root_digest(user)
     digests: list[bytes] = []
-    snapshots: list[Any] = []
+    roles: list[Any] = []
+    texts: list[Any] = []
     controls: list[int] = []
-    keep, copy = digests.append, snapshots.append
+    keep, keep_role, keep_text = digests.append, roles.append, texts.append
     size = 0
     try:
         for message in messages:  # kept lean: this runs once per stored message
@@ -434,16 +471,22 @@ def _remember_checked(
                 break
             previous = sha256(previous + prefix + encode(content)).digest()
             keep(previous)
-            copy(copy_dict(message))
+            keep_role(role)
+            keep_text(content)
             size += len(content) + len(role)
     except (TypeError, UnicodeEncodeError):  # an unhashable role, a lone surrogate
         pass
     if len(controls) and controls[-1] >= offset + len(digests):
         controls.pop()  # the message it names stopped the pass
-    if not digests:
+    done = len(digests)
+    if not done:
         return None
-    refs = messages[: len(digests)]
-    return _Entry(refs, snapshots, digests, controls, size + _PLAIN_SIZE * len(digests))
+    size += _PLAIN_SIZE * done
+    if done < _LAZY_RUN:
+        return _Entry(messages[:done], [*map(_plain_copy, roles, texts)], digests, controls, size)
+    entry = _Entry(messages[:done], [None] * done, digests, controls, size)
+    entry.lazy = (0, roles, texts)
+    return entry
 
 
 def _remember_rest(

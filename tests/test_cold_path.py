@@ -15,11 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from context_trimmer import InvalidMessagesError
+from context_trimmer import InvalidMessagesError, _hashing
 from context_trimmer._arguments import MAX_TEXT_CHARS
 from context_trimmer._hashing import ChainCache, canonical_json, chain_digests
 from context_trimmer._validation import validate_messages
 
+LAZY_RUN = _hashing._LAZY_RUN
 TEXT = st.text(st.characters(codec="utf-8"), max_size=12)
 ANY_TEXT = st.text(max_size=12)  # lone surrogates included
 PLAIN = st.builds(
@@ -69,7 +70,7 @@ def outcome(cache: ChainCache, messages: list[Any], check: bool, cid: str) -> An
     return (
         list(chain.hashes),
         [i for i in chain.controls if i < len(messages)],
-        entry.snapshots,
+        [entry.snapshot(i) for i in range(len(entry.refs))],
         [id(m) for m in entry.refs],
         cache.held_bytes,
     )
@@ -85,10 +86,24 @@ def test_one_pass_matches_validating_then_hashing(
     start: list[Any], first: list[list[Any]], then: list[list[Any]]
 ) -> None:
     start = [{"role": "system", "content": "s"}, *start]
-    turns = [[*start, *flat(first)], [*start, *flat(first), *flat(then)]]
-    fused, separate = ChainCache(), ChainCache()
-    for messages in turns:  # a cold start, then a turn that reuses what is known
-        assert outcome(fused, messages, True, "c") == outcome(separate, messages, False, "c")
+    turns = [[*start, *flat(first)], [*start, *flat(first), *flat(then)], turns_edited(start)]
+    for lazy_run in (2, 5, 10_000):  # copies made lazily from a few plain messages, or at once
+        _hashing._LAZY_RUN = lazy_run
+        try:
+            fused, separate = ChainCache(), ChainCache()
+            for messages in turns:  # a cold start, a turn reusing what is known, an edit
+                assert outcome(fused, messages, True, "c") == outcome(
+                    separate, messages, False, "c"
+                )
+        finally:
+            _hashing._LAZY_RUN = LAZY_RUN
+
+
+def turns_edited(start: list[Any]) -> list[Any]:
+    """``start`` with its last message's text replaced in place (seen by the full check)."""
+    edited = [*start]
+    edited[-1] = {**edited[-1], "content": "edited"}
+    return edited
 
 
 def test_a_plain_list_is_hashed_as_before_and_a_bad_text_refused_with_nothing_cached() -> None:
@@ -104,6 +119,25 @@ def test_a_plain_list_is_hashed_as_before_and_a_bad_text_refused_with_nothing_ca
         fresh.chain(bad, None, 0, "c", check=True)
     assert error.value.index == len(messages)
     assert fresh.held_bytes == 0
+
+
+@pytest.mark.parametrize("length", [10, 300])  # copies made at once, and lazily
+def test_an_edit_in_place_after_a_cold_start_is_seen(length: int) -> None:
+    messages = [{"role": "system", "content": "s"}]
+    messages += [{"role": "user", "content": f"q{i}"} for i in range(length)]
+    cache = ChainCache()
+    cache.chain(messages, None, 0, "c", check=True)
+    messages[5]["content"] = "edited in place"  # the same list sent again: full check
+    assert cache.known_prefix(messages, None, "c") == 5
+    cache = ChainCache()
+    cache.chain(messages, None, 0, "c", check=True)
+    messages[-2]["role"] = "assistant"  # a recent message, and the list grew
+    grown = [*messages, {"role": "user", "content": "more"}]
+    assert cache.known_prefix(grown, None, "c") == len(messages) - 2
+    known = cache.known_prefix(grown, None, "c")
+    chain = cache.chain(grown, None, known, "c", check=True)
+    assert list(chain.hashes) == [d.hex() for d in chain_digests(grown)]
+    assert cache.known_prefix([*grown, {"role": "user", "content": "x"}], None, "c") == len(grown)
 
 
 def test_text_over_the_limit_is_refused_in_the_one_pass_too() -> None:
