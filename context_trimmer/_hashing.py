@@ -439,10 +439,10 @@ def _remember_checked(
     """:func:`_remember` for the leading valid plain messages of ``messages`` (dicts
     ``{"role": <system, developer, user or assistant>, "content": <str>}`` of valid text
     within the limit, those ``validate_messages`` passes on its fast path), checked in
-    the same single pass that hashes and copies them: on a cold start that is every
-    message, and touching each once is what keeps it fast (the work is bound by memory,
-    not by the interpreter). Stops before the first other message; None if that is the
-    first."""
+    the same single pass that hashes them and keeps their roles and texts: on a cold
+    start that is every message, and touching each once is what keeps it fast (separate
+    passes each miss the caches on every message of a large list). Stops before the
+    first other message; None if that is the first."""
     if type(messages) is not list:
         return None
     sha256, encode = hashlib.sha256, str.encode
@@ -454,13 +454,12 @@ def _remember_checked(
     texts: list[Any] = []
     controls: list[int] = []
     keep, keep_role, keep_text = digests.append, roles.append, texts.append
-    size = 0
     try:
         for message in messages:  # kept lean: this runs once per stored message
             if type(message) is not dict or len(message) != 2:
                 break
-            role: Any = message.get("role")
-            content: Any = message.get("content")
+            role: Any = message["role"]
+            content: Any = message["content"]
             prefix = chat.get(role)
             if prefix is None:
                 prefix = control.get(role)
@@ -473,15 +472,14 @@ def _remember_checked(
             keep(previous)
             keep_role(role)
             keep_text(content)
-            size += len(content) + len(role)
-    except (TypeError, UnicodeEncodeError):  # an unhashable role, a lone surrogate
+    except (KeyError, TypeError, UnicodeEncodeError):  # no role, unhashable, lone surrogate
         pass
     if len(controls) and controls[-1] >= offset + len(digests):
         controls.pop()  # the message it names stopped the pass
     done = len(digests)
     if not done:
         return None
-    size += _PLAIN_SIZE * done
+    size = _PLAIN_SIZE * done + sum(map(len, roles)) + sum(map(len, texts))
     if done < _LAZY_RUN:
         return _Entry(messages[:done], [*map(_plain_copy, roles, texts)], digests, controls, size)
     entry = _Entry(messages[:done], [None] * done, digests, controls, size)
