@@ -1,11 +1,5 @@
-"""Content addresses for conversations: the prefix chain hash.
-
-``h[i] = sha256(h[i-1] + canonical(message[i]))``, starting from a root that depends on
-the tenant (the ``user``, or none). A conversation is a path of hashes, so the same
-conversation sent again maps onto the same rows, and an edited or regenerated turn
-starts a new branch that shares the common prefix. Because a message's hash commits
-to everything before it, a stored hash proves its whole prefix is stored too.
-"""
+"""The chain cache: what each conversation's last list hashed to, so a prepare() hashes
+only what is new (the chain hash itself is in ``_digests``)."""
 
 from __future__ import annotations
 
@@ -13,7 +7,6 @@ import bisect
 import copy
 import hashlib
 import itertools
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -21,93 +14,17 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from ._arguments import MAX_TEXT_CHARS
-from ._exceptions import InvalidMessagesError
+from ._digests import FAST_PREFIX, json_bytes, utf8_bytes
+from ._digests import canonical_json as canonical_json
+from ._digests import chain_digests as chain_digests
+from ._digests import root_digest as root_digest
 from ._validation import validate_messages
 from ._window import CONTROL_ROLES
 
-_ROOT_TAG = b"context-trimmer/v1\x00"
-
-
-def root_digest(user: str | None) -> bytes:
-    """The hash every path of ``user`` (None: no user) starts from."""
-    return hashlib.sha256(_ROOT_TAG + (user or "").encode()).digest()
-
-
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical_json(message: Mapping[str, Any]) -> str:
-    """The stored form of a message: compact JSON with sorted keys.
-
-    What ``json.dumps(message, sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False)`` returns (it builds this very encoder on each call; one made
-    once saves that)."""
-    return _CANONICAL.encode(message)
-
-
-_FAST_PREFIX = {
-    role: b"s" + role.encode() + b"\x00" for role in ("system", "developer", "user", "assistant")
-}
 _LAZY_RUN = 64
 """Plain messages hashed in one pass from which on their copies are made lazily."""
-_CHAT_PREFIX = {role: _FAST_PREFIX[role] for role in ("user", "assistant")}
-_CONTROL_PREFIX = {role: _FAST_PREFIX[role] for role in CONTROL_ROLES}
-
-
-def chain_digests(
-    messages: Sequence[Mapping[str, Any]],
-    user: str | None = None,
-    *,
-    previous: bytes | None = None,
-    offset: int = 0,
-) -> list[bytes]:
-    """The prefix chain hash of every message (raw 32-byte digests).
-
-    This runs over the whole list on every prepare(), so the common message
-    ``{"role": ..., "content": "<str>"}`` takes a tight path; anything else is hashed
-    as canonical JSON. The two forms are tagged so they can never collide.
-    """
-    sha256 = hashlib.sha256
-    fast = _FAST_PREFIX
-    if previous is None:
-        previous = root_digest(user)
-    digests: list[bytes] = []
-    append = digests.append
-    for index, message in enumerate(messages, offset):
-        content = message.get("content")
-        prefix = fast.get(message.get("role")) if len(message) == 2 else None  # type: ignore[arg-type]
-        if prefix is not None and type(content) is str:
-            try:
-                body = prefix + content.encode()
-            except UnicodeEncodeError:
-                body = _utf8(index, content)
-        else:
-            body = b"j" + _json_bytes(index, message)
-        previous = sha256(previous + body).digest()
-        append(previous)
-    return digests
-
-
-def _utf8(index: int, text: str) -> bytes:
-    try:
-        return text.encode()
-    except UnicodeEncodeError as error:
-        raise InvalidMessagesError(
-            f"holds text that is not valid Unicode ({error.reason}); remove lone surrogates",
-            index=index,
-        ) from error
-
-
-def _json_bytes(index: int, message: Mapping[str, Any]) -> bytes:
-    try:
-        text = canonical_json(message)
-    except (TypeError, ValueError) as error:
-        raise InvalidMessagesError(
-            f"is not JSON-serialisable ({error}); send only strings, numbers, booleans, "
-            "null, lists and objects",
-            index=index,
-        ) from error
-    return _utf8(index, text)
+_CHAT_PREFIX = {role: FAST_PREFIX[role] for role in ("user", "assistant")}
+_CONTROL_PREFIX = {role: FAST_PREFIX[role] for role in CONTROL_ROLES}
 
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -397,7 +314,7 @@ def _remember(
     (its strings shared, counted once here), anything else deep (counted as twice its
     repr)."""
     sha256 = hashlib.sha256
-    fast = _FAST_PREFIX
+    fast = FAST_PREFIX
     if previous is None:
         previous = root_digest(user)
     entry = _Entry(list(messages), [], [], [], 0)
@@ -413,7 +330,7 @@ def _remember(
             try:
                 body = prefix + content.encode()
             except UnicodeEncodeError:
-                body = _utf8(index, content)
+                body = utf8_bytes(index, content)
             previous = sha256(previous + body).digest()
             digests.append(previous)
             if type(message) is dict:  # {"role": <str>, "content": <str>}: the common one
@@ -421,7 +338,7 @@ def _remember(
                 size += _PLAIN_SIZE + len(role) + len(content)
                 continue
         else:
-            previous = sha256(previous + b"j" + _json_bytes(index, message)).digest()
+            previous = sha256(previous + b"j" + json_bytes(index, message)).digest()
             digests.append(previous)
         if type(message) is dict and all(type(v) is str for v in message.values()):
             snapshots.append(message.copy())
