@@ -18,12 +18,19 @@ than absolute figures.
                                        [--recall-tokens 0]
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
         [--db postgresql+psycopg://USER@HOST/DB]
+    python benchmarks/prepare_speed.py --cold [--against OLD_CHECKOUT] [--processes 5]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
 wall and CPU medians, on the same messages, on SQLite or on a PostgreSQL server
 (``--db``: a throwaway database is made there for each run); each message also names
 a rare reference (``ref1234``) that later user turns ask about, so the search finds
 and ranks matches.
+
+``--cold`` times only the cold start (``--sizes``, 1,000 and 50,000 by default), and
+with ``--against`` a second source tree (an older checkout of this repository) in the
+same run: each process imports the package from one tree (``PYTHONPATH``), the trees
+alternate process by process on the same stored histories, so the two slopes compare
+under the same load.
 """
 
 from __future__ import annotations
@@ -274,13 +281,64 @@ def run_worker(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def in_process(kind: str, size: int, folder: str, args: argparse.Namespace, **extra: Any) -> Any:
+def in_process(
+    kind: str,
+    size: int,
+    folder: str,
+    args: argparse.Namespace,
+    tree: str | None = None,
+    **extra: Any,
+) -> Any:
+    """Run one ``--worker`` process; ``tree``: import the package from that source tree."""
     command = [sys.executable, __file__, "--worker", kind, "--sizes", str(size)]
     command += ["--turns", str(args.turns), "--folder", folder]
     command += ["--recall-tokens", str(args.recall_tokens)]
     command += [f"--{k}={v}" for k, v in extra.items()]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(output.splitlines()[-1])
+
+
+def measure_cold(args: argparse.Namespace) -> None:
+    """The cold start alone, for this package and (``--against``) another source tree,
+    alternating process by process on the same stored histories."""
+    sizes = sorted(set(args.sizes))
+    trees = {"this": None, **({"against": args.against} if args.against else {})}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {(t, s): [] for t in trees for s in sizes}
+    with tempfile.TemporaryDirectory() as folder:
+        for size in sizes:
+            store_history(size, folder)
+        for _process in range(args.processes):
+            for size in sizes:
+                for name, tree in trees.items():
+                    runs[name, size].append(in_process("cold", size, folder, args, tree))
+    print(
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; cold start, medians "
+        f"of {args.processes} processes per tree and size, CPU time; SQLite"
+    )
+    slopes: dict[tuple[str, str], float] = {}
+    for name in trees:
+        for kind, pick in (("median", statistics.median), ("min", min)):
+            cpu = {size: pick(run["cpu"] for run in runs[name, size]) for size in sizes}
+            slopes[name, kind] = (cpu[sizes[-1]] - cpu[sizes[0]]) / (sizes[-1] - sizes[0])
+            figures = ", ".join(f"{size:,}: {cpu[size] * 1e3:.1f} ms" for size in sizes)
+            print(
+                f"{name:>8} ({kind:>6}): first prepare() {figures}; "
+                f"{slopes[name, kind] * 1e6:.2f} µs CPU per stored message"
+            )
+        print(f"{'':>8} Trimmer() {median_of(runs[name, sizes[0]], 'init_cpu') * 1e3:.0f} ms CPU")
+    if args.against:
+        for kind in ("median", "min"):
+            ratio = slopes["this", kind] / slopes["against", kind]
+            print(f"this tree / against ({kind}s): {ratio:.2f}x the CPU per stored message")
+
+
+def store_history(size: int, folder: str) -> None:
+    """Store the ``size`` messages the cold workers send, as the app's first call would."""
+    with Trimmer(
+        f"sqlite:///{folder}/{size}.db", summarizer="extractive", background=False
+    ) as trimmer:
+        trimmer.prepare(conversation(size, random.Random(size)))
 
 
 def median_of(runs: list[dict[str, Any]], field: str) -> float:
@@ -355,8 +413,14 @@ def main() -> None:
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
+    parser.add_argument("--cold", action="store_true", help="the cold start alone")
+    parser.add_argument("--against", help="--cold: also this source tree, alternating")
     args = parser.parse_args()
-    if args.recall:
+    if args.cold:
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = [1000, 50000]
+        measure_cold(args)
+    elif args.recall:
         compare_recall(args.sizes, args.turns, args.db)
     elif args.worker:
         run_worker(args)

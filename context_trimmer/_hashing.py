@@ -1,11 +1,5 @@
-"""Content addresses for conversations: the prefix chain hash.
-
-``h[i] = sha256(h[i-1] + canonical(message[i]))``, starting from a root that depends on
-the tenant (the ``user``, or none). A conversation is a path of hashes, so the same
-conversation sent again maps onto the same rows, and an edited or regenerated turn
-starts a new branch that shares the common prefix. Because a message's hash commits
-to everything before it, a stored hash proves its whole prefix is stored too.
-"""
+"""The chain cache: what each conversation's last list hashed to, so a prepare() hashes
+only what is new (the chain hash itself is in ``_digests``)."""
 
 from __future__ import annotations
 
@@ -13,88 +7,24 @@ import bisect
 import copy
 import hashlib
 import itertools
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
-from ._exceptions import InvalidMessagesError
+from ._arguments import MAX_TEXT_CHARS
+from ._digests import FAST_PREFIX, json_bytes, utf8_bytes
+from ._digests import canonical_json as canonical_json
+from ._digests import chain_digests as chain_digests
+from ._digests import root_digest as root_digest
+from ._validation import validate_messages
 from ._window import CONTROL_ROLES
 
-_ROOT_TAG = b"context-trimmer/v1\x00"
-
-
-def root_digest(user: str | None) -> bytes:
-    """The hash every path of ``user`` (None: no user) starts from."""
-    return hashlib.sha256(_ROOT_TAG + (user or "").encode()).digest()
-
-
-def canonical_json(message: Mapping[str, Any]) -> str:
-    """The stored form of a message: compact JSON with sorted keys."""
-    return json.dumps(message, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-_FAST_PREFIX = {
-    role: b"s" + role.encode() + b"\x00" for role in ("system", "developer", "user", "assistant")
-}
-
-
-def chain_digests(
-    messages: Sequence[Mapping[str, Any]],
-    user: str | None = None,
-    *,
-    previous: bytes | None = None,
-    offset: int = 0,
-) -> list[bytes]:
-    """The prefix chain hash of every message (raw 32-byte digests).
-
-    This runs over the whole list on every prepare(), so the common message
-    ``{"role": ..., "content": "<str>"}`` takes a tight path; anything else is hashed
-    as canonical JSON. The two forms are tagged so they can never collide.
-    """
-    sha256 = hashlib.sha256
-    fast = _FAST_PREFIX
-    if previous is None:
-        previous = root_digest(user)
-    digests: list[bytes] = []
-    append = digests.append
-    for index, message in enumerate(messages, offset):
-        content = message.get("content")
-        prefix = fast.get(message.get("role")) if len(message) == 2 else None  # type: ignore[arg-type]
-        if prefix is not None and type(content) is str:
-            try:
-                body = prefix + content.encode()
-            except UnicodeEncodeError:
-                body = _utf8(index, content)
-        else:
-            body = b"j" + _json_bytes(index, message)
-        previous = sha256(previous + body).digest()
-        append(previous)
-    return digests
-
-
-def _utf8(index: int, text: str) -> bytes:
-    try:
-        return text.encode()
-    except UnicodeEncodeError as error:
-        raise InvalidMessagesError(
-            f"holds text that is not valid Unicode ({error.reason}); remove lone surrogates",
-            index=index,
-        ) from error
-
-
-def _json_bytes(index: int, message: Mapping[str, Any]) -> bytes:
-    try:
-        text = canonical_json(message)
-    except (TypeError, ValueError) as error:
-        raise InvalidMessagesError(
-            f"is not JSON-serialisable ({error}); send only strings, numbers, booleans, "
-            "null, lists and objects",
-            index=index,
-        ) from error
-    return _utf8(index, text)
+_LAZY_RUN = 64
+"""Plain messages hashed in one pass from which on their copies are made lazily."""
+_CHAT_PREFIX = {role: FAST_PREFIX[role] for role in ("user", "assistant")}
+_CONTROL_PREFIX = {role: FAST_PREFIX[role] for role in CONTROL_ROLES}
 
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -157,7 +87,8 @@ class ChainCache:
         known = len(entry.snapshots)
         if len(messages) > known and type(messages) is list and self._unchanged(entry, messages):
             return known
-        snapshots = entry.snapshots
+        with self._lock:
+            snapshots = entry.settled()
         length = min(len(snapshots), len(messages))
         if length == len(snapshots) and messages[:length] == snapshots:
             return length
@@ -179,7 +110,8 @@ class ChainCache:
                 return False
             lead = min(_leading(entry.controls), known)
             checked = itertools.chain(range(lead), range(max(lead, known - WINDOW), known))
-            return all(messages[i] == snapshots[i] for i in checked)
+            snapshot = entry.snapshot
+            return all(messages[i] == snapshot(i) for i in checked)
 
     def chain(
         self,
@@ -187,8 +119,14 @@ class ChainCache:
         user: str | None,
         known: int,
         conversation_id: str | None = None,
+        *,
+        check: bool = False,
     ) -> Chain:
-        """Digests and control positions of ``messages``, reusing the first ``known``."""
+        """Digests and control positions of ``messages``, reusing the first ``known``.
+
+        ``check``: first validate the messages after ``known``, as
+        ``validate_messages(messages, known_valid=known)`` does (same errors); the usual
+        messages are checked in the pass that hashes them (see :func:`_plain_entry`)."""
         key = _cache_key(messages, user, conversation_id)
         entry = self._entry(key) if known else None
         if entry is None or known > len(entry.digests):
@@ -196,10 +134,17 @@ class ChainCache:
         previous = entry.digests[known - 1] if entry is not None and known else None
         new = messages[known:]
         if key is None:
+            if check:
+                validate_messages(messages, known_valid=known)
             digests = chain_digests(new, user)
             controls = [i for i, m in enumerate(new) if m.get("role") in CONTROL_ROLES]
             return Chain(HexDigests(digests, len(digests)), controls)
-        grown = _remember(new, user, previous, known)
+        grown = _remember_checked(new, user, previous, known) if check else None
+        done = 0 if grown is None else len(grown.digests)
+        if grown is None or done < len(new):
+            if check:
+                validate_messages(messages, known_valid=known + done)
+            grown = _remember_rest(new, user, previous, known, grown)
         with self._lock:
             entry = self._grow(key, entry, known, grown)
             return Chain(HexDigests(entry.digests, len(messages)), entry.controls)
@@ -263,9 +208,14 @@ class ChainCache:
 
 class _Entry:
     """One conversation: the app's message objects, copies of them, their digests, the
-    positions of the control messages, and the estimated size in bytes."""
+    positions of the control messages, and the estimated size in bytes.
 
-    __slots__ = ("controls", "digests", "refs", "size", "snapshots")
+    The copies of a long run of plain messages (a cold start) are made only when first
+    compared whole: until then ``snapshots`` holds None there and ``lazy`` the run's
+    start and the roles and texts the copies will hold (strings do not change, so
+    they are what a copy made then would have held)."""
+
+    __slots__ = ("controls", "digests", "lazy", "refs", "size", "snapshots")
 
     def __init__(
         self,
@@ -280,8 +230,31 @@ class _Entry:
         self.digests = digests
         self.controls = controls
         self.size = size
+        self.lazy: tuple[int, list[Any], list[Any]] | None = None
+
+    def snapshot(self, index: int) -> Any:
+        """The copy of message ``index``."""
+        lazy = self.lazy
+        if lazy is not None and self.snapshots[index] is None:
+            at = index - lazy[0]
+            return {"role": lazy[1][at], "content": lazy[2][at]}
+        return self.snapshots[index]
+
+    def settled(self) -> list[Any]:
+        """``snapshots`` with every copy made (call under the cache's lock)."""
+        if self.lazy is not None:
+            start, roles, texts = self.lazy
+            self.snapshots[start : start + len(roles)] = map(_plain_copy, roles, texts)
+            self.lazy = None
+        return self.snapshots
 
     def extend(self, new: _Entry) -> None:
+        if new.lazy is not None:
+            if self.lazy is None:
+                start, roles, texts = new.lazy
+                self.lazy = (len(self.snapshots) + start, roles, texts)
+            else:
+                new.settled()
         self.refs.extend(new.refs)
         self.snapshots.extend(new.snapshots)
         self.digests.extend(new.digests)
@@ -291,8 +264,12 @@ class _Entry:
         """A new entry holding the first ``known`` messages (these lists are kept as they are)."""
         controls = self.controls[: bisect.bisect_left(self.controls, known)]
         return _Entry(
-            self.refs[:known], self.snapshots[:known], self.digests[:known], controls, size
+            self.refs[:known], self.settled()[:known], self.digests[:known], controls, size
         )
+
+
+def _plain_copy(role: Any, content: Any) -> dict[str, Any]:
+    return {"role": role, "content": content}
 
 
 @dataclass(frozen=True)
@@ -337,7 +314,7 @@ def _remember(
     (its strings shared, counted once here), anything else deep (counted as twice its
     repr)."""
     sha256 = hashlib.sha256
-    fast = _FAST_PREFIX
+    fast = FAST_PREFIX
     if previous is None:
         previous = root_digest(user)
     entry = _Entry(list(messages), [], [], [], 0)
@@ -353,7 +330,7 @@ def _remember(
             try:
                 body = prefix + content.encode()
             except UnicodeEncodeError:
-                body = _utf8(index, content)
+                body = utf8_bytes(index, content)
             previous = sha256(previous + body).digest()
             digests.append(previous)
             if type(message) is dict:  # {"role": <str>, "content": <str>}: the common one
@@ -361,7 +338,7 @@ def _remember(
                 size += _PLAIN_SIZE + len(role) + len(content)
                 continue
         else:
-            previous = sha256(previous + b"j" + _json_bytes(index, message)).digest()
+            previous = sha256(previous + b"j" + json_bytes(index, message)).digest()
             digests.append(previous)
         if type(message) is dict and all(type(v) is str for v in message.values()):
             snapshots.append(message.copy())
@@ -371,6 +348,77 @@ def _remember(
             size += 232 + 2 * len(repr(message))
     entry.size = size
     return entry
+
+
+def _remember_checked(
+    messages: Sequence[Any], user: str | None, previous: bytes | None, offset: int
+) -> _Entry | None:
+    """:func:`_remember` for the leading valid plain messages of ``messages`` (dicts
+    ``{"role": <system, developer, user or assistant>, "content": <str>}`` of valid text
+    within the limit, those ``validate_messages`` passes on its fast path), checked in
+    the same single pass that hashes them and keeps their roles and texts: on a cold
+    start that is every message, and touching each once is what keeps it fast (separate
+    passes each miss the caches on every message of a large list). Stops before the
+    first other message; None if that is the first."""
+    if type(messages) is not list:
+        return None
+    sha256, encode = hashlib.sha256, str.encode
+    chat, control = _CHAT_PREFIX, _CONTROL_PREFIX
+    if previous is None:
+        previous = root_digest(user)
+    digests: list[bytes] = []
+    roles: list[Any] = []
+    texts: list[Any] = []
+    controls: list[int] = []
+    keep, keep_role, keep_text = digests.append, roles.append, texts.append
+    try:
+        for message in messages:  # kept lean: this runs once per stored message
+            if type(message) is not dict or len(message) != 2:
+                break
+            role: Any = message["role"]
+            content: Any = message["content"]
+            prefix = chat.get(role)
+            if prefix is None:
+                prefix = control.get(role)
+                if prefix is None:
+                    break
+                controls.append(offset + len(digests))
+            if type(content) is not str or len(content) > MAX_TEXT_CHARS:
+                break
+            previous = sha256(previous + prefix + encode(content)).digest()
+            keep(previous)
+            keep_role(role)
+            keep_text(content)
+    except (KeyError, TypeError, UnicodeEncodeError):  # no role, unhashable, lone surrogate
+        pass
+    if len(controls) and controls[-1] >= offset + len(digests):
+        controls.pop()  # the message it names stopped the pass
+    done = len(digests)
+    if not done:
+        return None
+    size = _PLAIN_SIZE * done + sum(map(len, roles)) + sum(map(len, texts))
+    if done < _LAZY_RUN:
+        return _Entry(messages[:done], [*map(_plain_copy, roles, texts)], digests, controls, size)
+    entry = _Entry(messages[:done], [None] * done, digests, controls, size)
+    entry.lazy = (0, roles, texts)
+    return entry
+
+
+def _remember_rest(
+    messages: Sequence[Any],
+    user: str | None,
+    previous: bytes | None,
+    offset: int,
+    head: _Entry | None,
+) -> _Entry:
+    """:func:`_remember` for ``messages``, the first of them already in ``head``."""
+    if head is None:
+        return _remember(messages, user, previous, offset)
+    done = len(head.digests)
+    rest = _remember(messages[done:], user, head.digests[-1], offset + done)
+    head.extend(rest)
+    head.size += rest.size
+    return head
 
 
 class HexDigests(Sequence[str]):

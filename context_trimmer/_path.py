@@ -23,7 +23,6 @@ from ._ledger import Ledger
 from ._models import ModelInfo
 from ._summary_store import StoredSummary, Summaries
 from ._tokens import TokenCounter
-from ._validation import validate_messages
 from ._window import anchor_index
 
 Message = Mapping[str, Any]
@@ -139,8 +138,7 @@ def build_path(
 ) -> Path:
     """Validate and hash ``messages`` (only what ``chains`` has not seen) into a Path."""
     known = chains.known_prefix(messages, user, conversation_id)
-    validate_messages(messages, known_valid=known)
-    chain = chains.chain(messages, user, known, conversation_id)
+    chain = chains.chain(messages, user, known, conversation_id, check=True)  # validates
     hashes = chain.hashes
     anchor = anchor_index(messages)
     return Path(

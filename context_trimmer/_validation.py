@@ -43,7 +43,8 @@ def validate_messages(messages: Any, *, known_valid: int = 0) -> None:
             type(message) is dict
             and len(message) == 2
             and type(message.get("content")) is str
-            and message.get("role") in _SIMPLE_ROLES
+            and type(role := message.get("role")) is str  # a list would not hash
+            and role in _SIMPLE_ROLES
         ):
             _check_answered(unanswered)
             _check_text(index, message["content"])
