@@ -49,9 +49,9 @@ class StreamSummary:
 
 
 Finish = Callable[[dict[str, Any], str], None]
+"""Records a stream: its response-shaped summary and how it ended (runs blocking I/O)."""
 Offload = Callable[..., Awaitable[Any]]
 """Runs a blocking call off the event loop (``asyncio.to_thread``, or a store's lane)."""
-"""Records a stream: its response-shaped summary and how it ended (runs blocking I/O)."""
 
 
 def _abandoned(summary: StreamSummary | None, finish: Finish | None) -> None:

@@ -193,6 +193,32 @@ def test_a_spent_budget_raises_when_the_wait_is_too_long(
     assert len(server.requests) == 1
 
 
+async def test_async_budgets_hold_with_the_reservation_made_beside_prepare(
+    trimmer: Trimmer, server: FakeOpenAI, db_url: str
+) -> None:
+    """The async client reserves its first budget in prepare()'s hand-off: an
+    over-limit call still raises before anything is sent, and a spent budget whose
+    reset is further than max_wait still raises, recorded as such."""
+    over = trimmer.wrap(
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="k"),
+        limits={"gpt-4o": RateLimits(tokens_per_minute=500)},
+    )
+    with pytest.raises(RateLimitBudgetExceeded, match="more than the whole limit of 500"):
+        await over.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    assert server.requests == []
+    assert attempts(db_url)[0].outcome == "budget_exceeded"
+    limits = {"gpt-4o": RateLimits(tokens_per_minute=1500)}
+    spent = trimmer.wrap(
+        openai.AsyncOpenAI(base_url=server.base_url, api_key="k"), max_wait=0.5, limits=limits
+    )
+    await spent.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    with pytest.raises(RateLimitBudgetExceeded) as caught:
+        await spent.chat.completions.create(model="gpt-4o", messages=chat(), max_tokens=900)
+    assert 50 < caught.value.wait_seconds <= 60
+    assert len(server.requests) == 1
+    assert [row.outcome for row in attempts(db_url)] == ["budget_exceeded", "ok", "budget_exceeded"]
+
+
 def test_fallback_to_a_cheaper_model(trimmer: Trimmer, db_url: str) -> None:
     def answer(body: dict[str, Any]) -> Reply:
         if body["model"] == "gpt-4o":
