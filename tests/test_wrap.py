@@ -217,6 +217,8 @@ async def test_async_budgets_hold_with_the_reservation_made_beside_prepare(
     assert 50 < caught.value.wait_seconds <= 60
     assert len(server.requests) == 1
     assert [row.outcome for row in attempts(db_url)] == ["budget_exceeded", "ok", "budget_exceeded"]
+    await over.close()
+    await spent.close()
 
 
 def test_fallback_to_a_cheaper_model(trimmer: Trimmer, db_url: str) -> None:
