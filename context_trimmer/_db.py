@@ -316,10 +316,22 @@ def insert_ignoring_conflicts(
         connection.execute(_insert_or_ignore(connection, table), list(rows))
 
 
+def insert_new(connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+    """Insert the ``rows`` whose key is not stored yet; the keys of those inserted (a
+    one-column primary key)."""
+    on_sqlite = connection.dialect.name == "sqlite"
+    fast = _fast_ignoring(on_sqlite, table, True)
+    if len(rows) == 1:  # the request path's case: on the driver's cursor
+        row = fast.first(connection, rows[0])
+        return set() if row is None else {row[0]}
+    if not rows:
+        return set()
+    return set(connection.execute(fast.statement, list(rows)).scalars())  # type: ignore[call-overload]
+
+
 def insert_if_absent(connection: Connection, table: Table, row: Mapping[str, Any]) -> bool:
     """Insert one row unless its key is stored; True if it was inserted."""
-    fast = _fast_ignoring(connection.dialect.name == "sqlite", table, True)
-    return fast.first(connection, row) is not None
+    return bool(insert_new(connection, table, [row]))
 
 
 def period(column: Any, since: datetime | None, until: datetime | None) -> list[Any]:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from . import _recall_index
-from ._db import insert_ignoring_conflicts
+from ._db import insert_ignoring_conflicts, insert_new
 from ._fastsql import Fast
 from ._schema import Message, TokenCount, utcnow
 
@@ -67,11 +66,6 @@ _TOKEN_ROWS = select(COUNTS.c.message_hash, COUNTS.c.tokens, COUNTS.c.path_token
     COUNTS.c.message_hash.in_(bindparam("hashes", expanding=True)),
 )
 _TOKEN_ROWS_FAST = Fast(_TOKEN_ROWS)
-_INSERT_MESSAGES = {
-    name: dialect.insert(MESSAGES).on_conflict_do_nothing().returning(MESSAGES.c.hash)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
-_INSERT_MESSAGE_FAST = {name: Fast(statement) for name, statement in _INSERT_MESSAGES.items()}
 
 
 def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[str, TokenRow]:
@@ -118,19 +112,8 @@ def append(
                 "path_tokens": running,
             }
         )
-    _index_new(connection, messages, hashes, start, _insert_new(connection, message_rows))
+    _index_new(connection, messages, hashes, start, insert_new(connection, MESSAGES, message_rows))
     insert_ignoring_conflicts(connection, COUNTS, count_rows)
-
-
-def _insert_new(connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert message rows not stored yet; the hashes of those inserted."""
-    if not rows:
-        return set()
-    dialect = "sqlite" if connection.dialect.name == "sqlite" else "postgresql"
-    if len(rows) == 1:  # a turn's new message: on the driver's cursor
-        row = _INSERT_MESSAGE_FAST[dialect].first(connection, rows[0])
-        return set() if row is None else {row.hash}
-    return set(connection.execute(_INSERT_MESSAGES[dialect], list(rows)).scalars())
 
 
 def _index_new(
