@@ -1,5 +1,5 @@
 """What every ``context-trimmer`` command shares: ``--db``, ``--json``, one-line errors,
-durations such as ``10m`` or ``30d``."""
+durations such as ``10m`` or ``30d``, shares such as ``0.05`` or ``off``."""
 
 from __future__ import annotations
 
@@ -52,3 +52,16 @@ def duration(text: str) -> timedelta:
     if not match:
         raise click.BadParameter(f"{text!r}: use a number and s, m, h or d, such as 10m or 30d")
     return timedelta(seconds=float(match.group(1)) * _SECONDS[match.group(2)])
+
+
+def share(text: str | float | None) -> float | None:
+    """A share such as ``0.05``, or ``off`` (None); its range is checked where it is used."""
+    if text is None or isinstance(text, float):
+        return text
+    if text.strip().lower() == "off":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        message = f"{text!r}: use a number in (0, 1], such as 0.05, or off"
+        raise click.BadParameter(message) from None

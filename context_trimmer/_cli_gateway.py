@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ._cli_common import F, db_option, emit, json_option, user_errors
+from ._cli_common import F, db_option, emit, json_option, share, user_errors
 from ._db import Database
 from ._gateway_config import (
     CONFIG_ENV,
@@ -146,10 +146,15 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
 @_serve_option(
     "summary_share",
     "Grow the summary budget to this share of the history it replaces "
-    "(never above --summary-tokens).",
-    type=float,
+    "(never above --summary-tokens); off: a fixed --summary-tokens.",
+    type=share,
 )
 @_serve_option("recall_tokens", "Budget of the recalled earlier messages (0: no recall).", type=int)
+@_serve_option(
+    "recall_share",
+    "Recall at most this share of the history's tokens too; off: --recall-tokens alone.",
+    type=share,
+)
 @_serve_option("max_tokens", "max_tokens set on requests that give none.", type=int)
 @_serve_option(
     "system_prompt",

@@ -23,11 +23,12 @@ from sqlalchemy.exc import ArgumentError
 from ._db import DB_ENV, resolve_url
 from ._exceptions import ConfigurationError
 from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, load_upstreams, resolve
-from ._options import FOLDS
+from ._options import FOLDS, TrimmerOptions
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 CONFIG_ENV = "CONTEXT_TRIMMER_GATEWAY_CONFIG"
 OPENAI_URL = "https://api.openai.com/v1"
+_LIBRARY = TrimmerOptions()
 SUMMARIZERS = ("extractive", "openai")
 SYSTEM_PROMPTS = ("safe", "llm", "off")
 STORE_ERROR_POLICIES = ("raise", "passthrough")
@@ -64,12 +65,14 @@ class GatewayConfig:
     summary_model: str = "gpt-4o-mini"
     summary_base_url: str | None = None
     summary_key_env: str | None = None
-    keep_last: int = 20
-    fold_every: int = 10
-    summary_tokens: int = 1000
-    summary_share: float | None = None
-    recall_tokens: int = 1500
-    max_tokens: int = 1024
+    # The trimming settings default to the library's, measured ones (TrimmerOptions).
+    keep_last: int = _LIBRARY.keep_last
+    fold_every: int = _LIBRARY.fold_every
+    summary_tokens: int = _LIBRARY.summary_tokens
+    summary_share: float | None = _LIBRARY.summary_share
+    recall_tokens: int = _LIBRARY.recall_tokens
+    recall_share: float | None = _LIBRARY.recall_share
+    max_tokens: int = _LIBRARY.max_tokens
     system_prompt: str = "safe"
     user_tokens_per_minute: int | None = None
     user_tokens_per_day: int | None = None
@@ -111,8 +114,9 @@ class GatewayConfig:
             if getattr(self, name) is not None:
                 _check_count(name, getattr(self, name), 1)
         _check_seconds("key_cache_seconds", self.key_cache_seconds)
-        if self.summary_share is not None:
-            _check_share("summary_share", self.summary_share)
+        for name in ("summary_share", "recall_share"):
+            if getattr(self, name) is not None:
+                _check_share(name, getattr(self, name))
 
     def to_json(self) -> str:
         """The configuration as one JSON object (no secrets: keys stay in their variables)."""
@@ -287,14 +291,17 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         if config.system_prompt == "llm"
         else ""
     )
-    share = "off" if config.summary_share is None else f"{config.summary_share:g}"
+    share, recall_share = (
+        "off" if value is None else f"{value:g}"
+        for value in (config.summary_share, config.recall_share)
+    )
     rows = [
         *_upstream_rows(ends),
         ("database", _public_db(config.db_url)),
         ("summarizer", summarizer),
         ("keep last / fold every", f"{config.keep_last} / {config.fold_every} messages"),
         ("summary tokens / share", f"{config.summary_tokens} / {share}"),
-        ("recall tokens", str(config.recall_tokens or "off")),
+        ("recall tokens / share", f"{config.recall_tokens or 'off'} / {recall_share}"),
         ("folds", "jobs for context-trimmer worker" if config.folds == "queue" else "thread"),
         ("max tokens", str(config.max_tokens)),
         ("system prompt", prompt),

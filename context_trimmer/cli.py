@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__, _cli_data, _cli_folds, _cli_gateway, _cli_worker
-from ._cli_common import db_option, emit, json_option, user_errors
+from ._cli_common import db_option, emit, json_option, share, user_errors
 from ._compress import Compression, compress_safe
 from ._db import Database
 from ._html_report import render_html
@@ -111,14 +111,21 @@ def count(file: Path, model: str, as_json: bool) -> None:
 @click.option("--summary-tokens", default=OPTIONS.summary_tokens, show_default=True)
 @click.option(
     "--summary-share",
-    type=float,
+    type=share,
     default=OPTIONS.summary_share,
     show_default=True,
     help="Grow the summary budget to this share of the history it replaces "
-    "(never above --summary-tokens).",
+    "(never above --summary-tokens); off: a fixed --summary-tokens.",
 )
 @click.option(
     "--recall-tokens", default=OPTIONS.recall_tokens, show_default=True, help="0: no recall."
+)
+@click.option(
+    "--recall-share",
+    type=share,
+    default=OPTIONS.recall_share,
+    show_default=True,
+    help="Recall at most this share of the history's tokens too; off: --recall-tokens alone.",
 )
 @click.option("--model", default="gpt-4o", show_default=True, help="Model the app calls.")
 @json_option
@@ -133,6 +140,7 @@ def replay_command(
     summary_tokens: int,
     summary_share: float | None,
     recall_tokens: int,
+    recall_share: float | None,
     model: str,
     as_json: bool,
 ) -> None:
@@ -161,6 +169,7 @@ def replay_command(
             summary_tokens=summary_tokens,
             summary_share=summary_share,
             recall_tokens=recall_tokens,
+            recall_share=recall_share,
             background=False,
         ) as trimmer,
         click.progressbar(length=total, label="replaying", file=sys.stderr) as bar,

@@ -152,6 +152,7 @@ def _trimmer(config: GatewayConfig, ends: Endpoints) -> Trimmer:
         summary_tokens=config.summary_tokens,
         summary_share=config.summary_share,
         recall_tokens=config.recall_tokens,
+        recall_share=config.recall_share,
         max_tokens=config.max_tokens,
         system_prompt=cast(Mode, config.system_prompt),
         prompt_rewriter=rewriter,

@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletion
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
-from context_trimmer import Trimmer
+from context_trimmer import Trimmer, TrimmerOptions
 from context_trimmer._cli_gateway import GATEWAY_INSTALL
 from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
@@ -476,11 +476,26 @@ def test_serve_flags_env_and_readme_match_the_config() -> None:
     assert "pip install '.[gateway]'" in readme and "pip install '.[gateway]'" in GATEWAY_INSTALL
 
 
+def test_the_gateway_trims_with_the_library_defaults_and_shares_can_be_turned_off() -> None:
+    library = TrimmerOptions()
+    config = GatewayConfig()
+    for name in ("keep_last", "fold_every", "summary_tokens", "summary_share", "recall_tokens"):
+        assert getattr(config, name) == getattr(library, name), name
+    assert (config.recall_share, config.max_tokens) == (library.recall_share, library.max_tokens)
+    serve = main.get_command(click.Context(main), "serve")
+    assert serve is not None
+    off = serve.make_context("serve", ["--summary-share", "off", "--recall-share", "OFF"])
+    assert off.params["summary_share"] is None and off.params["recall_share"] is None
+    with pytest.raises(click.BadParameter, match="'half': use a number in"):
+        serve.make_context("serve", ["--recall-share", "half"])
+
+
 @pytest.mark.parametrize(
     ("arguments", "env", "message"),
     [
         (["--keep-last", "-1"], {}, "--keep-last must be an integer >= 0, got -1"),
         ([], {"CONTEXT_TRIMMER_SUMMARY_SHARE": "2"}, "--summary-share must be a number in (0, 1]"),
+        (["--recall-share", "0"], {}, "--recall-share must be a number in (0, 1], such as"),
         (["--summary-key-env", "SUMMARY_KEY"], {}, "set SUMMARY_KEY to the API key"),
     ],
 )

@@ -132,3 +132,17 @@ def test_cli_replay_with_a_summary_share(sqlite_url: str) -> None:
     bad = CliRunner().invoke(main, [*base, "--summary-share", "2"])
     assert bad.exit_code != 0
     assert "summary_share must be a number in (0, 1]" in bad.output
+
+
+def test_cli_replay_recall_share_bounds_recall_and_off_lifts_the_bound(tmp_path: Path) -> None:
+    def recalled(share: str) -> int:
+        url = f"sqlite:///{tmp_path / share}.db"
+        arguments = ["replay", str(EXAMPLE), "--db", url, "--keep-last", "6", "--fold-every", "4"]
+        result = CliRunner().invoke(main, [*arguments, "--recall-share", share, "--json"])
+        assert result.exit_code == 0, result.output
+        return int(json.loads(result.stdout)["report"]["totals"]["recall_tokens"])
+
+    assert 0 < recalled("0.02") < recalled("off")
+    bad = CliRunner().invoke(main, ["replay", str(EXAMPLE), "--recall-share", "most"])
+    assert bad.exit_code == 2
+    assert "'most': use a number in (0, 1], such as 0.05, or off" in bad.output
