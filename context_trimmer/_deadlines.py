@@ -20,6 +20,9 @@ import os
 import socket
 import threading
 import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -142,10 +145,30 @@ def _shut_down(dbapi_connection: Any) -> None:
 WATCHDOG = Watchdog()
 
 
+_LIMITS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
+"""The watchdog's limit of each bound engine."""
+
+
+@contextmanager
+def watched(engine: Engine, dbapi_connection: Any) -> Iterator[None]:
+    """The watchdog armed for a wait on the server that SQLAlchemy's events do not see
+    (a statement run on the DBAPI cursor); nothing for an engine not :func:`bound`."""
+    seconds = _LIMITS.get(engine)
+    if seconds is None:
+        yield
+        return
+    WATCHDOG.arm(dbapi_connection, seconds)
+    try:
+        yield
+    finally:
+        WATCHDOG.disarm(dbapi_connection)
+
+
 def bound(engine: Engine, timeout: float) -> None:
     """Arm the watchdog around every wait of ``engine``'s connections on the server, and
     ping each connection on checkout (a dead one is replaced, as with pre-ping)."""
     seconds = timeout + GRACE
+    _LIMITS[engine] = seconds
     dialect = engine.dialect
 
     @event.listens_for(engine, "checkout")

@@ -18,7 +18,9 @@ implements them (so a
 once per compilation. Rows come back as named tuples. Driver errors are the driver's
 (``sqlite3.Error``, ``psycopg.Error``): :meth:`Database.failures` turns them into a
 ``StoreError`` like any other. A statement whose columns need a Python-side default
-is refused when compiled: the caller passes every value.
+is refused when compiled: the caller passes every value. On PostgreSQL the
+statement is guarded by the store's watchdog (``_deadlines``) as a Core one is: a
+server frozen mid-request cannot hold the thread.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.expression import Executable
 
-__all__ = ["Fast"]
+from ._deadlines import watched
+
+__all__ = ["Fast", "on_driver"]
 
 _EXPANDING = re.compile(r"IN \(__\[POSTCOMPILE_(\w+)\]\)")
 MAX_LIST = 32
@@ -90,9 +94,20 @@ class Fast:
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = _compile(self.statement, dialect, params)
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute(compiled.sql, _driver_params(compiled, params))
-        return compiled, cursor
+        return compiled, on_driver(connection, compiled.sql, _driver_params(compiled, params))
+
+
+def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
+    """The DBAPI cursor of ``connection`` having run ``sql`` (in the driver's parameter
+    style) with ``params`` (a sequence of them with ``many``), watched on PostgreSQL."""
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    cursor = dbapi_connection.cursor()
+    with watched(connection.engine, dbapi_connection):
+        if many:
+            cursor.executemany(sql, params)
+        else:
+            cursor.execute(sql, params)
+    return cursor
 
 
 def _long_list(params: Mapping[str, Any]) -> bool:

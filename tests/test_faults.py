@@ -24,6 +24,7 @@ from pg_server import PgServer, free_port, fresh_schema_url, own_server
 from sqlalchemy import text
 
 from context_trimmer import StoreError, Trimmer, UserQuota
+from context_trimmer._history import token_rows
 
 T = TypeVar("T")
 HANG = 90.0  # seconds: far beyond any bounded wait below; reaching it means a hang
@@ -182,6 +183,25 @@ def test_server_frozen_in_the_middle_of_a_transaction(pg: PgServer, pg_trimmer: 
             connection.execute(text("SELECT 2"))
 
     error = store_error(frozen_mid_transaction)
+    assert "no answer within 1 s" in str(error)
+    pg.thaw()
+    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+
+
+def test_frozen_before_a_statement_run_on_the_drivers_cursor(
+    pg: PgServer, pg_trimmer: Trimmer
+) -> None:
+    """The request path's statements (``_fastsql``, recall's search) run on the DBAPI
+    cursor, past SQLAlchemy's events: the watchdog must guard them too."""
+    pg_trimmer.prepare(chat())
+
+    def frozen_before_a_fast_statement() -> None:
+        with pg_trimmer._db.writing() as connection:
+            connection.execute(text("SELECT 1"))
+            pg.freeze()
+            token_rows(connection, "cl100k_base", ["00" * 32])
+
+    error = store_error(frozen_before_a_fast_statement)
     assert "no answer within 1 s" in str(error)
     pg.thaw()
     assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
