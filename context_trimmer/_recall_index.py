@@ -40,6 +40,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from ._fastsql import on_driver
 from ._schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
@@ -204,24 +205,23 @@ def add(
     ]
     if not values:
         return
-    if connection.dialect.name == "sqlite":
-        statement = (
-            f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) "
-            "VALUES (:words, :anchor, :hash, :depth)"
-        )
-    elif stems:  # one statement: the rows, and the counts of the rows new here
+    if connection.dialect.name == "sqlite":  # on every append: the driver's own statement
+        statement = f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) VALUES (?, ?, ?, ?)"
+        rows_in = [(v["words"], v["anchor"], v["hash"], v["depth"]) for v in values]
+        on_driver(connection, statement, rows_in, many=True).close()
+        return
+    if stems:  # one statement: the rows, and the counts of the rows new here
         plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
         for start in range(0, len(values), CHUNK):  # each statement bounded in time
             chunk = values[start : start + CHUNK]
             arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
             connection.execute(text(_ADD_COUNTED), arrays)
         return
-    else:
-        statement = (
-            f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
-            "VALUES (:hash, :anchor, :depth, to_tsvector('simple', :words)) "
-            "ON CONFLICT (hash) DO NOTHING"
-        )
+    statement = (
+        f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
+        "VALUES (:hash, :anchor, :depth, to_tsvector('simple', :words)) "
+        "ON CONFLICT (hash) DO NOTHING"
+    )
     connection.execute(text(statement), values)
 
 
