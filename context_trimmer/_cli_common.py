@@ -55,10 +55,11 @@ def duration(text: str) -> timedelta:
 
 
 def share(text: str | float | None) -> float | None:
-    """A share such as ``0.05``, or ``off`` (None); its range is checked where it is used."""
+    """A share such as ``0.05``, or ``off`` (or ``none``: None); its range is checked where
+    it is used."""
     if text is None or isinstance(text, float):
         return text
-    if text.strip().lower() == "off":
+    if text.strip().lower() in ("off", "none"):
         return None
     try:
         return float(text)
