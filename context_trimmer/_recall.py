@@ -66,7 +66,7 @@ DATE_LOOKBACK = 100
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
-_SPEAKER = re.compile(r"([^\W\d_][^\W_]*(?:[ .'-][^\W\d_][^\W_]*){0,2}):\s")
+MAX_NAME_CHARS = 40
 # Words too common to find anything (English, German, Spanish, French): dropped from
 # the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
 STOPWORDS = frozenset(
@@ -146,50 +146,61 @@ def recall(
         return NOTHING
     found = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
     hits = by_speaker(path.messages, found, fold(message_text(path.messages[question])))
-    floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
-    on_path = [hit.depth for hit in hits if hit.score >= floor]
+    floor = MIN_SCORE_SHARE * hits[0][0] if hits else 0.0
+    on_path = [depth for score, depth in hits if score >= floor]
     ranked = _with_neighbours(path.messages, on_path, start)
     return build(path, ranked, summary, budget, hits=frozenset(on_path))
 
 
-@dataclass(frozen=True)
-class Hit:
-    """A match: the message at ``depth`` on the path (its ``hash``), and its ``score``."""
-
-    hash: str
-    depth: int
-    score: float
-
-
-def by_speaker(messages: Sequence[Message], hits: Sequence[Any], question: str) -> list[Hit]:
-    """``hits`` best first, each said by someone the (folded) ``question`` names scoring
-    ``SPEAKER_BOOST`` more: "What did Jon say about Gina's store?" is most often
-    answered by Jon's or Gina's own words, and the name itself says little (it is in
-    most messages, too common to be searched)."""
-    names: dict[str, bool] = {}
-    scored = []
+def by_speaker(
+    messages: Sequence[Message], hits: Sequence[Any], question: str
+) -> list[tuple[float, int]]:
+    """``(score, depth)`` of ``hits``, best first, each said by someone the (folded)
+    ``question`` names scoring ``SPEAKER_BOOST`` more: "What did Jon say about Gina's
+    store?" is most often answered by Jon's or Gina's own words, and the name itself
+    says little (it is in most messages, too common to be searched)."""
+    named: dict[str, bool] = {}
+    scored: list[tuple[float, int]] = []
     for hit in hits:
-        name = speaker(messages[hit.depth])
-        if name and name not in names:
-            names[name] = re.search(rf"\b{re.escape(name)}\b", question) is not None
-        boost = 1.0 + SPEAKER_BOOST if name and names[name] else 1.0
-        scored.append(Hit(hit.hash, hit.depth, hit.score * boost))
-    return sorted(scored, key=lambda hit: (-hit.score, hit.depth))
+        score, depth = hit.score, hit.depth
+        name = speaker(messages[depth])
+        if name:
+            if name not in named:
+                named[name] = re.search(rf"\b{re.escape(name)}\b", question) is not None
+            if named[name]:
+                score *= 1.0 + SPEAKER_BOOST
+        scored.append((-score, depth))
+    scored.sort()
+    return [(-score, depth) for score, depth in scored]
 
 
 def speaker(message: Message) -> str:
     """Who said ``message``, folded: its ``name`` field, else a capitalized name of at
-    most three words before a colon opening its text ("Caroline: I went to ...", after
-    a session date tag); "" when neither says it."""
+    most three words before ": " opening its text ("Caroline: I went to ...", after a
+    session date tag); "" when neither says it. String operations, no regular
+    expression: this runs for every hit on every prepare()."""
     name = message.get("name")
-    if not isinstance(name, str):
-        content = message.get("content")
-        if not isinstance(content, str):
-            return ""
+    if isinstance(name, str):
+        return " ".join(words_of(name)[:MAX_NAME_WORDS])
+    content = message.get("content")
+    if not isinstance(content, str):
+        return ""
+    start = 0
+    if content[:1] == "[":
         tagged = _DATE_TAG.match(content)
-        said = _SPEAKER.match(content, tagged.end() if tagged else 0)
-        name = said.group(1) if said and said.group(1)[0].isupper() else ""
-    return " ".join(words_of(name)[:MAX_NAME_WORDS])
+        start = tagged.end() if tagged else 0
+    head, colon, _ = content[start : start + MAX_NAME_CHARS].partition(": ")
+    if not colon or not head[:1].isupper():
+        return ""
+    if not head.isalpha():  # several words, or marks: "St. John", "O'Neil", "Mary-Ann"
+        words = head.split(" ")
+        if len(words) > MAX_NAME_WORDS or not all(_name_word(word) for word in words):
+            return ""
+    return fold(head)
+
+
+def _name_word(word: str) -> bool:
+    return word.replace(".", "").replace("'", "").replace("-", "").isalpha()
 
 
 def on(path: StoredPath, hit: Any) -> bool:
