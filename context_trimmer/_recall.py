@@ -6,11 +6,14 @@ this path (messages before the summary's start) in the database's own full-text 
 (``_recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL, each
 word as its stem, as the index holds it ("painted" finds "painting").
 Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]``
-match), so another branch, user or tenant never leaks in, and only when they score
-at least ``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is
-noise). Each hit brings its neighbour when it asks a question (the turn that answers
-it), then, as the budget allows, the rest of each hit's short exchange (never without
-the line before it). The best fit the budget (``recall_tokens``, at most
+match), so another branch, user or tenant never leaks in; a hit said by someone the
+question names (the message's ``name``, or "Name:" opening its text) scores
+``SPEAKER_BOOST`` more; hits are kept only when they score at least
+``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is noise).
+Each hit brings its neighbour when it asks a question (the turn that answers it),
+then, as the budget allows, the rest of each hit's short exchange, then the turn
+before each hit (what a matching reply answers), never a neighbour without a line
+next to it. The best fit the budget (``recall_tokens``, at most
 ``recall_share`` of the history: ``recall_cap``) as one message, in the order they
 were said, each session's date once above its lines::
 
@@ -43,6 +46,7 @@ from ._recall_index import (
     PREFIX,
     TERMS_TABLE,
     common_terms,
+    fold,
     message_text,
     note_common,
     scoped,
@@ -61,6 +65,9 @@ DOC_BUDGET = 200  # the ranking scores at most this many messages
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
+SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
+MAX_NAME_WORDS = 3
+MAX_NAME_CHARS = 40
 # Words too common to find anything (English, German, Spanish, French): dropped from
 # the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
 STOPWORDS = frozenset(
@@ -138,11 +145,63 @@ def recall(
     terms = informative(connection, path.anchor_hash, terms)
     if not terms:
         return NOTHING
-    hits = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
-    floor = MIN_SCORE_SHARE * hits[0].score if hits else 0.0
-    on_path = [hit.depth for hit in hits if hit.score >= floor]
+    found = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
+    hits = by_speaker(path.messages, found, fold(message_text(path.messages[question])))
+    floor = MIN_SCORE_SHARE * hits[0][0] if hits else 0.0
+    on_path = [depth for score, depth in hits if score >= floor]
     ranked = _with_neighbours(path.messages, on_path, start)
     return build(path, ranked, summary, budget, hits=frozenset(on_path))
+
+
+def by_speaker(
+    messages: Sequence[Message], hits: Sequence[Any], question: str
+) -> list[tuple[float, int]]:
+    """``(score, depth)`` of ``hits``, best first, each said by someone the (folded)
+    ``question`` names scoring ``SPEAKER_BOOST`` more: "What did Jon say about Gina's
+    store?" is most often answered by Jon's or Gina's own words, and the name itself
+    says little (it is in most messages, too common to be searched)."""
+    named: dict[str, bool] = {}
+    scored: list[tuple[float, int]] = []
+    for hit in hits:
+        score, depth = hit.score, hit.depth
+        name = speaker(messages[depth])
+        if name:
+            if name not in named:
+                named[name] = re.search(rf"\b{re.escape(name)}\b", question) is not None
+            if named[name]:
+                score *= 1.0 + SPEAKER_BOOST
+        scored.append((-score, depth))
+    scored.sort()
+    return [(-score, depth) for score, depth in scored]
+
+
+def speaker(message: Message) -> str:
+    """Who said ``message``, folded: its ``name`` field, else a capitalized name of at
+    most three words before ": " opening its text ("Caroline: I went to ...", after a
+    session date tag); "" when neither says it. String operations, no regular
+    expression: this runs for every hit on every prepare()."""
+    name = message.get("name")
+    if isinstance(name, str):
+        return " ".join(words_of(name)[:MAX_NAME_WORDS])
+    content = message.get("content")
+    if not isinstance(content, str):
+        return ""
+    start = 0
+    if content[:1] == "[":
+        tagged = _DATE_TAG.match(content)
+        start = tagged.end() if tagged else 0
+    head, colon, _ = content[start : start + MAX_NAME_CHARS].partition(": ")
+    if not colon or not head[:1].isupper():
+        return ""
+    if not head.isalpha():  # several words, or marks: "St. John", "O'Neil", "Mary-Ann"
+        words = head.split(" ")
+        if len(words) > MAX_NAME_WORDS or not all(_name_word(word) for word in words):
+            return ""
+    return fold(head)
+
+
+def _name_word(word: str) -> bool:
+    return word.replace(".", "").replace("'", "").replace("-", "").isalpha()
 
 
 def on(path: StoredPath, hit: Any) -> bool:
@@ -265,9 +324,12 @@ def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: in
     """Hits in rank order, each followed by the turn answering it when it asks a
     question; then, as the budget allows, the rest of each hit's short exchange, in the
     hits' rank order: the turn after it and the one after that (the reply, and the
-    speaker going on: an answer often comes a turn after the words that match)."""
+    speaker going on: an answer often comes a turn after the words that match); then
+    the turn before each hit (what a matching reply answers: "Being ourselves is an
+    ongoing adventure of learning and growing." / "Yep, life's about learning...")."""
     ordered: list[int] = []
     exchange: list[int] = []
+    before: list[int] = []
     for index in hits:
         ordered.append(index)
         asks = "?" in message_text(messages[index])
@@ -275,7 +337,9 @@ def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: in
             if after >= start or messages[after]["role"] in CONTROL_ROLES:
                 break
             (ordered if asks and after == index + 1 else exchange).append(after)
-    return list(dict.fromkeys(ordered + exchange))
+        if index > 0 and messages[index - 1]["role"] not in CONTROL_ROLES:
+            before.append(index - 1)
+    return list(dict.fromkeys(ordered + exchange + before))
 
 
 def build(
@@ -286,8 +350,8 @@ def build(
     hits: Collection[int] | None = None,
 ) -> Recalled:
     """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
-    A neighbour (a line not in ``hits``; None: all are hits) comes only after the line
-    before it, recalled or in the summary: a reply without what it replies to is noise."""
+    A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
+    recalled or in the summary: a reply without what it replies to is noise."""
     count = path.counter
     summary_text = summary.text if summary is not None else ""
     used = count.message({"role": "system", "content": RECALL_HEADER})
@@ -295,7 +359,7 @@ def build(
     covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
     for index in ranked:
-        if hits is not None and index not in hits and index - 1 not in covered:
+        if hits is not None and index not in hits and not covered & {index - 1, index + 1}:
             continue
         line = render(path.messages, index)
         if line is None or line.words in summary_text:

@@ -27,7 +27,7 @@ from context_trimmer._db import Database
 from context_trimmer._keys import create_key
 from context_trimmer._ledger import REQUESTS
 from context_trimmer._migrate import downgrade
-from context_trimmer._recall import PROBE_CAP, RECALL_HEADER, query_terms
+from context_trimmer._recall import PROBE_CAP, RECALL_HEADER, query_terms, speaker
 from context_trimmer._recall_index import TERMS_TABLE
 from context_trimmer._schema import SEARCH_TABLE
 from context_trimmer.gateway import GatewayConfig, create_app
@@ -434,3 +434,62 @@ def test_terms_found_common_are_remembered_until_an_erasure(
     assert again == recalled
     trimmer.forget("ann")
     assert remembered() == []
+
+
+def test_a_matching_reply_brings_the_turn_it_answers(
+    db_url: str, trimmer: Trimmer, options: dict[str, Any]
+) -> None:
+    """When the words that match are in a reply, the turn before it (what it replies to,
+    often the answer itself) comes back too, as the budget allows; not without the reply."""
+    history = [
+        *conversation(filler_rounds=1)[:1],
+        {"role": "user", "content": "Being ourselves is an ongoing adventure of growing."},
+        {"role": "assistant", "content": "Yep, a kestrel journey through life together!"},
+        *conversation(filler_rounds=4)[1:],
+    ]
+    folded(db_url, history, summarizer=Fixed("Small talk."), **options)
+    question = ask(history, "How do we describe our kestrel journey together?")
+    recalled = recall_message(trimmer.prepare(question))
+    assert recalled is not None
+    assert recalled["content"].startswith(
+        f"{RECALL_HEADER}\nuser: Being ourselves is an ongoing adventure of growing."
+        "\nassistant: Yep, a kestrel journey through life together!\n"
+    )
+    header = count_tokens([{"role": "system", "content": RECALL_HEADER}]) - 3
+    empty = count_tokens([{"role": "system", "content": ""}])
+    line = "\nassistant: Yep, a kestrel journey through life together!"
+    hit = count_tokens([{"role": "system", "content": line}]) - empty
+    settings = {**options, "recall_tokens": header + hit}
+    with Trimmer(db_url, summarizer="extractive", background=False, **settings) as narrow:
+        alone = recall_message(narrow.prepare(question))
+    assert alone is not None and alone["content"] == RECALL_HEADER + line
+
+
+def test_a_match_said_by_someone_the_question_names_ranks_first(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """Two turns match alike; the one said by the person the question names (the
+    message's ``name``, or "Name:" opening its text) comes first, so it is the one
+    a budget for a single line keeps."""
+    history = [
+        *conversation(filler_rounds=1)[:1],
+        {"role": "user", "name": "Ann", "content": "My kestrel kite is red."},
+        {"role": "assistant", "content": "Noted, thanks for telling me."},
+        {"role": "user", "name": "Bob", "content": "My kestrel kite is teal."},
+        *conversation(filler_rounds=4)[1:],
+    ]
+    folded(db_url, history, summarizer=Fixed("Small talk."), **options)
+    header = count_tokens([{"role": "system", "content": RECALL_HEADER}]) - 3
+    empty = count_tokens([{"role": "system", "content": ""}])
+    line = count_tokens([{"role": "system", "content": "\nuser: My kestrel kite is teal."}])
+    settings = {**options, "recall_tokens": header + line - empty}
+    with Trimmer(db_url, summarizer="extractive", background=False, **settings) as narrow:
+        for name, colour in (("Bob", "teal"), ("Ann", "red")):
+            recalled = recall_message(narrow.prepare(ask(history, f"{name}'s kestrel kite?")))
+            assert recalled is not None
+            assert recalled["content"] == f"{RECALL_HEADER}\nuser: My kestrel kite is {colour}."
+    assert speaker({"role": "user", "content": "[8 May, 2023] Caroline: Hi!"}) == "caroline"
+    assert speaker({"role": "user", "content": "Mary Ann Lee: Hi!"}) == "mary ann lee"
+    assert speaker({"role": "user", "name": "Zoë", "content": "Bob: hi"}) == "zoe"
+    assert speaker({"role": "user", "content": "note: lower case is no name"}) == ""
+    assert speaker({"role": "user", "content": "Re: the plan: is it set?"}) == "re"
