@@ -21,8 +21,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, event
@@ -149,19 +148,30 @@ _LIMITS: weakref.WeakKeyDictionary[Engine, float] = weakref.WeakKeyDictionary()
 """The watchdog's limit of each bound engine."""
 
 
-@contextmanager
-def watched(engine: Engine, dbapi_connection: Any) -> Iterator[None]:
+_UNWATCHED: AbstractContextManager[None] = nullcontext()
+
+
+def watched(engine: Engine, dbapi_connection: Any) -> AbstractContextManager[None]:
     """The watchdog armed for a wait on the server that SQLAlchemy's events do not see
-    (a statement run on the DBAPI cursor); nothing for an engine not :func:`bound`."""
+    (a statement run on the DBAPI cursor); nothing (a shared no-op, no cost on SQLite's
+    hot path) for an engine not :func:`bound`."""
     seconds = _LIMITS.get(engine)
-    if seconds is None:
-        yield
-        return
-    WATCHDOG.arm(dbapi_connection, seconds)
-    try:
-        yield
-    finally:
-        WATCHDOG.disarm(dbapi_connection)
+    return _UNWATCHED if seconds is None else _Armed(dbapi_connection, seconds)
+
+
+class _Armed:
+    """The watchdog armed for one connection while inside."""
+
+    __slots__ = ("connection", "seconds")
+
+    def __init__(self, dbapi_connection: Any, seconds: float):
+        self.connection, self.seconds = dbapi_connection, seconds
+
+    def __enter__(self) -> None:
+        WATCHDOG.arm(self.connection, self.seconds)
+
+    def __exit__(self, *_exc: object) -> None:
+        WATCHDOG.disarm(self.connection)
 
 
 def bound(engine: Engine, timeout: float) -> None:

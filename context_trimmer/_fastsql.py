@@ -102,11 +102,15 @@ def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = Fal
     style) with ``params`` (a sequence of them with ``many``), watched on PostgreSQL."""
     dbapi_connection: Any = connection.connection.dbapi_connection
     cursor = dbapi_connection.cursor()
-    with watched(connection.engine, dbapi_connection):
-        if many:
-            cursor.executemany(sql, params)
-        else:
-            cursor.execute(sql, params)
+    try:
+        with watched(connection.engine, dbapi_connection):
+            if many:
+                cursor.executemany(sql, params)
+            else:
+                cursor.execute(sql, params)
+    except BaseException:
+        cursor.close()
+        raise
     return cursor
 
 
@@ -128,8 +132,8 @@ def _driver_params(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
     def value(name: str, raw: Any) -> Any:
         process = binds[name]
         if isinstance(raw, (list, tuple)):
-            return [item if process is None else process(item) for item in raw]
-        return raw if process is None or raw is None else process(raw)
+            return [_processed(process, item) for item in raw]
+        return _processed(process, raw)
 
     if not compiled.names:  # named parameters (PostgreSQL)
         return {**compiled.constants, **{name: value(name, raw) for name, raw in params.items()}}
