@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, Table, create_engine, event
@@ -34,14 +35,21 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from . import _migrate
+from . import _inline, _migrate
 from ._deadlines import WATCHDOG, bound, connect_args, store_timeout
 from ._exceptions import StoreError
 from ._fastsql import Fast
 from ._store_lane import StoreLane
 
 T = TypeVar("T")
+log = logging.getLogger("context_trimmer")
 DB_ENV = "CONTEXT_TRIMMER_DB"
+BUSY_TIMEOUT_MS = 30_000
+"""How long SQLite waits for another process's write lock."""
+CHECKPOINT_EVERY = 200
+"""Commits between WAL checkpoints (each commit writes a few pages: about SQLite's own
+1,000-page default)."""
+_SQLITE_BUSY = 5  # the primary result code of "database is locked"
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
@@ -130,7 +138,7 @@ def make_engine(
 def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -141,6 +149,8 @@ def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine
         cursor.execute("PRAGMA foreign_keys=ON")
         if database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
+            if immediate:  # Database.writing() checkpoints, off any event loop
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -152,9 +162,31 @@ def _sqlite_engine(url: str, database: str | None, *, immediate: bool) -> Engine
         # every transaction of the request path.
         dbapi_connection = connection.connection.dbapi_connection
         assert dbapi_connection is not None
-        dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if immediate and _inline.no_wait():
+            _begin_without_waiting(dbapi_connection)
+        else:
+            dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _begin_without_waiting(dbapi_connection: Any) -> None:
+    """``BEGIN IMMEDIATE``, or :class:`WouldWait` at once if another process holds the
+    write lock (run inline, see ``_inline``: SQLite's busy handler would sleep)."""
+    dbapi_connection.execute("PRAGMA busy_timeout = 0")
+    try:
+        dbapi_connection.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", _SQLITE_BUSY) & 0xFF != _SQLITE_BUSY:
+            raise
+        raise _inline.WouldWait("the database is locked by another process") from None
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+def _acquire(lock: threading.Lock) -> bool:
+    """Take this process's write lock: at once or not at all inline, else within 60 s."""
+    return lock.acquire(blocking=False) if _inline.no_wait() else lock.acquire(timeout=60)
 
 
 _write_locks: dict[str, threading.Lock] = {}
@@ -182,6 +214,9 @@ class Database:
         self.engine = make_engine(self.url, timeout=self.timeout)
         self.reader = make_engine(self.url, for_writes=False) if self.is_sqlite else self.engine
         self._lane: StoreLane | None = None
+        self._commits = 0
+        self._checkpoint_due = False
+        self._tasks: set[asyncio.Future[None]] = set()
         if migrate:
             try:
                 self.upgrade()
@@ -260,7 +295,8 @@ class Database:
         """A write transaction. On SQLite, threads of this process queue on a lock first:
         waiting there is prompt, while SQLite's own busy handler sleeps in growing steps."""
         lock = _write_lock(self.engine) if self.is_sqlite else None
-        if lock is not None and not lock.acquire(timeout=60):
+        if lock is not None and not _acquire(lock):
+            _inline.refuse("another thread is writing")
             raise StoreError(f"the database {self.display_url} stayed busy for 60 s")
         try:
             with self.failures("write to"), self.engine.begin() as connection:
@@ -268,6 +304,35 @@ class Database:
         finally:
             if lock is not None:
                 lock.release()
+        if lock is not None:
+            self._count_commit()
+
+    def _count_commit(self) -> None:
+        """Every ``CHECKPOINT_EVERY`` commits, checkpoint the WAL (SQLite's own
+        auto-checkpoint is off: it would run inside a commit, on an event loop for work
+        run inline, where a checkpoint's copy and fsync take tens of milliseconds).
+        Inline, the checkpoint is left to the lane (see :meth:`offload`)."""
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            if _inline.no_wait():
+                self._checkpoint_due = True
+            else:
+                self.checkpoint_quietly()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (SQLite, PASSIVE: it
+        waits for no one, and what readers still use is left for the next one)."""
+        with self.failures("checkpoint"), self.engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection  # no transaction
+            assert dbapi_connection is not None
+            dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def checkpoint_quietly(self) -> None:
+        """:meth:`checkpoint`; a failure is logged (the commits are safe in the WAL)."""
+        try:
+            self.checkpoint()
+        except StoreError as error:
+            log.warning("context-trimmer: WAL checkpoint failed: %s", error)
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -276,13 +341,26 @@ class Database:
             yield connection
 
     async def offload(self, function: Callable[..., T], *args: Any) -> T:
-        """``function(*args)`` off the event loop: on this store's lane (SQLite), else
-        on asyncio's default pool (see ``_store_lane``)."""
+        """``function(*args)`` for an async caller without blocking its event loop: on
+        SQLite run right here unless it would wait (see ``_inline``), else on this
+        store's lane (``_store_lane``); on other stores, on asyncio's default pool."""
         if not self.is_sqlite:
             return await asyncio.to_thread(function, *args)
+        done, result = _inline.attempt(function, *args)
         if self._lane is None:
             self._lane = StoreLane()
+        if self._checkpoint_due:
+            self._checkpoint_due = False
+            self._background(self._lane.run(self.checkpoint_quietly))
+        if done:
+            return cast(T, result)
         return await self._lane.run(function, *args)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` without waiting for it (kept referenced until it ends)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
         """Release every pooled connection."""

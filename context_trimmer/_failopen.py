@@ -21,6 +21,7 @@ from typing import Any
 
 from ._calls import Call
 from ._exceptions import ConfigurationError, StoreError
+from ._inline import refuse
 from ._models import ModelTable
 
 log = logging.getLogger("context_trimmer")
@@ -98,6 +99,7 @@ def keep_books(
                 step()
                 break
             except StoreError as error:
+                refuse("bookkeeping to retry")  # inline: the lane retries, with pauses
                 if clock() + pause > deadline:
                     lost = ", ".join(name for name, _step in steps[position:])
                     log.error(

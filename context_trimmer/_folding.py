@@ -43,6 +43,7 @@ from ._breaker import CircuitBreaker
 from ._db import Database
 from ._exceptions import ConfigurationError, SummarizerError, TrimmerError
 from ._extractive import ExtractiveSummarizer
+from ._inline import refuse
 from ._leases import Leases
 from ._options import TrimmerOptions
 from ._path import StoredPath, deepest_summary, start_of, token_rows
@@ -220,6 +221,7 @@ class Folder:
     def fold_to_fit(self, path: StoredPath, fits: Callable[[], bool]) -> FoldResult:
         """Over a hard limit: fold now, down to keep_last, then to the newest turn alone,
         until ``fits()``; the LLM gets ``sync_fold_deadline`` seconds in all."""
+        refuse("a fold on the request path")  # inline: the lane folds (a summarizer call)
         total = FoldResult()
         limit = path.info.context_window - reply_cap(path, self._options)
         if self._options.max_prompt_tokens is not None:

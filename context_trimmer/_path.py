@@ -19,6 +19,7 @@ from . import _history
 from ._db import Database
 from ._exceptions import ConfigurationError
 from ._hashing import ChainCache, canonical_json
+from ._inline import refuse_long
 from ._ledger import Ledger
 from ._models import ModelInfo
 from ._summary_store import StoredSummary, Summaries
@@ -138,6 +139,7 @@ def build_path(
 ) -> Path:
     """Validate and hash ``messages`` (only what ``chains`` has not seen) into a Path."""
     known = chains.known_prefix(messages, user, conversation_id)
+    refuse_long(messages, known)  # run inline, only what is quick to hash and store
     chain = chains.chain(messages, user, known, conversation_id, check=True)  # validates
     hashes = chain.hashes
     anchor = anchor_index(messages)

@@ -29,6 +29,7 @@ from ._compress import VERSION, Compression, check_rewrite, compress_safe
 from ._db import Database, insert_if_absent
 from ._exceptions import ConfigurationError
 from ._hashing import canonical_json
+from ._inline import refuse
 from ._leases import Leases
 from ._schema import PromptCompression, utcnow
 from ._tokens import TokenCounter
@@ -129,6 +130,7 @@ class SystemPrompts:
         if done is not None:
             return done
         if callable(self.mode):
+            refuse("the app's compression, run once per prompt")  # it may take its time
             return self._remember(text, self.mode(text))
         if self.mode == "off":
             return text
