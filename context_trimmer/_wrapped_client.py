@@ -30,7 +30,8 @@ from typing import Any
 
 import openai
 
-from ._calls import Call, chat_call, responses_call, split_headers
+from ._calls import RAW_HEADER, RELAY, Call, chat_call, responses_call, split_headers
+from ._direct_post import direct_sender
 from ._exceptions import ConfigurationError
 from ._upstreams import Client, CoolDown, Pool, Upstream, members
 from ._wrap import Sender, Target, run_async, run_sync
@@ -158,6 +159,10 @@ def _targets(client: Any, base: Any, path: str, kwargs: Mapping[str, Any]) -> li
 
 def _target(client: Any, base: Any, path: str, kwargs: Mapping[str, Any]) -> Target:
     options = dict(kwargs.get("options") or {})
+    relay = (options.get("headers") or {}).get(RAW_HEADER) == RELAY
+    direct = direct_sender(client, path) if relay and set(options) <= {"headers"} else None
+    if direct is not None:  # the gateway: its JSON as it came, its answer as bytes
+        return Target(str(client.base_url), str(client.api_key), client.max_retries, direct)
 
     def send(body: dict[str, Any], headers: dict[str, Any]) -> Any:
         once = {**options, "headers": headers, "max_retries": 0}
