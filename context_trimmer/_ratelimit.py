@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -123,6 +124,10 @@ def budget_key(base_url: str, api_key: str, model: str) -> str:
 
 
 _KNOWN = Fast(select(LIMITS.c.key).where(LIMITS.c.key == bindparam("key")))
+UNKNOWN_FOR = 1.0
+"""Seconds a budget found without a row (no limits configured or seen) is taken as
+still unknown without reading again: a limit another process learns is used here
+within that long, and one this process learns at once."""
 
 
 class Governor:
@@ -138,6 +143,7 @@ class Governor:
         self._db = db
         self.limits = dict(limits or {})
         self.max_wait = max_wait
+        self._unknown: dict[str, float] = {}  # budget key -> until when (monotonic)
 
     def try_reserve(
         self, key: str, model: str, tokens: int, limits: RateLimits | None = None
@@ -171,9 +177,18 @@ class Governor:
             return wait
 
     def _known(self, key: str) -> bool:
-        """Whether a budget row exists (read without taking the write lock)."""
+        """Whether a budget row exists (read without taking the write lock, and not
+        again for ``UNKNOWN_FOR`` seconds once found missing)."""
+        until = self._unknown.get(key)
+        if until is not None and time.monotonic() < until:
+            return False
         with self._db.reading() as connection:
-            return _KNOWN.first(connection, {"key": key}) is not None
+            known = _KNOWN.first(connection, {"key": key}) is not None
+        if not known:
+            if len(self._unknown) >= 1024:
+                self._unknown.clear()  # a bound: the keys are upstreams times models
+            self._unknown[key] = time.monotonic() + UNKNOWN_FOR
+        return known
 
     def headroom(
         self, budgets: Sequence[tuple[str, str, RateLimits | None]]
@@ -207,6 +222,7 @@ class Governor:
             state = dict(row._mapping) if row is not None else _empty_state()
             _merge(state, seen, now)
             _save(connection, key, state, now, insert=row is None)
+        self._unknown.pop(key, None)
 
     def check_wait(self, model: str, waited: float, wait: float) -> None:
         if waited + wait > self.max_wait:

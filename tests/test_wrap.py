@@ -4,6 +4,7 @@ streaming, quotas."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,7 +24,13 @@ from context_trimmer import (
     count_tokens,
 )
 from context_trimmer._ledger import ATTEMPTS, USAGE
-from context_trimmer._ratelimit import Governor, HeaderLimits, budget_key, parse_duration
+from context_trimmer._ratelimit import (
+    UNKNOWN_FOR,
+    Governor,
+    HeaderLimits,
+    budget_key,
+    parse_duration,
+)
 
 FAST = RetryPolicy(max_retries=4, base=0.01, cap=0.05)
 
@@ -394,3 +401,27 @@ def test_concurrent_reservations_never_exceed_the_budget(db_url: str) -> None:
             thread.join()
     assert granted.count(0.0) == 10  # exactly the budget: 10 x 100 tokens
     assert all(wait > 0 for wait in granted if wait)
+
+
+def test_a_limit_another_process_learns_is_used_within_a_second(db_url: str) -> None:
+    """A budget found without limits is not read again for UNKNOWN_FOR seconds (one
+    read a request saved); what this process learns counts at once, another's soon."""
+    headers = {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "30s",
+    }
+    key = budget_key("http://x", "key", "gpt-4o")
+    with Trimmer(db_url, summarizer="extractive") as trimmer:
+        here, there = Governor(trimmer._db), Governor(trimmer._db)
+        assert here.try_reserve(key, "gpt-4o", 100) == 0.0  # nothing known yet
+        assert there.try_reserve(key, "gpt-4o", 100) == 0.0
+        there.observe(key, headers)  # another worker reads a spent budget
+        assert there.try_reserve(key, "gpt-4o", 100) > 0  # its own finding: at once
+        assert here.try_reserve(key, "gpt-4o", 100) == 0.0  # not read again so soon
+        deadline = time.monotonic() + UNKNOWN_FOR + 5
+        while here.try_reserve(key, "gpt-4o", 100) == 0.0:
+            assert time.monotonic() < deadline, "another worker's limit never seen"
+            time.sleep(0.05)
+        here_too = Governor(trimmer._db)
+        assert here_too.try_reserve(key, "gpt-4o", 100) > 0
