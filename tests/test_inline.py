@@ -240,7 +240,7 @@ def test_a_long_new_history_is_stored_on_the_lane(tmp_path: Path) -> None:
         trimmer.prepare(messages)
         return where()
 
-    with Trimmer(url) as trimmer, Database(url) as db:
+    with Trimmer(url, background=False) as trimmer, Database(url) as db:  # no fold writing
         assert asyncio.run(db.offload(prepare, history)) == "ct-store"
         grown = [*history, {"role": "user", "content": "and?"}]  # one new message
         assert asyncio.run(db.offload(prepare, grown)) == threading.current_thread().name
