@@ -12,7 +12,9 @@ In no-wait mode, whatever would wait or run long raises :class:`WouldWait` befor
 starts, and the lane runs the whole work again. A transaction the attempt was in rolls
 back; one it committed stays, and is found done (a prepare() over a hard limit has
 stored its messages, content-addressed, before it must fold; the lane's prepare() finds
-them stored). What raises it:
+them stored). Work that records something and then may wait must not be run again
+whole: the async wrapper's prepare() and quota (``Sender.prepare_and_start``) hand the
+recorded prepare() to the lane and take the quota there. What raises it:
 
 - ``Database.writing()`` when another thread of this process holds the SQLite write lock,
   or another process holds the file's (``BEGIN IMMEDIATE`` without a busy timeout);

@@ -3,11 +3,11 @@
 Store work of the async wrapper and the gateway (prepare, the rate-limit budget, the
 bookkeeping of an answer) runs on the event loop itself when it is quick and cannot
 wait (``_inline``); what would wait (a lock held, a fold to make, a long new history)
-comes here, so the event loop never blocks. With asyncio's default pool, up to six threads take turns at the GIL
-and at SQLite's one write lock: each turn is a futex wake-up and a context switch,
-and on a 2-core machine the gateway spent about a sixth of its CPU on them. SQLite
-writes one transaction at a time anyway, so a SQLite store gets one thread, a
-*lane*, that runs the work in order and stays hot.
+comes here, so the event loop never blocks. With asyncio's default pool, up to six
+threads took turns at the GIL and at SQLite's one write lock: each turn is a futex
+wake-up and a context switch, and on a 2-core machine the gateway spent about a sixth
+of its CPU on them. SQLite writes one transaction at a time anyway, so a SQLite store
+gets one thread, a *lane*, that runs the work in order and stays hot.
 
 One thing must not happen: a request waiting behind a slow one. A prepare() may fold
 synchronously (a summarizer call, up to ``sync_fold_deadline``). When the lane's

@@ -31,6 +31,7 @@ from ._calls import Call, conversation
 from ._db import Database
 from ._exceptions import QuotaExceeded, RateLimitBudgetExceeded, StoreError
 from ._failopen import FailOpen, keep_books, log
+from ._inline import WouldWait
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._prepared import Prepared
@@ -110,6 +111,16 @@ class Sender:
             raise
         return state
 
+    def prepare_and_start(self, call: Call, targets: Sequence[Target]) -> SendState | Prepared:
+        """prepare() and :meth:`start_reserved`; run inline (``_inline``), where the quota
+        would wait, only the Prepared (recorded: prepare() must not run again), to start
+        from where waiting is harmless."""
+        prepared = self.prepare(**call.prepare)
+        try:
+            return self.start_reserved(prepared, targets)
+        except WouldWait:
+            return prepared
+
     def start_reserved(self, prepared: Prepared, targets: Sequence[Target]) -> SendState:
         """:meth:`start`, and the send plan's first reservation made now, in the same
         hand-off to the store's thread (when its upstream needs no choosing)."""
@@ -120,6 +131,8 @@ class Sender:
         index = serving[0]  # what choose() answers for a model one upstream serves
         try:
             state.early = (model, index, self.reserve(state, model, index))
+        except WouldWait:  # run inline and the budget is being written: the plan's
+            pass  # Reserve does it (prepare() is done: rerunning it would record it twice)
         except Exception as error:  # raised where the plan asks for it
             state.early = (model, index, error)
         return state
@@ -313,11 +326,12 @@ class _Step:
 async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:
     """:func:`run_sync` on the async client."""
     sender.check(call)
-    try:  # prepare and take the quota in one hand-off to a worker thread
-        prepare = sender.prepare
-        state = await sender.offload(
-            lambda: sender.start_reserved(prepare(**call.prepare), targets)
-        )
+    try:  # prepare and take the quota in one hand-off (see Sender.prepare_and_start)
+        started = await sender.offload(sender.prepare_and_start, call, targets)
+        if isinstance(started, Prepared):
+            state = await sender.offload(sender.start_reserved, started, targets)
+        else:
+            state = started
     except StoreError as error:
         target, body = sender.untrimmed(error, call, targets)
         raw = await target.send(body, call.headers_for_send())

@@ -21,7 +21,7 @@ import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
 
-from context_trimmer import StoreError, SummaryRequest, SummaryResult, Trimmer
+from context_trimmer import StoreError, SummaryRequest, SummaryResult, Trimmer, UserQuota
 from context_trimmer._db import CHECKPOINT_EVERY, Database
 from context_trimmer._encodings import get_encoding
 from context_trimmer._failopen import keep_books
@@ -255,6 +255,51 @@ def test_the_first_use_of_an_encoding_loads_it_on_the_lane(db: Database) -> None
     get_encoding.cache_clear()  # as in a new process: 0.4 to 0.8 s to load
     assert asyncio.run(db.offload(count)) == "ct-store"
     assert asyncio.run(db.offload(count)) == threading.current_thread().name  # loaded
+
+
+def test_a_quota_being_written_after_prepare_never_records_it_twice(tmp_path: Path) -> None:
+    """prepare() ran inline and recorded the request; then the quota's write would wait
+    (another thread took the lock just then): the quota is taken on the lane, and the
+    request is recorded once, not prepared again."""
+    url = f"sqlite:///{tmp_path / 'quota.db'}"
+    release = threading.Event()
+    get_encoding("o200k_base")  # loaded, so that prepare() runs inline
+    with Trimmer(url, background=False) as trimmer, Database(url) as other:
+
+        def hold() -> None:
+            with other.writing():
+                held.set()
+                release.wait(30)
+
+        held = threading.Event()
+
+        def prepare_then_lock(**arguments: Any) -> Any:
+            prepared = trimmer.prepare(**arguments)
+            threading.Thread(target=hold).start()  # the lock is taken right after
+            assert held.wait(10)
+            threading.Timer(HELD, release.set).start()
+            return prepared
+
+        async def main(base_url: str) -> str:
+            client = trimmer.wrap(
+                openai.AsyncOpenAI(base_url=base_url, api_key="k"),
+                user_quota=UserQuota(tokens_per_minute=1_000_000),
+            )
+            client._context_trimmer.prepare = prepare_then_lock  # type: ignore[attr-defined]
+            answer, stall = await longest_stall(
+                client.chat.completions.create(model="gpt-4o", messages=chat(1), user="ana")
+            )
+            assert stall < LOOP_STALL
+            await client.close()
+            return str(answer.choices[0].message.content)
+
+        try:
+            with FakeOpenAI(lambda _body: Reply("An answer.")) as server:
+                assert asyncio.run(main(server.base_url)) == "An answer."
+        finally:
+            release.set()
+        totals = trimmer.report().totals
+        assert (totals.requests, totals.failed_requests) == (1, 0)
 
 
 def test_inline_and_lane_work_keep_every_write(tmp_path: Path) -> None:
