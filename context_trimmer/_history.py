@@ -39,15 +39,20 @@ class TokenRow:
     path_tokens: int
 
 
-def counted_prefix(connection: Connection, hashes: Sequence[str], key: str) -> tuple[int, int]:
+def counted_prefix(
+    connection: Connection, hashes: Sequence[str], key: str, seen: int = 0
+) -> tuple[int, int]:
     """How many leading messages of the path have counts under ``key``, and the path's
-    running token total at the last of them."""
-    probe = hashes[-_PROBE:]
+    running token total at the last of them. The last ``_PROBE`` messages are looked up
+    first, from the last ``seen`` one on (the caller's guess: a lookup of 16 costs
+    ~190 µs, of 2 ~40 µs); else a binary search over the rest."""
+    start = max(len(hashes) - _PROBE, seen - 1, 0)
+    probe = hashes[start:]
     found = token_rows(connection, key, probe)
     if found:
         index = max(i for i, h in enumerate(probe) if h in found)
-        return len(hashes) - len(probe) + index + 1, found[probe[index]].path_tokens
-    low, high = 0, len(hashes) - len(probe)
+        return start + index + 1, found[probe[index]].path_tokens
+    low, high = 0, start
     while low < high:
         middle = (low + high) // 2
         if token_rows(connection, key, [hashes[middle]]):

@@ -45,6 +45,9 @@ class Path:
     controls: Sequence[int] | None = None
     """Indexes of the system/developer messages (sorted; any past the end ignored), or
     None to find them by scanning."""
+    seen: int = 0
+    """How many leading messages this process saw in an earlier call: where the store
+    looks first for what is stored (a hint; the store checks it)."""
 
     @property
     def info(self) -> ModelInfo:
@@ -74,7 +77,7 @@ class StoredPath(Path):
 def store(connection: Connection, path: Path) -> StoredPath:
     """Store the messages of ``path`` not stored yet (with their token counts)."""
     key = path.counter.key
-    new_from, path_before = _history.counted_prefix(connection, path.hashes, key)
+    new_from, path_before = _history.counted_prefix(connection, path.hashes, key, path.seen)
     new = path.messages[new_from:]
     new_tokens = tuple(path.counter.message(m) for m in new)
     _history.append(
@@ -154,6 +157,7 @@ def build_path(
         tools_tokens=counter.tools(tools),
         max_tokens=max_tokens,
         controls=chain.controls,
+        seen=known,
     )
 
 

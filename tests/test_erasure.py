@@ -214,3 +214,20 @@ def test_forget_empties_prompt_rewrites_nobody_else_sends(sqlite_url: str) -> No
             dump = every_row(trimmer)
             assert "ann secret prompt" not in dump and SYSTEM in dump
             assert trimmer.report().as_dict()["totals"] == before
+
+
+def test_an_erasure_by_another_process_is_stored_again_in_full(
+    trimmer: Trimmer, db_url: str
+) -> None:
+    """This process remembers the list it saw (where the store looks first); another
+    process erases the conversation meanwhile: the next turn stores the whole history
+    again, not just the new message (its path would start from nothing)."""
+    ann = chat("ann", 4)
+    trimmer.prepare(ann, user="ann", conversation_id="ann-1")
+    with Trimmer(db_url) as other:  # another process: its own memory
+        assert other.forget("ann").messages == len(ann)
+    grown = [*ann, {"role": "user", "content": "ann asks again"}]
+    prepared = trimmer.prepare(grown, user="ann", conversation_id="ann-1")
+    assert prepared.prompt_tokens > 0
+    (exported,) = trimmer.export("ann")
+    assert exported["messages"] == grown
