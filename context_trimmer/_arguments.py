@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ._exceptions import ConfigurationError, InvalidMessagesError, PromptTooLargeError
+from ._inline import refuse
 
 MAX_IDENTIFIER = 200
 """Characters in a model name, conversation_id or user (the store's column width)."""
@@ -220,6 +221,7 @@ def refuse_oversized_turn(
     turn = messages[start:]
     if sum(4 * text_chars(m) + 16 for m in turn) <= limit:
         return
+    refuse("counting a long newest turn")  # inline: tens of ms for a pasted document
     tokens = counter.request(turn)
     if tokens > limit:
         raise PromptTooLargeError(

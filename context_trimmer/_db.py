@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import os
 import re
@@ -214,7 +215,7 @@ class Database:
         self.engine = make_engine(self.url, timeout=self.timeout)
         self.reader = make_engine(self.url, for_writes=False) if self.is_sqlite else self.engine
         self._lane: StoreLane | None = None
-        self._commits = 0
+        self._commits = itertools.count(1)
         self._checkpoint_due = False
         self._tasks: set[asyncio.Future[None]] = set()
         if migrate:
@@ -312,8 +313,7 @@ class Database:
         auto-checkpoint is off: it would run inside a commit, on an event loop for work
         run inline, where a checkpoint's copy and fsync take tens of milliseconds).
         Inline, the checkpoint is left to the lane (see :meth:`offload`)."""
-        self._commits += 1
-        if self._commits % CHECKPOINT_EVERY == 0:
+        if next(self._commits) % CHECKPOINT_EVERY == 0:  # next(): atomic across threads
             if _inline.no_wait():
                 self._checkpoint_due = True
             else:

@@ -9,6 +9,8 @@ posts with the client's own HTTP client, URL, headers and timeout (worked out on
 client and path), and fails as the SDK does: ``APITimeoutError``,
 ``APIConnectionError``, and for a 4xx/5xx the SDK's own status error, its body read.
 The send plan's failover, retries and rate-limit reading see what they always see.
+Clients whose credentials are not a fixed key (Azure, a key callable, workload
+identity) keep the SDK's ``post``.
 """
 
 from __future__ import annotations
@@ -29,11 +31,11 @@ try:  # openai 3.x: the exceptions of httpx2 (and of httpx, where it is loaded)
 
     _TIMEOUTS: Callable[[], tuple[type[Exception], ...]] = timeout_exceptions
     _FAILURES: Callable[[], tuple[type[Exception], ...]] = request_exceptions
-except ImportError:  # openai 2.x: httpx
+except ImportError:  # openai 2.x: httpx, and any other failure to send is a connection error
     import httpx
 
     _TIMEOUTS = lambda: (httpx.TimeoutException,)  # noqa: E731
-    _FAILURES = lambda: (httpx.RequestError,)  # noqa: E731
+    _FAILURES = lambda: (Exception,)  # noqa: E731
 
 _ENDPOINTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[Any, dict[str, str]]]] = (
     weakref.WeakKeyDictionary()
@@ -60,8 +62,11 @@ def direct_sender(client: Any, path: str) -> Send | None:
 
     async def send(body: dict[str, Any], extra: dict[str, Any]) -> DirectAnswer:
         merged = {**headers, **{k: v for k, v in extra.items() if k.lower() != _INTERNAL_HEADER}}
-        content = json.dumps(body, separators=(",", ":")).encode()
-        request = http.build_request("POST", url, headers=merged, content=content, timeout=timeout)
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        content_bytes = content.encode()
+        request = http.build_request(
+            "POST", url, headers=merged, content=content_bytes, timeout=timeout
+        )
         try:
             response = await http.send(request, stream=True)
         except _TIMEOUTS() as error:
@@ -84,6 +89,8 @@ def _plain(client: Any) -> bool:
         isinstance(client, openai.AsyncOpenAI)
         and not isinstance(client, openai.AsyncAzureOpenAI)
         and getattr(client, "_provider_runtime", None) is None
+        and getattr(client, "_api_key_provider", None) is None  # a key from a callable
+        and getattr(client, "workload_identity", None) is None  # a token exchanged
         and client.custom_auth is None
         and not client.default_query
         and isinstance(client.api_key, str)
@@ -95,6 +102,7 @@ def _endpoint(client: Any, path: str) -> tuple[Any, dict[str, str]]:
     known = _ENDPOINTS.setdefault(client, {})
     if path not in known:
         headers = {**client.default_headers, **client.auth_headers}
+        headers["X-Stainless-Retry-Count"] = "0"  # the SDK's retries are off: the plan's
         plain = {name: value for name, value in headers.items() if isinstance(value, str)}
         known[path] = (client._prepare_url(path), plain)
     return known[path]

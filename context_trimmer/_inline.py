@@ -18,9 +18,11 @@ recorded prepare() to the lane and take the quota there. What raises it:
 
 - ``Database.writing()`` when another thread of this process holds the SQLite write lock,
   or another process holds the file's (``BEGIN IMMEDIATE`` without a busy timeout);
-- a prepare() with more than :data:`MAX_NEW_MESSAGES` messages not seen before (hashing,
-  counting and storing them is O(new), and after a restart a whole history is new), or
-  more than :data:`MAX_NEW_CHARS` of their text;
+- a prepare() with more than :data:`MAX_NEW_MESSAGES` new messages (hashing, counting
+  and storing them is O(new), and after a restart a whole history is new), or more than
+  :data:`MAX_NEW_CHARS` characters in them (image data URLs too): checked against what
+  this process saw before hashing, and against what is stored before storing;
+- an exact count of a newest user turn long enough to be over the prompt limit;
 - a prepare() over a hard limit, which must fold now (a summarizer call);
 - the first use of an encoding in the process (loading it takes 0.4 to 0.8 s);
 - a system prompt compressed by the app's callable for the first time;
@@ -104,16 +106,16 @@ def attempt(function: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
         _state.no_wait = False
 
 
-def _text_size(message: Mapping[str, Any]) -> int:
-    """The characters of ``message``'s text and tool-call arguments (validation, later,
-    says what is wrong with a malformed one)."""
-    if not isinstance(message, Mapping):
-        return 0
-    content, calls = message.get("content"), message.get("tool_calls")
-    size = len(content) if isinstance(content, str) else 0
-    if isinstance(content, list):
-        parts = (part for part in content if isinstance(part, Mapping))
-        size += sum(len(str(part.get("text") or "")) for part in parts)
-    if isinstance(calls, list):
-        size += sum(len(str(call)) for call in calls)
+def _text_size(message: Any) -> int:
+    """The characters of every string in ``message`` (text, tool-call arguments, image
+    data URLs), walked without recursion (validation, later, says what is malformed)."""
+    size, todo = 0, [message]
+    while todo:
+        value = todo.pop()
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, Mapping):
+            todo.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
     return size

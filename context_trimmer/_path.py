@@ -78,6 +78,7 @@ def store(connection: Connection, path: Path) -> StoredPath:
     """Store the messages of ``path`` not stored yet (with their token counts)."""
     key = path.counter.key
     new_from, path_before = _history.counted_prefix(connection, path.hashes, key, path.seen)
+    refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
     new = path.messages[new_from:]
     new_tokens = tuple(path.counter.message(m) for m in new)
     _history.append(

@@ -144,6 +144,7 @@ class Governor:
         self.limits = dict(limits or {})
         self.max_wait = max_wait
         self._unknown: dict[str, float] = {}  # budget key -> until when (monotonic)
+        self._observed = 0  # observe() calls so far
 
     def try_reserve(
         self, key: str, model: str, tokens: int, limits: RateLimits | None = None
@@ -182,9 +183,10 @@ class Governor:
         until = self._unknown.get(key)
         if until is not None and time.monotonic() < until:
             return False
+        observed = self._observed
         with self._db.reading() as connection:
             known = _KNOWN.first(connection, {"key": key}) is not None
-        if not known:
+        if not known and observed == self._observed:  # no observe() meanwhile
             if len(self._unknown) >= 1024:
                 self._unknown.clear()  # a bound: the keys are upstreams times models
             self._unknown[key] = time.monotonic() + UNKNOWN_FOR
@@ -222,6 +224,7 @@ class Governor:
             state = dict(row._mapping) if row is not None else _empty_state()
             _merge(state, seen, now)
             _save(connection, key, state, now, insert=row is None)
+        self._observed += 1
         self._unknown.pop(key, None)
 
     def check_wait(self, model: str, waited: float, wait: float) -> None:

@@ -90,5 +90,6 @@ def test_clients_it_cannot_speak_for_keep_the_sdks_post() -> None:
         azure_endpoint="https://x.openai.azure.com", api_key="k", api_version="2024-06-01"
     )
     with_query = openai.AsyncOpenAI(api_key="k", default_query={"tenant": "a"})
-    assert direct_sender(azure, "/chat/completions") is None
-    assert direct_sender(with_query, "/chat/completions") is None
+    key_from_a_callable = openai.AsyncOpenAI(api_key=lambda: "k")  # refreshed by the SDK
+    for client in (azure, with_query, key_from_a_callable):
+        assert direct_sender(client, "/chat/completions") is None

@@ -21,7 +21,14 @@ import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
 
-from context_trimmer import StoreError, SummaryRequest, SummaryResult, Trimmer, UserQuota
+from context_trimmer import (
+    PromptTooLargeError,
+    StoreError,
+    SummaryRequest,
+    SummaryResult,
+    Trimmer,
+    UserQuota,
+)
 from context_trimmer._db import CHECKPOINT_EVERY, Database
 from context_trimmer._encodings import get_encoding
 from context_trimmer._failopen import keep_books
@@ -257,6 +264,47 @@ def test_the_first_use_of_an_encoding_loads_it_on_the_lane(db: Database) -> None
     assert asyncio.run(db.offload(count)) == threading.current_thread().name  # loaded
 
 
+def where_prepared(url: str, messages: list[dict[str, Any]], **options: Any) -> str:
+    """The thread an async caller's prepare() of ``messages`` ran on."""
+    get_encoding("o200k_base")  # loaded: not the reason to leave the loop
+    with Trimmer(url, background=False, **options) as trimmer, Database(url) as db:
+
+        def prepare() -> str:
+            trimmer.prepare(messages)
+            return where()
+
+        return asyncio.run(db.offload(prepare))
+
+
+def test_a_history_seen_but_never_stored_is_stored_on_the_lane(tmp_path: Path) -> None:
+    """A call refused before storing (its newest turn too large) leaves the history
+    hashed in memory, not stored: the retry stores all of it, off the loop."""
+    url = f"sqlite:///{tmp_path / 'seen.db'}"
+    history = chat(MAX_NEW_MESSAGES)
+    huge = {"role": "user", "content": "word " * 3000}
+    with Trimmer(url, background=False, max_prompt_tokens=2000) as trimmer, Database(url) as db:
+        with pytest.raises(PromptTooLargeError):
+            trimmer.prepare([*history, huge])
+
+        def prepare() -> str:
+            trimmer.prepare([*history, {"role": "user", "content": "shorter"}])
+            return where()
+
+        assert asyncio.run(db.offload(prepare)) == "ct-store"
+
+
+def test_an_image_or_a_long_turn_is_handled_on_the_lane(tmp_path: Path) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * 100_000}}
+    pictured = [{"role": "user", "content": [{"type": "text", "text": "what is it?"}, image]}]
+    assert where_prepared(f"sqlite:///{tmp_path / 'image.db'}", pictured) == "ct-store"
+    long_turn = [{"role": "user", "content": "word " * 600}]  # counted: near the limit
+    url = f"sqlite:///{tmp_path / 'turn.db'}"
+    assert where_prepared(url, long_turn, max_prompt_tokens=2000) == "ct-store"
+    short = [{"role": "user", "content": "word " * 60}]
+    here = threading.current_thread().name
+    assert where_prepared(url, short, max_prompt_tokens=2000) == here
+
+
 def test_a_quota_being_written_after_prepare_never_records_it_twice(tmp_path: Path) -> None:
     """prepare() ran inline and recorded the request; then the quota's write would wait
     (another thread took the lock just then): the quota is taken on the lane, and the
@@ -354,10 +402,12 @@ def test_the_wal_is_checkpointed_every_so_many_commits_inline_or_not(db: Databas
             await db.offload(write)
         await asyncio.gather(*db._tasks)  # the checkpoint handed to the lane
 
-    db.checkpoint()
-    start = db._commits % CHECKPOINT_EVERY
+    for _ in range(CHECKPOINT_EVERY):  # to just past a checkpoint
+        write()
+        if database_file.stat().st_size > 100 * 20000:
+            break
     size = database_file.stat().st_size
-    for _ in range(CHECKPOINT_EVERY - start - 1):
+    for _ in range(CHECKPOINT_EVERY - 1):
         write()
     assert database_file.stat().st_size == size  # every page still in the WAL
     write()
