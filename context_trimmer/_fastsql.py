@@ -37,7 +37,7 @@ from sqlalchemy.sql.expression import Executable
 
 from ._deadlines import watched
 
-__all__ = ["Fast", "on_driver"]
+__all__ = ["Fast", "driver_rows", "on_driver"]
 
 _EXPANDING = re.compile(r"IN \(__\[POSTCOMPILE_(\w+)\]\)")
 MAX_LIST = 32
@@ -66,9 +66,8 @@ class Fast:
         """Every row the statement returns, as named tuples."""
         if _long_list(params):
             return list(connection.execute(self._core, dict(params)))
-        compiled, cursor = self._execute(connection, params)
-        fetched = cursor.fetchall()
-        cursor.close()
+        compiled = self._compiled_for(connection.dialect, params)
+        fetched = driver_rows(connection, compiled.sql, _driver_params(compiled, params))
         return [_row(compiled, values) for values in fetched]
 
     def first(self, connection: Connection, params: Mapping[str, Any]) -> Any:
@@ -88,13 +87,16 @@ class Fast:
         self._execute(connection, params)[1].close()
 
     def _execute(self, connection: Connection, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
-        dialect = connection.dialect
+        compiled = self._compiled_for(connection.dialect, params)
+        return compiled, on_driver(connection, compiled.sql, _driver_params(compiled, params))
+
+    def _compiled_for(self, dialect: Dialect, params: Mapping[str, Any]) -> _Compiled:
         lengths = tuple(len(value) for value in params.values() if isinstance(value, (list, tuple)))
         key = (dialect.name, frozenset(params), lengths)
         compiled = self._compiled.get(key)
         if compiled is None:
             compiled = self._compiled[key] = _compile(self.statement, dialect, params)
-        return compiled, on_driver(connection, compiled.sql, _driver_params(compiled, params))
+        return compiled
 
 
 def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
@@ -112,6 +114,15 @@ def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = Fal
         cursor.close()
         raise
     return cursor
+
+
+def driver_rows(connection: Connection, sql: str, params: Any) -> list[Any]:
+    """Every row of ``sql`` run by :func:`on_driver`, its cursor closed."""
+    cursor = on_driver(connection, sql, params)
+    try:
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
 
 
 def _long_list(params: Mapping[str, Any]) -> bool:

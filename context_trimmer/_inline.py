@@ -95,8 +95,6 @@ def refuse_long(messages: Sequence[Mapping[str, Any]], known: int) -> None:
 def attempt(function: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
     """``(True, function(*args))`` run here in no-wait mode, or ``(False, None)`` if it
     would have waited (nothing of it done)."""
-    if _state.no_wait:  # already inline: nested work runs as part of it
-        return True, function(*args)
     _state.no_wait = True
     try:
         return True, function(*args)

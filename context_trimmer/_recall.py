@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
-from ._fastsql import on_driver
+from ._fastsql import driver_rows
 from ._options import TrimmerOptions
 from ._path import StoredPath
 from ._recall_index import (
@@ -274,14 +274,14 @@ def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
     parameters = tuple(value for lookup in lookups for value in (lookup, PROBE_CAP))
     # The driver's own statement: this runs on every prepare(), and SQLAlchemy's
     # compilation of a text() with a bind per term costs as much as the lookups.
-    found: dict[int, int] = dict(_driver_rows(connection, statement, parameters))
+    found: dict[int, int] = dict(driver_rows(connection, statement, parameters))
     return [found[i] for i in range(len(lookups))]
 
 
 def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
     """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
     statement = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
-    found: dict[str, int] = dict(_driver_rows(connection, statement, (list(keys),)))
+    found: dict[str, int] = dict(driver_rows(connection, statement, (list(keys),)))
     return [found.get(key, 0) for key in keys]
 
 
@@ -299,7 +299,7 @@ def search(connection: Connection, anchor: str, terms: Sequence[str], before: in
         f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
         f"WHERE {condition} AND depth < {mark} ORDER BY score DESC, depth LIMIT {MAX_HITS}"
     )
-    return [Hit(*row) for row in _driver_rows(connection, statement, (*parameters, before))]
+    return [Hit(*row) for row in driver_rows(connection, statement, (*parameters, before))]
 
 
 class Hit(NamedTuple):
@@ -308,16 +308,6 @@ class Hit(NamedTuple):
     hash: Any
     depth: int
     score: float
-
-
-def _driver_rows(connection: Connection, statement: str, parameters: Any) -> list[Any]:
-    """The rows of ``statement`` run on the driver's cursor (past SQLAlchemy's ~100 µs of
-    execution machinery per call; watched on PostgreSQL like any other statement)."""
-    cursor = on_driver(connection, statement, parameters)
-    try:
-        return list(cursor.fetchall())
-    finally:
-        cursor.close()
 
 
 def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:

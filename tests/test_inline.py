@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,21 @@ async def longest_stall(work: Any) -> tuple[Any, float]:
     return result, max(gaps)
 
 
+def write_while_held(db: Database, release: Callable[[], None]) -> tuple[str, float]:
+    """An async caller's write while the lock is held, ``release`` called after HELD
+    seconds: the thread it ran on, and the event loop's longest stall meanwhile."""
+
+    def write() -> str:
+        with db.writing():
+            return where()
+
+    async def main() -> tuple[str, float]:
+        asyncio.get_running_loop().call_later(HELD, release)
+        return await longest_stall(db.offload(write))
+
+    return asyncio.run(main())
+
+
 def test_quick_work_runs_on_the_loop_and_writes(db: Database) -> None:
     def write() -> str:
         with db.writing() as connection:
@@ -98,18 +113,8 @@ def test_another_process_holding_the_write_lock_sends_the_work_to_the_lane(
     )
     assert holder.stdout is not None and holder.stdin is not None
     assert holder.stdout.readline().strip() == "locked"
-
-    def write() -> str:
-        with db.writing() as connection:
-            connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
-        return where()
-
-    async def main() -> tuple[str, float]:
-        asyncio.get_running_loop().call_later(HELD, holder.stdin.close)  # type: ignore[union-attr]
-        return await longest_stall(db.offload(write))
-
     try:
-        thread, stall = asyncio.run(main())
+        thread, stall = write_while_held(db, holder.stdin.close)
     finally:
         holder.kill()
         holder.wait()
@@ -126,20 +131,11 @@ def test_another_thread_writing_sends_the_work_to_the_lane(db: Database) -> None
             inside.set()
             release.wait(30)
 
-    def write() -> str:
-        with db.writing():
-            return where()
-
     holder = threading.Thread(target=hold)
     holder.start()
     assert inside.wait(10)
-
-    async def main() -> tuple[str, float]:
-        asyncio.get_running_loop().call_later(HELD, release.set)
-        return await longest_stall(db.offload(write))
-
     try:
-        thread, stall = asyncio.run(main())
+        thread, stall = write_while_held(db, release.set)
     finally:
         release.set()
         holder.join()
