@@ -70,6 +70,8 @@ def direct_sender(client: Any, path: str) -> Send | None:
         try:
             response = await http.send(request, stream=True)
         except _TIMEOUTS() as error:
+            if refused(error):  # the aiohttp transport calls a refused connection a timeout
+                raise openai.APIConnectionError(request=request) from error
             raise openai.APITimeoutError(request=request) from error
         except openai.OpenAIError:
             raise
@@ -81,6 +83,21 @@ def direct_sender(client: Any, path: str) -> Send | None:
         return DirectAnswer(response)
 
     return send
+
+
+def refused(error: BaseException) -> bool:
+    """Whether ``error`` was caused by a refused connection (the host answered: nothing
+    listens there). httpx2's aiohttp transport, which ``serve`` uses, raises
+    ``ConnectTimeout`` for every failed connect, refusals included."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ConnectionRefusedError):
+            return True
+        seen.add(id(cause))
+        nested = [a for a in getattr(cause, "args", ()) if isinstance(a, BaseException)]
+        cause = cause.__cause__ or cause.__context__ or (nested[0] if nested else None)
+    return False
 
 
 def _plain(client: Any) -> bool:

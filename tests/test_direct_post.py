@@ -65,15 +65,24 @@ def test_an_error_status_is_the_sdks_error_with_its_body() -> None:
         asyncio.run(main())
 
 
-def test_a_refused_connection_and_a_timeout_are_the_sdks_errors() -> None:
+@pytest.mark.parametrize("transport", ["default", "aiohttp"])
+def test_a_refused_connection_and_a_timeout_are_the_sdks_errors(transport: str) -> None:
+    """A refused connection is a connection error, not "Request timed out.", with the
+    aiohttp transport ``serve`` uses too (which raises ConnectTimeout for it)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
+
+    def make(base_url: str, **options: Any) -> openai.AsyncOpenAI:
+        if transport == "aiohttp":
+            options["http_client"] = openai.DefaultAioHttpClient()
+        return openai.AsyncOpenAI(base_url=base_url, api_key="k", **options)
+
     with FakeOpenAI(lambda _body: Reply("late", delay=3.0)) as server:
 
         async def main() -> None:
-            refused = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{closed_port}/v1", api_key="k")
-            slow = openai.AsyncOpenAI(base_url=server.base_url, api_key="k", timeout=0.3)
+            refused = make(f"http://127.0.0.1:{closed_port}/v1")
+            slow = make(server.base_url, timeout=0.3)
             cases = ((refused, openai.APIConnectionError), (slow, openai.APITimeoutError))
             for client, error in cases:
                 send = direct_sender(client, "/chat/completions")
