@@ -13,6 +13,7 @@ tokens by model (models with requests only) and by conversation; then the table.
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from itertools import accumulate
 
 from ._report import Report, ReportRow, RequestPoint
 
-WIDTH, HEIGHT = 880, 300
+WIDTH, HEIGHT = 1100, 320
 LEFT, RIGHT, TOP, BOTTOM = 78, 20, 34, 58
 BASELINE_COLOR, SENT_COLOR, NET_COLOR = "#d9534f", "#2e7d32", "#1565c0"
 CACHED_COLOR = "#ef9a9a"
@@ -43,6 +44,8 @@ def render_html(overall: Report, by_model: Report, by_conversation: Report) -> s
         f"Requests from {_moment(overall.since or first, 'the start')} "
         f"to {_moment(overall.until or last, 'now')}"
     )
+    if not overall.totals.requests:
+        return _PAGE.format(period=html.escape(period), body=_NOTHING_YET)
     sections = [
         _headline(overall.totals),
         _figure(
@@ -157,6 +160,8 @@ def _tpm_chart(points: Sequence[RequestPoint]) -> str:
         pair[0] += point.tpm_before
         pair[1] += point.tpm_after
     keys = sorted(minutes)
+    if not keys:
+        return _empty()
     series = [
         Series("before", BASELINE_COLOR, [float(minutes[k][0]) for k in keys]),
         Series("after", SENT_COLOR, [float(minutes[k][1]) for k in keys]),
@@ -209,10 +214,11 @@ def _line_chart(
     values = [v for s in series for v in s.values]
     if not values:
         return _empty()
-    low, high = min(0.0, *values), max(0.0, *values)
+    ticks = nice_ticks(min(0.0, *values), max(0.0, *values))
+    low, high = ticks[0], ticks[-1]
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     step = inner_w / max(1, len(xs) - 1)
-    parts = [_y_axis(low, high, y_label, fmt), _x_axis([_when(x) for x in xs], step, x_label)]
+    parts = [_y_axis(ticks, y_label, fmt), _x_axis([_when(x) for x in xs], step, x_label)]
     every = max(1, len(xs) // MAX_MARKERS)
     for index, line in enumerate(series):
         ys = [TOP + y for y in _scale(line.values, low, high, inner_h)]
@@ -235,21 +241,34 @@ def _line_chart(
     return _svg(parts)
 
 
+def nice_ticks(low: float, high: float, most: int = 6) -> list[float]:
+    """At most ``most`` evenly spaced round values (1, 2, 2.5 or 5 times a power of ten)
+    from at or below ``low`` to at or above ``high``."""
+    if high <= low:
+        high = low + 1.0
+    rough = (high - low) / (most - 1)
+    power = 10.0 ** math.floor(math.log10(rough))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= rough)
+    first = math.floor(low / step + 1e-9) * step
+    count = math.ceil((high - first) / step - 1e-9)
+    return [round(first + i * step, 10) for i in range(count + 1)]
+
+
 def _scale(values: Sequence[float], low: float, high: float, size: float) -> list[float]:
     span = (high - low) or 1.0
     return [size - (v - low) / span * size for v in values]
 
 
-def _y_axis(low: float, high: float, label: str, fmt: Callable[[float], str]) -> str:
+def _y_axis(ticks: Sequence[float], label: str, fmt: Callable[[float], str]) -> str:
     inner_h = HEIGHT - TOP - BOTTOM
+    low, high = ticks[0], ticks[-1]
     parts = [
         f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{TOP + inner_h}" stroke="#999"/>',
         f'<text transform="translate(14,{TOP + inner_h / 2}) rotate(-90)" '
         f'text-anchor="middle" font-size="11">{html.escape(label)}</text>',
     ]
-    for tick in range(5):
-        value = low + (high - low) * tick / 4
-        y = TOP + inner_h - inner_h * tick / 4
+    for value in ticks:
+        y = TOP + inner_h - inner_h * (value - low) / ((high - low) or 1.0)
         parts.append(
             f'<line x1="{LEFT - 4}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}" '
             f'stroke="#eee"/><text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end" '
@@ -269,16 +288,29 @@ def _x_axis(moments: Sequence[datetime], step: float, label: str) -> str:
         return "".join(parts)
     count = min(5, len(moments))
     picks = sorted({round(i * (len(moments) - 1) / max(1, count - 1)) for i in range(count)})
-    fmt = _time_format(moments)
-    for index in picks:
+    for index, text in zip(picks, _tick_labels(moments, picks), strict=True):
         x = LEFT + index * step
         anchor = "start" if index == 0 else "end" if index == len(moments) - 1 else "middle"
         parts.append(
             f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}" stroke="#999"/>'
             f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="{anchor}" font-size="10">'
-            f"{moments[index]:{fmt}}</text>"
+            f"{html.escape(text)}</text>"
         )
     return "".join(parts)
+
+
+def _tick_labels(moments: Sequence[datetime], picks: Sequence[int]) -> list[str]:
+    """The picked moments as times; where two would read the same (requests sent back to
+    back), the request's number with the time of the first and last."""
+    fmt = _time_format(moments)
+    labels = [f"{moments[i]:{fmt}}" for i in picks]
+    if len(set(labels)) == len(labels):
+        return labels
+    numbered = [f"#{i + 1:,}" for i in picks]
+    numbered[0] += f" ({labels[0]})"
+    if len(picks) > 1:
+        numbered[-1] += f" ({labels[-1]})"
+    return numbered
 
 
 def _time_format(moments: Sequence[datetime]) -> str:
@@ -309,12 +341,13 @@ def _bars(
     """Grouped bars, one group per label, each bar's value in its ``<title>``."""
     if not labels:
         return _empty()
-    high = max(max(max(s.values) for s in series), 1.0)
+    ticks = nice_ticks(0.0, max(max(max(s.values) for s in series), 1.0))
+    high = ticks[-1]
     inner_w, inner_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = inner_w / len(labels)
     bar = min(slot * 0.8 / len(series), 60)
     bottom = TOP + inner_h
-    parts = [_y_axis(0, high, y_label, _tokens)]
+    parts = [_y_axis(ticks, y_label, _tokens)]
     parts.append(
         f'<line x1="{LEFT}" y1="{bottom}" x2="{WIDTH - RIGHT}" y2="{bottom}" stroke="#999"/>'
         f'<text x="{LEFT + inner_w / 2}" y="{HEIGHT - 8}" text-anchor="middle" '
@@ -345,8 +378,8 @@ def _bars(
 
 def _svg(parts: list[str]) -> str:
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-        f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="100%" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'preserveAspectRatio="xMinYMin meet" font-family="sans-serif" font-size="12">'
         + "".join(parts)
         + "</svg>"
     )
@@ -379,26 +412,36 @@ def _table(rows: Sequence[ReportRow]) -> str:
     head = "".join(f"<th>{c.replace('_', ' ')}</th>" for c in _TABLE_COLUMNS)
     body = "".join(
         "<tr>"
-        + "".join(f"<td>{html.escape(_cell(getattr(row, c)))}</td>" for c in _TABLE_COLUMNS)
+        + "".join(f"<td>{html.escape(_cell(c, getattr(row, c)))}</td>" for c in _TABLE_COLUMNS)
         + "</tr>"
         for row in rows
     )
     return f"<section><h2>Figures by model</h2><table><tr>{head}</tr>{body}</table></section>"
 
 
-def _cell(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4f}"
+def _cell(column: str, value: object) -> str:
+    if column.endswith("_percent") and isinstance(value, float):
+        return f"{value:.1f}%"
+    if column.endswith(("_cost", "_saving", "_uncached")) and isinstance(value, float):
+        return _usd(value)
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)
 
 
+_NOTHING_YET = """<section class="empty"><h2>No requests in this period</h2>
+<p>The ledger holds no prepared request here. Requests are recorded by
+<code>trimmer.prepare()</code>, a wrapped client or the gateway, in the database the
+report reads (<code>--db URL</code>, else <code>$CONTEXT_TRIMMER_DB</code>, else the local
+SQLite file); <code>context-trimmer replay</code> records into a throwaway database unless
+given <code>--db</code>.</p></section>"""
+
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>context-trimmer savings report</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 960px; }}
-table {{ border-collapse: collapse; font-size: 11px; }}
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 1600px; }}
+svg {{ display: block; width: 100%; height: auto; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
 td, th {{ border: 1px solid #ccc; padding: 3px 5px; text-align: right; }}
 h2 {{ font-size: 16px; margin-top: 1.6em; }}
 .headline {{ display: grid; grid-template-columns: repeat(3, 1fr); gap: 10px; }}

@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import random
 import shutil
 import subprocess
@@ -473,3 +474,57 @@ def test_the_pruned_cache_search_equals_trying_every_earlier_request() -> None:
                 cacheable(max((_shared_sent(q, r, tree) for q in window), default=0)),
             )
         assert simulate(requests, tree) == brute
+
+
+def test_html_report_of_an_empty_period_says_so(ledger: Trimmer, tmp_path: Path) -> None:
+    """Right after the main job (whose replay used a throwaway database), or for a period
+    with nothing in it, the HTML report is a page saying so: exit 0, no IndexError."""
+    url = ledger._db.url
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    Trimmer(empty, summarizer="extractive").close()
+    for args in (["--db", empty], ["--db", url, "--since", "2030-01-01"]):
+        page = tmp_path / "report.html"
+        result = CliRunner().invoke(main, ["report", *args, "--html", str(page)])
+        assert result.exit_code == 0, result.output
+        assert "No requests in this period" in page.read_text()
+
+
+def test_round_ticks() -> None:
+    from context_trimmer._html_report import nice_ticks
+
+    cases = [(0, 17_859), (0, 0.0229), (0, 1), (-0.3, 2.7), (0, 378_307), (5, 5)]
+    for low, high in cases:
+        ticks = nice_ticks(low, high)
+        step = ticks[1] - ticks[0]
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        assert round(mantissa, 6) in (1, 2, 2.5, 5), (low, high, ticks)
+        assert ticks[0] <= low and ticks[-1] >= high and len(ticks) <= 7, ticks
+        assert all(round(t / step, 6) == round(t / step) for t in ticks), ticks
+    assert nice_ticks(0, 17_859) == [0, 5_000, 10_000, 15_000, 20_000]
+
+
+def test_back_to_back_requests_get_distinct_tick_labels(db_url: str) -> None:
+    """Requests sent within one second read as request numbers, not one timestamp
+    repeated; the table's percent and dollars are formatted."""
+    from context_trimmer._html_report import render_html
+
+    with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
+        messages: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
+        for turn in range(12):
+            messages.append({"role": "user", "content": f"Question {turn} about Lisbon."})
+            trimmer.prepare(messages, model="gpt-4o")
+            messages.append({"role": "assistant", "content": f"Answer {turn}."})
+        page = render_html(
+            trimmer.report(), trimmer.report(group_by="model"), trimmer.report(group_by="day")
+        )
+    chart = page.split('data-chart="tokens-over-time"', 1)[1].split("</section>", 1)[0]
+    axis = [
+        label.split("</text>", 1)[0]
+        for label in chart.split('font-size="10">')[1:]
+        if "</text>" in label
+    ]
+    x_labels = [label for label in axis if label.startswith("#")]
+    assert len(x_labels) >= 3 and len(set(x_labels)) == len(x_labels), axis
+    table = page.split("<table>", 1)[1]
+    assert "%</td>" in table and "<td>$" in table
+    assert not any(len(cell.split(".")[-1]) == 4 for cell in table.split("%</td>")[:-1])
