@@ -4,7 +4,10 @@ durations such as ``10m`` or ``30d``, shares such as ``0.05`` or ``off``."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import sys
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -66,3 +69,11 @@ def share(text: str | float | None) -> float | None:
     except ValueError:
         message = f"{text!r}: use a number in (0, 1], such as 0.05, or off"
         raise click.BadParameter(message) from None
+
+
+def terminal_width() -> int | None:
+    """The width of the terminal the output goes to (``$COLUMNS`` when set), or None when
+    it goes to a file or a pipe (then tables keep every column)."""
+    if "COLUMNS" not in os.environ and not sys.stdout.isatty():
+        return None
+    return max(40, shutil.get_terminal_size().columns)

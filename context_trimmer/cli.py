@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from . import __version__, _cli_data, _cli_folds, _cli_gateway, _cli_worker
-from ._cli_common import db_option, emit, json_option, share, user_errors
+from ._cli_common import db_option, emit, json_option, share, terminal_width, user_errors
 from ._compress import Compression, compress_safe
 from ._db import Database
 from ._html_report import render_html
@@ -179,7 +179,7 @@ def replay_command(
     emit(
         {"replay": result.as_dict(), "report": report.as_dict()},
         as_json,
-        _replay_text(result, model) + "\n\n" + render(report, "table"),
+        _replay_text(result, model) + "\n\n" + render(report, "table", width=terminal_width()),
     )
 
 
@@ -331,7 +331,8 @@ def report_command(
                 render_html(overall, grouped("model"), grouped("conversation")), "utf-8"
             )
             click.echo(f"wrote {html_path}", err=True)
-    _write(render(report, "json" if as_json else fmt), output)
+    width = terminal_width() if output is None else None
+    _write(render(report, "json" if as_json else fmt, width=width), output)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

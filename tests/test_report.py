@@ -528,3 +528,21 @@ def test_back_to_back_requests_get_distinct_tick_labels(db_url: str) -> None:
     table = page.split("<table>", 1)[1]
     assert "%</td>" in table and "<td>$" in table
     assert not any(len(cell.split(".")[-1]) == 4 for cell in table.split("%</td>")[:-1])
+
+
+def test_the_terminal_table_fits_the_terminal(ledger: Trimmer) -> None:
+    """On an 80-column terminal the table keeps its most needed columns and says which it
+    left out; written to a file it keeps them all."""
+    for columns in ("80", "120"):
+        result = CliRunner(env={"COLUMNS": columns}).invoke(
+            main, ["report", "--db", ledger._db.url, "--group-by", "model"]
+        )
+        assert result.exit_code == 0, result.output
+        lines = result.output.splitlines()
+        assert max(len(line) for line in lines) <= int(columns), result.output
+        table = "\n".join(lines)
+        for needed in ("Requests", "Saved", "gpt-4o-mini", "TOTAL"):
+            assert needed in table, table
+        assert "left out to fit" in table
+    full = render(ledger.report(group_by="model"), "table")
+    assert "Net saved" in full and "vs uncached" in full and "left out" not in full
