@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ._db import resolve_url, sqlite_file, url_origin
 from ._exceptions import TrimmerError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,3 +78,19 @@ def terminal_width() -> int | None:
     if "COLUMNS" not in os.environ and not sys.stdout.isatty():
         return None
     return max(40, shutil.get_terminal_size().columns)
+
+
+def existing_db(db_url: str | None, command: str) -> str:
+    """The store's URL for a command that only reads or edits what is stored: a SQLite
+    file that does not exist is refused, naming the path looked at, rather than created
+    (a mistyped path would read as an empty store)."""
+    url = resolve_url(db_url)
+    path = sqlite_file(url)
+    if path is not None and not path.exists():
+        raise click.ClickException(
+            f"no database at {path} (from {url_origin(db_url)}): {command} works on an "
+            "existing store and creates none. Check the path (--db URL or "
+            "$CONTEXT_TRIMMER_DB); a store is created by its first write: the app, the "
+            "gateway, keys create, or replay --db URL."
+        )
+    return url

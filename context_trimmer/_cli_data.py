@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from ._cli_common import db_option, duration, user_errors
+from ._cli_common import db_option, duration, existing_db, user_errors
 from ._erasure import Erasure
 from ._trimmer import Trimmer
 
 
-def _open(db_url: str | None) -> Trimmer:
-    return Trimmer(db_url, summarizer="extractive", background=False)
+def _open(db_url: str | None, command: str) -> Trimmer:
+    url = existing_db(db_url, command)
+    return Trimmer(url, summarizer="extractive", background=False)
 
 
 @click.command("export")
@@ -27,7 +28,7 @@ def export_command(
 ) -> None:
     """Write a user's conversations as JSONL: one line per conversation with its messages
     in order, their timestamps, the current summary and the request times."""
-    with _open(db_url) as trimmer:
+    with _open(db_url, "export") as trimmer:
         lines = [
             json.dumps(item, ensure_ascii=False) for item in trimmer.export(user, conversation_id)
         ]
@@ -52,7 +53,7 @@ def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: st
     its figures under opaque identifiers, so report totals do not change."""
     if not yes:
         raise click.ClickException("forget erases for good: add --yes to confirm")
-    with _open(db_url) as trimmer:
+    with _open(db_url, "forget") as trimmer:
         erasure = trimmer.forget(user, conversation_id)
     click.echo(_said(erasure))
 
@@ -66,7 +67,7 @@ def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: st
 def prune_command(older_than: str, db_url: str | None) -> None:
     """Erase the conversations nobody has used for AGE, as forget does."""
     age = duration(older_than)
-    with _open(db_url) as trimmer:
+    with _open(db_url, "prune") as trimmer:
         erasure = trimmer.prune(age)
     click.echo(_said(erasure))
 

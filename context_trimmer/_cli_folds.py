@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from ._batch import BatchState, collect, default_state_path, idle_conversations, submit
 from ._batch import last_request as last_request_of
-from ._cli_common import db_option, duration, emit, json_option, user_errors
+from ._cli_common import db_option, duration, emit, existing_db, json_option, user_errors
 from ._db import Database, as_utc
 from ._folding import is_fallback
 from ._summarizers import OpenAISummarizer
@@ -53,7 +53,7 @@ state_option = click.option(
 def status(db_url: str | None, window: str, state_path: Path | None, as_json: bool) -> None:
     """Recent summaries, fallbacks and summarizer failures, from the store."""
     since = datetime.now(timezone.utc) - duration(window)
-    with Database(db_url) as store:
+    with Database(existing_db(db_url, "status")) as store:
         data = store_health(store, since)
     state = BatchState(state_path or default_state_path())
     data["pending_batches"] = len(state.batches)

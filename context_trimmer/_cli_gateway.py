@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ._cli_common import F, db_option, emit, json_option, share, user_errors
+from ._cli_common import F, db_option, emit, existing_db, json_option, share, user_errors
 from ._db import Database
 from ._gateway_config import (
     CONFIG_ENV,
@@ -57,7 +57,7 @@ def keys_create(user: str, admin: bool, db_url: str | None, as_json: bool) -> No
 @user_errors
 def keys_list(db_url: str | None, as_json: bool) -> None:
     """List keys: id, prefix, user, admin, created, revoked."""
-    with Database(db_url) as store:
+    with Database(existing_db(db_url, "keys list")) as store:
         found = list_keys(store)
     rows = [
         {
@@ -70,15 +70,22 @@ def keys_list(db_url: str | None, as_json: bool) -> None:
         }
         for k in found
     ]
-    text = (
-        "\n".join(
-            f"{r['id']:>4}  {r['prefix']}...  {r['user']}"
-            f"{'  admin' if r['admin'] else ''}{'  REVOKED' if r['revoked_at'] else ''}"
-            for r in rows
-        )
-        or "no keys"
+    emit({"keys": rows}, as_json, _key_table(rows) if rows else "no keys")
+
+
+def _key_table(rows: list[dict[str, Any]]) -> str:
+    """One line per key under a header: id, prefix, user, role, created, revoked."""
+    lines = [("ID", "PREFIX", "USER", "ROLE", "CREATED (UTC)", "REVOKED (UTC)")]
+    for r in rows:
+        revoked = r["revoked_at"][:19].replace("T", " ") if r["revoked_at"] else "-"
+        role = "admin" if r["admin"] else "user"
+        created = r["created_at"][:19].replace("T", " ")
+        lines.append((str(r["id"]), r["prefix"] + "...", r["user"], role, created, revoked))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
     )
-    emit({"keys": rows}, as_json, text)
 
 
 @keys.command("revoke")
@@ -87,7 +94,7 @@ def keys_list(db_url: str | None, as_json: bool) -> None:
 @user_errors
 def keys_revoke(key_id: str, db_url: str | None) -> None:
     """Revoke a key by its id or prefix (see ``keys list``)."""
-    with Database(db_url) as store:
+    with Database(existing_db(db_url, "keys revoke")) as store:
         revoked = revoke_key(store, key_id)
     if not revoked:
         raise click.ClickException(f"no active key with id or prefix {key_id!r}")

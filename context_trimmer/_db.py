@@ -90,6 +90,26 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases, memory or ``file:`` URIs)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return None if database.startswith("file:") else Path(database).expanduser()
+
+
+def url_origin(url: str | None) -> str:
+    """Where the store's URL came from, for messages: the argument, the variable, or
+    the default."""
+    if url:
+        return "--db"
+    return f"${DB_ENV}" if os.environ.get(DB_ENV) else "the default"
+
+
 def make_engine(
     url: str | None = None, *, for_writes: bool = True, timeout: float | None = None
 ) -> Engine:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ._db import DB_ENV, resolve_url
+from ._db import resolve_url, url_origin
 from ._exceptions import ConfigurationError
 from ._gateway_upstreams import UpstreamConfig, UpstreamEndpoint, load_upstreams, resolve
 from ._options import FOLDS, TrimmerOptions
@@ -351,9 +351,9 @@ def public_url(url: str) -> str:
 
 
 def _public_db(url: str | None) -> str:
-    if url is None:
-        return f"${DB_ENV}, else the local SQLite file"
+    """The store in effect, resolved (no password), and where its URL came from."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        resolved = make_url(resolve_url(url)).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
         return "(not a database URL)"
+    return f"{resolved} (from {url_origin(url)})"

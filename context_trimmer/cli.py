@@ -17,7 +17,15 @@ from typing import Any
 import click
 
 from . import __version__, _cli_data, _cli_folds, _cli_gateway, _cli_worker
-from ._cli_common import db_option, emit, json_option, share, terminal_width, user_errors
+from ._cli_common import (
+    db_option,
+    emit,
+    existing_db,
+    json_option,
+    share,
+    terminal_width,
+    user_errors,
+)
 from ._compress import Compression, compress_safe
 from ._db import Database
 from ._html_report import render_html
@@ -70,7 +78,7 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
 @user_errors
 def db_current(db_url: str | None, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one available."""
-    with Database(db_url, migrate=False) as store:
+    with Database(existing_db(db_url, "db current"), migrate=False) as store:
         revision, url = store.revision(), store.display_url
     head = head_revision()
     emit(
@@ -318,7 +326,7 @@ def report_command(
 ) -> None:
     """The token savings report: tokens and dollars, as given vs sent, net of summaries."""
     since, until = _utc(since), _utc(until)
-    with Database(db_url) as store:
+    with Database(existing_db(db_url, "report")) as store:
         ledger = Ledger(store)
 
         def grouped(by: str | None) -> Report:

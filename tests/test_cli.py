@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from context_trimmer.cli import main
@@ -53,3 +54,49 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "Error: messages[0].role: 'robot' is not a Chat Completions role" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["report"],
+        ["report", "--html", "page.html"],
+        ["status"],
+        ["keys", "list"],
+        ["keys", "revoke", "ctk-abc"],
+        ["export", "--user", "ann"],
+        ["forget", "--user", "ann", "--yes"],
+        ["prune", "--older-than", "30d"],
+        ["db", "current"],
+    ],
+)
+def test_commands_that_read_refuse_a_missing_database(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped path is an error naming the path, not an empty report on a database
+    made on the spot: nothing is created, not even the folder."""
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nonexistent" / "dir" / "x.db"
+    result = CliRunner().invoke(main, [*command, "--db", f"sqlite:///{missing}"])
+    assert result.exit_code == 1, result.output
+    assert f"no database at {missing} (from --db)" in result.output
+    assert not (tmp_path / "nonexistent").exists()
+    monkeypatch.setenv("CONTEXT_TRIMMER_DB", f"sqlite:///{missing}")
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1 and "(from $CONTEXT_TRIMMER_DB)" in result.output
+    assert not (tmp_path / "nonexistent").exists() and not (tmp_path / "page.html").exists()
+
+
+def test_serve_names_the_database_it_resolved(tmp_path: Path) -> None:
+    from context_trimmer._gateway_config import GatewayConfig, describe, endpoints
+
+    environ = {"OPENAI_API_KEY": "sk-upstream"}
+    default = describe(GatewayConfig(), endpoints(GatewayConfig(), environ))
+    line = next(row for row in default.splitlines() if "database" in row)
+    assert str(tmp_path / "xdg" / "context-trimmer" / "history.db") in line
+    assert "(from the default)" in line
+    given = GatewayConfig(db_url="postgresql+psycopg://ann:secret@db.example/app")
+    line = next(
+        row for row in describe(given, endpoints(given, environ)).splitlines() if "database" in row
+    )
+    assert "ann:***@db.example/app (from --db)" in line and "secret" not in line

@@ -268,8 +268,21 @@ def test_keys_cli(tmp_path: Path) -> None:
     assert key.startswith("ctk-")
     listed = runner.invoke(main, ["keys", "list", "--db", url])
     assert "ann" in listed.stdout and key not in listed.stdout
+    header, row = listed.stdout.splitlines()
+    assert header.split() == [
+        "ID",
+        "PREFIX",
+        "USER",
+        "ROLE",
+        "CREATED",
+        "(UTC)",
+        "REVOKED",
+        "(UTC)",
+    ]
+    assert row.split()[2:4] == ["ann", "user"] and row.endswith("-")
     assert runner.invoke(main, ["keys", "revoke", key[:12], "--db", url]).exit_code == 0
-    assert "REVOKED" in runner.invoke(main, ["keys", "list", "--db", url]).stdout
+    revoked = runner.invoke(main, ["keys", "list", "--db", url]).stdout.splitlines()[1]
+    assert not revoked.endswith("-")
 
 
 def test_serve_needs_the_upstream_key(tmp_path: Path) -> None:
