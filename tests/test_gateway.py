@@ -479,7 +479,7 @@ def test_serve_flags_env_and_readme_match_the_config() -> None:
     serve = main.get_command(click.Context(main), "serve")
     assert serve is not None
     options = {p.name: p for p in serve.params if isinstance(p, click.Option)}
-    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    readme = (Path(__file__).parent.parent / "docs" / "gateway.md").read_text("utf-8")
     for field in fields(GatewayConfig):
         option = options[field.name]
         assert option.opts[0] == flag(field.name) and option.opts[0] in readme

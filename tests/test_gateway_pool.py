@@ -258,8 +258,8 @@ def test_serve_with_two_upstreams_of_20_requests_a_minute_answers_30_requests(
     assert f"a: {a.base_url} with $KEY_A" in printed and f"b: {b.base_url} with $KEY_B" in printed
 
 
-def test_the_readme_configuration_file_loads_as_documented(tmp_path: Path) -> None:
-    readme = Path(__file__).resolve().parents[1] / "README.md"
+def test_the_documented_configuration_file_loads_as_documented(tmp_path: Path) -> None:
+    readme = Path(__file__).resolve().parents[1] / "docs" / "gateway.md"
     (block,) = re.findall(r"```toml\n(.*?)```", readme.read_text(), re.DOTALL)
     path = write(tmp_path, block)
     upstreams = load_upstreams(path)

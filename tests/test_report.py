@@ -7,9 +7,11 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -546,3 +548,27 @@ def test_the_terminal_table_fits_the_terminal(ledger: Trimmer) -> None:
         assert "left out to fit" in table
     full = render(ledger.report(group_by="model"), "table")
     assert "Net saved" in full and "vs uncached" in full and "left out" not in full
+
+
+def test_the_readme_picture_is_made_by_its_script(tmp_path: Path) -> None:
+    """scripts/report-picture runs the main job and screenshots its HTML report, so the
+    README's picture can be re-made, not kept by hand."""
+    _chromium()
+    shot = tmp_path / "report.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "report-picture"
+    venv = Path(sys.executable).parent.parent
+    result = subprocess.run(
+        ["bash", str(script), str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "VENV": str(venv)},
+    )
+    assert result.returncode == 0, result.stderr
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 1500)
+    pixels = {color for _count, color in image.getcolors(maxcolors=1 << 24) or []}
+    for color in ((0xD9, 0x53, 0x4F), (0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0)):
+        assert color in pixels
