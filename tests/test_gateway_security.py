@@ -466,3 +466,98 @@ def test_a_control_character_in_a_header_is_a_json_400(sqlite_url: str) -> None:
                 assert headers["content-type"] == "application/json"
                 assert json.loads(body)["error"]["code"] == "invalid_http_request"
         assert upstream.seen == []
+
+
+# -- done when: a real serve process, four tenants, every attempt refused ----------------------
+
+
+def test_hostile_tenants_through_a_real_serve_process(db_url: str) -> None:
+    """Four tenants and an admin on ``context-trimmer serve``: every attack is a 4xx JSON
+    answer, no connection reaches another host, the upstream key is in no answer and no
+    log line, and each tenant's own objects keep working."""
+    store = Database(db_url)
+    keys = {name: create_key(store, name)[0] for name in TENANTS}
+    store.close()
+    with Capture() as capture, FakeOpenAI() as upstream:
+        environ = {**os.environ, "OPENAI_API_KEY": UPSTREAM_KEY}
+        options = ["--db", db_url, "--upstream", upstream.base_url, "--summarizer", "extractive"]
+        with ServeProcess(*options, "--key-cache-seconds", "0", env=environ) as serve:
+            clients = {
+                name: openai.OpenAI(base_url=serve.base_url, api_key=key, max_retries=0)
+                for name, key in keys.items()
+            }
+            own = {
+                name: (
+                    client.files.create(
+                        file=(f"{name}.txt", name.encode()), purpose="user_data"
+                    ).id,
+                    client.responses.create(model="gpt-4o", input=f"I am {name}").id,
+                )
+                for name, client in clients.items()
+            }
+            answers: list[tuple[int, dict[str, str], bytes]] = []
+
+            def attempt(
+                tenant: str, method: str, target: str, body: Any = None, **headers: str
+            ) -> None:
+                data = None if body is None else json.dumps(body).encode()
+                answer = raw_request(serve.port, method, target, keys[tenant], data, **headers)
+                answers.append(answer)
+                assert_json_refusal(*answer, where=f"{tenant}: {method} {target}")
+
+            for target in path_tricks(capture.port):  # absolute URLs, encoded dot segments...
+                attempt("bob", "GET", target)
+            alice_file, alice_response = own["alice"]
+            for tenant in ("bob", "acme", "acme:bob"):
+                attempt(tenant, "GET", f"/v1/files/{alice_file}")
+                attempt(tenant, "GET", f"/v1/files/{alice_file}/content")
+                attempt(tenant, "DELETE", f"/v1/files/{alice_file}")
+                attempt(tenant, "GET", f"/v1/responses/{alice_response}")
+                attempt(tenant, "GET", f"/v1/responses/{alice_response}/input_items")
+                attempt(
+                    tenant,
+                    "POST",
+                    "/v1/responses",
+                    {"model": "gpt-4o", "previous_response_id": alice_response, "input": "more"},
+                )
+            colon_file, colon_response = own["acme:bob"]
+            attempt("acme", "GET", f"/v1/files/{colon_file}/content", **{"X-User-Id": "bob"})
+            attempt(
+                "acme",
+                "POST",
+                "/v1/responses",
+                {"model": "gpt-4o", "previous_response_id": colon_response, "input": "x"},
+                **{"X-User-Id": "bob"},
+            )
+            attempt("acme:bob", "GET", f"/v1/responses/{own['acme'][1]}")
+            assert len(answers) >= 30
+            for name, client in clients.items():  # file lists hold the caller's files only
+                assert [f.id for f in client.files.list()] == [own[name][0]]
+            for tenant, headers in (("acme:bob", {}), ("acme", {"X-User-Id": "bob"})):
+                clients[tenant].chat.completions.create(
+                    model="gpt-4o",
+                    messages=[{"role": "user", "content": "who am I"}],
+                    extra_headers=headers,
+                )
+                clients[tenant].responses.create(
+                    model="gpt-4o", input="who am I", extra_headers=headers
+                )
+            for name, client in clients.items():  # each tenant's own objects keep working
+                file_id, response_id = own[name]
+                assert client.files.content(file_id).content == name.encode()
+                assert client.responses.retrieve(response_id).id == response_id
+                follow = client.responses.create(
+                    model="gpt-4o", previous_response_id=response_id, input="and then?"
+                )
+                assert client.responses.input_items.list(follow.id).data
+                client.close()
+            output = serve.output
+    users = ledger_users(db_url)
+    assert users.count("acme\\:bob") == 2 and users.count("acme:bob") == 2
+    assert capture.received == []
+    for _method, path in upstream.seen:
+        assert path.startswith("/v1/") and "_requests" not in path and "steal" not in path
+    for _status, headers, body in answers:
+        assert UPSTREAM_KEY not in json.dumps(headers) and UPSTREAM_KEY.encode() not in body
+    assert UPSTREAM_KEY not in output
+    assert all(h["authorization"] == f"Bearer {UPSTREAM_KEY}" for h in upstream.headers)
