@@ -56,6 +56,7 @@ from ._gateway_guard import (
     identity,
     read_json_body,
 )
+from ._gateway_headers import RefuseControlCharacters
 from ._gateway_passthrough import Passthrough
 from ._gateway_routes import (
     api_routes,
@@ -135,7 +136,7 @@ def create_app(
             Route("/v1/savings", savings, methods=["GET"]),
             *api_routes(_key, metrics_public=config.metrics_public),
         ],
-        middleware=[Middleware(Observe, metrics=metrics)],
+        middleware=[Middleware(Observe, metrics=metrics), Middleware(RefuseControlCharacters)],
     )
 
 

@@ -562,3 +562,58 @@ def test_hostile_tenants_through_a_real_serve_process(db_url: str) -> None:
         assert UPSTREAM_KEY not in json.dumps(headers) and UPSTREAM_KEY.encode() not in body
     assert UPSTREAM_KEY not in output
     assert all(h["authorization"] == f"Bearer {UPSTREAM_KEY}" for h in upstream.headers)
+
+
+@pytest.mark.parametrize("parser", ["H11JSONProtocol", "HttpToolsJSONProtocol"])
+def test_control_characters_are_refused_in_json_whichever_parser(
+    sqlite_url: str, parser: str
+) -> None:
+    """h11 lets ``\\x01`` and DEL through to the app, httptools refuses them itself: the
+    answer is a JSON 400 either way, and nothing is forwarded."""
+    import uvicorn
+
+    from context_trimmer._gateway_http import H11JSONProtocol
+    from context_trimmer._gateway_httptools import HttpToolsJSONProtocol
+
+    protocol = {"H11JSONProtocol": H11JSONProtocol, "HttpToolsJSONProtocol": HttpToolsJSONProtocol}
+    with FakeOpenAI() as upstream:
+        store = Database(sqlite_url)
+        key = create_key(store, "acme")[0]
+        config = GatewayConfig(
+            db_url=sqlite_url,
+            upstream=upstream.base_url,
+            upstream_key_env=KEY_ENV,
+            summarizer="extractive",
+        )
+        server = ServerThread(create_app(config, environ=ENVIRON))
+        server.server = uvicorn.Server(
+            uvicorn.Config(
+                server.server.config.app,
+                host="127.0.0.1",
+                port=server.port,
+                log_level="warning",
+                lifespan="on",
+                http=protocol[parser],
+            )
+        )
+        server.thread = threading.Thread(target=server.server.run, daemon=True)
+        with server:
+            for name, value in [
+                (b"x-user-id", b"a\x01b"),
+                (b"x-user-id", b"a\x7fb"),
+                (b"x-conversation-id", b"a\x0bb"),
+                (b"x-anything", b"\x1b[31m"),
+            ]:
+                head = b"GET /v1/models HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                head += f"authorization: Bearer {key}\r\n".encode() + name + b": " + value
+                status, headers, body = socket_request(server.port, head + b"\r\n\r\n")
+                assert status == 400, (parser, value)
+                assert headers["content-type"] == "application/json"
+                assert json.loads(body)["error"]["code"] in (
+                    "invalid_header",
+                    "invalid_http_request",
+                )
+            tab = raw_request(server.port, "GET", "/v1/models", key, **{"x-note": "a\tb"})
+            assert tab[0] == 200  # a tab is allowed in a header value
+        store.close()
+        assert upstream.seen == [("GET", "/v1/models")]
