@@ -153,6 +153,8 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
         "input",
         _responses_failure,
     )
+    if body.get("store") is False:  # nothing stored upstream: nothing to own
+        return answer
     return await owned_response(answer, passthrough, tenant)
 
 
