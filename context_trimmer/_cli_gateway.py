@@ -15,6 +15,7 @@ from ._db import Database
 from ._gateway_config import (
     CONFIG_ENV,
     LOG_FORMATS,
+    PASSTHROUGH,
     STORE_ERROR_POLICIES,
     SUMMARIZERS,
     SYSTEM_PROMPTS,
@@ -182,6 +183,12 @@ def _serve_option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
     type=click.Choice(STORE_ERROR_POLICIES),
 )
 @_serve_option("metrics_public", "Serve GET /metrics without a key.", is_flag=True)
+@_serve_option(
+    "passthrough",
+    "Forward the other /v1 endpoints (stateless ones, and each tenant's own files, "
+    "responses, batches...) or refuse them.",
+    type=click.Choice(PASSTHROUGH),
+)
 @_serve_option("log_format", "Log lines as text or JSON.", type=click.Choice(LOG_FORMATS))
 @_serve_option(
     "folds",
@@ -208,6 +215,7 @@ def serve(host: str, port: int, **settings: Any) -> None:
         import uvicorn
 
         from . import gateway
+        from ._gateway_http import protocol
     except ModuleNotFoundError as missing:
         raise click.ClickException(
             f"the gateway needs {missing.name}; {GATEWAY_INSTALL}"
@@ -216,7 +224,9 @@ def serve(host: str, port: int, **settings: Any) -> None:
     click.echo(f"context-trimmer gateway on http://{host}:{port}/v1", err=True)
     click.echo(describe(config, ends), err=True)
     if config.workers == 1:
-        uvicorn.run(gateway.create_app(config), host=host, port=port, **_logging(config))
+        uvicorn.run(
+            gateway.create_app(config), host=host, port=port, http=protocol(), **_logging(config)
+        )
         return
     os.environ[CONFIG_ENV] = config.to_json()  # one value, read back by each worker
     uvicorn.run(
@@ -225,6 +235,7 @@ def serve(host: str, port: int, **settings: Any) -> None:
         host=host,
         port=port,
         workers=config.workers,
+        http=protocol(),  # malformed requests answered in JSON, as every refusal
         **_logging(config),
         **_worker_patience(uvicorn.run),
     )

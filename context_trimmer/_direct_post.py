@@ -22,6 +22,8 @@ from typing import Any
 
 import openai
 
+from ._upstream_url import upstream_url
+
 __all__ = ["DirectAnswer", "direct_sender"]
 
 Send = Callable[[dict[str, Any], dict[str, Any]], Awaitable["DirectAnswer"]]
@@ -121,5 +123,8 @@ def _endpoint(client: Any, path: str) -> tuple[Any, dict[str, str]]:
         headers = {**client.default_headers, **client.auth_headers}
         headers["X-Stainless-Retry-Count"] = "0"  # the SDK's retries are off: the plan's
         plain = {name: value for name, value in headers.items() if isinstance(value, str)}
-        known[path] = (client._prepare_url(path), plain)
+        url = upstream_url(str(client.base_url), path)  # the gateway's one URL builder
+        if url is None:
+            raise ValueError(f"{path!r} is not a path under {client.base_url}")
+        known[path] = (url, plain)
     return known[path]

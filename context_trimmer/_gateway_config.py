@@ -33,6 +33,7 @@ SUMMARIZERS = ("extractive", "openai")
 SYSTEM_PROMPTS = ("safe", "llm", "off")
 STORE_ERROR_POLICIES = ("raise", "passthrough")
 LOG_FORMATS = ("text", "json")
+PASSTHROUGH = ("on", "off")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FLAGS = {"db_url": "--db"}  # every other field's flag is its name with dashes
 
@@ -79,6 +80,7 @@ class GatewayConfig:
     workers: int = 1
     on_store_error: str = "raise"
     metrics_public: bool = False
+    passthrough: str = "on"  # off: only chat completions, responses, models, savings
     log_format: str = "text"
     folds: str = "thread"  # or "queue": folds as jobs for `context-trimmer worker` (_queue)
     config: str | None = None
@@ -105,6 +107,7 @@ class GatewayConfig:
         _check_choice("system_prompt", self.system_prompt, SYSTEM_PROMPTS)
         _check_choice("on_store_error", self.on_store_error, STORE_ERROR_POLICIES)
         _check_choice("log_format", self.log_format, LOG_FORMATS)
+        _check_choice("passthrough", self.passthrough, PASSTHROUGH)
         _check_choice("folds", self.folds, FOLDS)
         if self.folds == "queue" and resolve_url(self.db_url).startswith("sqlite"):
             raise ConfigurationError("--folds queue needs a PostgreSQL --db (the queue is in it)")
@@ -314,6 +317,7 @@ def describe(config: GatewayConfig, ends: Endpoints) -> str:
         ("on store error", config.on_store_error),
         ("metrics", "GET /metrics, " + ("public" if config.metrics_public else "admin keys")),
         ("log format", config.log_format),
+        ("passthrough", _passthrough(config.passthrough)),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
@@ -337,6 +341,12 @@ def _upstream_rows(ends: Endpoints) -> list[tuple[str, str]]:
             text += f", {_limit(u.tpm)} TPM / {_limit(u.rpm)} RPM until headers say"
         rows.append(("upstream" if len(ends.upstreams) == 1 else f"upstream {number}", text))
     return rows
+
+
+def _passthrough(setting: str) -> str:
+    if setting == "off":
+        return "off (chat completions, responses, models and savings only)"
+    return "on (stateless endpoints, and each tenant's own objects)"
 
 
 def _limit(value: int | None) -> str:

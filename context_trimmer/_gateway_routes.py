@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import openai
 from openai.types.responses import Response as ResponsesAnswer
 from openai.types.responses import ResponseStreamEvent
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ._calls import RAW_HEADER
@@ -40,37 +39,19 @@ from ._exceptions import (
     StoreError,
     TrimmerError,
 )
-from ._gateway_guard import error_response, on_store_error
+from ._gateway_guard import error_response, identity, on_store_error, tenant_user
+from ._gateway_passthrough import Passthrough, check_references, forward
 from ._gateway_relay import SSERelay
 from ._keys import KeyInfo
-from ._metrics import Metrics, endpoint_family, note, render_metrics
+from ._metrics import note, render_metrics
 from ._relayed import RELAY, RelayedAnswer, RelayedStream, UpstreamAnswerError, unrecorded
 from ._responses_api import untrimmable
 
-try:
-    import httpx2 as httpx  # openai 3.x is built on httpx2
-except ModuleNotFoundError:  # pragma: no cover (openai 2.x is built on httpx)
-    import httpx  # type: ignore[no-redef]
-
-__all__ = ["api_routes", "error_response", "passthrough_client"]
+__all__ = ["api_routes", "error_response"]
 
 log = logging.getLogger("context_trimmer.gateway")
 Authenticate = Callable[[Request], Awaitable[KeyInfo | None]]
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-PASSTHROUGH_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-_NOT_FORWARDED = _HOP_BY_HOP | {"host", "authorization", "x-user-id", "x-conversation-id"}
 
 
 def unauthorized() -> JSONResponse:
@@ -79,15 +60,6 @@ def unauthorized() -> JSONResponse:
         "Invalid or missing gateway API key. Send 'Authorization: Bearer <key>'; "
         "create one with: context-trimmer keys create --user NAME",
         code="invalid_api_key",
-    )
-
-
-def passthrough_client(upstream_url: str, upstream_key: str) -> httpx.AsyncClient:
-    """The one HTTP client the passthrough shares: the upstream's base URL and key."""
-    return httpx.AsyncClient(
-        base_url=upstream_url.rstrip("/") + "/",
-        headers={"authorization": f"Bearer {upstream_key}"},
-        timeout=PASSTHROUGH_TIMEOUT,
     )
 
 
@@ -116,7 +88,7 @@ def api_routes(authenticate: Authenticate, *, metrics_public: bool = False) -> l
         key = await authenticate(request)
         if key is None:
             return unauthorized()
-        return await _passthrough(request, key)
+        return await forward(request, key)
 
     async def metrics(request: Request) -> Response:
         if not metrics_public:
@@ -160,19 +132,30 @@ async def _responses(request: Request, key: KeyInfo) -> Response:
             param="model",
             code="missing_required_parameter",
         )
-    user = _user(request, key, body)
+    who = identity(request, key.user, body)
+    if isinstance(who, Response):
+        return who
+    passthrough: Passthrough = request.app.state.passthrough
+    tenant = tenant_user(key.user, None)
+    if not key.admin:  # previous_response_id, conversation, input files: the caller's only
+        refused = await check_references(passthrough, tenant, body)
+        if refused is not None:
+            return refused
     note(request, model=body["model"], user=key.user)
     if untrimmable(body) is not None:  # the wrapped client passes it through untouched
         request.app.state.metrics.passthrough("responses")
-    return await relay_to_upstream(
+    answer = await relay_to_upstream(
         request,
         "/responses",
         body,
-        (request.headers.get("x-conversation-id"), user),
+        who,
         (ResponsesAnswer, openai.AsyncStream[ResponseStreamEvent]),
         "input",
         _responses_failure,
     )
+    if body.get("store") is False:  # nothing stored upstream: nothing to own
+        return answer
+    return await owned_response(answer, passthrough, tenant)
 
 
 async def relay_to_upstream(
@@ -223,10 +206,49 @@ async def as_relayed(result: Any, stream: bool) -> RelayedStream | RelayedAnswer
     return await unrecorded(result, stream=stream)
 
 
-def _user(request: Request, key: KeyInfo, body: dict[str, Any]) -> str:
-    """The stored user: the key's user (the tenant), then ``:`` and the end user, if any."""
-    end_user = request.headers.get("x-user-id") or body.get("user")
-    return f"{key.user}:{end_user}" if isinstance(end_user, str) and end_user else key.user
+async def owned_response(answer: Response, passthrough: Passthrough, tenant: str) -> Response:
+    """``answer`` to a ``POST /v1/responses``, once the stored response it created is
+    recorded as ``tenant``'s: at once for JSON, at the stream's first event for SSE."""
+    if isinstance(answer, SSERelay):
+        answer.body_iterator = _recording(answer.body_iterator, passthrough, tenant)
+        return answer
+    if 200 <= answer.status_code < 300:
+        await passthrough.record(tenant, {i: "response" for i in _response_ids(bytes(answer.body))})
+    return answer
+
+
+async def _recording(
+    events: AsyncIterable[Any], passthrough: Passthrough, tenant: str
+) -> AsyncIterator[Any]:
+    """``events`` as they come; the response id in the first event recorded before it
+    is passed on (looked for in the first 64 KiB only)."""
+    seen: bytes | None = b""
+    async for chunk in events:
+        if seen is not None:
+            seen += chunk if isinstance(chunk, bytes) else str(chunk).encode()
+            if b"\n\n" in seen or len(seen) > 65_536:
+                first = seen.split(b"\n\n", 1)[0]
+                data = b"".join(
+                    line[5:].strip() for line in first.split(b"\n") if line.startswith(b"data:")
+                )
+                ids = _response_ids(data, nested=True)
+                await passthrough.record(tenant, {i: "response" for i in ids})
+                seen = None
+        yield chunk
+
+
+def _response_ids(data: bytes, *, nested: bool = False) -> set[str]:
+    """The id of the Responses API object in ``data`` (JSON), or of the one in its
+    ``response`` field (an SSE event)."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return set()
+    if nested and isinstance(answer, dict):
+        answer = answer.get("response")
+    if isinstance(answer, dict) and isinstance(answer.get("id"), str):
+        return {answer["id"]}
+    return set()
 
 
 def _responses_failure(error: Exception) -> bytes:
@@ -300,45 +322,3 @@ def upstream_error(error: openai.APIStatusError) -> Response:
         or name.lower().startswith("x-ratelimit-")
     }
     return JSONResponse(body, status_code=error.status_code, headers=headers)
-
-
-async def _passthrough(request: Request, key: KeyInfo) -> Response:
-    """Relay the request to the upstream as it is (less the gateway key and our identity
-    headers), streaming both bodies."""
-    http: httpx.AsyncClient = request.app.state.http
-    metrics: Metrics = request.app.state.metrics
-    note(request, user=key.user)
-    metrics.passthrough(endpoint_family(request.url.path))
-    path = request.url.path.removeprefix("/v1/")
-    headers = [
-        (name, value)
-        for name, value in request.headers.items()
-        if name.lower() not in _NOT_FORWARDED
-    ]
-    has_body = request.method not in ("GET", "HEAD", "OPTIONS", "DELETE") or bool(
-        request.headers.get("content-length") or request.headers.get("transfer-encoding")
-    )
-    outgoing = http.build_request(
-        request.method,
-        path + (f"?{request.url.query}" if request.url.query else ""),
-        headers=headers,
-        content=request.stream() if has_body else None,
-    )
-    try:
-        answer = await http.send(outgoing, stream=True)
-    except httpx.HTTPError as error:
-        return error_response(
-            502,
-            f"the upstream could not be reached: {error!r}",
-            kind="upstream_error",
-            code="upstream_unreachable",
-        )
-    if answer.status_code == 429:
-        metrics.upstream_429()
-    relayed = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
-    return StreamingResponse(
-        answer.aiter_raw(),
-        status_code=answer.status_code,
-        headers=relayed,
-        background=BackgroundTask(answer.aclose),
-    )

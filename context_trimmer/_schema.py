@@ -261,3 +261,16 @@ class ApiKey(Base):
     admin: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OwnedObject(Base):
+    """An upstream object (file, stored response, conversation, batch, vector store...)
+    created through the gateway, and the tenant (the key's user) that created it: only
+    that tenant may reach it through the passthrough (``_gateway_objects``)."""
+
+    __tablename__ = "ct_owned_objects"
+
+    object_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -33,6 +33,7 @@ from ._keys import GatewayKeys
 from ._ledger import Ledger
 from ._models import ModelTable
 from ._options import TrimmerOptions
+from ._ownership import Ownership
 from ._path import (
     Path,
     StoredPath,
@@ -129,6 +130,7 @@ class Trimmer:
 
             self._folder.dispatch = QueueDispatch(self._db, self.options)
         self.keys = GatewayKeys(self._db)
+        self.objects = Ownership(self._db)  # the gateway's object owners
         self._recorder = Recorder(self._ledger, self._counter)
         self._system_prompts = SystemPrompts(
             system_prompt,

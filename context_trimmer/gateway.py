@@ -56,10 +56,11 @@ from ._gateway_guard import (
     identity,
     read_json_body,
 )
+from ._gateway_headers import RefuseControlCharacters
+from ._gateway_passthrough import Passthrough
 from ._gateway_routes import (
     api_routes,
     model_call_error,
-    passthrough_client,
     relay_to_upstream,
     unauthorized,
 )
@@ -110,11 +111,16 @@ def create_app(
         app.state.keys = KeyCache(trimmer.keys.authenticate, config.key_cache_seconds)
         app.state.health = StoreHealth(trimmer.schema_revision)
         app.state.metrics = metrics
-        app.state.http = passthrough_client(ends.upstream_url, ends.upstream_key)
+        app.state.passthrough = Passthrough(
+            ends.upstream_url,
+            ends.upstream_key,
+            trimmer.objects,
+            enabled=config.passthrough == "on",
+        )
         if ends.calls_a_model or config.system_prompt == "llm":
             await _check_summary_endpoint(ends)
         yield
-        await app.state.http.aclose()
+        await app.state.passthrough.aclose()
         for member in pool:
             await member.client.close()
         trimmer.close()
@@ -130,7 +136,7 @@ def create_app(
             Route("/v1/savings", savings, methods=["GET"]),
             *api_routes(_key, metrics_public=config.metrics_public),
         ],
-        middleware=[Middleware(Observe, metrics=metrics)],
+        middleware=[Middleware(Observe, metrics=metrics), Middleware(RefuseControlCharacters)],
     )
 
 

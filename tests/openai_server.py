@@ -197,10 +197,12 @@ def parse_upload(content_type: str, raw: bytes) -> tuple[bytes, str, str]:
     return data, filename, purpose
 
 
-def response_body(reply: Reply, model: str, status: str = "completed") -> dict[str, Any]:
+def response_body(
+    reply: Reply, model: str, status: str = "completed", response_id: str = "resp_test"
+) -> dict[str, Any]:
     """A Responses API ``response`` object answering with ``reply.content``."""
     return {
-        "id": "resp_test",
+        "id": response_id,
         "object": "response",
         "created_at": int(time.time()),
         "status": status,
@@ -233,14 +235,19 @@ def responses_usage(reply: Reply) -> dict[str, Any]:
     }
 
 
-def response_events(reply: Reply, model: str) -> list[dict[str, Any]]:
+def response_events(
+    reply: Reply, model: str, response_id: str = "resp_test"
+) -> list[dict[str, Any]]:
     """The SSE events of a streamed Responses answer, created to completed."""
     text = reply.content or ""
     item = {**_output_message(""), "status": "in_progress", "content": []}
     part = {"type": "output_text", "text": "", "annotations": []}
     where = {"item_id": "msg_test", "output_index": 0, "content_index": 0}
     events: list[dict[str, Any]] = [
-        {"type": "response.created", "response": response_body(reply, model, "in_progress")},
+        {
+            "type": "response.created",
+            "response": response_body(reply, model, "in_progress", response_id),
+        },
         {"type": "response.output_item.added", "output_index": 0, "item": item},
         {"type": "response.content_part.added", **where, "part": part},
     ]
@@ -253,7 +260,10 @@ def response_events(reply: Reply, model: str) -> list[dict[str, Any]]:
         {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
         {"type": "response.content_part.done", **where, "part": {**part, "text": text}},
         {"type": "response.output_item.done", "output_index": 0, "item": _output_message(text)},
-        {"type": "response.completed", "response": response_body(reply, model)},
+        {
+            "type": "response.completed",
+            "response": response_body(reply, model, "completed", response_id),
+        },
     ]
     return [{**event, "sequence_number": n} for n, event in enumerate(events)]
 
@@ -269,6 +279,11 @@ def sse_body(
     else:
         parts = [f"data: {json.dumps(e)}\n\n".encode() for e in events] + [b"data: [DONE]\n\n"]
     return b"".join(parts), b"".join(parts if cut is None else parts[:cut])
+
+
+def _public(found: dict[str, Any]) -> dict[str, Any]:
+    """A stored object as the API shows it (a file's bytes and a response's input apart)."""
+    return {k: v for k, v in found.items() if k not in ("data", "input_items")}
 
 
 class _Server(ThreadingHTTPServer):
@@ -300,6 +315,10 @@ class FakeOpenAI:
         self.files: dict[str, dict[str, Any]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.embeddings: list[tuple[dict[str, Any], dict[str, str]]] = []
+        self.responses: dict[str, dict[str, Any]] = {}
+        self.conversations: dict[str, dict[str, Any]] = {}
+        self.vector_stores: dict[str, dict[str, Any]] = {}
+        self.seen: list[tuple[str, str]] = []  # (method, raw path) of every request
         self.hold_batches = False
         self.streams_cut = 0  # paced streams whose reader went away before the end
         self._ids = itertools.count(1)
@@ -353,6 +372,45 @@ class FakeOpenAI:
             "data": data,
         }
         return {k: v for k, v in self.files[file_id].items() if k != "data"}
+
+    def store_response(self, body: dict[str, Any], answer: dict[str, Any]) -> None:
+        given = body.get("input")
+        items = (
+            [{"type": "message", "role": "user", "content": given}]
+            if isinstance(given, str)
+            else given
+        )
+        self.responses[answer["id"]] = {**answer, "input_items": items or []}
+
+    def new_response_id(self) -> str:
+        return f"resp_{next(self._ids)}"
+
+    def create_object(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A conversation or a vector store."""
+        prefix, table = {
+            "conversations": ("conv", self.conversations),
+            "vector_stores": ("vs", self.vector_stores),
+        }[kind]
+        made = {
+            "id": f"{prefix}_{next(self._ids)}",
+            "object": "conversation" if kind == "conversations" else "vector_store",
+            "created_at": int(time.time()),
+            "metadata": body.get("metadata") or {},
+        }
+        if kind == "vector_stores":
+            made["name"] = body.get("name")
+            made["file_ids"] = body.get("file_ids") or []
+        table[made["id"]] = made
+        return made
+
+    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {
+            "files": self.files,
+            "batches": self.batches,
+            "responses": self.responses,
+            "conversations": self.conversations,
+            "vector_stores": self.vector_stores,
+        }
 
     def create_batch(self, body: dict[str, Any]) -> dict[str, Any]:
         batch_id = f"batch_{next(self._ids)}"
@@ -443,17 +501,46 @@ class FakeOpenAI:
             def log_message(self, *_args: Any) -> None:
                 pass
 
+            def _see(self) -> list[str]:
+                """The path's segments (the request noted in ``seen``)."""
+                with server._lock:
+                    server.seen.append((self.command, self.path))
+                return self.path.split("?", 1)[0].strip("/").split("/")
+
+            def _missing(self, object_id: str) -> None:
+                error = {"message": f"No such object: {object_id}", "type": "not_found"}
+                self._send(404, {"error": error}, {})
+
+            def _found(self, parts: list[str]) -> dict[str, Any] | None:
+                """The stored object ``/v1/{kind}/{id}/...`` names (None: answered 404)."""
+                found = server.tables()[parts[1]].get(parts[2])
+                if found is None:
+                    self._missing(parts[2])
+                return found
+
             def do_GET(self) -> None:
-                parts = self.path.split("?", 1)[0].strip("/").split("/")
-                if parts[:2] in (["v1", "files"], ["v1", "batches"]) and len(parts) > 2:
-                    found = (server.files if parts[1] == "files" else server.batches).get(parts[2])
+                parts = self._see()
+                if parts == ["_requests"]:  # the upstream's internal endpoint
+                    self._send(200, {"internal": "secret", "seen": len(server.seen)}, {})
+                    return
+                if parts[:1] != ["v1"]:
+                    self._missing(self.path)
+                    return
+                if len(parts) == 2 and parts[1] in server.tables():
+                    listed = [_public(o) for o in server.tables()[parts[1]].values()]
+                    self._send(200, {"object": "list", "data": listed, "has_more": False}, {})
+                    return
+                if len(parts) > 2 and parts[1] in server.tables():
+                    found = self._found(parts)
                     if found is None:
-                        error = {"message": f"No such object: {parts[2]}", "type": "not_found"}
-                        self._send(404, {"error": error}, {})
-                    elif parts[1] == "files":
+                        return
+                    if parts[1] == "files" and parts[3:] == ["content"]:
                         self._send_bytes(200, found["data"], {})
+                    elif parts[1] == "responses" and parts[3:] == ["input_items"]:
+                        page = {"object": "list", "data": found["input_items"], "has_more": False}
+                        self._send(200, page, {})
                     else:
-                        self._send(200, found, {})
+                        self._send(200, _public(found), {})
                     return
                 self._send(
                     200,
@@ -464,9 +551,32 @@ class FakeOpenAI:
                     {},
                 )
 
+            def do_DELETE(self) -> None:
+                parts = self._see()
+                if len(parts) == 3 and parts[0] == "v1" and parts[1] in server.tables():
+                    if self._found(parts) is not None:
+                        del server.tables()[parts[1]][parts[2]]
+                        self._send(200, {"id": parts[2], "deleted": True}, {})
+                    return
+                self._missing(self.path)
+
             def do_POST(self) -> None:
+                parts = self._see()
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
+                if parts[:2] == ["v1", "batches"] and parts[3:] == ["cancel"]:
+                    found = self._found(parts)
+                    if found is not None:
+                        self._send(200, {**found, "status": "cancelling"}, {})
+                    return
+                if parts[:2] in (["v1", "conversations"], ["v1", "vector_stores"]):
+                    if len(parts) == 2:
+                        self._send(
+                            200, server.create_object(parts[1], json.loads(raw or b"{}")), {}
+                        )
+                    elif self._found(parts) is not None:
+                        self._send(200, _public(server.tables()[parts[1]][parts[2]]), {})
+                    return
                 if self.path.startswith("/v1/files"):
                     self._send(
                         200, server.add_file(*parse_upload(self.headers["content-type"], raw)), {}
@@ -500,10 +610,15 @@ class FakeOpenAI:
                     }
                     self._send(reply.status, payload, reply.headers)
                 elif self.path.split("?", 1)[0].rstrip("/").endswith("/responses"):
+                    made = server.new_response_id()
+                    server.store_response(body, response_body(reply, model, response_id=made))
                     if body.get("stream"):
-                        self._stream(response_events(reply, model), reply.headers, typed=True)
+                        events = response_events(reply, model, made)
+                        self._stream(events, reply.headers, typed=True)
                     else:
-                        self._send(200, response_body(reply, model), reply.headers)
+                        self._send(
+                            200, response_body(reply, model, response_id=made), reply.headers
+                        )
                 elif body.get("stream"):
                     include = bool((body.get("stream_options") or {}).get("include_usage"))
                     events = stream_events(reply, model, include)

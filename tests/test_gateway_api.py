@@ -120,14 +120,15 @@ def test_responses_stream_is_trimmed(gateway: Gateway) -> None:
 
 def test_server_side_state_passes_through_untouched(gateway: Gateway) -> None:
     given = [{"role": "user", "content": "And on day 4?"}]
+    first = gateway.client().responses.create(model="gpt-4o", input="Plan day 3.")
     gateway.client().responses.create(
         model="gpt-4o",
-        previous_response_id="resp_123",
+        previous_response_id=first.id,  # the caller's own stored response
         input=given,  # type: ignore[arg-type]
     )
     assert gateway.upstream.requests[-1] == {
         "model": "gpt-4o",
-        "previous_response_id": "resp_123",
+        "previous_response_id": first.id,
         "input": given,
     }
 
@@ -219,9 +220,9 @@ def test_metrics_count_what_was_served(gateway: Gateway) -> None:
         client.chat.completions.create(
             model="gpt-4o", messages=[{"role": "user", "content": f"hello {turn}"}]
         )
-    client.responses.create(model="gpt-4o-mini", input="hi")
+    first = client.responses.create(model="gpt-4o-mini", input="hi")
     client.embeddings.create(model="text-embedding-3-small", input="x")
-    client.responses.create(model="gpt-4o", previous_response_id="resp_1", input="more")
+    client.responses.create(model="gpt-4o", previous_response_id=first.id, input="more")
     gateway.upstream.enqueue(Reply(status=400, error="bad"))
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])

@@ -105,3 +105,33 @@ def test_concurrent_upgrades_on_postgresql(postgres_schema_url: str) -> None:
     with engine.connect() as connection:
         assert current_revision(connection) == head_revision()
     engine.dispose()
+
+
+def test_object_owners_table_upgrades_with_data_and_downgrades(db_url: str) -> None:
+    """0010 adds ct_owned_objects to a database at 0009 that holds keys and history, and
+    drops it again on the way down, the rest untouched."""
+    from context_trimmer._keys import authenticate, create_key
+    from context_trimmer._migrate import upgrade
+    from context_trimmer._ownership import Ownership
+
+    store = Database(db_url, migrate=False)
+    upgrade(store.engine, "0009")
+    key, _ = create_key(store, "acme")
+    upgrade(store.engine)
+    owners = Ownership(store)
+    owners.record("acme", [("file-1", "file"), ("resp_1", "response")])
+    owners.record("bob", [("file-1", "file"), ("file-2", "file")])  # a second claim is ignored
+    assert owners.owners(["file-1", "file-2", "resp_1", "nope"]) == {
+        "file-1": "acme",
+        "file-2": "bob",
+        "resp_1": "acme",
+    }
+    info = authenticate(store, key)
+    assert info is not None and info.user == "acme"
+    downgrade(store.engine, "0009")
+    with store.engine.connect() as connection:
+        assert "ct_owned_objects" not in inspect(connection).get_table_names()
+    assert authenticate(store, key) is not None
+    assert store.upgrade() is True
+    assert Ownership(store).owners(["file-1"]) == {}
+    store.close()
