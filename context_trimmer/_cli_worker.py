@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from ._batch import BatchState, collect, default_state_path, idle_conversations, submit
-from ._cli_common import db_option, duration, user_errors
+from ._cli_common import db_option, duration, folding_options, user_errors
 from ._cli_folds import _collected_text, _compact_now, _submitted_text, state_option
 from ._queue import FoldWorker, add_compaction, worker_app
 from ._summarizers import OpenAISummarizer
@@ -46,10 +46,7 @@ from ._trimmer import Trimmer
 @click.option("--within", default="7d", show_default=True, help="With --compact-every.")
 @click.option("--batch", is_flag=True, help="With --compact-every: collect, then submit a Batch.")
 @state_option
-@click.option("--keep-last", default=20, show_default=True, help="For --compact-every.")
-@click.option("--fold-every", default=10, show_default=True, help="For --compact-every.")
-@click.option("--summary-tokens", default=1000, show_default=True, help="For --compact-every.")
-@click.option("--summary-share", type=float, default=None, help="For --compact-every.")
+@folding_options
 @user_errors
 def worker(
     db_url: str | None,
