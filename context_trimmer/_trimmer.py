@@ -313,12 +313,22 @@ class Trimmer:
         with their timestamps, the current summary, request times (see ``_erasure``)."""
         return list(export(self._db, user, conversation_id))
 
-    def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
-        """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
+    def forget(
+        self,
+        user: str | None = None,
+        conversation_id: str | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> Erasure:
+        """Erase ``user``'s conversations (or the one named): text gone, figures kept.
+        ``tenant=`` erases a gateway tenant and every end user of it (``acme`` and
+        ``acme:alice``...; a tenant named ``acme:bob`` is another, untouched)."""
         self._background.wait()  # no fold may store a summary of what is being erased
         self._chains.clear()
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
-        return _erasure.forget(self._db, user, conversation_id, compression_keys=keys)
+        return _erasure.forget(
+            self._db, user, conversation_id, tenant=tenant, compression_keys=keys
+        )
 
     def prune(self, older_than: datetime | timedelta) -> Erasure:
         """Erase every conversation unused since ``older_than`` (a time, or an age)."""
