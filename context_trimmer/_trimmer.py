@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import _erasure
-from ._arguments import check_arguments, refuse_oversized_turn
+from ._arguments import check_arguments, check_reply_cap, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
 from ._erasure import Erasure
@@ -372,6 +372,7 @@ class Trimmer:
     ) -> Path:
         max_tokens = check_arguments(messages, model, conversation_id, user, tools, max_tokens)
         counter = self._counter(model)
+        check_reply_cap(max_tokens, counter.info.max_output, model)
         path = build_path(self._chains, counter, messages, user, conversation_id, tools, max_tokens)
         refuse_oversized_turn(messages, counter, self.options.max_prompt_tokens)
         return path
