@@ -443,3 +443,58 @@ def test_passthrough_when_the_store_goes_away_after_prepare(
         assert answer.choices[0].message.content == "OK"
         assert any("without the rate-limit budget" in r.message for r in caplog.records)
         assert any("could not record" in r.message for r in caplog.records)
+
+
+# -- an upstream answer cut short ---------------------------------------------------------
+
+CUT = b'{"id": "x", "object": "chat.completion", "choices": [' + b" " * 445 + b"]}"
+
+
+def attempts_of(trimmer: Trimmer) -> list[Any]:
+    with trimmer._db.engine.connect() as connection:
+        return list(connection.execute(text("SELECT outcome, attempts FROM ct_attempts")).all())
+
+
+def quota_used(trimmer: Trimmer) -> list[int]:
+    with trimmer._db.engine.connect() as connection:
+        return list(connection.execute(text("SELECT tokens FROM ct_user_windows")).scalars())
+
+
+def test_a_cut_answer_through_a_wrapped_client_is_recorded(db_url: str) -> None:
+    """Content-Length 500, 25 bytes, then the connection closes: the SDK's connection
+    error (after the wrapper's retries), the attempt recorded as answer_cut, the quota
+    reservation released."""
+    with (
+        FakeOpenAI(lambda _body: Reply(raw=CUT, raw_cut=25)) as api,
+        Trimmer(db_url, summarizer="extractive", background=False) as trimmer,
+    ):
+        assert len(CUT) == 500
+        wrapped = trimmer.wrap(
+            openai.OpenAI(base_url=api.base_url, api_key="k"),
+            user_quota=UserQuota(tokens_per_minute=100_000),
+            governor=False,
+        )
+        with pytest.raises(openai.APIConnectionError):
+            finishes(
+                lambda: wrapped.chat.completions.create(
+                    model="gpt-4o", messages=chat(), user="ann", max_tokens=900
+                )
+            )
+        ((outcome, attempts),) = attempts_of(trimmer)
+        assert outcome == "answer_cut" and attempts == len(api.requests) >= 1
+        assert quota_used(trimmer) == [0]  # the minute window: nothing kept
+
+
+async def test_a_cut_answer_through_an_async_wrapped_client_is_recorded(db_url: str) -> None:
+    with (
+        FakeOpenAI(lambda _body: Reply(raw=CUT, raw_cut=25)) as api,
+        Trimmer(db_url, summarizer="extractive", background=False) as trimmer,
+    ):
+        wrapped = trimmer.wrap(
+            openai.AsyncOpenAI(base_url=api.base_url, api_key="k"), governor=False
+        )
+        with pytest.raises(openai.APIConnectionError):
+            await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+        ((outcome, _attempts),) = attempts_of(trimmer)
+        assert outcome == "answer_cut"
+        await wrapped.close()
