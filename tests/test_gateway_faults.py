@@ -186,6 +186,40 @@ def test_a_stopped_store_is_a_503_and_healthz_follows_it(
     assert gateway.post(chat_body()).status_code == 200
 
 
+def test_a_frozen_store_is_fast_failed_once_healthz_says_so(
+    pg: PgServer, pg_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    """PostgreSQL frozen (SIGSTOP): once /healthz says 503, five requests in a row each
+    get 503 + Retry-After within 1.5 s (a background probe pays the timeouts, not each
+    request), on both routes and for a key never seen; after the thaw requests succeed
+    within 10 s."""
+    gateway = running_gateway(pg_url)
+    assert gateway.post(chat_body()).status_code == 200
+    pg.freeze()
+    until(lambda: gateway.healthz().status_code == 503)
+    for turn in range(5):
+        began = time.monotonic()
+        refused = gateway.post(chat_body(messages=[{"role": "user", "content": f"up? {turn}"}]))
+        assert time.monotonic() - began <= 1.5, f"request {turn} waited on the frozen store"
+        assert assert_openai_error(refused, 503)["code"] == "store_unavailable"
+        assert refused.headers["retry-after"] == "5"
+    began = time.monotonic()
+    responses = httpx.post(
+        f"{gateway.url}/responses",
+        json={"model": "gpt-4o", "input": "still there?"},
+        headers={"authorization": f"Bearer {gateway.key}"},
+        timeout=30,
+    )
+    assert_openai_error(responses, 503)
+    assert_openai_error(gateway.post(chat_body(), key="ctk-never-seen"), 503)
+    assert time.monotonic() - began <= 3.0
+    pg.thaw()
+    thawed = time.monotonic()
+    until(lambda: gateway.post(chat_body()).status_code == 200, seconds=10)
+    assert time.monotonic() - thawed <= 10
+    until(lambda: gateway.healthz().status_code == 200, seconds=5)  # probed once a second
+
+
 def test_passthrough_answers_from_the_upstream_while_the_store_is_down(
     pg: PgServer, pg_url: str, running_gateway: Callable[..., Running]
 ) -> None:
