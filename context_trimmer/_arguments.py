@@ -94,7 +94,33 @@ def check_reply_cap(max_tokens: int | None, max_output: int, model: str) -> None
 
 def non_finite(value: Any) -> str | None:
     """Where NaN or infinity sits in ``value`` (``"temperature"``,
-    ``"tools[0].function.parameters.x"``), or None. Walks without recursion."""
+    ``"tools[0].function.parameters.x"``), or None. Walks without recursion; the path
+    is only built when there is one to find."""
+    return _where_non_finite(value) if _holds_non_finite(value) else None
+
+
+def _holds_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def _where_non_finite(value: Any) -> str | None:
     stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
         item, where = stack.pop()
