@@ -3,7 +3,10 @@
 Identifiers (``model``, ``conversation_id``, ``user``) follow one rule on every
 backend: a string of 1 to 200 characters, no control characters (NUL included), valid
 Unicode; so SQLite and PostgreSQL accept and refuse the same values. ``max_tokens`` is a
-positive integer, or not set (``None``, ``openai.omit``, ``openai.NOT_GIVEN``).
+positive integer, or not set (``None``, ``openai.omit``, ``openai.NOT_GIVEN``), and at
+most the model's output limit (OpenAI refuses more with a 400; so do we, before anything
+is stored, rather than overflow a column). NaN and infinity anywhere in a request are
+refused (:func:`non_finite`): JSON has no such numbers.
 ``tools`` is a list of tool objects, each naming its function. JSON values (the
 messages' extra fields, tool schemas) are walked without recursion, so no depth makes
 Python's stack overflow: deeper than :data:`MAX_DEPTH` is refused.
@@ -26,6 +29,8 @@ MAX_DEPTH = 64
 MAX_TEXT_CHARS = 4_000_000
 """Characters of text in one message (images and files not counted): beyond any
 context window, and refused before it is stored."""
+MAX_STORED_INT = 2**31 - 1
+"""The largest integer an INTEGER column holds on PostgreSQL."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_SET_NAMES = ("Omit", "NotGiven")
 
@@ -72,6 +77,74 @@ def check_arguments(
             f"got {max_tokens!r}"
         )
     return max_tokens
+
+
+def check_reply_cap(max_tokens: int | None, max_output: int, model: str) -> None:
+    """ConfigurationError when ``max_tokens`` exceeds the model's output limit (or what the
+    store can hold), as the API itself refuses it."""
+    limit = min(max_output, MAX_STORED_INT)
+    if max_tokens is not None and max_tokens > limit:
+        raise ConfigurationError(
+            f"max_tokens is {max_tokens:,}, above the output limit of {model} "
+            f"({limit:,} tokens); send at most {limit}, or leave it unset for the "
+            "trimmer's default (set a model's max_output with Trimmer(models=...))",
+            param="max_tokens",
+        )
+
+
+def non_finite(value: Any) -> str | None:
+    """Where NaN or infinity sits in ``value`` (``"temperature"``,
+    ``"tools[0].function.parameters.x"``), or None. Walks without recursion; the path
+    is only built when there is one to find."""
+    return _where_non_finite(value) if _holds_non_finite(value) else None
+
+
+def _holds_non_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            continue
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+def _where_non_finite(value: Any) -> str | None:
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return where or "the value"
+        elif isinstance(item, Mapping):
+            stack.extend(
+                (inner, f"{where}.{key}" if where else str(key)) for key, inner in item.items()
+            )
+        elif isinstance(item, (list, tuple)):
+            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+    return None
+
+
+def check_finite(body: Mapping[str, Any]) -> None:
+    """ConfigurationError naming the first field of a request body that holds NaN or
+    infinity (JSON has no such numbers; the SDK would fail to send it)."""
+    where = non_finite(body)
+    if where is not None:
+        raise ConfigurationError(
+            f"{where} is NaN or infinite; JSON has no such numbers: send a finite number",
+            param=where,
+        )
 
 
 def check_identifier(name: str, value: Any) -> None:

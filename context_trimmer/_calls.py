@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 
+from ._arguments import check_finite
 from ._exceptions import ConfigurationError
 from ._models import ModelTable
 from ._prepared import Prepared
@@ -113,6 +114,7 @@ def split_headers(headers: Mapping[str, Any] | None) -> tuple[dict[str, Any], di
 def chat_call(body: Mapping[str, Any], headers: Mapping[str, Any] | None) -> Call:
     """A ``POST /chat/completions`` as a :class:`Call`."""
     rest = given(body)
+    check_finite({k: v for k, v in rest.items() if k != "messages"})  # messages: validated
     try:
         messages, model = rest.pop("messages"), rest.pop("model")
     except KeyError as missing:
@@ -129,6 +131,7 @@ def chat_call(body: Mapping[str, Any], headers: Mapping[str, Any] | None) -> Cal
 def responses_call(body: Mapping[str, Any], headers: Mapping[str, Any] | None) -> Call | str:
     """A ``POST /responses`` as a :class:`Call`, or why it must pass through untouched."""
     rest = given(body)
+    check_finite(rest)  # before anything, a call passed through untouched included
     reason = untrimmable(rest)
     if reason is None and not isinstance(rest.get("model"), str):
         reason = "it names no model"

@@ -17,6 +17,7 @@ import click
 
 from ._db import resolve_url, sqlite_file, url_origin
 from ._exceptions import TrimmerError
+from ._options import TrimmerOptions
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -30,6 +31,33 @@ db_option = click.option(
     help="Database URL (default: $CONTEXT_TRIMMER_DB, else the local SQLite file).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+LIBRARY = TrimmerOptions()
+"""The one source of defaults: ``replay``, ``compact``, ``worker`` and ``serve`` show the
+library's own (a test pins that they agree)."""
+
+
+def folding_options(function: F) -> F:
+    """``--keep-last``, ``--fold-every``, ``--summary-tokens`` and ``--summary-share``,
+    defaulting to the library's values (use the ones your app's Trimmer uses)."""
+    said = "As the app's Trimmer."
+    for decorator in reversed(
+        (
+            click.option("--keep-last", default=LIBRARY.keep_last, show_default=True, help=said),
+            click.option("--fold-every", default=LIBRARY.fold_every, show_default=True, help=said),
+            click.option(
+                "--summary-tokens", default=LIBRARY.summary_tokens, show_default=True, help=said
+            ),
+            click.option(
+                "--summary-share",
+                type=share,
+                default=LIBRARY.summary_share,
+                show_default=True,
+                help=said + " off: a fixed --summary-tokens.",
+            ),
+        )
+    ):
+        function = decorator(function)
+    return function
 
 
 def user_errors(function: F) -> F:

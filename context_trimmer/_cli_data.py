@@ -43,18 +43,34 @@ def export_command(
 
 
 @click.command("forget")
-@click.option("--user", required=True, help="Whose data to erase.")
+@click.option(
+    "--user",
+    default=None,
+    help="Erase this one stored user: a library user, a gateway tenant's own requests, "
+    "or one end user as stored (acme:alice). A tenant's end users are NOT included.",
+)
+@click.option(
+    "--tenant",
+    default=None,
+    help="Erase a gateway tenant (the key's --user) AND all its end users (acme:alice, "
+    "acme:bob...). Another tenant is never touched, even one named acme:bob.",
+)
 @click.option("--conversation", "conversation_id", default=None, help="Only this one.")
 @click.option("--yes", is_flag=True, help="Confirm: the text cannot be brought back.")
 @db_option
 @user_errors
-def forget_command(user: str, conversation_id: str | None, yes: bool, db_url: str | None) -> None:
-    """Erase a user's messages and everything derived from them. The savings ledger keeps
-    its figures under opaque identifiers, so report totals do not change."""
+def forget_command(
+    user: str | None, tenant: str | None, conversation_id: str | None, yes: bool, db_url: str | None
+) -> None:
+    """Erase a user's (--user) or a whole tenant's (--tenant) messages and everything
+    derived from them. The savings ledger keeps its figures under opaque identifiers, so
+    report totals do not change."""
+    if (user is None) == (tenant is None):
+        raise click.UsageError("give --user or --tenant (one of them)")
     if not yes:
         raise click.ClickException("forget erases for good: add --yes to confirm")
     with _open(db_url, "forget") as trimmer:
-        erasure = trimmer.forget(user, conversation_id)
+        erasure = trimmer.forget(user, conversation_id, tenant=tenant)
     click.echo(_said(erasure))
 
 

@@ -22,7 +22,15 @@ from sqlalchemy import func, select
 
 from ._batch import BatchState, collect, default_state_path, idle_conversations, submit
 from ._batch import last_request as last_request_of
-from ._cli_common import db_option, duration, emit, existing_db, json_option, user_errors
+from ._cli_common import (
+    db_option,
+    duration,
+    emit,
+    existing_db,
+    folding_options,
+    json_option,
+    user_errors,
+)
 from ._db import Database, as_utc
 from ._folding import is_fallback
 from ._summarizers import OpenAISummarizer
@@ -136,10 +144,7 @@ def _status_text(data: dict[str, Any], window: str) -> str:
     help="Without --batch: openai when OPENAI_API_KEY is set, else extractive.",
 )
 @click.option("--summarizer-model", default="gpt-4o-mini", show_default=True)
-@click.option("--keep-last", default=20, show_default=True, help="As the app's Trimmer.")
-@click.option("--fold-every", default=10, show_default=True, help="As the app's Trimmer.")
-@click.option("--summary-tokens", default=1000, show_default=True, help="As the app's Trimmer.")
-@click.option("--summary-share", type=float, default=None, help="As the app's Trimmer.")
+@folding_options
 @json_option
 @user_errors
 def compact(

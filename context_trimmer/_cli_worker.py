@@ -19,9 +19,9 @@ from typing import Any
 import click
 
 from ._batch import BatchState, collect, default_state_path, idle_conversations, submit
-from ._cli_common import db_option, duration, user_errors
+from ._cli_common import db_option, duration, folding_options, user_errors
 from ._cli_folds import _collected_text, _compact_now, _submitted_text, state_option
-from ._queue import FoldWorker, add_compaction, worker_app
+from ._queue import FoldWorker, add_compaction, run_worker, worker_app
 from ._summarizers import OpenAISummarizer
 from ._trimmer import Trimmer
 
@@ -46,10 +46,7 @@ from ._trimmer import Trimmer
 @click.option("--within", default="7d", show_default=True, help="With --compact-every.")
 @click.option("--batch", is_flag=True, help="With --compact-every: collect, then submit a Batch.")
 @state_option
-@click.option("--keep-last", default=20, show_default=True, help="For --compact-every.")
-@click.option("--fold-every", default=10, show_default=True, help="For --compact-every.")
-@click.option("--summary-tokens", default=1000, show_default=True, help="For --compact-every.")
-@click.option("--summary-share", type=float, default=None, help="For --compact-every.")
+@folding_options
 @user_errors
 def worker(
     db_url: str | None,
@@ -74,7 +71,8 @@ def worker(
     chosen = _summarizer(summarizer, summarizer_model, batch)
     _log_to_stderr()
     with Trimmer(db_url, summarizer=chosen, background=False, recall_tokens=0, **options) as trim:
-        app = worker_app(FoldWorker(trim))
+        folds = FoldWorker(trim)
+        app = worker_app(folds)
         if compact_every is not None:
             state = BatchState(state_path or default_state_path())
             work = _compaction(trim, idle, within, state, summarizer_model if batch else None)
@@ -84,7 +82,7 @@ def worker(
             f"concurrency {concurrency}",
             err=True,
         )
-        app.run_worker(queues=["context_trimmer"], concurrency=concurrency, wait=not once)
+        run_worker(app, folds, concurrency=concurrency, wait=not once)
 
 
 def _summarizer(summarizer: str | None, model: str, batch: bool) -> Any:

@@ -40,6 +40,7 @@ from . import _inline, _migrate
 from ._deadlines import WATCHDOG, bound, connect_args, store_timeout
 from ._exceptions import StoreError
 from ._fastsql import Fast
+from ._outage import PROBE_SECONDS, Outage
 from ._store_lane import StoreLane
 
 T = TypeVar("T")
@@ -238,6 +239,7 @@ class Database:
         self._commits = itertools.count(1)
         self._checkpoint_due = False
         self._tasks: set[asyncio.Future[None]] = set()
+        self._outage = None if self.is_sqlite else Outage(self._probe)
         if migrate:
             try:
                 self.upgrade()
@@ -284,8 +286,11 @@ class Database:
         """The StoreError for ``error`` met while trying to ``doing`` the database."""
         cause = getattr(error, "orig", None) or error
         detail = re.sub(r"\s+", " ", str(cause)).strip() or type(cause).__name__
-        if WATCHDOG.take_cut():
+        cut = WATCHDOG.take_cut()
+        if cut:
             detail = f"no answer within {self.timeout:g} s store_timeout ({detail})"
+        if self._outage is not None and (cut or _timed_out(error, cause)):
+            self._outage.begin(detail)
         password = self.engine.url.password
         if password:
             detail = detail.replace(str(password), "***")
@@ -306,6 +311,24 @@ class Database:
             f"store_timeout, {self.timeout:g} s)."
         )
 
+    def _fail_fast(self) -> None:
+        """A StoreError at once while the store is known down (see ``_outage``)."""
+        down = None if self._outage is None else self._outage.down_for()
+        if down is None:
+            return
+        assert self._outage is not None
+        raise StoreError(
+            f"cannot reach the database {self.display_url}: it gave no answer "
+            f"{down:.0f} s ago ({self._outage.reason}) and no probe has reached it since; "
+            f"failing at once until one does (every {PROBE_SECONDS:g} s). {self._advice()}",
+            url=self.display_url,
+        )
+
+    def _probe(self) -> None:
+        """One round trip past the outage check (the background probe's)."""
+        with self.failures("reach"), self.engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1").all()
+
     def revision(self) -> str | None:
         """The schema revision the database is at (None: not migrated yet)."""
         with self.reading() as connection:
@@ -315,6 +338,7 @@ class Database:
     def writing(self) -> Iterator[Connection]:
         """A write transaction. On SQLite, threads of this process queue on a lock first:
         waiting there is prompt, while SQLite's own busy handler sleeps in growing steps."""
+        self._fail_fast()
         lock = _write_lock(self.engine) if self.is_sqlite else None
         if lock is not None and not _acquire(lock):
             _inline.refuse("another thread is writing")
@@ -357,6 +381,7 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Connection]:
         """A read-only connection (never waits for a writer on SQLite)."""
+        self._fail_fast()
         with self.failures("read from"), self.reader.connect() as connection:
             yield connection
 
@@ -384,8 +409,19 @@ class Database:
 
     def close(self) -> None:
         """Release every pooled connection."""
+        if self._outage is not None:
+            self._outage.close()
         self.engine.dispose()
         self.reader.dispose()
+
+
+def _timed_out(error: BaseException, cause: BaseException) -> bool:
+    """Whether a failure means the server did not answer in time (a frozen or hung
+    server), as opposed to refusing at once or cancelling a slow statement itself."""
+    if isinstance(error, PoolTimeoutError):
+        return True
+    text = str(cause).lower()
+    return "timeout expired" in text or "timed out" in text
 
 
 def _insert_or_ignore(connection: Connection, table: Table) -> Any:

@@ -40,6 +40,7 @@ from ._leases import LEASES
 from ._ledger import COMPRESSIONS, REQUESTS
 from ._ratelimit import WINDOWS
 from ._summary_store import FAILURES, SUMMARIES
+from ._tenants import tenant_users
 
 ERASED = "erased-"
 _CHUNK = 500
@@ -88,23 +89,33 @@ def forget(
     user: str | None,
     conversation_id: str | None = None,
     *,
+    tenant: str | None = None,
     compression_keys: Callable[[str], Iterable[str]] = lambda _text: (),
 ) -> Erasure:
-    """Erase ``user``'s conversations (or the one named) as the module says."""
-    if user is None and conversation_id is None:
-        raise ConfigurationError("forget needs a user or a conversation_id")
+    """Erase ``user``'s conversations (or the one named), or those of ``tenant`` and all
+    its end users (stored as ``tenant:end-user``, see ``_tenants``), as the module says."""
+    if user is None and conversation_id is None and tenant is None:
+        raise ConfigurationError("forget needs a user, a tenant or a conversation_id")
+    if user is not None and tenant is not None:
+        raise ConfigurationError(
+            "forget takes a user or a tenant, not both: a tenant's end users are erased "
+            "with it (tenant=...), one end user alone by its stored name (user='acme:alice')"
+        )
     r = REQUESTS.c
     conditions = [r.conversation_id == conversation_id] if conversation_id is not None else []
     if user is not None:
         conditions.append(_user_is(r.user, user))
+    if tenant is not None:
+        conditions.append(tenant_users(r.user, tenant))
     with db.writing() as connection:
         _secure(connection)
         target = _target(connection, conditions)
         erasure = _erase(connection, target, compression_keys)
-        if user is not None and conversation_id is None:
-            erasure.quota_windows = _rowcount(
-                connection.execute(delete(WINDOWS).where(WINDOWS.c.user == user))
+        if conversation_id is None and (user is not None or tenant is not None):
+            owner = (
+                WINDOWS.c.user == user if tenant is None else tenant_users(WINDOWS.c.user, tenant)
             )
+            erasure.quota_windows = _rowcount(connection.execute(delete(WINDOWS).where(owner)))
     _checkpoint(db)
     return erasure
 

@@ -44,7 +44,12 @@ class EncodingUnavailableError(TrimmerError):
 
 
 class ConfigurationError(TrimmerError, ValueError):
-    """An argument or setting that cannot work, with what to change."""
+    """An argument or setting that cannot work, with what to change. ``param`` names the
+    request field at fault when one does (the gateway answers it as the 400's ``param``)."""
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
 
 
 class StoreError(TrimmerError):

@@ -284,17 +284,20 @@ class Folder:
         keep_last: int,
         prompt_limit: int | None = None,
         deadline: float | None = None,
+        owner: str | None = None,
     ) -> FoldResult:
         """Fold everything before the tail into a new summary, under a lease.
 
         A synchronous fold (with a ``deadline``, to fit a hard limit) shrinks the
         summary's budget so the request fits under ``prompt_limit``; if a background
-        fold holds the lease it folds locally instead of waiting for it.
+        fold holds the lease it folds locally instead of waiting for it. ``owner``
+        names the lease's holder (a queued job's, so that its lease can be dropped when
+        its worker dies; see ``_queue``); else a fresh one.
         """
         plan = self.plan(path, keep_last=keep_last, prompt_limit=prompt_limit)
         if isinstance(plan, str):
             return FoldResult(reason=plan)
-        owner = uuid.uuid4().hex
+        owner = owner or uuid.uuid4().hex
         leased = self._leases.acquire(plan.lease, owner, self._options.lease_seconds)
         if not leased and deadline is None:
             return FoldResult(reason="another worker is folding this span")

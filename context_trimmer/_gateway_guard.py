@@ -4,10 +4,13 @@
   a store outage is a 503 with ``Retry-After``, anything unexpected a 500, an unknown
   route a 404; never plain text.
 - A request body is refused over the size limit (before it is read whole), nested
-  deeper than :data:`MAX_DEPTH` (found by a scan of the raw bytes, before parsing), or
-  when ``model``, ``messages``, ``max_tokens``, ``stream`` or ``user`` have the wrong
-  type. The identifiers (``X-Conversation-Id``, ``X-User-Id``, ``user``) follow the
-  library's rule (1 to 200 characters, no control characters).
+  deeper than :data:`MAX_DEPTH` (found by a scan of the raw bytes, before parsing),
+  holding NaN, Infinity or a number beyond a float (``1e400``), or when ``model``,
+  ``messages``, ``stream`` or ``user`` have the wrong type, or a reply cap
+  (``max_tokens``, ``max_completion_tokens``, ``max_output_tokens``) is not an integer
+  from 1 to the model's output limit. Every route that parses JSON reads it with
+  :func:`read_json_body`: one set of limits. The identifiers (``X-Conversation-Id``,
+  ``X-User-Id``, ``user``) follow the library's rule (1 to 200 characters, no control characters).
 - The tenant (the key's user) and its end user are stored as one name that no other
   tenant can produce: the tenant's ``\\`` and ``:`` are escaped, then ``:`` and the end
   user follow (``acme`` + ``bob`` is ``acme:bob``; a tenant named ``acme:bob`` is
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -37,9 +41,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ._arguments import MAX_IDENTIFIER
+from ._arguments import MAX_IDENTIFIER, MAX_STORED_INT
 from ._exceptions import StoreError
 from ._keys import KeyInfo
+from ._tenants import tenant_user
 
 log = logging.getLogger("context_trimmer.gateway")
 
@@ -236,8 +241,15 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any] | Respo
             400, f"the request body nests deeper than {MAX_DEPTH} levels", code="too_deep"
         )
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        body = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except _NotFinite as error:
+        return error_response(
+            400,
+            f"the request body is not valid JSON: {error} is not a JSON number "
+            "(JSON has no NaN or infinity); send a finite number",
+            code="invalid_number",
+        )
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError, a 5,000-digit int
         return error_response(400, f"the request body is not valid JSON: {error}")
     except RecursionError:
         return error_response(
@@ -246,6 +258,53 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any] | Respo
     if not isinstance(body, dict):
         return error_response(400, "the request body must be a JSON object")
     return body
+
+
+class _NotFinite(ValueError):
+    """NaN, Infinity, or a number too large for a float (``1e400``) in a request body."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(text)
+    return value
+
+
+REPLY_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def check_reply_caps(request: Request, body: dict[str, Any]) -> Response | None:
+    """A 400 naming the reply cap that is not a positive integer, or exceeds the model's
+    output limit (in the trimmer's model table), as the API refuses it; nothing stored."""
+    model = body.get("model")
+    models = request.app.state.trimmer.models
+
+    def max_output(name: str) -> int:
+        return int(models.get(name).max_output)
+
+    for name in REPLY_CAPS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            return _wrong_type(name, "an integer", value)
+        if value < 1:
+            return error_response(400, f"'{name}' must be at least 1, got {value}", param=name)
+        limit = min(max_output(model) if isinstance(model, str) else 0, MAX_STORED_INT)
+        if isinstance(model, str) and value > limit:
+            return error_response(
+                400,
+                f"'{name}' is too large: {value}. This model supports at most {limit} "
+                f"completion tokens, whereas you provided {value}.",
+                param=name,
+                code="integer_above_max_value",
+            )
+    return None
 
 
 def check_chat_body(body: dict[str, Any]) -> Response | None:
@@ -262,14 +321,6 @@ def check_chat_body(body: dict[str, Any]) -> Response | None:
         return _wrong_type("model", "a non-empty string", body["model"])
     if not isinstance(body["messages"], list):
         return _wrong_type("messages", "an array", body["messages"])
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            if isinstance(value, int) and not isinstance(value, bool):
-                return error_response(400, f"'{name}' must be at least 1, got {value}", param=name)
-            return _wrong_type(name, "an integer", value)
     if body.get("stream") is not None and not isinstance(body["stream"], bool):
         return _wrong_type("stream", "a boolean", body["stream"])
     if body.get("user") is not None and not isinstance(body["user"], str):
@@ -278,13 +329,6 @@ def check_chat_body(body: dict[str, Any]) -> Response | None:
 
 
 # -- identity ---------------------------------------------------------------------------
-
-
-def tenant_user(tenant: str, end_user: str | None) -> str:
-    """The stored user name of ``tenant``'s ``end_user`` (or of the tenant itself):
-    the tenant's ``\\`` and ``:`` escaped, so no tenant can name another's end users."""
-    escaped = tenant.replace("\\", "\\\\").replace(":", "\\:")
-    return escaped if not end_user else f"{escaped}:{end_user}"
 
 
 def _identifier_problem(value: str) -> str | None:

@@ -20,11 +20,12 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from ._gateway_guard import error_response, tenant_user
+from ._gateway_guard import error_response
 from ._gateway_objects import Target, claimed, classify, no_such_object, not_forwarded, references
 from ._keys import KeyInfo
 from ._metrics import Metrics, endpoint_family, note
 from ._ownership import Ownership
+from ._tenants import tenant_user
 from ._upstream_url import normal_path, same_upstream, upstream_url
 
 try:

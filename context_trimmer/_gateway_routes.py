@@ -39,13 +39,27 @@ from ._exceptions import (
     StoreError,
     TrimmerError,
 )
-from ._gateway_guard import error_response, identity, on_store_error, tenant_user
+from ._gateway_guard import (
+    check_reply_caps,
+    error_response,
+    identity,
+    on_store_error,
+    read_json_body,
+)
 from ._gateway_passthrough import Passthrough, check_references, forward
 from ._gateway_relay import SSERelay
 from ._keys import KeyInfo
 from ._metrics import note, render_metrics
-from ._relayed import RELAY, RelayedAnswer, RelayedStream, UpstreamAnswerError, unrecorded
+from ._relayed import (
+    RELAY,
+    RelayedAnswer,
+    RelayedStream,
+    UpstreamAnswerCut,
+    UpstreamAnswerError,
+    unrecorded,
+)
 from ._responses_api import untrimmable
+from ._tenants import tenant_user
 
 __all__ = ["api_routes", "error_response"]
 
@@ -122,9 +136,12 @@ async def not_found(request: Request) -> Response:
 
 
 async def _responses(request: Request, key: KeyInfo) -> Response:
-    body = await read_json(request)
+    body = await read_json_body(request, request.app.state.config.max_body_bytes)
     if isinstance(body, Response):
         return body
+    refused = check_reply_caps(request, body)
+    if refused is not None:
+        return refused
     if not isinstance(body.get("model"), str):
         return error_response(
             400,
@@ -189,6 +206,8 @@ async def relay_to_upstream(
             answer = await as_relayed(result, stream)
     except StoreError as error:
         return await on_store_error(request, error)
+    except UpstreamAnswerCut as error:
+        return model_call_error(error, field)
     except UpstreamAnswerError:
         raise  # nothing the gateway expects: the catch-all answers
     except (openai.APIError, TrimmerError) as error:
@@ -257,27 +276,6 @@ def _responses_failure(error: Exception) -> bytes:
     return b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
 
 
-async def read_json(request: Request) -> dict[str, Any] | Response:
-    """The request's JSON object, read up to the configured size limit."""
-    limit = request.app.state.config.max_body_bytes
-    declared = request.headers.get("content-length")
-    too_big = error_response(413, f"request body over {limit:,} bytes", code="body_too_large")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return too_big
-    data = bytearray()
-    async for piece in request.stream():
-        data += piece
-        if len(data) > limit:
-            return too_big
-    try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, f"the request body is not valid JSON: {error}")
-    if not isinstance(body, dict):
-        return error_response(400, "the request body must be a JSON object")
-    return body
-
-
 def model_call_error(error: openai.APIError | TrimmerError, field: str) -> Response:
     """The gateway's answer when a trimmed call fails (the upstream's errors keep their
     status and body); ``field`` names the request's messages (``messages``, ``input``)."""
@@ -292,6 +290,8 @@ def model_call_error(error: openai.APIError | TrimmerError, field: str) -> Respo
             kind="upstream_error",
             code="upstream_unreachable",
         )
+    if isinstance(error, UpstreamAnswerCut):
+        return error_response(502, str(error), kind="upstream_error", code="upstream_answer_cut")
     if isinstance(error, InvalidMessagesError):
         param = field + (f"[{error.index}]" if error.index is not None else "")
         param += f".{error.field}" if error.field else ""
@@ -305,7 +305,7 @@ def model_call_error(error: openai.APIError | TrimmerError, field: str) -> Respo
         wait = error.wait_seconds
         headers = {"retry-after": str(max(1, int(wait)))} if wait != float("inf") else None
         return error_response(429, str(error), kind="rate_limit_exceeded", headers=headers)
-    return error_response(400, str(error))
+    return error_response(400, str(error), param=getattr(error, "param", None))
 
 
 def upstream_error(error: openai.APIStatusError) -> Response:

@@ -44,3 +44,10 @@ class Leases:
         """Give the lease back (only if ``owner`` still holds it)."""
         with self._db.writing() as connection:
             connection.execute(delete(LEASES).where(LEASES.c.key == key, LEASES.c.owner == owner))
+
+    def release_all(self, owner: str) -> int:
+        """Drop every lease ``owner`` holds (a dead worker's, whose job runs again); the
+        number dropped."""
+        with self._db.writing() as connection:
+            result = connection.execute(delete(LEASES).where(LEASES.c.owner == owner))
+            return max(0, int(result.rowcount or 0))

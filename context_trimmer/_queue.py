@@ -15,6 +15,16 @@ summarizer folds instead). A 429 from the summarizer raises :class:`FoldDeferred
 instead, so procrastinate puts the job back with an exponential backoff; on its last
 attempt the failure policy applies. It logs one line per job.
 
+A worker killed mid-fold (``kill -9``, a lost host) does not stop its conversation's
+folds: workers beat every :data:`HEARTBEAT_SECONDS`, and every worker, at start-up and
+every :data:`RECOVER_SECONDS`, looks for jobs left ``doing`` by a worker silent for
+:data:`STALLED_SECONDS` (procrastinate's stalled jobs; that includes jobs whose dead
+worker was already pruned, left ``doing`` with no worker). Each such job's fold lease
+(held under the job's id) is dropped and the job is put back on the queue, so another
+worker takes it over within about half a minute; if a later job of the same
+conversation already waits (its queueing lock), the stalled one is marked failed
+instead and the waiting one folds. The lease still keeps each span folded once.
+
 procrastinate's schema (its own tables, functions and types, beside ours, not in our
 Alembic chain) is applied when absent, under our migration lock, by whichever of the
 app or the worker comes first.
@@ -22,6 +32,8 @@ app or the worker comes first.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -34,6 +46,7 @@ from ._background import Background
 from ._db import Database
 from ._exceptions import ConfigurationError
 from ._folding import FoldDeferred, Folder
+from ._leases import Leases
 from ._migrate import serialize_migrations
 from ._options import TrimmerOptions
 from ._path import StoredPath, deepest_summary, load_bodies, start_of
@@ -51,6 +64,12 @@ QUEUE = "context_trimmer"
 FOLD_TASK = "context_trimmer.fold"
 COMPACT_TASK = "context_trimmer.compact"
 ATTEMPTS = 6  # a 429 puts a job back up to 5 times: 2, 4, 8, 16, 32 s later
+HEARTBEAT_SECONDS = 5.0
+"""How often a worker tells the database it is alive."""
+STALLED_SECONDS = 15.0
+"""A worker silent this long is dead: its ``doing`` jobs are put back."""
+RECOVER_SECONDS = 5.0
+"""How often each worker looks for stalled jobs (and once at start-up)."""
 BACKOFF = 2
 JOB_OPTIONS = (
     "keep_last",
@@ -190,9 +209,12 @@ class FoldWorker:
     def summarizer(self) -> Summarizer:
         return self.trimmer.summarizer
 
-    def run(self, job: Mapping[str, Any], *, last_attempt: bool = True) -> FoldOutcome:
+    def run(
+        self, job: Mapping[str, Any], *, last_attempt: bool = True, owner: str | None = None
+    ) -> FoldOutcome:
         """Fold the job's span unless it was folded meanwhile; FoldDeferred on a 429
-        unless this is the job's last attempt."""
+        unless this is the job's last attempt. ``owner``: the fold lease's holder (see
+        :func:`lease_owner`)."""
         began = time.perf_counter()
         options = TrimmerOptions(**job["options"], background=False)
         folder = Folder(self.trimmer._db, options, self.summarizer, self._background)
@@ -209,7 +231,7 @@ class FoldWorker:
             return FoldOutcome(conversation, f"{start}-", 0, _ms(began), outcome)
         if not fold_due(stored, start, folder.tail_tokens(stored, start), options):
             return FoldOutcome(conversation, f"{start}-", 0, _ms(began), "skipped: not due")
-        result = folder.fold(stored, keep_last=options.keep_last)
+        result = folder.fold(stored, keep_last=options.keep_last, owner=owner)
         return self._outcome(
             stored, start, result.summary_id, result.failures, result.reason, began
         )
@@ -245,10 +267,12 @@ class FoldWorker:
         span = f"{start}-{summary.covers_depth + 1}"
         return FoldOutcome(conversation, span, tokens, _ms(began), outcome)
 
-    def run_logged(self, job: Mapping[str, Any], *, last_attempt: bool) -> dict[str, Any]:
+    def run_logged(
+        self, job: Mapping[str, Any], *, last_attempt: bool, owner: str | None = None
+    ) -> dict[str, Any]:
         """:meth:`run`, its line logged (a deferral too, then re-raised)."""
         try:
-            outcome = self.run(job, last_attempt=last_attempt)
+            outcome = self.run(job, last_attempt=last_attempt, owner=owner)
         except FoldDeferred as error:
             log.info(
                 "fold conversation=%s span=%s- outcome=requeued (429: %s)",
@@ -282,10 +306,94 @@ def worker_app(worker: FoldWorker) -> procrastinate.App:
     @app.task(name=FOLD_TASK, queue=QUEUE, retry=retry, pass_context=True)
     def fold(context: procrastinate.JobContext, /, **job: Any) -> dict[str, Any]:
         attempts = context.job.attempts if context.job else 0
-        return worker.run_logged(job, last_attempt=attempts >= ATTEMPTS - 1)
+        owner = lease_owner(context.job.id) if context.job and context.job.id else None
+        return worker.run_logged(job, last_attempt=attempts >= ATTEMPTS - 1, owner=owner)
 
     del fold
     return app
+
+
+def lease_owner(job_id: int) -> str:
+    """The fold lease's holder for the job ``job_id``: dropped if the job stalls."""
+    return f"fold-job:{job_id}"
+
+
+def run_worker(
+    app: procrastinate.App,
+    worker: FoldWorker,
+    *,
+    concurrency: int = 1,
+    wait: bool = True,
+    install_signal_handlers: bool = True,
+) -> None:
+    """Run the queue's jobs (until stopped, or with ``wait=False`` those waiting now),
+    beating every :data:`HEARTBEAT_SECONDS` and recovering stalled jobs at start-up and
+    every :data:`RECOVER_SECONDS`."""
+
+    async def main() -> None:
+        async with app.open_async():
+            await recover_stalled(app, worker)
+            recovering = asyncio.create_task(_keep_recovering(app, worker)) if wait else None
+            try:
+                await app.run_worker_async(
+                    queues=[QUEUE],
+                    concurrency=concurrency,
+                    wait=wait,
+                    install_signal_handlers=install_signal_handlers,
+                    update_heartbeat_interval=HEARTBEAT_SECONDS,
+                    stalled_worker_timeout=STALLED_SECONDS,
+                )
+            finally:
+                if recovering is not None:
+                    recovering.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await recovering
+
+    asyncio.run(main())
+
+
+async def _keep_recovering(app: procrastinate.App, worker: FoldWorker) -> None:
+    while True:
+        await asyncio.sleep(RECOVER_SECONDS)
+        try:
+            await recover_stalled(app, worker)
+        except Exception:  # the database away for a moment: the next round tries again
+            log.exception("could not look for stalled jobs")
+
+
+async def recover_stalled(app: procrastinate.App, worker: FoldWorker) -> int:
+    """Put back the jobs whose worker stopped beating (or was pruned); the count."""
+    from procrastinate.exceptions import UniqueViolation
+    from procrastinate.jobs import Status
+
+    manager = app.job_manager
+    stalled = await manager.get_stalled_jobs(queue=QUEUE, seconds_since_heartbeat=STALLED_SECONDS)
+    leases = Leases(worker.trimmer._db)
+    recovered = 0
+    for job in stalled:
+        assert job.id is not None
+        dropped = await asyncio.to_thread(leases.release_all, lease_owner(job.id))
+        try:
+            await manager.retry_job(job)
+            outcome = "put back on the queue"
+        except UniqueViolation:  # a later job of this conversation waits: it folds instead
+            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+            outcome = "failed (a later job of its conversation waits)"
+        except Exception as error:  # another worker recovered it first
+            log.info("stalled job %s not recovered here: %s", job.id, error)
+            continue
+        recovered += 1
+        conversation = job.task_kwargs.get("conversation")
+        log.info(
+            "stalled job %s (%s, conversation=%s; its worker stopped beating): %s, "
+            "%d lease(s) dropped",
+            job.id,
+            job.task_name,
+            conversation,
+            outcome,
+            dropped,
+        )
+    return recovered
 
 
 def cron_every(seconds: float) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "RELAY",
     "RelayedAnswer",
     "RelayedStream",
+    "UpstreamAnswerCut",
     "UpstreamAnswerError",
     "relayed",
     "unrecorded",
@@ -40,6 +41,12 @@ Finish = Callable[[Any, str], None]
 
 class UpstreamAnswerError(TrimmerError):
     """The upstream answered 200 with a body that is not a JSON object."""
+
+
+class UpstreamAnswerCut(UpstreamAnswerError):
+    """The upstream's answer was cut short: the connection closed before the body's
+    ``Content-Length`` bytes came. The attempt is recorded (outcome ``answer_cut``); the
+    gateway answers 502, as for any upstream failure."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +141,13 @@ async def relayed(
     once and recorded by ``finish`` (run by ``offload``)."""
     if call.stream:
         return RelayedStream(raw.http_response, finish, call.stream_summary(), offload)
-    answer = await unrecorded(raw, stream=False)
+    try:
+        answer = await unrecorded(raw, stream=False)
+    except Exception as error:  # the transport's: the body ended before its length
+        await offload(finish, {}, "answer_cut")
+        raise UpstreamAnswerCut(
+            f"the upstream's answer was cut short ({error}); the request may be retried"
+        ) from error
     assert isinstance(answer, RelayedAnswer)
     try:
         parsed = json.loads(answer.content)

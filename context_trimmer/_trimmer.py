@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from . import _erasure
-from ._arguments import check_arguments, refuse_oversized_turn
+from ._arguments import check_arguments, check_reply_cap, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
 from ._erasure import Erasure
@@ -315,12 +315,22 @@ class Trimmer:
         with their timestamps, the current summary, request times (see ``_erasure``)."""
         return list(export(self._db, user, conversation_id))
 
-    def forget(self, user: str | None, conversation_id: str | None = None) -> Erasure:
-        """Erase ``user``'s conversations (or the one named): text gone, figures kept."""
+    def forget(
+        self,
+        user: str | None = None,
+        conversation_id: str | None = None,
+        *,
+        tenant: str | None = None,
+    ) -> Erasure:
+        """Erase ``user``'s conversations (or the one named): text gone, figures kept.
+        ``tenant=`` erases a gateway tenant and every end user of it (``acme`` and
+        ``acme:alice``...; a tenant named ``acme:bob`` is another, untouched)."""
         self._background.wait()  # no fold may store a summary of what is being erased
         self._chains.clear()
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
-        return _erasure.forget(self._db, user, conversation_id, compression_keys=keys)
+        return _erasure.forget(
+            self._db, user, conversation_id, tenant=tenant, compression_keys=keys
+        )
 
     def prune(self, older_than: datetime | timedelta) -> Erasure:
         """Erase every conversation unused since ``older_than`` (a time, or an age)."""
@@ -364,6 +374,7 @@ class Trimmer:
     ) -> Path:
         max_tokens = check_arguments(messages, model, conversation_id, user, tools, max_tokens)
         counter = self._counter(model)
+        check_reply_cap(max_tokens, counter.info.max_output, model)
         path = build_path(self._chains, counter, messages, user, conversation_id, tools, max_tokens)
         refuse_oversized_turn(messages, counter, self.options.max_prompt_tokens)
         return path

@@ -202,6 +202,8 @@ class Sender:
             state.outcome = "budget_exceeded"
         elif isinstance(error, openai.RateLimitError):
             state.outcome = "rate_limited"
+        elif isinstance(error, openai.APIConnectionError) and answer_cut(error):
+            state.outcome = "answer_cut"
         self._close(state, 0)
 
     def _close(self, state: SendState, actual: int, answered: tuple[Any, ...] = ()) -> None:
@@ -226,6 +228,13 @@ class Sender:
 
         steps = [("usage, quota, attempt" if answered else "quota, attempt", write)]
         keep_books(state.prepared.request_id, steps)
+
+
+def answer_cut(error: BaseException) -> bool:
+    """Whether the transport failed because the answer's body ended early (the server
+    closed the connection before ``Content-Length`` bytes came), as httpx says it."""
+    cause = error.__cause__ or error.__context__
+    return type(cause).__name__ == "RemoteProtocolError" and "message body" in str(cause)
 
 
 def run_sync(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:

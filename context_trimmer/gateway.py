@@ -52,6 +52,7 @@ from ._gateway_guard import (
     KeyCache,
     StoreHealth,
     check_chat_body,
+    check_reply_caps,
     error_response,
     identity,
     read_json_body,
@@ -258,7 +259,7 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json_body(request, request.app.state.config.max_body_bytes)
     if isinstance(body, Response):
         return body
-    refused = check_chat_body(body)
+    refused = check_chat_body(body) or check_reply_caps(request, body)
     if refused is not None:
         return refused
     who = identity(request, key.user, body)

@@ -58,6 +58,9 @@ CASES: list[tuple[str, dict[str, Any], type[TrimmerError]]] = [
     ("max_tokens is zero", {"max_tokens": 0}, ConfigurationError),
     ("max_tokens is a float", {"max_tokens": 10.5}, ConfigurationError),
     ("max_tokens is True", {"max_tokens": True}, ConfigurationError),
+    ("max_tokens is 2**31", {"max_tokens": 2**31}, ConfigurationError),
+    ("max_tokens is 10**30", {"max_tokens": 10**30}, ConfigurationError),
+    ("max_tokens over the model's output limit", {"max_tokens": 16_385}, ConfigurationError),
     ("tools are strings", {"tools": ["f"]}, ConfigurationError),
     ("tools is a dict", {"tools": TOOL}, ConfigurationError),
     ("a tool has no name", {"tools": [{"type": "function", "function": {}}]}, ConfigurationError),
@@ -202,3 +205,59 @@ def test_a_bad_timeout_in_the_environment(sqlite_url: str, monkeypatch: pytest.M
     monkeypatch.setenv("CONTEXT_TRIMMER_DB_TIMEOUT", "2.5")
     with Trimmer(sqlite_url) as trimmer:
         assert trimmer._db.timeout == 2.5
+
+
+def test_max_tokens_at_the_models_output_limit_is_accepted(fresh: Any) -> None:
+    assert fresh().prepare(CHAT, model="gpt-4o", max_tokens=16_384).max_tokens == 16_384
+    with pytest.raises(ConfigurationError, match="16,384") as raised:
+        fresh().prepare(CHAT, model="gpt-4o", max_tokens=2**31)
+    assert raised.value.param == "max_tokens"
+
+
+# -- the same through a wrapped client, over HTTP: refused before anything is stored ---
+
+WRAPPED_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("max_tokens 2**31", {"max_tokens": 2**31}),
+    ("max_tokens 10**30", {"max_tokens": 10**30}),
+    ("max_completion_tokens 2**31", {"max_completion_tokens": 2**31}),
+    ("temperature NaN", {"temperature": float("nan")}),
+    ("temperature infinite", {"temperature": float("inf")}),
+    ("top_p -infinity", {"top_p": float("-inf")}),
+    ("NaN deep in a tool", {"tools": [{**TOOL, "function": {"name": "f", "x": [float("nan")]}}]}),
+]
+
+
+@pytest.mark.parametrize("extra", [c[1] for c in WRAPPED_CASES], ids=[c[0] for c in WRAPPED_CASES])
+def test_a_wrapped_client_refuses_numbers_out_of_range(fresh: Any, extra: dict[str, Any]) -> None:
+    from openai_server import FakeOpenAI
+
+    trimmer = fresh()
+    with FakeOpenAI() as api:
+        client = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k", max_retries=0))
+        with pytest.raises(ConfigurationError) as raised:
+            client.chat.completions.create(model="gpt-4o", messages=CHAT, **extra)
+        assert api.requests == []
+    assert raised.value.param is not None and raised.value.param.split(".")[0].split("[")[0] in (
+        *extra,
+        "max_tokens",
+    )
+    assert not any(stored_rows(trimmer).values())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"max_output_tokens": 2**31}, {"temperature": float("nan")}, {"top_p": float("inf")}],
+    ids=["max_output_tokens 2**31", "temperature NaN", "top_p infinite"],
+)
+def test_a_wrapped_responses_call_refuses_numbers_out_of_range(
+    fresh: Any, extra: dict[str, Any]
+) -> None:
+    from openai_server import FakeOpenAI
+
+    trimmer = fresh()
+    with FakeOpenAI() as api:
+        client = trimmer.wrap(openai.OpenAI(base_url=api.base_url, api_key="k", max_retries=0))
+        with pytest.raises(ConfigurationError):
+            client.responses.create(model="gpt-4o", input="Hello", **extra)
+        assert api.requests == []
+    assert not any(stored_rows(trimmer).values())

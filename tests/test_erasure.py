@@ -231,3 +231,37 @@ def test_an_erasure_by_another_process_is_stored_again_in_full(
     assert prepared.prompt_tokens > 0
     (exported,) = trimmer.export("ann")
     assert exported["messages"] == grown
+
+
+def test_forget_tenant_erases_it_and_its_end_users_only(trimmer: Trimmer) -> None:
+    """forget --tenant acme: acme and acme:alice go; the tenant acme:bob (stored
+    acme\\:bob), ACME:carol (another case) and acmex:dan stay."""
+    from context_trimmer._tenants import tenant_user
+
+    play(trimmer, chat("acme-own", 2), user=tenant_user("acme", None), conversation_id="t0")
+    play(trimmer, chat("alice", 2), user=tenant_user("acme", "alice"), conversation_id="t1")
+    kept = {
+        tenant_user("acme:bob", None): chat("bobtenant", 2),
+        tenant_user("ACME", "carol"): chat("carol", 2),
+        tenant_user("acmex", "dan"): chat("dan", 2),
+    }
+    assert tenant_user("acme:bob", None) == "acme\\:bob"
+    for user, messages in kept.items():
+        play(trimmer, messages, user=user, conversation_id="k")
+    url = trimmer._db.url
+    both = CliRunner().invoke(main, ["forget", "--user", "a", "--tenant", "acme", "--db", url])
+    assert both.exit_code != 0 and "--tenant" in both.output
+    done = CliRunner().invoke(main, ["forget", "--tenant", "acme", "--yes", "--db", url])
+    assert done.exit_code == 0, done.output
+    rows = every_row(trimmer)
+    assert "acme-own secret" not in rows and "alice secret" not in rows
+    for user, messages in kept.items():
+        (left,) = trimmer.export(user)
+        assert left["messages"] == messages, user
+    assert trimmer.export("acme") == [] and trimmer.export("acme:alice") == []
+
+
+def test_forget_help_says_which_option_does_what() -> None:
+    text = " ".join(CliRunner().invoke(main, ["forget", "--help"]).output.split())
+    assert "--tenant" in text and "all its end users" in text
+    assert "NOT included" in text

@@ -53,6 +53,19 @@ def finishes(work: Callable[[], T]) -> T:
     return outcome["value"]  # type: ignore[no-any-return]
 
 
+def back_within(seconds: float, work: Callable[[], T]) -> T:
+    """``work()`` once the store answers again: a store that timed out fails fast until
+    its background probe reaches it (about a second after it is back)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return finishes(work)
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def store_error(work: Callable[[], Any]) -> StoreError:
     with pytest.raises(StoreError) as caught:
         finishes(work)
@@ -172,7 +185,26 @@ def test_frozen_server_then_thawed(pg: PgServer, pg_trimmer: Trimmer) -> None:
     store_error(lambda: pg_trimmer.prepare(chat("While it is frozen")))
     store_error(lambda: Trimmer(pg.url, store_timeout=1))
     pg.thaw()
-    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+    assert back_within(10, lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+
+
+def test_a_frozen_server_fails_fast_until_a_probe_finds_it_back(
+    pg: PgServer, pg_trimmer: Trimmer
+) -> None:
+    """Once a call has timed out on the frozen server, later calls fail at once (the
+    background probe pays the waits), and work again within seconds of the thaw."""
+    pg_trimmer.prepare(chat())
+    pg.freeze()
+    store_error(lambda: pg_trimmer.prepare(chat("The first pays the timeout")))
+    for turn in range(5):
+        began = time.monotonic()
+        error = store_error(lambda t=turn: pg_trimmer.prepare(chat(f"Fast {t}")))  # type: ignore[misc]
+        assert time.monotonic() - began < 1.5, "a known outage must fail at once"
+        assert "failing at once" in str(error)
+    pg.thaw()
+    thawed = time.monotonic()
+    assert back_within(10, lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+    assert time.monotonic() - thawed < 10
 
 
 def test_server_frozen_in_the_middle_of_a_transaction(pg: PgServer, pg_trimmer: Trimmer) -> None:
@@ -185,7 +217,7 @@ def test_server_frozen_in_the_middle_of_a_transaction(pg: PgServer, pg_trimmer: 
     error = store_error(frozen_mid_transaction)
     assert "no answer within 1 s" in str(error)
     pg.thaw()
-    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+    assert back_within(10, lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
 
 
 def test_frozen_before_a_statement_run_on_the_drivers_cursor(
@@ -204,7 +236,7 @@ def test_frozen_before_a_statement_run_on_the_drivers_cursor(
     error = store_error(frozen_before_a_fast_statement)
     assert "no answer within 1 s" in str(error)
     pg.thaw()
-    assert finishes(lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
+    assert back_within(10, lambda: pg_trimmer.prepare(chat("Thawed"))).request_id > 0
 
 
 def test_statement_timeout_applies_on_a_live_server(pg_trimmer: Trimmer) -> None:
@@ -443,3 +475,85 @@ def test_passthrough_when_the_store_goes_away_after_prepare(
         assert answer.choices[0].message.content == "OK"
         assert any("without the rate-limit budget" in r.message for r in caplog.records)
         assert any("could not record" in r.message for r in caplog.records)
+
+
+# -- an upstream answer cut short ---------------------------------------------------------
+
+CUT = b'{"id": "x", "object": "chat.completion", "choices": [' + b" " * 445 + b"]}"
+
+
+def attempts_of(trimmer: Trimmer) -> list[Any]:
+    with trimmer._db.engine.connect() as connection:
+        return list(connection.execute(text("SELECT outcome, attempts FROM ct_attempts")).all())
+
+
+def quota_used(trimmer: Trimmer) -> list[int]:
+    with trimmer._db.engine.connect() as connection:
+        return list(connection.execute(text("SELECT tokens FROM ct_user_windows")).scalars())
+
+
+def test_a_cut_answer_through_a_wrapped_client_is_recorded(db_url: str) -> None:
+    """Content-Length 500, 25 bytes, then the connection closes: the SDK's connection
+    error (after the wrapper's retries), the attempt recorded as answer_cut, the quota
+    reservation released."""
+    with (
+        FakeOpenAI(lambda _body: Reply(raw=CUT, raw_cut=25)) as api,
+        Trimmer(db_url, summarizer="extractive", background=False) as trimmer,
+    ):
+        assert len(CUT) == 500
+        wrapped = trimmer.wrap(
+            openai.OpenAI(base_url=api.base_url, api_key="k"),
+            user_quota=UserQuota(tokens_per_minute=100_000),
+            governor=False,
+        )
+        with pytest.raises(openai.APIConnectionError):
+            finishes(
+                lambda: wrapped.chat.completions.create(
+                    model="gpt-4o", messages=chat(), user="ann", max_tokens=900
+                )
+            )
+        ((outcome, attempts),) = attempts_of(trimmer)
+        assert outcome == "answer_cut" and attempts == len(api.requests) >= 1
+        assert quota_used(trimmer) == [0]  # the minute window: nothing kept
+
+
+async def test_a_cut_answer_through_an_async_wrapped_client_is_recorded(db_url: str) -> None:
+    with (
+        FakeOpenAI(lambda _body: Reply(raw=CUT, raw_cut=25)) as api,
+        Trimmer(db_url, summarizer="extractive", background=False) as trimmer,
+    ):
+        wrapped = trimmer.wrap(
+            openai.AsyncOpenAI(base_url=api.base_url, api_key="k"), governor=False
+        )
+        with pytest.raises(openai.APIConnectionError):
+            await wrapped.chat.completions.create(model="gpt-4o", messages=chat())
+        ((outcome, _attempts),) = attempts_of(trimmer)
+        assert outcome == "answer_cut"
+        await wrapped.close()
+
+
+def test_an_outage_ends_when_its_probe_gets_through() -> None:
+    """The Outage alone: one probe thread, however many failures; over at the first
+    probe that answers; closed, it probes no more."""
+    from context_trimmer._outage import Outage
+
+    tries: list[int] = []
+
+    def probe() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise StoreError("still frozen")
+
+    outage = Outage(probe, every=0.01)
+    assert outage.down_for() is None
+    for _ in range(5):
+        outage.begin("no answer within 1 s")
+    assert outage.down_for() is not None and outage.reason == "no answer within 1 s"
+    deadline = time.monotonic() + HANG
+    while outage.down_for() is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(tries) == 3
+    outage.close()
+    outage.begin("after close")
+    assert outage.down_for() is None

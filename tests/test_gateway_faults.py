@@ -36,6 +36,7 @@ from context_trimmer.gateway import GatewayConfig, create_app
 ATTEMPTS = Base.metadata.tables["ct_attempts"]
 USAGE = Base.metadata.tables["ct_usage"]
 REQUESTS = Base.metadata.tables["ct_requests"]
+WINDOWS = Base.metadata.tables["ct_user_windows"]
 
 
 def answer(body: dict[str, Any]) -> Reply:
@@ -185,6 +186,40 @@ def test_a_stopped_store_is_a_503_and_healthz_follows_it(
     assert gateway.post(chat_body()).status_code == 200
 
 
+def test_a_frozen_store_is_fast_failed_once_healthz_says_so(
+    pg: PgServer, pg_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    """PostgreSQL frozen (SIGSTOP): once /healthz says 503, five requests in a row each
+    get 503 + Retry-After within 1.5 s (a background probe pays the timeouts, not each
+    request), on both routes and for a key never seen; after the thaw requests succeed
+    within 10 s."""
+    gateway = running_gateway(pg_url)
+    assert gateway.post(chat_body()).status_code == 200
+    pg.freeze()
+    until(lambda: gateway.healthz().status_code == 503)
+    for turn in range(5):
+        began = time.monotonic()
+        refused = gateway.post(chat_body(messages=[{"role": "user", "content": f"up? {turn}"}]))
+        assert time.monotonic() - began <= 1.5, f"request {turn} waited on the frozen store"
+        assert assert_openai_error(refused, 503)["code"] == "store_unavailable"
+        assert refused.headers["retry-after"] == "5"
+    began = time.monotonic()
+    responses = httpx.post(
+        f"{gateway.url}/responses",
+        json={"model": "gpt-4o", "input": "still there?"},
+        headers={"authorization": f"Bearer {gateway.key}"},
+        timeout=30,
+    )
+    assert_openai_error(responses, 503)
+    assert_openai_error(gateway.post(chat_body(), key="ctk-never-seen"), 503)
+    assert time.monotonic() - began <= 3.0
+    pg.thaw()
+    thawed = time.monotonic()
+    until(lambda: gateway.post(chat_body()).status_code == 200, seconds=10)
+    assert time.monotonic() - thawed <= 10
+    until(lambda: gateway.healthz().status_code == 200, seconds=5)  # probed once a second
+
+
 def test_passthrough_answers_from_the_upstream_while_the_store_is_down(
     pg: PgServer, pg_url: str, running_gateway: Callable[..., Running]
 ) -> None:
@@ -221,6 +256,28 @@ BAD_INPUTS: list[tuple[str, bytes, dict[str, str], int, str | None]] = [
     ("max_tokens text", chat_body(max_tokens="abc"), {}, 400, "max_tokens"),
     ("max_tokens negative", chat_body(max_tokens=-5), {}, 400, "max_tokens"),
     ("stream text", chat_body(stream="yes"), {}, 400, "stream"),
+    ("max_tokens 2**31", chat_body(max_tokens=2**31), {}, 400, "max_tokens"),
+    ("max_tokens 10**30", chat_body(max_tokens=10**30), {}, 400, "max_tokens"),
+    ("max_tokens over gpt-4o's limit", chat_body(max_tokens=16_385), {}, 400, "max_tokens"),
+    (
+        "max_completion_tokens 2**31",
+        chat_body(max_completion_tokens=2**31),
+        {},
+        400,
+        "max_completion_tokens",
+    ),
+    ("temperature NaN", chat_body(temperature=float("nan")), {}, 400, None),
+    ("temperature Infinity", chat_body(temperature=float("inf")), {}, 400, None),
+    ("top_p -Infinity", chat_body(top_p=float("-inf")), {}, 400, None),
+    ("temperature 1e400", chat_body()[:-1] + b', "temperature": 1e400}', {}, 400, None),
+    (
+        "NaN in a message",
+        chat_body()[:-1] + b', "messages": [{"role": "user", "content": NaN}]}',
+        {},
+        400,
+        None,
+    ),
+    ("a 5,000-digit integer", chat_body()[:-1] + b', "seed": ' + b"9" * 5000 + b"}", {}, 400, None),
     (
         "messages nested 100,000 deep",
         b'{"model": "gpt-4o", "messages": ' + b"[" * DEEP + b"]" * DEEP + b"}",
@@ -269,6 +326,90 @@ def test_bad_input_is_a_4xx_and_stores_nothing(
         assert error["param"] == param
     assert gateway.rows() == before
     assert gateway.upstream.requests == []
+
+
+def responses_body(extra: bytes = b"") -> bytes:
+    return b'{"model": "gpt-4o", "input": "hi"' + extra + b"}"
+
+
+RESPONSES_BAD: list[tuple[str, bytes, int, str | None]] = [
+    (
+        "max_output_tokens 2**31",
+        responses_body(b', "max_output_tokens": 2147483648'),
+        400,
+        "max_output_tokens",
+    ),
+    (
+        "max_output_tokens 10**30",
+        responses_body(b', "max_output_tokens": 1' + b"0" * 30),
+        400,
+        "max_output_tokens",
+    ),
+    (
+        "max_output_tokens text",
+        responses_body(b', "max_output_tokens": "many"'),
+        400,
+        "max_output_tokens",
+    ),
+    ("temperature NaN", responses_body(b', "temperature": NaN'), 400, None),
+    ("temperature Infinity", responses_body(b', "temperature": Infinity'), 400, None),
+    ("temperature 1e400", responses_body(b', "temperature": 1e400'), 400, None),
+    (
+        "input nested 100,000 deep",
+        responses_body(b', "metadata": ' + b"[" * DEEP + b"]" * DEEP),
+        400,
+        None,
+    ),
+    ("invalid JSON", b"{not json", 400, None),
+    (
+        "over the size limit",
+        responses_body(b', "instructions": "' + b"x" * 600_000 + b'"'),
+        413,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "param"),
+    [case[1:] for case in RESPONSES_BAD],
+    ids=[case[0] for case in RESPONSES_BAD],
+)
+def test_the_responses_route_reads_bodies_with_the_same_limits(
+    db_url: str,
+    running_gateway: Callable[..., Running],
+    content: bytes,
+    status: int,
+    param: str | None,
+) -> None:
+    """One body reader for every route: /v1/responses refuses what chat completions does,
+    stores nothing, and the store stays healthy."""
+    gateway = running_gateway(db_url, max_body_bytes=500_000)
+    before = gateway.rows()
+    refused = httpx.post(
+        f"{gateway.url}/responses",
+        content=content,
+        headers={"authorization": f"Bearer {gateway.key}", "content-type": "application/json"},
+        timeout=30,
+    )
+    error = assert_openai_error(refused, status)
+    if param is not None:
+        assert error["param"] == param
+    assert gateway.rows() == before and gateway.upstream.requests == []
+    assert gateway.healthz().status_code == 200
+
+
+def test_numbers_out_of_range_leave_the_store_healthy(
+    db_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    """2**31 once broke a PostgreSQL column and /healthz with it: now a 400, and the
+    store stays up (probed after each refusal)."""
+    gateway = running_gateway(db_url)
+    for _ in range(3):
+        assert_openai_error(gateway.post(chat_body(max_tokens=2**31)), 400)
+        assert gateway.healthz().status_code == 200
+    assert gateway.post(chat_body(max_tokens=16_384)).status_code == 200
+    assert gateway.upstream.requests[-1]["max_tokens"] == 16_384
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read_whole(
@@ -445,6 +586,47 @@ def test_empty_summaries_still_trim_through_the_gateway(
     assert len(chat_requests(gateway.upstream)) == 60
     assert len(last) <= len(sent) // 2
     assert trimmer.report().totals.summary_failures >= 1
+
+
+CUT = json.dumps({"id": "x", "object": "chat.completion", "pad": "." * 500}).encode()[:500]
+
+
+def test_an_upstream_answer_cut_short_is_a_502_recorded_with_its_quota_settled(
+    db_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    """The upstream says Content-Length 500, sends 25 bytes and closes: a 502 as for any
+    upstream failure, the attempt recorded as ``answer_cut``, the quota settled to the
+    prompt (nothing came back), and the next request served."""
+    replies = iter([Reply(raw=CUT, raw_cut=25)])
+    gateway = running_gateway(
+        db_url,
+        reply=lambda body: next(replies, answer(body)),
+        user_tokens_per_minute=100_000,
+    )
+    error = assert_openai_error(gateway.post(chat_body(max_tokens=900)), 502)
+    assert error["code"] == "upstream_answer_cut" and error["type"] == "upstream_error"
+    with gateway.store.engine.connect() as connection:
+        (attempt,) = connection.execute(select(ATTEMPTS)).all()
+        (request,) = connection.execute(select(REQUESTS)).all()
+        windows = connection.execute(select(WINDOWS.c.tokens)).scalars().all()
+    assert attempt.outcome == "answer_cut" and attempt.request_id == request.id
+    assert windows and set(windows) == {request.prompt_tokens}  # not prompt + 900 reserved
+    assert gateway.post(chat_body()).status_code == 200
+
+
+def test_a_cut_answer_on_the_responses_route_is_a_502(
+    sqlite_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    gateway = running_gateway(sqlite_url, reply=lambda _body: Reply(raw=CUT, raw_cut=25))
+    cut = httpx.post(
+        f"{gateway.url}/responses",
+        json={"model": "gpt-4o", "input": "hi"},
+        headers={"authorization": f"Bearer {gateway.key}"},
+        timeout=30,
+    )
+    assert assert_openai_error(cut, 502)["code"] == "upstream_answer_cut"
+    with gateway.store.engine.connect() as connection:
+        assert connection.execute(select(ATTEMPTS.c.outcome)).scalars().all() == ["answer_cut"]
 
 
 def test_an_unexpected_failure_is_a_json_500(

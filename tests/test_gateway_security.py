@@ -23,10 +23,10 @@ from sqlalchemy import create_engine, select
 from test_gateway import ENVIRON, KEY_ENV, UPSTREAM_KEY
 
 from context_trimmer._db import Database
-from context_trimmer._gateway_guard import tenant_user
 from context_trimmer._gateway_objects import classify, references
 from context_trimmer._keys import create_key
 from context_trimmer._schema import Request as LedgerRow
+from context_trimmer._tenants import tenant_user
 from context_trimmer._upstream_url import normal_path, same_upstream, upstream_url
 from context_trimmer.gateway import GatewayConfig, create_app
 

@@ -110,7 +110,9 @@ def test_max_tokens_defaults_caps_and_room_left(sqlite_url: str) -> None:
         messages = chat(1)
         assert trimmer.prepare(messages).max_tokens == 64
         assert trimmer.prepare(messages, max_tokens=10).max_tokens == 10
-        assert trimmer.prepare(messages, model="gpt-4o", max_tokens=99_999).max_tokens == 16_384
+        assert trimmer.prepare(messages, model="gpt-4o", max_tokens=16_384).max_tokens == 16_384
+        with pytest.raises(ConfigurationError, match="output limit"):  # as the API refuses it
+            trimmer.prepare(messages, model="gpt-4o", max_tokens=99_999)
         prepared = trimmer.prepare(messages, model="tiny", max_tokens=100)
         assert prepared.max_tokens == min(100, 200 - prepared.prompt_tokens)
         assert prepared.request()["max_tokens"] == prepared.max_tokens

@@ -334,3 +334,70 @@ def test_a_fold_that_cannot_be_queued_is_logged_and_queued_later(
         trimmer.prepare(turns(12), model="gpt-4o", conversation_id="c1")
         trimmer.wait_for_background()
     assert waiting_jobs(pg) == 1
+
+
+# -- a worker killed mid-fold ----------------------------------------------------------
+
+
+def doing_jobs(url: str) -> int:
+    return int(rows(url, "SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'")[0][0])
+
+
+def test_a_worker_killed_mid_fold_is_replaced_and_the_folds_finish(pg: str, tmp_path: Path) -> None:
+    """kill -9 on a worker while it folds two conversations (its summarizer stalls):
+    a new worker takes both over and finishes every fold of both within 60 s, among
+    them a later job of one conversation queued behind the stalled one. Each span is
+    summarized once (the leases of the dead worker's jobs are dropped, not shared)."""
+    stalled = [True]
+
+    def reply(_body: dict[str, Any]) -> Reply:
+        return Reply(SUMMARY, delay=600 if stalled[0] else 0)
+
+    with Trimmer(pg, folds="queue", summarizer="extractive", **OPTIONS) as trimmer:
+        for conversation in ("k1", "k2"):
+            prepared = trimmer.prepare(
+                turns(12, conversation), model="gpt-4o", conversation_id=conversation
+            )
+            assert prepared.fold_pending
+        trimmer.wait_for_background()
+    assert waiting_jobs(pg) == 2
+    with FakeOpenAI(default=reply) as slow:
+        env = {**os.environ, "OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": slow.base_url}
+        command = [str(SCRIPT), "worker", "--db", pg, "--summarizer", "openai"]
+        first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+        with first_log.open("wb") as out:
+            first = subprocess.Popen([*command, "--concurrency", "2"], stderr=out, env=env)
+        second = None
+        try:
+            deadline = time.monotonic() + 120
+            while len(slow.requests) < 2 or doing_jobs(pg) < 2:  # both folds in the LLM
+                assert first.poll() is None, first_log.read_text()
+                assert time.monotonic() < deadline, first_log.read_text()
+                time.sleep(0.1)
+            first.kill()  # SIGKILL: no goodbye, its jobs stay "doing", its leases held
+            first.wait(30)
+            stalled[0] = False
+            with Trimmer(pg, folds="queue", summarizer="extractive", **OPTIONS) as trimmer:
+                trimmer.prepare(turns(16, "k2"), model="gpt-4o", conversation_id="k2")
+                trimmer.wait_for_background()
+            assert waiting_jobs(pg) == 3  # two stalled, one queued behind k2's
+            killed = time.monotonic()
+            with second_log.open("wb") as out:
+                second = subprocess.Popen(command, stderr=out, env=env)
+            while waiting_jobs(pg):
+                assert second.poll() is None, second_log.read_text()
+                assert time.monotonic() - killed < 60, second_log.read_text()
+                time.sleep(0.2)
+        finally:
+            for process in (first, second):
+                if process is not None and process.poll() is None:
+                    process.terminate()
+                    process.wait(60)
+    text_ = second_log.read_text()
+    assert "stalled job" in text_, text_
+    stored = summaries(pg)
+    assert {conversation for conversation, _, _ in stored} == {"k1", "k2"}
+    assert all(label == "openai:gpt-4o-mini" for _, label, _ in stored)
+    spans = [(conversation, depth) for conversation, _, depth in stored]
+    assert len(spans) == len(set(spans))  # no span summarized twice
+    assert rows(pg, "SELECT count(*) FROM ct_leases")[0][0] == 0
