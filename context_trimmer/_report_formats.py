@@ -45,7 +45,8 @@ def _csv(report: Report) -> str:
 
 _COLUMNS = (
     ("requests", "Requests", "{:,}"),
-    ("baseline_tokens", "Tokens as given", "{:,}"),
+    ("baseline_tokens", "Baseline", "{:,}"),
+    ("over_window_requests", "Over window", "{:,}"),
     ("prompt_tokens", "Tokens sent", "{:,}"),
     ("saved_percent", "Saved", "{:.1f}%"),
     ("cached_tokens", "Cached", "{:,}"),
@@ -80,8 +81,16 @@ def _table(report: Report) -> str:
             f"* {report.totals.estimated_requests} request(s) without recorded usage: "
             "their costs are estimated from the prepared token counts."
         )
+    totals = report.totals
+    if totals.over_window_requests:
+        console.print(
+            f"{totals.over_window_requests:,} request(s) were over their model's context "
+            "window less the reply: the baseline counts each at that limit (an app without "
+            f"the trimmer must cut to it); as given: {totals.baseline_tokens_as_given:,} tokens."
+        )
     console.print(
-        "Net saved is against the baseline as OpenAI bills it with prompt caching "
+        "Baseline: the app's messages as given, cut to the model's context window less the "
+        "reply. Net saved is against the baseline as OpenAI bills it with prompt caching "
         "(before, cached); vs uncached: against the full price of every prompt token."
     )
     return output.getvalue().rstrip()

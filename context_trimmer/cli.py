@@ -187,10 +187,12 @@ def _replay_text(result: ReplayResult, model: str) -> str:
     rows = [
         ("conversations", f"{result.conversations:,}"),
         ("requests", f"{result.requests:,}"),
-        ("prompt tokens as given", f"{result.baseline_tokens:,}"),
+        ("prompt tokens as given", f"{result.baseline_tokens_as_given:,}"),
+        ("requests over the window", f"{result.over_window_requests:,}"),
+        ("baseline (cut to window)", f"{result.baseline_tokens:,}"),
         ("prompt tokens sent", f"{result.prompt_tokens:,}"),
         ("saved", f"{result.saved_tokens:,} ({result.saved_percent:.1f}%)"),
-        ("last request, as given", f"{sum(result.final_baseline_tokens):,}"),
+        ("last request, baseline", f"{sum(result.final_baseline_tokens):,}"),
         ("last request, sent", f"{sum(result.final_prompt_tokens):,}"),
         ("summaries made", f"{result.summaries:,}"),
         (
