@@ -12,9 +12,6 @@ import io
 import json
 from datetime import datetime
 
-from rich.console import Console
-from rich.table import Table
-
 from ._report import FIELDS, Report, ReportRow
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -62,6 +59,9 @@ _COLUMNS = (
 
 
 def _table(report: Report) -> str:
+    from rich.console import Console  # rich loads only for the terminal table
+    from rich.table import Table
+
     title = "Token savings"
     if report.since or report.until:
         title += f" ({_moment(report.since, 'the start')} to {_moment(report.until, 'now')})"

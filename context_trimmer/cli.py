@@ -22,7 +22,6 @@ from ._compress import Compression, compress_safe
 from ._db import Database
 from ._html_report import render_html
 from ._ledger import Ledger
-from ._migrate import head_revision
 from ._models import ModelTable
 from ._options import TrimmerOptions
 from ._replay import ReplayResult, load_conversations, replay, request_points
@@ -72,6 +71,8 @@ def db_current(db_url: str | None, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one available."""
     with Database(db_url, migrate=False) as store:
         revision, url = store.revision(), store.display_url
+    from ._migrate import head_revision  # alembic loads only for the commands that use it
+
     head = head_revision()
     emit(
         {"database": url, "revision": revision, "head": head},
