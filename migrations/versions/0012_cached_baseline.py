@@ -21,13 +21,16 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Plain ALTER TABLE on both stores (SQLite 3.35+ drops a column in place): a batch
+# rebuild would drop ct_requests, which ct_usage and ct_attempts reference.
+COLUMNS = ("cache_baseline_tokens", "cache_sent_tokens")
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("ct_requests") as batch:
-        batch.add_column(sa.Column("cache_baseline_tokens", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("cache_sent_tokens", sa.Integer(), nullable=True))
+    for name in COLUMNS:
+        op.add_column("ct_requests", sa.Column(name, sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("ct_requests") as batch:
-        batch.drop_column("cache_sent_tokens")
-        batch.drop_column("cache_baseline_tokens")
+    for name in reversed(COLUMNS):
+        op.execute(f"ALTER TABLE ct_requests DROP COLUMN {name}")
