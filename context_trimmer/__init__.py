@@ -5,38 +5,98 @@ rolling summary, keeps the last messages verbatim, sets ``max_tokens`` and recor
 token savings report.
 """
 
-from ._breaker import CircuitBreaker
-from ._compress import Compression, compress_safe
-from ._exceptions import (
-    ConfigurationError,
-    EncodingUnavailableError,
-    InvalidMessagesError,
-    PromptTooLargeError,
-    QuotaExceeded,
-    RateLimitBudgetExceeded,
-    StoreError,
-    SummarizerError,
-    TrimmerError,
-)
-from ._extractive import ExtractiveSummarizer
-from ._keys import GatewayKeys, KeyInfo
-from ._models import ModelInfo, ModelTable
-from ._options import TrimmerOptions
-from ._prepared import FoldResult, Prepared
-from ._ratelimit import RateLimits, UserQuota
-from ._report import Report, ReportRow
-from ._retry import RetryPolicy
-from ._summarizers import (
-    OpenAISummarizer,
-    Summarizer,
-    SummaryRequest,
-    SummaryResult,
-)
-from ._system_prompt import PromptRewriter
-from ._tokens import count_text_tokens, count_tokens
-from ._trimmer import Trimmer
-from ._upstreams import CoolDown, Upstream
-from ._validation import validate_messages
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from ._breaker import CircuitBreaker
+    from ._compress import Compression, compress_safe
+    from ._exceptions import (
+        ConfigurationError,
+        EncodingUnavailableError,
+        InvalidMessagesError,
+        PromptTooLargeError,
+        QuotaExceeded,
+        RateLimitBudgetExceeded,
+        StoreError,
+        SummarizerError,
+        TrimmerError,
+    )
+    from ._extractive import ExtractiveSummarizer
+    from ._keys import GatewayKeys, KeyInfo
+    from ._models import ModelInfo, ModelTable
+    from ._options import TrimmerOptions
+    from ._prepared import FoldResult, Prepared
+    from ._ratelimit import RateLimits, UserQuota
+    from ._report import Report, ReportRow
+    from ._retry import RetryPolicy
+    from ._summarizers import (
+        OpenAISummarizer,
+        Summarizer,
+        SummaryRequest,
+        SummaryResult,
+    )
+    from ._system_prompt import PromptRewriter
+    from ._tokens import count_text_tokens, count_tokens
+    from ._trimmer import Trimmer
+    from ._upstreams import CoolDown, Upstream
+    from ._validation import validate_messages
+
+_EXPORTS = {
+    "CircuitBreaker": "._breaker",
+    "Compression": "._compress",
+    "ConfigurationError": "._exceptions",
+    "CoolDown": "._upstreams",
+    "EncodingUnavailableError": "._exceptions",
+    "ExtractiveSummarizer": "._extractive",
+    "FoldResult": "._prepared",
+    "GatewayKeys": "._keys",
+    "InvalidMessagesError": "._exceptions",
+    "KeyInfo": "._keys",
+    "ModelInfo": "._models",
+    "ModelTable": "._models",
+    "OpenAISummarizer": "._summarizers",
+    "Prepared": "._prepared",
+    "PromptRewriter": "._system_prompt",
+    "PromptTooLargeError": "._exceptions",
+    "QuotaExceeded": "._exceptions",
+    "RateLimitBudgetExceeded": "._exceptions",
+    "RateLimits": "._ratelimit",
+    "Report": "._report",
+    "ReportRow": "._report",
+    "RetryPolicy": "._retry",
+    "StoreError": "._exceptions",
+    "Summarizer": "._summarizers",
+    "SummarizerError": "._exceptions",
+    "SummaryRequest": "._summarizers",
+    "SummaryResult": "._summarizers",
+    "Trimmer": "._trimmer",
+    "TrimmerError": "._exceptions",
+    "TrimmerOptions": "._options",
+    "Upstream": "._upstreams",
+    "UserQuota": "._ratelimit",
+    "compress_safe": "._compress",
+    "count_text_tokens": "._tokens",
+    "count_tokens": "._tokens",
+    "validate_messages": "._validation",
+}
+"""Each public name and the module that defines it. Names load on first use (PEP 562):
+importing the package loads none of SQLAlchemy, the OpenAI SDK or the rest until a name
+that needs them is used."""
+
+
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'context_trimmer' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __version__ = "0.1.0"
 

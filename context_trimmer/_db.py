@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,14 +30,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from . import _inline, _migrate
+from . import _inline
 from ._deadlines import WATCHDOG, bound, connect_args, store_timeout
 from ._exceptions import StoreError
 from ._fastsql import Fast
@@ -54,25 +54,21 @@ CHECKPOINT_EVERY = 200
 _SQLITE_BUSY = 5  # the primary result code of "database is locked"
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    """The raw driver errors (raised outside SQLAlchemy's wrapping, e.g. in events)."""
-    errors: list[type[BaseException]] = [sqlite3.Error]
-    try:
-        import psycopg
-    except ImportError:  # the postgres extra is not installed
-        pass
-    else:
-        errors.append(psycopg.Error)
-    return tuple(errors)
-
-
-STORE_FAILURES: tuple[type[BaseException], ...] = (
+_FAILURES: tuple[type[BaseException], ...] = (
     DBAPIError,
     PoolTimeoutError,
     DisconnectionError,
-    *_driver_errors(),
+    sqlite3.Error,
 )
-"""What a database failure may be raised as, before it becomes a StoreError."""
+
+
+def store_failures() -> tuple[type[BaseException], ...]:
+    """What a database failure may be raised as, before it becomes a StoreError: the
+    raw driver errors too (raised outside SQLAlchemy's wrapping, e.g. in events).
+    psycopg's count once it is loaded (a PostgreSQL store loads it; until then none can
+    be raised), so importing the package does not load it."""
+    psycopg = sys.modules.get("psycopg")
+    return _FAILURES if psycopg is None else (*_FAILURES, psycopg.Error)
 
 
 def default_db_path() -> Path:
@@ -264,6 +260,10 @@ class Database:
 
     def upgrade(self) -> bool:
         """Apply pending migrations; returns False when the schema was already current."""
+        from alembic.util.exc import CommandError  # alembic loads only to migrate
+
+        from . import _migrate
+
         with self.failures("open or migrate"):
             try:
                 return _migrate.upgrade(self.engine)
@@ -279,7 +279,7 @@ class Database:
         """Turn every database failure inside into a StoreError saying what to check."""
         try:
             yield
-        except STORE_FAILURES as error:
+        except store_failures() as error:
             raise self.store_error(doing, error) from error
 
     def store_error(self, doing: str, error: BaseException) -> StoreError:
@@ -331,6 +331,8 @@ class Database:
 
     def revision(self) -> str | None:
         """The schema revision the database is at (None: not migrated yet)."""
+        from . import _migrate
+
         with self.reading() as connection:
             return _migrate.current_revision(connection)
 

@@ -108,6 +108,12 @@ def _headline(totals: ReportRow) -> str:
             f"{totals.summary_failures:,} failed calls (never sent)",
         ),
         ("Requests", f"{totals.requests:,}", f"{totals.estimated_requests:,} without usage"),
+        (
+            "Over the context window",
+            f"{totals.over_window_requests:,}",
+            "requests whose messages the app would have had to cut to the window "
+            "less the reply; the baseline counts them at that limit",
+        ),
     ]
     body = "".join(
         f'<div class="card"><div class="label">{html.escape(label)}</div>'

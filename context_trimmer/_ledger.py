@@ -6,7 +6,7 @@ Reports are queries over these rows (see ``_report``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +16,6 @@ from sqlalchemy import Connection, Table, insert, select
 
 from ._db import Database, as_utc, insert_if_absent, period
 from ._fastsql import Fast
-from ._prompt_cache import PathTree, load_tree
 from ._schema import Attempt, PromptCompression, Request, Usage, utcnow
 from ._summary_store import FAILURES, SUMMARIES
 
@@ -56,6 +55,8 @@ class LedgerRow:
     summary_id: int | None = None
     summary_tokens: int = 0
     summary_covers: str | None = None
+    cache_baseline_tokens: int | None = None
+    cache_sent_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ def _ledger_query(since: datetime | None, until: datetime | None) -> Any:
             r.summary_id,
             r.summary_tokens,
             SUMMARIES.c.covers_hash.label("summary_covers"),
+            r.cache_baseline_tokens,
+            r.cache_sent_tokens,
         )
         .select_from(
             REQUESTS.outerjoin(USAGE, u.request_id == r.id)
@@ -128,6 +131,11 @@ class Ledger:
 
     def __init__(self, db: Database):
         self._db = db
+
+    @property
+    def db(self) -> Database:
+        """The store this ledger is kept in."""
+        return self._db
 
     def add_request(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """A prepared request, inside the caller's transaction; returns its id."""
@@ -157,11 +165,6 @@ class Ledger:
         with self._db.reading() as connection:
             rows = connection.execute(_ledger_query(since, until)).mappings().all()
         return [_ledger_row(row) for row in rows]
-
-    def path_tree(self, heads: Iterable[str], keys: Iterable[str]) -> PathTree:
-        """The stored paths ending at ``heads``, for the prompt-cache model."""
-        with self._db.reading() as connection:
-            return load_tree(connection, heads, keys)
 
     def spend(self, since: datetime | None, until: datetime | None) -> list[SpendRow]:
         """Summaries, summarizer failures and prompt rewrites made in ``[since, until)``."""

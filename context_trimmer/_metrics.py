@@ -217,7 +217,21 @@ async def render_metrics(metrics: Metrics, trimmer: Any) -> Response:
 
 _PER_MODEL = (
     ("requests", "store_requests_total", "Requests recorded in the ledger."),
-    ("baseline_tokens", "store_prompt_tokens_given_total", "Prompt tokens as the apps gave them."),
+    (
+        "baseline_tokens_as_given",
+        "store_prompt_tokens_given_total",
+        "Prompt tokens as the apps gave them.",
+    ),
+    (
+        "baseline_tokens",
+        "store_prompt_tokens_baseline_total",
+        "Baseline prompt tokens: as given, cut to the context window less the reply.",
+    ),
+    (
+        "over_window_requests",
+        "store_over_window_requests_total",
+        "Requests whose messages were over the model's context window less the reply.",
+    ),
     ("prompt_tokens", "store_prompt_tokens_sent_total", "Prompt tokens as sent, after trimming."),
     ("saved_tokens", "store_tokens_saved_total", "Prompt tokens trimming saved."),
     ("rate_limited_429s", "store_upstream_429_total", "429s the trimmed calls received."),

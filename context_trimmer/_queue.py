@@ -47,7 +47,6 @@ from ._db import Database
 from ._exceptions import ConfigurationError
 from ._folding import FoldDeferred, Folder
 from ._leases import Leases
-from ._migrate import serialize_migrations
 from ._options import TrimmerOptions
 from ._path import StoredPath, deepest_summary, load_bodies, start_of
 from ._path import store as store_path
@@ -111,6 +110,8 @@ def apply_schema(db: Database) -> bool:
     Under the migration lock, so hosts starting together apply it once."""
     require_procrastinate()
     from procrastinate.schema import SchemaManager
+
+    from ._migrate import serialize_migrations
 
     schema = SchemaManager.get_schema()
     with db.writing() as connection:

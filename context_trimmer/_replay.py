@@ -24,6 +24,7 @@ from typing import Any
 
 from ._exceptions import ConfigurationError, InvalidMessagesError
 from ._prepared import Prepared
+from ._report_sums import honest_baseline
 from ._trimmer import Trimmer
 from ._validation import validate_messages
 
@@ -42,6 +43,8 @@ class ReplayResult:
     conversations: int = 0
     requests: int = 0
     baseline_tokens: int = 0
+    baseline_tokens_as_given: int = 0
+    over_window_requests: int = 0
     prompt_tokens: int = 0
     final_baseline_tokens: list[int] = field(default_factory=list)
     final_prompt_tokens: list[int] = field(default_factory=list)
@@ -64,6 +67,8 @@ class ReplayResult:
             "conversations": self.conversations,
             "requests": self.requests,
             "baseline_tokens": self.baseline_tokens,
+            "baseline_tokens_as_given": self.baseline_tokens_as_given,
+            "over_window_requests": self.over_window_requests,
             "prompt_tokens": self.prompt_tokens,
             "saved_tokens": self.saved_tokens,
             "saved_percent": round(self.saved_percent, 2),
@@ -167,6 +172,7 @@ def replay(
 ) -> ReplayResult:
     """Send every conversation through ``trimmer`` turn by turn; return the totals."""
     result = ReplayResult(conversations=len(conversations))
+    info = trimmer.models.get(model)
     for conversation in conversations:
         prepared = None
         for end in request_points(conversation.messages):
@@ -174,8 +180,12 @@ def replay(
             prepared = trimmer.prepare(
                 prefix, model=model, user=conversation.user, conversation_id=conversation.id
             )
+            # The honest baseline: without the trimmer the app must cut to the window.
+            baseline = honest_baseline(info, prepared.baseline_tokens, info.max_output)
             result.requests += 1
-            result.baseline_tokens += prepared.baseline_tokens
+            result.baseline_tokens += baseline
+            result.baseline_tokens_as_given += prepared.baseline_tokens
+            result.over_window_requests += baseline < prepared.baseline_tokens
             result.prompt_tokens += prepared.prompt_tokens
             if prepared.fold_pending:
                 fold = trimmer.compact(
@@ -188,7 +198,9 @@ def replay(
             if progress:
                 progress(1)
         if prepared is not None:
-            result.final_baseline_tokens.append(prepared.baseline_tokens)
+            result.final_baseline_tokens.append(
+                honest_baseline(info, prepared.baseline_tokens, info.max_output)
+            )
             result.final_prompt_tokens.append(prepared.prompt_tokens)
             result.last[conversation.id] = prepared
     return result

@@ -25,19 +25,28 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
+from . import _cache_figures as cache_figures
 from ._exceptions import ConfigurationError
 from ._ledger import Ledger, LedgerRow, SpendRow
 from ._models import ModelInfo, ModelTable
-from ._prompt_cache import DEFAULT_LIFETIME, Cached, CacheRequest, simulate
+from ._prompt_cache import DEFAULT_LIFETIME, Cached
+from ._report_sums import (
+    LIBRARY,
+    NOT_SENT,
+    RequestSums,
+    SpendSums,
+    honest_baseline,
+    request_sums,
+    spend_sums,
+)
+from ._schema import utcnow
 
 GroupBy = Literal["day", "model", "conversation", "user", "upstream"]
 GROUPS: tuple[str, ...] = ("day", "model", "conversation", "user", "upstream")
-NOT_SENT = "(not sent)"
-"""The upstream of requests never sent (or recorded before upstreams were)."""
-LIBRARY = "(summarizer)"
-"""The upstream group of the library's own spend (summaries, prompt rewrites)."""
+__all__ = ["LIBRARY", "NOT_SENT"]  # the upstream groups of unsent requests / own spend
 PER_MILLION = 1_000_000
 
 
@@ -48,6 +57,8 @@ class ReportRow:
     group: str
     requests: int = 0
     baseline_tokens: int = 0
+    baseline_tokens_as_given: int = 0
+    over_window_requests: int = 0
     prompt_tokens: int = 0
     saved_tokens: int = 0
     saved_percent: float = 0.0
@@ -114,17 +125,37 @@ class RequestPoint:
     tpm_after: int = 0
 
 
+Detail = tuple[list[RequestPoint], list[tuple[datetime, float]]]
+
+
 @dataclass
 class Report:
-    """Rows per group (empty without ``group_by``) and the totals."""
+    """Rows per group (empty without ``group_by``) and the totals; ``requests`` and
+    ``summarizer_costs`` (one item per request / summarizer call, for charts) are read
+    from the ledger the first time they are used."""
 
     since: datetime | None
     until: datetime | None
     group_by: str | None
     rows: list[ReportRow]
     totals: ReportRow
-    requests: list[RequestPoint] = field(default_factory=list)
-    summarizer_costs: list[tuple[datetime, float]] = field(default_factory=list)
+    load_detail: Callable[[], Detail] | None = field(default=None, repr=False, compare=False)
+    _detail: Detail | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def requests(self) -> list[RequestPoint]:
+        """Each request's figures, in id order."""
+        return self._loaded()[0]
+
+    @property
+    def summarizer_costs(self) -> list[tuple[datetime, float]]:
+        """When each summarizer call (and prompt rewrite) was paid, and its cost."""
+        return self._loaded()[1]
+
+    def _loaded(self) -> Detail:
+        if self._detail is None:
+            self._detail = self.load_detail() if self.load_detail else ([], [])
+        return self._detail
 
     def timeline(self, cached: bool = True) -> list[tuple[datetime, float]]:
         """Net dollars gained at each moment: each request's saving (against the cached
@@ -156,29 +187,36 @@ def build_report(
     cache_lifetime: float = DEFAULT_LIFETIME,
 ) -> Report:
     """Aggregate the ledger between ``since`` (inclusive) and ``until`` (exclusive);
-    prompts stay in OpenAI's cache ``cache_lifetime`` seconds after their last use."""
+    prompts stay in OpenAI's cache ``cache_lifetime`` seconds after their last use.
+
+    The database sums the ledger (``_report_sums``); each request's cache figures are
+    computed once and stored (``_cache_figures``) for the default lifetime, and for
+    every request in the period on each report with another lifetime."""
     if group_by is not None and group_by not in GROUPS:
         raise ConfigurationError(f"group_by must be one of {', '.join(GROUPS)}, not {group_by!r}")
-    ledger = source.rows(since, until)
-    spend = source.spend(since, until)
-    cached = _cached_prompts(source, models, ledger, cache_lifetime)
+    db = source.db
+    default = cache_lifetime == DEFAULT_LIFETIME
+    if default:
+        cache_figures.fill(db, models, utcnow())
+    with db.reading() as connection:
+        pending = cache_figures.pending(connection, models, since, until, everything=not default)
+        computed = cache_figures.compute(connection, models, pending, cache_lifetime)
+        requests = request_sums(connection, models, since, until, group_by, computed)
+        spend = spend_sums(connection, since, until, group_by)
     groups: dict[str, ReportRow] = {}
     totals = ReportRow("TOTAL")
-    points = []
-    for row in ledger:
-        figures = _request_figures(row, models, cached.get(row.id, Cached(0, 0)))
-        points.append(_point(row, figures))
-        for target in _targets(groups, totals, _request_key(row, group_by)):
-            _add_request(target, row, figures)
-    costs = []
+    for cell in requests:
+        for target in _targets(groups, totals, cell.key):
+            _add_requests(target, cell, models)
     for item in spend:
-        costs.append((item.created_at, _spend_cost(item, models)))
-        for target in _targets(groups, totals, _spend_key(item, group_by)):
+        key = (summarizer_model(item.label) or item.label) if group_by == "model" else item.key
+        for target in _targets(groups, totals, key):
             _add_spend(target, item, models)
     for report_row in [*groups.values(), totals]:
         _finish(report_row)
     rows = sorted(groups.values(), key=lambda r: r.group)
-    return Report(since, until, group_by, rows, totals, points, costs)
+    detail = partial(_detail, source, models, since, until, cache_lifetime)
+    return Report(since, until, group_by, rows, totals, detail)
 
 
 def _targets(
@@ -189,33 +227,58 @@ def _targets(
     yield totals
 
 
-def _cached_prompts(
-    source: Ledger, models: ModelTable, ledger: list[LedgerRow], lifetime: float
-) -> dict[int, Cached]:
-    requests = [
-        CacheRequest(
-            row.id,
-            row.created_at,
-            row.conversation_id,
-            row.model,
-            models.get(row.model).counting_key,
-            row.head_hash,
-            row.baseline_tokens,
-            row.prompt_tokens,
-            row.summary_id,
-            row.summary_covers,
-            row.summary_tokens,
+def _add_requests(target: ReportRow, cell: RequestSums, models: ModelTable) -> None:
+    asked = models.get(cell.model)
+    answered = models.get(cell.usage_model or cell.model)
+    billed, hit, completion = cell.billed_baseline, cell.baseline_hit, cell.completion
+    target.requests += cell.requests
+    target.baseline_tokens += cell.baseline
+    target.baseline_tokens_as_given += cell.baseline_given
+    target.over_window_requests += cell.over_window
+    target.prompt_tokens += cell.prompt_tokens
+    target.compression_saved_tokens += cell.compression_saved_tokens
+    target.recall_tokens += cell.recall_tokens
+    target.usage_prompt_tokens += cell.usage_prompt
+    target.cached_tokens += cell.cached
+    target.completion_tokens += completion
+    target.estimated_requests += cell.estimated
+    target.max_tokens_before += cell.max_tokens_before
+    target.max_tokens_after += cell.max_tokens_after
+    target.baseline_cost += _cost(asked, billed, 0, completion)
+    target.baseline_cost_cached += _cost(asked, billed - hit, hit, completion)
+    target.baseline_cached_tokens += hit
+    target.actual_cost += _cost(answered, cell.usage_prompt - cell.cached, cell.cached, completion)
+    priced = asked.input_price is not None and answered.input_price is not None
+    target.unpriced_requests += 0 if priced else cell.answered
+    target.rate_limited_429s += cell.rate_limited
+    target.wait_seconds += cell.waited_ms / 1000
+    target.fallbacks += cell.fallbacks
+    target.failed_requests += cell.failed
+    target.quota_rejections += cell.quota_rejections
+
+
+def _detail(
+    source: Ledger,
+    models: ModelTable,
+    since: datetime | None,
+    until: datetime | None,
+    lifetime: float,
+) -> tuple[list[RequestPoint], list[tuple[datetime, float]]]:
+    """Each request's figures and each summarizer call's cost, for charts over time
+    (read when asked for: one object per request)."""
+    ledger = source.rows(since, until)
+    with source.db.reading() as connection:
+        everything = lifetime != DEFAULT_LIFETIME
+        pending = cache_figures.pending(connection, models, since, until, everything=everything)
+        computed = cache_figures.compute(connection, models, pending, lifetime)
+    points = []
+    for row in ledger:
+        cache = computed.get(row.id) or Cached(
+            row.cache_baseline_tokens or 0, row.cache_sent_tokens or 0
         )
-        for row in ledger
-        if row.head_hash
-    ]
-    if not requests:
-        return {}
-    heads = [r.head_hash for r in requests] + [
-        r.summary_covers for r in requests if r.summary_covers
-    ]
-    tree = source.path_tree(heads, {r.counting_key for r in requests})
-    return simulate(requests, tree, lifetime)
+        points.append(_point(row, _request_figures(row, models, cache)))
+    costs = [(item.created_at, _spend_cost(item, models)) for item in source.spend(since, until)]
+    return points, costs
 
 
 @dataclass(frozen=True)
@@ -228,24 +291,28 @@ class _Figures:
     baseline_cached: int
     actual_cost: float
     priced: bool
+    baseline: int
 
 
 def _request_figures(row: LedgerRow, models: ModelTable, cache: Cached) -> _Figures:
     asked = models.get(row.model)
     answered = models.get(row.usage_model or row.model)
+    baseline_tokens = honest_baseline(asked, row.baseline_tokens, row.max_tokens_baseline)
     prompt = row.usage_prompt_tokens if row.usage_prompt_tokens is not None else row.prompt_tokens
     # Without reported usage, what the cache would have served is estimated too.
     cached = (row.cached_tokens or 0) if row.usage_estimated is False else min(cache.sent, prompt)
     completion = row.completion_tokens or 0
     if row.outcome not in (None, "ok"):
         # Never answered (quota, budget, or errors to the end): nothing was billed.
-        return _Figures(0, 0, 0, 0.0, 0.0, 0, 0.0, True)
-    baseline = _cost(asked, row.baseline_tokens, 0, completion)
-    hit = min(cache.baseline, row.baseline_tokens)
-    baseline_cached = _cost(asked, row.baseline_tokens - hit, hit, completion)
+        return _Figures(0, 0, 0, 0.0, 0.0, 0, 0.0, True, baseline_tokens)
+    baseline = _cost(asked, baseline_tokens, 0, completion)
+    hit = min(cache.baseline, baseline_tokens)
+    baseline_cached = _cost(asked, baseline_tokens - hit, hit, completion)
     actual = _cost(answered, prompt - cached, cached, completion)
     priced = asked.input_price is not None and answered.input_price is not None
-    return _Figures(prompt, cached, completion, baseline, baseline_cached, hit, actual, priced)
+    return _Figures(
+        prompt, cached, completion, baseline, baseline_cached, hit, actual, priced, baseline_tokens
+    )
 
 
 def _cost(info: ModelInfo, uncached: int, cached: int, completion: int) -> float:
@@ -256,52 +323,33 @@ def _cost(info: ModelInfo, uncached: int, cached: int, completion: int) -> float
     ) / PER_MILLION
 
 
-def _add_request(target: ReportRow, row: LedgerRow, figures: _Figures) -> None:
-    target.requests += 1
-    target.baseline_tokens += row.baseline_tokens
-    target.prompt_tokens += row.prompt_tokens
-    target.compression_saved_tokens += row.compression_saved_tokens
-    target.recall_tokens += row.recall_tokens
-    target.usage_prompt_tokens += figures.usage_prompt
-    target.cached_tokens += figures.cached
-    target.completion_tokens += figures.completion
-    target.estimated_requests += row.usage_estimated is not False and row.outcome in (None, "ok")
-    target.max_tokens_before += row.max_tokens_baseline
-    target.max_tokens_after += row.max_tokens
-    target.baseline_cost += figures.baseline_cost
-    target.baseline_cost_cached += figures.baseline_cost_cached
-    target.baseline_cached_tokens += figures.baseline_cached
-    target.actual_cost += figures.actual_cost
-    target.unpriced_requests += not figures.priced
-    target.rate_limited_429s += row.rate_limited
-    target.wait_seconds += row.waited_ms / 1000
-    target.fallbacks += row.fallback_model is not None
-    target.failed_requests += row.outcome not in (None, "ok")
-    target.quota_rejections += row.outcome == "quota_exceeded"
-
-
-def _add_spend(target: ReportRow, item: SpendRow, models: ModelTable) -> None:
-    cost = _spend_cost(item, models)
+def _add_spend(target: ReportRow, item: SpendSums, models: ModelTable) -> None:
+    cost = _cost_of(item.label, item.tokens_in, item.tokens_out, models)
     if item.kind == "compression":
-        target.compressions += 1
+        target.compressions += item.calls
         target.compression_tokens_in += item.tokens_in
         target.compression_tokens_out += item.tokens_out
         target.compression_cost += cost
         return
-    target.summaries += item.kind == "summary"
-    target.summary_failures += item.kind == "failure"
+    target.summaries += item.calls if item.kind == "summary" else 0
+    target.summary_failures += item.calls if item.kind == "failure" else 0
     # Summaries the extractive summarizer made instead (labelled so by _folding).
-    target.summary_fallbacks += item.kind == "summary" and "(fallback for " in item.model
+    if item.kind == "summary" and "(fallback for " in item.label:
+        target.summary_fallbacks += item.calls
     target.summarizer_tokens_in += item.tokens_in
     target.summarizer_tokens_out += item.tokens_out
     target.summarizer_cost += cost
 
 
-def _spend_cost(item: SpendRow, models: ModelTable) -> float:
-    model = summarizer_model(item.model)
+def _cost_of(label: str, tokens_in: int, tokens_out: int, models: ModelTable) -> float:
+    model = summarizer_model(label)
     if model is None:
         return 0.0
-    return _cost(models.get(model), item.tokens_in, 0, item.tokens_out)
+    return _cost(models.get(model), tokens_in, 0, tokens_out)
+
+
+def _spend_cost(item: SpendRow, models: ModelTable) -> float:
+    return _cost_of(item.model, item.tokens_in, item.tokens_out, models)
 
 
 def _finish(row: ReportRow) -> None:
@@ -342,7 +390,7 @@ def _point(row: LedgerRow, figures: _Figures) -> RequestPoint:
         row.created_at,
         row.model,
         row.conversation_id,
-        row.baseline_tokens,
+        figures.baseline,
         row.prompt_tokens,
         figures.baseline_cost_cached - figures.actual_cost,
         row.usage_estimated is not False,
@@ -351,30 +399,6 @@ def _point(row: LedgerRow, figures: _Figures) -> RequestPoint:
         figures.baseline_cost,
         figures.baseline_cost_cached,
         figures.actual_cost,
-        row.baseline_tokens + row.max_tokens_baseline,
+        figures.baseline + row.max_tokens_baseline,
         row.prompt_tokens + row.max_tokens,
     )
-
-
-_REQUEST_KEYS: dict[str, Callable[[LedgerRow], str]] = {
-    "day": lambda row: row.created_at.date().isoformat(),
-    "model": lambda row: row.model,
-    "conversation": lambda row: row.conversation_id,
-    "user": lambda row: row.user or "(none)",
-    "upstream": lambda row: row.upstream or NOT_SENT,
-}
-_SPEND_KEYS: dict[str, Callable[[SpendRow], str]] = {
-    "day": lambda item: item.created_at.date().isoformat(),
-    "model": lambda item: summarizer_model(item.model) or item.model,
-    "conversation": lambda item: item.conversation_id or "(shared)",
-    "user": lambda item: item.user or "(none)",
-    "upstream": lambda _item: LIBRARY,
-}
-
-
-def _request_key(row: LedgerRow, group_by: str | None) -> str | None:
-    return None if group_by is None else _REQUEST_KEYS[group_by](row)
-
-
-def _spend_key(item: SpendRow, group_by: str | None) -> str | None:
-    return None if group_by is None else _SPEND_KEYS[group_by](item)

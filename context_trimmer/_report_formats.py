@@ -13,9 +13,6 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from rich.console import Console
-from rich.table import Table
-
 from ._report import FIELDS, Report, ReportRow
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -48,7 +45,8 @@ def _csv(report: Report) -> str:
 
 _COLUMNS = (
     ("requests", "Requests", "{:,}"),
-    ("baseline_tokens", "As given", "{:,}"),
+    ("baseline_tokens", "Baseline", "{:,}"),
+    ("over_window_requests", "Over window", "{:,}"),
     ("prompt_tokens", "Sent", "{:,}"),
     ("saved_percent", "Saved", "{:.1f}%"),
     ("cached_tokens", "Cached", "{:,}"),
@@ -77,12 +75,16 @@ _PRIORITY = (
     "summarizer_tokens_in",
     "baseline_cost",
     "net_saving_uncached",
+    "over_window_requests",
 )
 """The table's columns, most needed first: the first to go on a narrow terminal are last."""
 _GROUP_WIDTH = 24  # a longer group name (a conversation id) is folded onto more lines
 
 
 def _table(report: Report, width: int | None) -> str:
+    from rich.console import Console  # rich loads only for the terminal table
+    from rich.table import Table
+
     title = "Token savings"
     if report.since or report.until:
         title += f" ({_moment(report.since, 'the start')} to {_moment(report.until, 'now')})"
@@ -112,10 +114,17 @@ def _table(report: Report, width: int | None) -> str:
             f"* {report.totals.estimated_requests} request(s) without recorded usage: "
             "their costs are estimated from the prepared token counts."
         )
+    totals = report.totals
+    if totals.over_window_requests:
+        console.print(
+            f"{totals.over_window_requests:,} request(s) were over their model's context "
+            "window less the reply: the baseline counts each at that limit (an app without "
+            f"the trimmer must cut to it); as given: {totals.baseline_tokens_as_given:,} tokens."
+        )
     console.print(
-        "Net saved is against the baseline as OpenAI bills it with prompt caching "
-        "(Before, cached); vs uncached: against the full price of every prompt token. "
-        "As given and Sent are prompt tokens."
+        "Baseline: the app's messages as given, cut to the model's context window less the "
+        "reply. Net saved is against the baseline as OpenAI bills it with prompt caching "
+        "(Before, cached); vs uncached: against the full price of every prompt token."
     )
     return output.getvalue().rstrip()
 

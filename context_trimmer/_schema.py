@@ -10,7 +10,8 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 - ``ct_summary_failures``: summarizer calls that failed (never stored as summaries).
 - ``ct_leases``: short leases so two workers never summarize the same span at once.
 - ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
-  API's reported usage when the response is recorded.
+  API's reported usage when the response is recorded; each request's prompt-cache
+  figures are stored by the first report that computes them.
 - ``ct_message_search``: the full-text index recall searches (an FTS5 table on SQLite,
   a tsvector table on PostgreSQL); made by migration 0006 in SQL, not modelled here
   (see ``_recall_index``).
@@ -168,6 +169,10 @@ class Request(Base):
     summary_failures: Mapped[int] = mapped_column(Integer)
     compression_saved_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
     recall_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    # What OpenAI's prompt cache would have served (see _prompt_cache), written by the
+    # report the first time it sees the request; NULL until then.
+    cache_baseline_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_sent_tokens: Mapped[int | None] = mapped_column(Integer)
 
 
 class Usage(Base):

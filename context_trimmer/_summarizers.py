@@ -21,8 +21,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from langchain_text_splitters import RecursiveCharacterTextSplitter
-
 from ._breaker import CircuitBreaker
 from ._chat_model import ChatModel
 from ._exceptions import SummarizerError
@@ -154,6 +152,9 @@ def fold(summarizer: Summarizer, request: SummaryRequest) -> SummaryResult:
 def split_transcript(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
     if count(text) <= max_tokens:
         return [text]
+    # langchain (and its pydantic models) loads only when a span is this long.
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
     splitter = RecursiveCharacterTextSplitter(
         chunk_size=max_tokens,
         chunk_overlap=0,

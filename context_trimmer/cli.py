@@ -30,7 +30,6 @@ from ._compress import Compression, compress_safe
 from ._db import Database
 from ._html_report import render_html
 from ._ledger import Ledger
-from ._migrate import head_revision
 from ._models import ModelTable
 from ._options import TrimmerOptions
 from ._replay import ReplayResult, load_conversations, replay, request_points
@@ -80,6 +79,8 @@ def db_current(db_url: str | None, as_json: bool) -> None:
     """Show the schema revision of the database and the newest one available."""
     with Database(existing_db(db_url, "db current"), migrate=False) as store:
         revision, url = store.revision(), store.display_url
+    from ._migrate import head_revision  # alembic loads only for the commands that use it
+
     head = head_revision()
     emit(
         {"database": url, "revision": revision, "head": head},
@@ -195,10 +196,12 @@ def _replay_text(result: ReplayResult, model: str) -> str:
     rows = [
         ("conversations", f"{result.conversations:,}"),
         ("requests", f"{result.requests:,}"),
-        ("prompt tokens as given", f"{result.baseline_tokens:,}"),
+        ("prompt tokens as given", f"{result.baseline_tokens_as_given:,}"),
+        ("requests over the window", f"{result.over_window_requests:,}"),
+        ("baseline (cut to window)", f"{result.baseline_tokens:,}"),
         ("prompt tokens sent", f"{result.prompt_tokens:,}"),
         ("saved", f"{result.saved_tokens:,} ({result.saved_percent:.1f}%)"),
-        ("last request, as given", f"{sum(result.final_baseline_tokens):,}"),
+        ("last request, baseline", f"{sum(result.final_baseline_tokens):,}"),
         ("last request, sent", f"{sum(result.final_prompt_tokens):,}"),
         ("summaries made", f"{result.summaries:,}"),
         (

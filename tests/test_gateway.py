@@ -248,6 +248,8 @@ def test_savings_need_an_admin_key(gateway: Gateway) -> None:
     ).json()
     assert [row["group"] for row in report["rows"]] == ["acme:end-user-7"]
     assert report["totals"]["requests"] == 1
+    assert report["totals"]["over_window_requests"] == 0  # the honest baseline's count
+    assert report["totals"]["baseline_tokens_as_given"] == report["totals"]["baseline_tokens"]
 
 
 def test_tenants_do_not_share_conversations(gateway: Gateway) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 from types import ModuleType
 
 import pytest
@@ -23,8 +25,8 @@ def test_all_is_sorted_unique_and_exactly_what_is_exported() -> None:
     assert len(set(names)) == len(names)
     exported = {
         name
-        for name, value in vars(context_trimmer).items()
-        if not name.startswith("_") and not isinstance(value, ModuleType)
+        for name in dir(context_trimmer)  # names load on first use (PEP 562)
+        if not name.startswith("_") and not isinstance(getattr(context_trimmer, name), ModuleType)
     }
     assert set(PUBLIC) == exported
     assert isinstance(context_trimmer.__version__, str)
@@ -80,3 +82,20 @@ def test_the_generated_docstring_check_catches_a_bare_dataclass() -> None:
 
     assert Bare.__doc__ and own_docstring(Bare) == ""
     assert own_docstring(Documented) == "A documented value with one size."
+
+
+def test_importing_loads_only_what_is_used() -> None:
+    """The package loads its modules as names are used; the Trimmer does not load what
+    only some paths need (langchain to split long spans, rich for the table, alembic to
+    migrate, psycopg for PostgreSQL)."""
+    probe = (
+        "import sys, context_trimmer\n"
+        "bare = {m for m in ('sqlalchemy', 'openai') if m in sys.modules}\n"
+        "from context_trimmer import Trimmer\n"
+        "lazy = ('langchain_text_splitters', 'langchain_core', 'rich', 'alembic', 'psycopg')\n"
+        "print(sorted(bare), sorted(m for m in lazy if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["[]", "[]"]

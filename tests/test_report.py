@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from context_trimmer import ConfigurationError, Report, Trimmer
 from context_trimmer._history import COUNTS, MESSAGES
 from context_trimmer._ledger import REQUESTS, Ledger
+from context_trimmer._migrate import downgrade, upgrade
 from context_trimmer._prompt_cache import (
     Cached,
     CacheRequest,
@@ -572,3 +573,141 @@ def test_the_readme_picture_is_made_by_its_script(tmp_path: Path) -> None:
     pixels = {color for _count, color in image.getcolors(maxcolors=1 << 24) or []}
     for color in ((0xD9, 0x53, 0x4F), (0x2E, 0x7D, 0x32), (0x15, 0x65, 0xC0)):
         assert color in pixels
+
+
+def _hand_ledger(trimmer: Trimmer) -> None:
+    """The tree and requests of test_cached_baseline_on_a_hand_computed_ledger."""
+    _tree(
+        trimmer,
+        [
+            ("m0", None, 1_500),
+            ("m1", "m0", 1_600),
+            ("m2", "m1", 2_000),
+            ("m3", "m2", 2_100),
+            ("m4", "m3", 2_500),
+            ("b3", "m2", 2_200),
+            ("n0", None, 900),
+            ("n1", "n0", 1_000),
+        ],
+    )
+    _requests(
+        trimmer,
+        [
+            ("c1", 0, "m2", 2_003, 500),
+            ("c1", 60, "m4", 2_503, 2_403),
+            ("c1", 361, "b3", 2_203, 500),
+            ("c1", 400, "m4", 2_503, 500),
+            ("c3", 401, "m4", 2_503, 500),
+            ("c2", 0, "n0", 903, 500),
+            ("c2", 10, "n1", 1_003, 500),
+        ],
+    )
+
+
+def _stored_figures(trimmer: Trimmer) -> list[tuple[int | None, int | None]]:
+    c = REQUESTS.c
+    with trimmer._db.engine.connect() as connection:
+        rows = connection.execute(
+            select(c.cache_baseline_tokens, c.cache_sent_tokens).order_by(c.id)
+        ).all()
+    return [(row[0], row[1]) for row in rows]
+
+
+def test_cache_figures_are_stored_once_and_old_ledgers_report_the_same(db_url: str) -> None:
+    with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
+        _hand_ledger(trimmer)
+        assert _stored_figures(trimmer) == [(None, None)] * 7  # as after migration 0012
+        first = trimmer.report(group_by="conversation")
+        stored = _stored_figures(trimmer)
+        assert [baseline for baseline, _sent in stored] == [0, 1_920, 0, 1_920, 0, 0, 0]
+        assert stored[1][1] == 1_792
+        # Later reports sum the stored columns and agree; another lifetime is computed
+        # in memory and leaves them alone.
+        assert trimmer.report(group_by="conversation") == first
+        assert trimmer.report(cache_lifetime=600).totals.baseline_cached_tokens == 6_272
+        assert _stored_figures(trimmer) == stored
+        # A ledger from before the columns (downgraded and upgraded again) reports the same.
+        downgrade(trimmer._db.engine, "0009")
+        upgrade(trimmer._db.engine, "head")
+        assert _stored_figures(trimmer) == [(None, None)] * 7
+        assert trimmer.report(group_by="conversation") == first
+        assert _stored_figures(trimmer) == stored
+        assert [p.baseline_cached_tokens for p in trimmer.report().requests] == [
+            0,
+            1_920,
+            0,
+            1_920,
+            0,
+            0,
+            0,
+        ]
+
+
+def test_requests_of_the_last_minute_are_counted_but_not_stored(db_url: str) -> None:
+    with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
+        _tree(trimmer, [("m0", None, 1_500), ("m1", "m0", 2_000)])
+        store = Ledger(trimmer._db)
+        with trimmer._db.engine.begin() as connection:
+            for head, baseline in (("m0", 1_503), ("m1", 2_003)):
+                store.add_request(
+                    connection,
+                    request_row(head_hash=_node(head), baseline_tokens=baseline, prompt_tokens=9),
+                )
+        # 1,500 shared with the request just before: 1,024 + 3 x 128 = 1,408.
+        assert trimmer.report().totals.baseline_cached_tokens == 1_408
+        assert _stored_figures(trimmer) == [(None, None)] * 2  # an earlier one may still commit
+
+
+def test_the_baseline_is_cut_to_the_context_window_less_the_reply(ledger: Trimmer) -> None:
+    store = Ledger(ledger._db)
+    with ledger._db.engine.begin() as connection:
+        # gpt-4o: 128,000 tokens; less 16,384 reserved: 111,616. Less 1,000: 127,000.
+        for baseline, reply in ((200_000, 16_384), (130_000, 1_000), (100_000, 16_384)):
+            store.add_request(
+                connection,
+                request_row(
+                    conversation_id="long",
+                    baseline_tokens=baseline,
+                    prompt_tokens=2_000,
+                    max_tokens_baseline=reply,
+                ),
+            )
+    report = ledger.report(group_by="conversation")
+    long = {row.group: row for row in report.rows}["long"]
+    assert long.baseline_tokens == 111_616 + 127_000 + 100_000
+    assert (long.baseline_tokens_as_given, long.over_window_requests) == (430_000, 2)
+    assert long.tpm_before == 128_000 + 128_000 + 116_384
+    assert long.baseline_cost == pytest.approx(long.baseline_tokens * 2.50 / 1e6)
+    assert report.totals.over_window_requests == 2
+    assert max(point.baseline_tokens for point in report.requests) == 127_000
+    assert json.loads(render(report, "json"))["totals"]["over_window_requests"] == 2
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert rows[-1]["over_window_requests"] == "2"
+    assert rows[-1]["baseline_tokens_as_given"] == str(14_000 + 430_000)
+    table = render(report, "table")
+    assert "Over window" in table and "2 request(s) were over" in table
+
+
+def test_replaying_440k_tokens_never_counts_a_baseline_over_the_window(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    words = "flight hotel Lisbon budget Maria invoice Tuesday refund euros booking".split()
+    messages: list[dict[str, Any]] = [{"role": "system", "content": "You help with travel."}]
+    for turn in range(800):
+        for role in ("user", "assistant"):
+            text = " ".join(rng.choice(words) for _ in range(260)) + f" ({turn})"
+            messages.append({"role": role, "content": text})
+    log = tmp_path / "long.jsonl"
+    log.write_text(json.dumps({"messages": messages}) + "\n")
+    result = CliRunner().invoke(
+        main, ["replay", str(log), "--json", "--db", f"sqlite:///{tmp_path / 'r.db'}"]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["replay"]["baseline_tokens_as_given"] > out["replay"]["baseline_tokens"]
+    assert out["replay"]["over_window_requests"] > 0
+    assert out["report"]["totals"]["over_window_requests"] == out["replay"]["over_window_requests"]
+    with Trimmer(f"sqlite:///{tmp_path / 'r.db'}", background=False) as trimmer:
+        points = trimmer.report().requests
+        assert max(p.baseline_tokens for p in points) <= 128_000 - 16_384
+        given = Ledger(trimmer._db).rows(None, None)
+        assert 420_000 < max(row.baseline_tokens for row in given) < 480_000
