@@ -8,7 +8,7 @@ its figures never change: the report computes them then, once, and stores them i
 the stored columns in SQL (``_report_sums``) instead of replaying the whole ledger.
 
 Rows still NULL (requests of the last :data:`SETTLED` seconds, rows recorded before
-migration 0012, rows a failed fill left) are computed on the next report: old ledgers
+migration 0011, rows a failed fill left) are computed on the next report: old ledgers
 report the same figures after the upgrade, and the first report pays for them once,
 :data:`CHUNK` requests at a time, so memory stays bounded on any ledger size.
 """

@@ -616,7 +616,7 @@ def _stored_figures(trimmer: Trimmer) -> list[tuple[int | None, int | None]]:
 def test_cache_figures_are_stored_once_and_old_ledgers_report_the_same(db_url: str) -> None:
     with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
         _hand_ledger(trimmer)
-        assert _stored_figures(trimmer) == [(None, None)] * 7  # as after migration 0012
+        assert _stored_figures(trimmer) == [(None, None)] * 7  # as after migration 0011
         first = trimmer.report(group_by="conversation")
         stored = _stored_figures(trimmer)
         assert [baseline for baseline, _sent in stored] == [0, 1_920, 0, 1_920, 0, 0, 0]
