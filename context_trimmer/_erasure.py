@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from . import _recall_index
+from . import _recall_index, _session_store
 from ._compress import VERSION as COMPRESSION_VERSION
 from ._db import Database
 from ._exceptions import ConfigurationError
@@ -58,6 +58,7 @@ class Erasure:
     compressions: int = 0
     leases: int = 0
     quota_windows: int = 0
+    sessions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -100,7 +101,13 @@ def forget(
     with db.writing() as connection:
         _secure(connection)
         target = _target(connection, conditions)
+        sessions = _session_store.heads(connection, conversation_id, user)
+        target.heads.update(row.head_hash for row in sessions if row.head_hash is not None)
+        target.conversations.update((row.owner or None, row.session_id) for row in sessions)
+        target.users.update(row.owner or None for row in sessions)
         erasure = _erase(connection, target, compression_keys)
+        erasure.conversations = len(target.conversations)
+        erasure.sessions = _session_store.drop(connection, sessions)
         if user is not None and conversation_id is None:
             erasure.quota_windows = _rowcount(
                 connection.execute(delete(WINDOWS).where(WINDOWS.c.user == user))
@@ -158,7 +165,7 @@ def _erase(
     connection: Connection, target: _Target, compression_keys: Callable[[str], Iterable[str]]
 ) -> Erasure:
     erasure = Erasure(conversations=len(target.conversations))
-    if not target.ids:
+    if not target.ids and not target.heads:
         return erasure
     candidates = _ancestors(connection, target.heads)
     kept = _kept_ancestors(connection, target, candidates)
