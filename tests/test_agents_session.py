@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -34,8 +36,8 @@ def no_tracing() -> Iterator[None]:
 
 
 @pytest.fixture
-def trimmer(sqlite_url: str) -> Iterator[Trimmer]:
-    with Trimmer(sqlite_url, keep_last=6, fold_every=4, summarizer="extractive") as made:
+def trimmer(db_url: str) -> Iterator[Trimmer]:
+    with Trimmer(db_url, keep_last=6, fold_every=4, summarizer="extractive") as made:
         yield made
 
 
@@ -201,3 +203,11 @@ async def test_usage_is_recorded_through_the_wrapped_client(
 
 def _text(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": []}
+
+
+def test_the_docs_python_examples_run() -> None:
+    docs = Path(__file__).resolve().parents[1] / "docs" / "agents.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), re.DOTALL)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(docs), "exec"), {"__name__": "docs_agents"})

@@ -8,10 +8,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
-from test_gateway_api import Gateway, running_gateway
+from test_gateway_api import Gateway, parse_metrics, running_gateway, total
 from test_wrap_client import history
 
 from context_trimmer import Trimmer
@@ -101,3 +102,10 @@ def test_the_gateway_relays_a_compaction_item_intact(gateway: Gateway) -> None:
     sent = gateway.upstream.requests[-1]
     assert sent["input"] == given
     assert sent["context_management"] == management
+    scrape = httpx.get(
+        gateway.url.removesuffix("/v1") + "/metrics",
+        headers={"authorization": f"Bearer {gateway.admin}"},
+    )
+    _types, samples = parse_metrics(scrape.text)
+    passed = "context_trimmer_passthrough_requests_total"
+    assert total(samples, passed, endpoint="responses") == 1  # counted, not trimmed
