@@ -25,7 +25,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -70,6 +70,8 @@ class _Target:
     heads: set[str]
     users: set[str | None]
     conversations: set[tuple[str | None, str]]
+    sessions: set[tuple[str, str]] = field(default_factory=set)
+    """(owner, session_id) of the agent sessions erased."""
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -101,10 +103,7 @@ def forget(
     with db.writing() as connection:
         _secure(connection)
         target = _target(connection, conditions)
-        sessions = _session_store.heads(connection, conversation_id, user)
-        target.heads.update(row.head_hash for row in sessions if row.head_hash is not None)
-        target.conversations.update((row.owner or None, row.session_id) for row in sessions)
-        target.users.update(row.owner or None for row in sessions)
+        sessions = _with_sessions(connection, target, conversation_id, user)
         erasure = _erase(connection, target, compression_keys)
         erasure.conversations = len(target.conversations)
         erasure.sessions = _session_store.drop(connection, sessions)
@@ -220,8 +219,36 @@ def _ancestors(connection: Connection, heads: Iterable[str]) -> set[str]:
     return found
 
 
+def _with_sessions(
+    connection: Connection, target: _Target, session_id: str | None, user: str | None
+) -> list[Any]:
+    """Add the agent sessions named to ``target`` (their paths, and every message below
+    them: what ``pop_item`` left, a run that never saved); their rows."""
+    sessions = _session_store.heads(connection, session_id, user)
+    heads = {row.head_hash for row in sessions if row.head_hash is not None}
+    if heads:
+        target.heads.update(heads, _descendants(connection, _ancestors(connection, heads)))
+    target.conversations.update((row.owner or None, row.session_id) for row in sessions)
+    target.users.update(row.owner or None for row in sessions)
+    target.sessions.update((row.owner, row.session_id) for row in sessions)
+    return sessions
+
+
+def _descendants(connection: Connection, roots: set[str]) -> set[str]:
+    """Every stored message below ``roots`` (their children, and theirs...)."""
+    found: set[str] = set()
+    m = MESSAGES.c
+    for chunk in _chunks(sorted(roots)):
+        down = select(m.hash).where(m.parent_hash.in_(chunk)).cte("down", recursive=True)
+        child = MESSAGES.alias("child")
+        down = down.union(select(child.c.hash).where(child.c.parent_hash == down.c.hash))
+        found.update(connection.execute(select(down.c.hash)).scalars())
+    return found
+
+
 def _kept_ancestors(connection: Connection, target: _Target, candidates: set[str]) -> set[str]:
-    """The candidates that a request outside the target still uses (same user root)."""
+    """The candidates that a request or an agent session outside the target still uses
+    (same user root)."""
     r = REQUESTS.c
     heads: set[str] = set()
     for owner in target.users:
@@ -229,6 +256,11 @@ def _kept_ancestors(connection: Connection, target: _Target, candidates: set[str
             connection.execute(
                 select(r.head_hash).where(_user_is(r.user, owner), r.id.not_in(target.ids))
             ).scalars()
+        )
+        heads.update(
+            row.head_hash
+            for row in _session_store.heads(connection, None, owner)
+            if row.head_hash is not None and (row.owner, row.session_id) not in target.sessions
         )
     return _ancestors(connection, heads) & candidates if heads else set()
 

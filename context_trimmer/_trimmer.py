@@ -409,17 +409,19 @@ class Trimmer:
             stored = store_path(connection, path)
             _session_store.move(connection, session_id, user, stored.hashes[-1], model)
 
-    def _session_pop(self, session_id: str, user: str | None, model: str) -> Message | None:
-        """Move the session's head back one message; the message it left."""
+    def _session_pop(
+        self, session_id: str, user: str | None, model: str
+    ) -> tuple[Message, bool] | None:
+        """Move the session's head back one message; the message it left, and whether
+        the session is now empty."""
         with self._db.writing() as connection:
             head = _session_store.head(connection, session_id, user)
             if head is None:
                 return None
             message = load_bodies(connection, head)[-1]
-            _session_store.move(
-                connection, session_id, user, _session_store.parent(connection, head), model
-            )
-        return message
+            parent = _session_store.parent(connection, head)
+            _session_store.move(connection, session_id, user, parent, model)
+        return message, parent is None
 
     def _session_view(
         self,

@@ -172,6 +172,7 @@ async def test_pop_item_corrects_the_newest_item(trimmer: Trimmer, server: FakeO
     assert popped == {"role": "assistant", "content": "Booked Tuesday."}
     assert await session.get_items() == [{"role": "user", "content": "Book Tuesday."}]
     assert await session.pop_item() == {"role": "user", "content": "Book Tuesday."}
+    assert not any("Book" in body for body in stored_bodies(trimmer))  # emptied: erased
     assert await session.pop_item() is None
     assert await session.get_items() == []
     await session.add_items([{"role": "user", "content": "Book Wednesday."}])
@@ -211,3 +212,25 @@ def test_the_docs_python_examples_run() -> None:
     assert blocks
     for block in blocks:
         exec(compile(block, str(docs), "exec"), {"__name__": "docs_agents"})
+
+
+async def test_clearing_one_session_keeps_another_that_shares_its_start(trimmer: Trimmer) -> None:
+    first, second = TrimmerSession("a", trimmer, user="di"), TrimmerSession("b", trimmer, user="di")
+    hello = {"role": "user", "content": "Hello, I am Di."}  # the same first message: one row
+    await first.add_items([hello, {"role": "assistant", "content": "Hi Di (a)."}])
+    await second.add_items([hello, {"role": "assistant", "content": "Hi Di (b)."}])
+    await first.clear_session()
+    assert trimmer.export("di", "a") == []
+    assert await second.get_items() == [hello, {"role": "assistant", "content": "Hi Di (b)."}]
+    assert not any("(a)" in body for body in stored_bodies(trimmer))
+
+
+async def test_clear_session_also_erases_what_pop_item_left(trimmer: Trimmer) -> None:
+    session = TrimmerSession("redo", trimmer, user="ed")
+    await session.add_items([{"role": "user", "content": "Book Tuesday."}])
+    await session.add_items([{"role": "assistant", "content": "Booked Tuesday, room 12."}])
+    await session.pop_item()
+    await session.add_items([{"role": "assistant", "content": "Booked Wednesday."}])
+    assert "room 12" in " ".join(stored_bodies(trimmer))  # a correction, not an erasure
+    await session.clear_session()
+    assert not any("Book" in body for body in stored_bodies(trimmer))

@@ -123,13 +123,17 @@ class TrimmerSession:
         message does, until ``clear_session``/``forget``); when that message held
         several items (parallel function calls), the others are stored back. A summary
         that already covers the popped turn keeps it: popping corrects the history the
-        runner reads next, it does not erase what was summarized."""
-        message = self.trimmer._session_pop(self.session_id, self.user, self.model)
-        if message is None:
+        runner reads next, it does not erase what was summarized. Popping the only item
+        left empties the session, which erases it (as ``clear_session``)."""
+        popped = self.trimmer._session_pop(self.session_id, self.user, self.model)
+        if popped is None:
             return None
+        message, emptied = popped
         items = chat_to_items([message])
         if len(items) > 1:
             self._add(items[:-1])
+        elif emptied:  # nothing left to correct: what it stored would be out of reach
+            self.trimmer.forget(self.user, self.session_id)
         return items[-1] if items else None
 
 
