@@ -413,14 +413,15 @@ class Trimmer:
         self, session_id: str, user: str | None, model: str
     ) -> tuple[Message, bool] | None:
         """Move the session's head back one message; the message it left, and whether
-        the session is now empty."""
+        that was the session's only one (then the head stays, for the caller to erase)."""
         with self._db.writing() as connection:
             head = _session_store.head(connection, session_id, user)
             if head is None:
                 return None
             message = load_bodies(connection, head)[-1]
             parent = _session_store.parent(connection, head)
-            _session_store.move(connection, session_id, user, parent, model)
+            if parent is not None:
+                _session_store.move(connection, session_id, user, parent, model)
         return message, parent is None
 
     def _session_view(

@@ -128,12 +128,12 @@ class TrimmerSession:
         popped = self.trimmer._session_pop(self.session_id, self.user, self.model)
         if popped is None:
             return None
-        message, emptied = popped
+        message, only = popped
+        if only:  # the session empties: what it stored would be out of any erasure's reach
+            self.trimmer.forget(self.user, self.session_id)
         items = chat_to_items([message])
         if len(items) > 1:
             self._add(items[:-1])
-        elif emptied:  # nothing left to correct: what it stored would be out of reach
-            self.trimmer.forget(self.user, self.session_id)
         return items[-1] if items else None
 
 
