@@ -25,13 +25,13 @@ import hashlib
 import json
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
-from . import _recall_index
+from . import _recall_index, _session_store
 from ._compress import VERSION as COMPRESSION_VERSION
 from ._db import Database
 from ._exceptions import ConfigurationError
@@ -59,6 +59,7 @@ class Erasure:
     compressions: int = 0
     leases: int = 0
     quota_windows: int = 0
+    sessions: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -70,6 +71,8 @@ class _Target:
     heads: set[str]
     users: set[str | None]
     conversations: set[tuple[str | None, str]]
+    sessions: set[tuple[str, str]] = field(default_factory=set)
+    """(owner, session_id) of the agent sessions erased."""
 
 
 def _chunks(items: Sequence[Any]) -> Iterator[Sequence[Any]]:
@@ -110,7 +113,10 @@ def forget(
     with db.writing() as connection:
         _secure(connection)
         target = _target(connection, conditions)
+        sessions = _with_sessions(connection, target, conversation_id, user, tenant)
         erasure = _erase(connection, target, compression_keys)
+        erasure.conversations = len(target.conversations)
+        erasure.sessions = _session_store.drop(connection, sessions)
         if conversation_id is None and (user is not None or tenant is not None):
             owner = (
                 WINDOWS.c.user == user if tenant is None else tenant_users(WINDOWS.c.user, tenant)
@@ -169,7 +175,7 @@ def _erase(
     connection: Connection, target: _Target, compression_keys: Callable[[str], Iterable[str]]
 ) -> Erasure:
     erasure = Erasure(conversations=len(target.conversations))
-    if not target.ids:
+    if not target.ids and not target.heads:
         return erasure
     candidates = _ancestors(connection, target.heads)
     kept = _kept_ancestors(connection, target, candidates)
@@ -224,8 +230,41 @@ def _ancestors(connection: Connection, heads: Iterable[str]) -> set[str]:
     return found
 
 
+def _with_sessions(
+    connection: Connection,
+    target: _Target,
+    session_id: str | None,
+    user: str | None,
+    tenant: str | None = None,
+) -> list[Any]:
+    """Add the agent sessions named to ``target`` (their paths, and every message below
+    them: what ``pop_item`` left, a run that never saved); their rows. With ``tenant``:
+    the sessions of the tenant and of each of its end users."""
+    sessions = _session_store.heads(connection, session_id, user, tenant)
+    heads = {row.head_hash for row in sessions if row.head_hash is not None}
+    if heads:
+        target.heads.update(heads, _descendants(connection, _ancestors(connection, heads)))
+    target.conversations.update((row.owner or None, row.session_id) for row in sessions)
+    target.users.update(row.owner or None for row in sessions)
+    target.sessions.update((row.owner, row.session_id) for row in sessions)
+    return sessions
+
+
+def _descendants(connection: Connection, roots: set[str]) -> set[str]:
+    """Every stored message below ``roots`` (their children, and theirs...)."""
+    found: set[str] = set()
+    m = MESSAGES.c
+    for chunk in _chunks(sorted(roots)):
+        down = select(m.hash).where(m.parent_hash.in_(chunk)).cte("down", recursive=True)
+        child = MESSAGES.alias("child")
+        down = down.union(select(child.c.hash).where(child.c.parent_hash == down.c.hash))
+        found.update(connection.execute(select(down.c.hash)).scalars())
+    return found
+
+
 def _kept_ancestors(connection: Connection, target: _Target, candidates: set[str]) -> set[str]:
-    """The candidates that a request outside the target still uses (same user root)."""
+    """The candidates that a request or an agent session outside the target still uses
+    (same user root)."""
     r = REQUESTS.c
     heads: set[str] = set()
     for owner in target.users:
@@ -233,6 +272,11 @@ def _kept_ancestors(connection: Connection, target: _Target, candidates: set[str
             connection.execute(
                 select(r.head_hash).where(_user_is(r.user, owner), r.id.not_in(target.ids))
             ).scalars()
+        )
+        heads.update(
+            row.head_hash
+            for row in _session_store.heads(connection, None, owner)
+            if row.head_hash is not None and (row.owner, row.session_id) not in target.sessions
         )
     return _ancestors(connection, heads) & candidates if heads else set()
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from . import _session_store
 from ._db import Database, as_utc
 from ._exceptions import ConfigurationError
 from ._history import MESSAGES
@@ -47,14 +48,29 @@ def export(
         latest: dict[tuple[str | None, str], list[Any]] = {}
         for row in rows:
             latest.setdefault((row.user, row.conversation_id), []).append(row)
+        # An agent session's history is its head's path (requests sent for it through a
+        # wrapped client hold the trimmed views it handed out).
+        sessions = {
+            (row.owner or None, row.session_id): row.head_hash
+            for row in _session_store.heads(connection, conversation_id, user)
+        }
+        for key in sessions.keys() - latest.keys():
+            latest[key] = []
         for (owner, conversation), requests in latest.items():
-            yield _conversation(connection, owner, conversation, requests)
+            head = sessions.get((owner, conversation)) or (
+                requests[-1].head_hash if requests else None
+            )
+            yield _conversation(connection, owner, conversation, requests, head)
 
 
 def _conversation(
-    connection: Connection, user: str | None, conversation: str, requests: list[Any]
+    connection: Connection,
+    user: str | None,
+    conversation: str,
+    requests: list[Any],
+    head: str | None,
 ) -> dict[str, Any]:
-    path = _path_rows(connection, requests[-1].head_hash)
+    path = [] if head is None else _path_rows(connection, head)
     hashes = [row.hash for row in path]
     summary = _current_summary(connection, hashes)
     return {
@@ -64,9 +80,13 @@ def _conversation(
         "timestamps": [as_utc(row.created_at).isoformat() for row in path],
         "summary": summary,
         "requests": len(requests),
-        "first_request_at": as_utc(requests[0].created_at).isoformat(),
-        "last_request_at": as_utc(requests[-1].created_at).isoformat(),
+        "first_request_at": _time(requests[0].created_at) if requests else None,
+        "last_request_at": _time(requests[-1].created_at) if requests else None,
     }
+
+
+def _time(value: Any) -> str:
+    return as_utc(value).isoformat()
 
 
 def _path_rows(connection: Connection, head: str) -> list[Any]:

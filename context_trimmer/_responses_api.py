@@ -18,7 +18,9 @@ message's canonical JSON), so whatever prepare() sends verbatim goes back as the
 same items (ids, statuses, annotations, reasoning); only what prepare() wrote itself
 (the summary, a compressed system prompt) is converted from its chat form.
 :func:`untrimmable` says why a request cannot be converted: server-side state
-(``previous_response_id``, ``conversation``) or an item the conversion does not know.
+(``previous_response_id``, ``conversation``), OpenAI's server-side compaction
+(``context_management``), or an item the conversion does not know (a ``compaction``
+item among them: opaque and encrypted, it is never dropped, reordered or summarized).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def untrimmable(body: Mapping[str, Any]) -> str | None:
     for state in ("previous_response_id", "conversation"):
         if body.get(state) is not None:
             return f"it uses server-side state ({state}): the history is not in the request"
+    if body.get("context_management"):
+        return "it asks for OpenAI's server-side compaction (context_management)"
     if body.get("instructions") is not None and not isinstance(body["instructions"], str):
         return "its instructions are not a string"
     given = body.get("input")
@@ -306,3 +310,9 @@ class ResponsesStreamSummary(StreamSummary):
         if self.usage is not None:
             return usage_view({"model": self.model, "usage": self.usage})
         return {"model": self.model, "choices": [{"message": {"content": "".join(self.parts)}}]}
+
+
+def chat_to_items(messages: Sequence[Mapping[str, Any]]) -> list[Item]:
+    """Chat messages as Responses input items (a stored history read back: message items,
+    function calls and their outputs; reasoning items were never stored)."""
+    return [item for message in messages for item in _items_of(message)]

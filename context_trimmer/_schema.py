@@ -12,6 +12,7 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 - ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
   API's reported usage when the response is recorded; each request's prompt-cache
   figures are stored by the first report that computes them.
+- ``ct_sessions``: the head of each Agents SDK session (``integrations.agents``).
 - ``ct_message_search``: the full-text index recall searches (an FTS5 table on SQLite,
   a tsvector table on PostgreSQL); made by migration 0006 in SQL, not modelled here
   (see ``_recall_index``).
@@ -279,3 +280,16 @@ class OwnedObject(Base):
     tenant: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionHead(Base):
+    """An Agents SDK session's newest stored message (``integrations.agents``): the
+    session's history is the path ending there (None: emptied by ``pop_item``)."""
+
+    __tablename__ = "ct_sessions"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    head_hash: Mapped[str | None] = mapped_column(HASH)
+    model: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import _erasure
+from . import _erasure, _session_store
 from ._arguments import check_arguments, check_reply_cap, refuse_oversized_turn
 from ._background import Background
 from ._db import Database
@@ -39,6 +39,7 @@ from ._path import (
     StoredPath,
     build_path,
     deepest_summary,
+    load_bodies,
     load_conversation,
     start_of,
     token_rows,
@@ -385,7 +386,7 @@ class Trimmer:
             counter = self._counters[model] = TokenCounter(self.models.get(model))
         return counter
 
-    def _plan(self, connection: Connection, path: StoredPath) -> Plan:
+    def _plan(self, connection: Connection, path: StoredPath, recalling: bool = True) -> Plan:
         summary = deepest_summary(connection, self._summaries, path)
         compressing = self._system_prompts.active
         rows = token_rows(connection, path, rows_needed(path, start_of(summary), compressing))
@@ -395,8 +396,69 @@ class Trimmer:
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
         plan = plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        if not recalling:
+            return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
         return with_recall(path, plan, recall(connection, path, summary, budget))
+
+    # -- agent sessions (integrations.agents) ---------------------------------------------
+
+    def _session_history(self, session_id: str, user: str | None) -> list[dict[str, Any]]:
+        """Every stored message of the session, oldest first."""
+        with self._db.reading() as connection:
+            head = _session_store.head(connection, session_id, user)
+            return [] if head is None else [dict(m) for m in load_bodies(connection, head)]
+
+    def _session_save(
+        self, session_id: str, user: str | None, model: str, messages: Sequence[Message]
+    ) -> None:
+        """Store ``messages`` (the session's whole history) and make their last the head."""
+        if not messages:
+            with self._db.writing() as connection:
+                _session_store.move(connection, session_id, user, None, model)
+            return
+        path = self._path(messages, model, user, session_id)
+        with self._db.writing() as connection:
+            stored = store_path(connection, path)
+            _session_store.move(connection, session_id, user, stored.hashes[-1], model)
+
+    def _session_pop(
+        self, session_id: str, user: str | None, model: str
+    ) -> tuple[Message, bool] | None:
+        """Move the session's head back one message; the message it left, and whether
+        that was the session's only one (then the head stays, for the caller to erase)."""
+        with self._db.writing() as connection:
+            head = _session_store.head(connection, session_id, user)
+            if head is None:
+                return None
+            message = load_bodies(connection, head)[-1]
+            parent = _session_store.parent(connection, head)
+            if parent is not None:
+                _session_store.move(connection, session_id, user, parent, model)
+        return message, parent is None
+
+    def _session_view(
+        self,
+        messages: Sequence[Message],
+        *,
+        model: str,
+        user: str | None,
+        conversation_id: str,
+        recalling: bool,
+    ) -> list[dict[str, Any]]:
+        """What prepare() would send for ``messages`` (summary, recall when
+        ``recalling``, window), with the same folds, but no ledger row: nothing is sent."""
+        path = self._path(messages, model, user, conversation_id)
+        with self._db.writing() as connection:
+            stored = store_path(connection, path)
+            plan = self._plan(connection, stored, recalling)
+        if over_limit(stored, plan.prompt_tokens, self.options):
+            self._folder.fold_to_fit(stored, lambda: self._fits(stored))
+            with self._db.reading() as connection:
+                plan = self._plan(connection, stored, recalling)
+        if fold_due(stored, plan.start, plan.tail_tokens, self.options):
+            self._folder.schedule(stored, plan.start)
+        return [dict(m) for m in plan.messages]
 
     def _fits(self, path: StoredPath) -> bool:
         with self._db.reading() as connection:

@@ -141,8 +141,13 @@ def _call_of(client: Any, path: str, kwargs: Mapping[str, Any]) -> Call | None:
         return None
     if getattr(client, "_context_trimmer", None) is None:
         return None
-    headers = (kwargs.get("options") or {}).get("headers")
+    options = kwargs.get("options") or {}
+    headers = options.get("headers")
     call = make(body, headers)
+    extra = options.get("extra_json")  # extra_body=: sent too, so it may forbid trimming
+    if not isinstance(call, str) and isinstance(extra, Mapping) and extra:
+        merged = make({**body, **extra}, headers)
+        call = merged if isinstance(merged, str) else call
     if isinstance(call, str):
         _log_once(f"context-trimmer: POST {path} passes through untrimmed: {call}")
         return None

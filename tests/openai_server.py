@@ -53,6 +53,7 @@ class Reply:
     break_after: int | None = None  # a stream cut off (connection dropped) after N events
     event_delay: float = 0.0  # a stream written one event at a time, this far apart
     raw_cut: int | None = None  # with raw: only its first N bytes sent, then the connection dropped
+    calls: list[tuple[str, str]] | None = None  # Responses: function calls (name, arguments)
 
 
 @dataclass
@@ -207,12 +208,29 @@ def response_body(
         "created_at": int(time.time()),
         "status": status,
         "model": reply.model or model,
-        "output": [] if status != "completed" else [_output_message(reply.content or "")],
+        "output": [] if status != "completed" else _output(reply),
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],
         "usage": None if status != "completed" else responses_usage(reply),
     }
+
+
+def _output(reply: Reply) -> list[dict[str, Any]]:
+    """The output items: the reply's function calls, else its message."""
+    if reply.calls:
+        return [
+            {
+                "type": "function_call",
+                "id": f"fc_{i}",
+                "call_id": f"call_{i}_{int(time.time() * 1e6)}",
+                "name": name,
+                "arguments": arguments,
+                "status": "completed",
+            }
+            for i, (name, arguments) in enumerate(reply.calls)
+        ]
+    return [_output_message(reply.content or "")]
 
 
 def _output_message(text: str) -> dict[str, Any]:

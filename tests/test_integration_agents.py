@@ -8,12 +8,18 @@ The Agents SDK needs openai>=3, so it is the ``agents`` extra, not a test depend
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-from example_loader import load_example
+from example_loader import EXAMPLES, load_example
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
 from test_wrap_client import HISTORY, history
@@ -93,3 +99,62 @@ async def test_the_example_runs(
     answer = await example.ask(trimmer, past, "Which day had the fish?", "trip-3")
     assert answer == "Day 3 had the fish"
     assert len(server.requests[-1]["input"]) < 15
+
+
+class ProxyWatch:
+    """A listener standing in for an HTTPS proxy: whatever connects to it (the SDK's
+    trace exporter heading for api.openai.com, through ``HTTPS_PROXY``) is counted
+    and cut off."""
+
+    def __init__(self) -> None:
+        self.socket = socket.create_server(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.connections = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.socket.close()
+
+
+def test_the_example_as_written_takes_no_tracing_detour(server: FakeOpenAI, tmp_path: Path) -> None:
+    watch = ProxyWatch()
+    proxy = {name: watch.url for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY")}
+    env = {
+        **os.environ,
+        **proxy,
+        "NO_PROXY": "127.0.0.1,localhost",
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "k",
+        "CONTEXT_TRIMMER_DB": f"sqlite:///{tmp_path / 'store.db'}",
+    }
+    try:
+        done = subprocess.run(
+            [sys.executable, str(EXAMPLES / "agents_sdk.py")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        watch.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "Day 3 had the fish"
+    assert watch.connections == 0, "the example sent traces towards api.openai.com"
+    assert server.requests[-1]["input"][-1]["content"] == "Where should I eat in Lisbon tonight?"
