@@ -13,9 +13,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Completion:
+    """An answer's text, what it cost, and why it stopped (``"length"``: cut by
+    ``max_tokens``)."""
+
     text: str
     tokens_in: int = 0
     tokens_out: int = 0
+    finish_reason: str | None = None
 
 
 class ChatModel:
@@ -65,6 +69,7 @@ class ChatModel:
             (choices[0].message.content if choices else None) or "",
             getattr(usage, "prompt_tokens", 0) or 0,
             getattr(usage, "completion_tokens", 0) or 0,
+            getattr(choices[0], "finish_reason", None) if choices else None,
         )
 
     def close(self) -> None:
