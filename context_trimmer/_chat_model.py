@@ -56,10 +56,14 @@ class ChatModel:
             )
         return self._client
 
-    def complete(self, system: str, user: str, max_tokens: int) -> Completion:
+    def complete(self, system: str | None, user: str, max_tokens: int) -> Completion:
+        """One call: ``system`` (None: none; the instructions are then in ``user``)."""
+        messages = [{"role": "user", "content": user}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
         response = self.client.chat.completions.create(
             model=self.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            messages=messages,
             max_tokens=max_tokens,
             temperature=0,
         )

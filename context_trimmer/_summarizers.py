@@ -237,7 +237,7 @@ def formatted(text: str, tokens_in: int = 0, tokens_out: int = 0) -> str:
     problem = ""
     if not body:
         problem = "nothing but a preamble"
-    elif any(_PROMPT_ECHO.match(line) for line in body):
+    elif any(_PROMPT_ECHO.match(line) or _instruction(line) for line in body):
         problem = "it repeats the prompt"
     elif sum(bool(_TRANSCRIPT_LINE.match(line)) for line in body) * 2 > len(body):
         problem = "it copies the transcript"
@@ -248,6 +248,12 @@ def formatted(text: str, tokens_in: int = 0, tokens_out: int = 0) -> str:
             tokens_out=tokens_out,
         )
     return "\n".join(lines).strip()
+
+
+def _instruction(line: str) -> bool:
+    """Whether ``line`` is a sentence of the instructions, copied (as small models do)."""
+    text = line.strip()
+    return len(text) >= 30 and text in SYSTEM_PROMPT
 
 
 def whole_sentences(text: str, tokens_in: int, tokens_out: int) -> str:
@@ -360,9 +366,7 @@ class OpenAISummarizer:
         import openai
 
         try:
-            answer = self.chat.complete(
-                SYSTEM_PROMPT, user_prompt(request), max_tokens_for(request.budget)
-            )
+            answer = self.chat.complete(None, user_prompt(request), max_tokens_for(request.budget))
         except openai.OpenAIError as error:
             raise SummarizerError(f"{self.name} failed: {type(error).__name__}: {error}") from error
         text = formatted(answer.text, answer.tokens_in, answer.tokens_out)
@@ -373,10 +377,7 @@ class OpenAISummarizer:
         """The Chat Completions body :meth:`summarize` sends (for the Batch API)."""
         return {
             "model": self.chat.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_prompt(request)},
-            ],
+            "messages": [{"role": "user", "content": user_prompt(request)}],
             "max_tokens": max_tokens_for(request.budget),
             "temperature": 0,
         }
@@ -393,9 +394,12 @@ def max_tokens_for(budget: int) -> int:
 
 
 def user_prompt(request: SummaryRequest) -> str:
-    """The user message of a summary call: the current summary, the new messages, and
-    the length (in words, which models follow better than tokens)."""
+    """The one message of a summary call: the instructions, the current summary, the
+    new messages, and the length (in words, which models follow better than tokens).
+    The instructions are not a system message: some chat templates have no system role
+    and drop it (Gemma's, as llama.cpp serves it), and the model would never see them."""
     return (
+        f"{SYSTEM_PROMPT}\n\n"
         f"Current summary:\n{request.previous or '(none yet)'}\n\n"
         f"New messages:\n{request.transcript}\n\n"
         f"Write the updated summary in at most {words_for(request.budget)} words."

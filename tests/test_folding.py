@@ -404,7 +404,7 @@ def summary_calls(server: FakeOpenAI) -> list[dict[str, str]]:
     return [
         headers
         for body, headers in zip(server.requests, server.headers, strict=True)
-        if body["messages"][0]["content"] == SYSTEM_PROMPT
+        if body["messages"][0]["content"].startswith(SYSTEM_PROMPT)
     ]
 
 

@@ -52,7 +52,7 @@ def short_turn(turn: int) -> str:
 
 def is_summary_call(body: dict[str, Any]) -> bool:
     messages = body.get("messages") or []
-    return bool(messages) and messages[0].get("content") == SYSTEM_PROMPT
+    return bool(messages) and str(messages[0].get("content")).startswith(SYSTEM_PROMPT)
 
 
 def verbose_summary(body: dict[str, Any]) -> str:
