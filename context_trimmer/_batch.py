@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ from ._summarizers import (
     OpenAISummarizer,
     SummaryRequest,
     SummaryResult,
-    checked_summary,
+    accepted,
     fold,
-    within_budget,
+    formatted,
 )
 from ._summary_store import Summaries
 from ._tokens import counter_for
@@ -256,9 +256,14 @@ def _answer(record: Mapping[str, Any]) -> SummaryResult | SummarizerError:
         problem = record.get("error") or body.get("error") or response.get("status_code")
         return SummarizerError(f"the batch answered with an error: {problem}")
     try:
-        text = body["choices"][0]["message"]["content"] or ""
+        choice = body["choices"][0]
         usage = body.get("usage") or {}
-        return SummaryResult(text, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+        return SummaryResult(
+            choice["message"]["content"] or "",
+            usage.get("prompt_tokens", 0),
+            usage.get("completion_tokens", 0),
+            choice.get("finish_reason") == "length",
+        )
     except (KeyError, IndexError, TypeError) as error:
         return SummarizerError(f"the batch answer is not a chat completion ({error!r})")
 
@@ -278,8 +283,8 @@ def _store(
     try:
         if isinstance(answer, SummarizerError):
             raise answer
-        text = checked_summary(answer, answer.tokens_in, answer.tokens_out)
-        text = within_budget(text, request, answer.tokens_in, answer.tokens_out)
+        spent = answer.tokens_in, answer.tokens_out
+        text = accepted(replace(answer, text=formatted(answer.text, *spent)), request, *spent)
         values = {"text": text, "summarizer": f"{name} (batch)", "tokens_in": answer.tokens_in}
         values.update(prompt_version=job["prompt_version"], tokens_out=answer.tokens_out)
         result.stored += summaries.add({**row, **values}) is not None

@@ -64,9 +64,26 @@ class Call:
     def stream(self) -> bool:
         return bool(self.body.get("stream"))
 
+    @property
+    def hides_usage(self) -> bool:
+        """Whether the usage chunk is asked for on the caller's behalf and hidden from
+        it: a chat stream whose caller did not ask for ``stream_options.include_usage``,
+        read by the wrapper or relayed by the gateway (a raw response is the caller's
+        to read, untouched). A Responses stream always ends with its usage."""
+        if not self.stream or self.view is not None or self.raw_mode not in (None, RELAY):
+            return False
+        options = self.body.get("stream_options")
+        return not (isinstance(options, Mapping) and options.get("include_usage"))
+
     def body_for(self, prepared: Prepared, model: str, models: ModelTable) -> dict[str, Any]:
-        """The body to send to ``model``: the prepared messages and the reply cap."""
-        return self.body_with(prepared.messages, prepared.max_tokens, model, models)
+        """The body to send to ``model``: the prepared messages and the reply cap (and,
+        for a stream that :attr:`hides_usage`, the usage asked for, to record it)."""
+        body = self.body_with(prepared.messages, prepared.max_tokens, model, models)
+        if self.hides_usage:
+            options = self.body.get("stream_options")
+            given = dict(options) if isinstance(options, Mapping) else {}
+            body["stream_options"] = {**given, "include_usage": True}
+        return body
 
     def body_with(
         self, messages: Sequence[Mapping[str, Any]], cap: int, model: str, models: ModelTable

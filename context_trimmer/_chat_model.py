@@ -13,9 +13,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Completion:
+    """An answer's text, what it cost, and why it stopped (``"length"``: cut by
+    ``max_tokens``)."""
+
     text: str
     tokens_in: int = 0
     tokens_out: int = 0
+    finish_reason: str | None = None
 
 
 class ChatModel:
@@ -52,10 +56,14 @@ class ChatModel:
             )
         return self._client
 
-    def complete(self, system: str, user: str, max_tokens: int) -> Completion:
+    def complete(self, system: str | None, user: str, max_tokens: int) -> Completion:
+        """One call: ``system`` (None: none; the instructions are then in ``user``)."""
+        messages = [{"role": "user", "content": user}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
         response = self.client.chat.completions.create(
             model=self.model,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+            messages=messages,
             max_tokens=max_tokens,
             temperature=0,
         )
@@ -65,6 +73,7 @@ class ChatModel:
             (choices[0].message.content if choices else None) or "",
             getattr(usage, "prompt_tokens", 0) or 0,
             getattr(usage, "completion_tokens", 0) or 0,
+            getattr(choices[0], "finish_reason", None) if choices else None,
         )
 
     def close(self) -> None:

@@ -25,7 +25,6 @@ One failure policy for every fold, background or synchronous:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -47,7 +46,15 @@ from ._inline import refuse
 from ._leases import Leases
 from ._options import TrimmerOptions
 from ._path import StoredPath, deepest_summary, start_of, token_rows
-from ._plan import SUMMARY_HEADER, reply_cap
+from ._plan import (
+    MIN_COMPRESSION,
+    MIN_SUMMARY_TOKENS,
+    SUMMARY_FLOOR,
+    SUMMARY_HEADER,
+    reply_cap,
+    summary_budget,
+    worth_a_summary,
+)
 from ._prepared import FoldResult
 from ._summarizers import (
     OpenAISummarizer,
@@ -62,7 +69,6 @@ from ._tokens import REPLY_PRIMING
 from ._window import CONTROL_ROLES, control_indexes, tail_start
 
 log = logging.getLogger("context_trimmer")
-MIN_SUMMARY_TOKENS = 16
 T = TypeVar("T")
 
 
@@ -146,6 +152,19 @@ def failure_row(row: Mapping[str, Any], summarizer: str, error: SummarizerError)
         "tokens_in": error.tokens_in,
         "tokens_out": error.tokens_out,
     }
+
+
+@dataclass(frozen=True)
+class Span:
+    """The token figures of a fold of ``[start, cut)``, from stored counts: ``history``
+    (every message before the cut but system/developer ones: what ``summary_share``
+    applies to), ``folded`` (the conversational messages folded), ``control`` (the
+    system/developer messages before the cut) and ``before_tail`` (all before the cut)."""
+
+    history: int
+    folded: int
+    control: int
+    before_tail: int
 
 
 def within_deadline(work: Callable[[], T], seconds: float, what: str) -> T:
@@ -252,30 +271,70 @@ class Folder:
             raise
 
     def plan(
-        self, path: StoredPath, *, keep_last: int, prompt_limit: int | None = None
+        self,
+        path: StoredPath,
+        *,
+        keep_last: int,
+        prompt_limit: int | None = None,
+        eager: bool = False,
     ) -> FoldPlan | str:
-        """The fold of everything before the tail, or why there is none."""
+        """The fold of everything before the tail, or why there is none. Unless
+        ``eager`` (or a ``prompt_limit`` must be met), a model's fold waits until it
+        is worth its floor budget (:func:`~._plan.worth_a_summary`)."""
         with self._db.reading() as connection:
             summary = deepest_summary(connection, self._summaries, path)
             start = start_of(summary)
-            cut = tail_start(
-                path.messages,
-                start,
-                keep_last,
-                keep_tokens=self._options.keep_tokens,
-                tokens_of=lambda i: path.counter.message(path.messages[i]),
-            )
+            cut = self._cut(path, start, keep_last)
             evicted = [m for m in path.messages[start:cut] if m["role"] not in CONTROL_ROLES]
             if not evicted or path.anchor_hash is None:
                 return "nothing to fold"
-            budget = self._summary_budget(connection, path, cut, prompt_limit)
+            span = self._span(connection, path, start, cut)
+        if not eager and prompt_limit is None:
+            reason = self._too_small(path, summary, span)
+            if reason:
+                return reason
         request = SummaryRequest(
             previous=summary.text if summary else None,
             transcript=render_transcript(evicted),
-            budget=budget,
+            budget=self._summary_budget(path, span, prompt_limit),
             count_tokens=path.counter.text,
         )
         return FoldPlan(path, summary, start, cut, len(evicted), request)
+
+    def waits(
+        self, connection: Connection, path: StoredPath, summary: StoredSummary | None
+    ) -> bool:
+        """Whether a due fold of ``path`` (whose deepest summary is ``summary``) waits
+        for more turns, its summary not yet worth a model call (never for the local
+        summarizer)."""
+        if self.local:
+            return False
+        start = start_of(summary)
+        cut = self._cut(path, start, self._options.keep_last)
+        if cut <= start:
+            return False
+        return bool(self._too_small(path, summary, self._span(connection, path, start, cut)))
+
+    def _cut(self, path: StoredPath, start: int, keep_last: int) -> int:
+        return tail_start(
+            path.messages,
+            start,
+            keep_last,
+            keep_tokens=self._options.keep_tokens,
+            tokens_of=lambda i: path.counter.message(path.messages[i]),
+        )
+
+    def _too_small(self, path: StoredPath, summary: StoredSummary | None, span: Span) -> str:
+        """Why a model's fold of ``span`` waits ('' if it does not)."""
+        if self.local:
+            return ""
+        replacing = span.folded + (path.counter.text(summary.text) if summary else 0)
+        if worth_a_summary(span.history, replacing, self._options, self.floor):
+            return ""
+        return (
+            f"too little to summarize yet ({replacing} tokens for a summary of "
+            f"{self.floor}; a fold waits until it compresses {MIN_COMPRESSION}x)"
+        )
 
     def fold(
         self,
@@ -285,6 +344,7 @@ class Folder:
         prompt_limit: int | None = None,
         deadline: float | None = None,
         owner: str | None = None,
+        eager: bool = False,
     ) -> FoldResult:
         """Fold everything before the tail into a new summary, under a lease.
 
@@ -292,9 +352,10 @@ class Folder:
         summary's budget so the request fits under ``prompt_limit``; if a background
         fold holds the lease it folds locally instead of waiting for it. ``owner``
         names the lease's holder (a queued job's, so that its lease can be dropped when
-        its worker dies; see ``_queue``); else a fresh one.
+        its worker dies; see ``_queue``); else a fresh one. ``eager``: fold even a span
+        too small for a model's summary to be worth it.
         """
-        plan = self.plan(path, keep_last=keep_last, prompt_limit=prompt_limit)
+        plan = self.plan(path, keep_last=keep_last, prompt_limit=prompt_limit, eager=eager)
         if isinstance(plan, str):
             return FoldResult(reason=plan)
         owner = owner or uuid.uuid4().hex
@@ -319,24 +380,31 @@ class Folder:
             return [self.summarizer, self.fallback]
         return [self.fallback]
 
-    def _summary_budget(
-        self, connection: Connection, path: StoredPath, cut: int, prompt_limit: int | None
-    ) -> int:
-        """``summary_tokens``, or ``summary_share`` of the history before ``cut`` (not
-        its control messages), shrunk to fit ``prompt_limit``; from stored counts."""
-        control = control_indexes(path.messages, 0, cut)
-        rows = token_rows(connection, path, [cut - 1, *control])
+    @property
+    def floor(self) -> int:
+        """The smallest budget of a summary (the local summarizer's is not a model call)."""
+        return MIN_SUMMARY_TOKENS if self.local else SUMMARY_FLOOR
+
+    def _span(self, connection: Connection, path: StoredPath, start: int, cut: int) -> Span:
+        """The token figures of a fold of ``[start, cut)``, from stored counts."""
+        control = control_indexes(path.messages, 0, cut, path.controls)
+        rows = token_rows(connection, path, [cut - 1, *control, *([start - 1] if start else [])])
         before_tail = rows[cut - 1][1]
         control_tokens = sum(rows[i][0] for i in control)
-        budget = self._options.summary_tokens
-        if self._options.summary_share is not None:
-            share = math.ceil(self._options.summary_share * (before_tail - control_tokens))
-            budget = max(MIN_SUMMARY_TOKENS, min(budget, share))
+        before_start = rows[start - 1][1] if start else 0
+        folded_control = sum(rows[i][0] for i in control if i >= start)
+        folded = before_tail - before_start - folded_control
+        return Span(before_tail - control_tokens, folded, control_tokens, before_tail)
+
+    def _summary_budget(self, path: StoredPath, span: Span, prompt_limit: int | None) -> int:
+        """The summary's budget (:func:`~._plan.summary_budget`), shrunk to fit
+        ``prompt_limit``."""
+        budget = summary_budget(span.history, self._options, self.floor)
         if prompt_limit is None:
             return budget
         header = path.counter.message({"role": "system", "content": SUMMARY_HEADER})
-        tail = path.total_tokens - before_tail
-        fixed = control_tokens + tail + header + REPLY_PRIMING
+        tail = path.total_tokens - span.before_tail
+        fixed = span.control + tail + header + REPLY_PRIMING
         return max(MIN_SUMMARY_TOKENS, min(budget, prompt_limit - fixed))
 
     def _summarize(

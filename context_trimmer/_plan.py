@@ -9,6 +9,7 @@ the limits: the reply cap, the hard prompt limit, and when a fold is due.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,6 +24,14 @@ from ._window import assemble, control_indexes, conversational_count
 
 Message = Mapping[str, Any]
 SUMMARY_HEADER = "Summary of the earlier conversation:\n"
+MIN_SUMMARY_TOKENS = 16
+"""The smallest budget a summary ever gets (a fold to fit a hard limit may shrink it)."""
+SUMMARY_FLOOR = 200
+"""The smallest budget of a summary written by a model (about 150 words; never above
+``summary_tokens``): docs/summaries.md says how it was chosen."""
+MIN_COMPRESSION = 2
+"""A summary the floor raised is written only once what it replaces (the current
+summary and the turns folded) is at least this many times its budget."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,30 @@ def check_fits(path: StoredPath, prompt_tokens: int, options: TrimmerOptions) ->
             prompt_tokens=prompt_tokens,
             limit=limit,
         )
+
+
+def summary_budget(replaced: int, options: TrimmerOptions, floor: int) -> int:
+    """The budget of a summary replacing ``replaced`` tokens of history (less its
+    system/developer messages): ``summary_share`` of them, at least ``floor``, at most
+    ``summary_tokens`` (``summary_tokens`` itself without a share)."""
+    if options.summary_share is None:
+        return options.summary_tokens
+    share = math.ceil(options.summary_share * replaced)
+    return min(options.summary_tokens, max(floor, share))
+
+
+def worth_a_summary(replaced: int, replacing: int, options: TrimmerOptions, floor: int) -> bool:
+    """Whether the summary of a fold is worth writing now: its budget is the share of
+    the ``replaced`` history (or ``summary_tokens``), or else the ``floor`` raised it
+    and the fold waits until what it replaces (``replacing``: the current summary and
+    the turns folded) is ``MIN_COMPRESSION`` times that budget. So a short chat folds
+    less often, into summaries large enough to hold its facts; a long one (whose share
+    is over the floor) folds as before."""
+    if options.summary_share is None or options.summary_tokens < floor:
+        return True
+    if math.ceil(options.summary_share * replaced) >= floor:
+        return True
+    return replacing >= MIN_COMPRESSION * floor
 
 
 def fold_due(path: StoredPath, start: int, tail_tokens: int, options: TrimmerOptions) -> bool:

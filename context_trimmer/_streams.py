@@ -4,7 +4,12 @@ reported it; else estimated from the text so far, and marked so) go to ``finish`
 with how it ended: ``"ok"`` (read to the end), ``"stream_closed"`` (closed by the
 caller before the end), ``"stream_error"`` (the upstream failed mid-stream) or
 ``"stream_abandoned"`` (dropped unfinished and garbage-collected; recorded on a
-thread of its own). Either way the attempt is recorded and the quota settled, once."""
+thread of its own). Either way the attempt is recorded and the quota settled, once.
+
+A chat stream whose caller did not ask for ``stream_options.include_usage`` is sent
+asking for it (``_calls.Call.hides_usage``), so it is recorded with the upstream's
+exact usage; its usage chunk (the last, with no choices) is read and not passed on, so
+the caller sees the stream it asked for."""
 
 from __future__ import annotations
 
@@ -48,6 +53,11 @@ class StreamSummary:
         return {"model": self.model, "choices": [{"message": {"content": "".join(self.parts)}}]}
 
 
+def usage_chunk(chunk: Any) -> bool:
+    """Whether ``chunk`` is a chat stream's usage chunk (usage, no choices)."""
+    return field_of(chunk, "usage") is not None and not field_of(chunk, "choices")
+
+
 Finish = Callable[[dict[str, Any], str], None]
 """Records a stream: its response-shaped summary and how it ended (runs blocking I/O)."""
 Offload = Callable[..., Awaitable[Any]]
@@ -65,26 +75,35 @@ def _abandoned(summary: StreamSummary | None, finish: Finish | None) -> None:
 class RecordedStream:
     """The SDK's stream, passed through chunk by chunk; recorded however it ends."""
 
-    def __init__(self, stream: Any, finish: Finish, summary: StreamSummary | None = None):
+    def __init__(
+        self,
+        stream: Any,
+        finish: Finish,
+        summary: StreamSummary | None = None,
+        hide_usage: bool = False,
+    ):
         self._stream = stream
         self._iterator = iter(stream)
         self._finish = finish
         self._summary = summary or StreamSummary()
+        self._hide_usage = hide_usage
 
     def __iter__(self) -> RecordedStream:
         return self
 
     def __next__(self) -> Any:
-        try:
-            chunk = next(self._iterator)
-        except StopIteration:
-            self._end("ok")
-            raise
-        except BaseException:
-            self._end("stream_error")
-            raise
-        self._summary.take(chunk)
-        return chunk
+        while True:
+            try:
+                chunk = next(self._iterator)
+            except StopIteration:
+                self._end("ok")
+                raise
+            except BaseException:
+                self._end("stream_error")
+                raise
+            self._summary.take(chunk)
+            if not (self._hide_usage and usage_chunk(chunk)):
+                return chunk
 
     def close(self) -> None:
         try:
@@ -119,27 +138,31 @@ class AsyncRecordedStream:
         finish: Finish,
         summary: StreamSummary | None = None,
         offload: Offload = asyncio.to_thread,
+        hide_usage: bool = False,
     ):
         self._stream = stream
         self._iterator = stream.__aiter__()
         self._finish = finish
         self._summary = summary or StreamSummary()
         self._offload = offload
+        self._hide_usage = hide_usage
 
     def __aiter__(self) -> AsyncRecordedStream:
         return self
 
     async def __anext__(self) -> Any:
-        try:
-            chunk = await self._iterator.__anext__()
-        except StopAsyncIteration:
-            await self._end("ok")
-            raise
-        except BaseException:
-            await self._end("stream_error")
-            raise
-        self._summary.take(chunk)
-        return chunk
+        while True:
+            try:
+                chunk = await self._iterator.__anext__()
+            except StopAsyncIteration:
+                await self._end("ok")
+                raise
+            except BaseException:
+                await self._end("stream_error")
+                raise
+            self._summary.take(chunk)
+            if not (self._hide_usage and usage_chunk(chunk)):
+                return chunk
 
     async def close(self) -> None:
         try:

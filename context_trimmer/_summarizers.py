@@ -16,6 +16,7 @@ the last sentence that fits, counted with the tokenizer.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,27 +26,54 @@ from ._breaker import CircuitBreaker
 from ._chat_model import ChatModel
 from ._exceptions import SummarizerError
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 
 SYSTEM_PROMPT = """\
-You maintain the running summary of a conversation between a user and an assistant. \
-You receive the current summary (possibly empty) and the messages that follow it. \
-Write the updated summary, which replaces both.
+You keep the memory of a long conversation between a user and an assistant. The \
+assistant will read your summary instead of the older messages. A search already brings \
+back old messages word for word when the user's newest message mentions them, so do \
+not copy passages or quotes: keep what such a search cannot find, the facts that hold \
+across the whole conversation.
 
-Keep, exactly as written: names of people, places, products and organisations; numbers, \
-amounts, dates and times; decisions made; commitments and promises (who will do what, \
-by when); open questions and unresolved requests; the user's stated preferences, \
-constraints and facts about themselves. Keep the order in which things happened. \
-Drop greetings, small talk and repetition. Never invent anything. Write terse bullet \
-points in the third person. Output only the summary."""
+Write these sections, in this order, each heading alone on its line followed by terse \
+bullet points starting with "- "; leave out a section with nothing in it:
+People: who is who: names, relationships, roles, where they live or work.
+Decisions: what was decided, agreed or finished, and by whom.
+Open tasks: requests not yet done, promises and follow-ups (who, what, by when).
+Preferences: likes, dislikes, constraints, what to avoid.
+Facts: dates (absolute dates when the messages give them), times, numbers, amounts, \
+places, names of things.
+
+Merge the current summary with the new messages: keep every fact that still holds, \
+update what changed, move finished tasks to Decisions. Copy names, numbers and dates \
+exactly. Never invent anything. Third person, no greeting, no preamble, no closing \
+remark: output only the summary."""
+
+WORDS_PER_TOKEN = 0.75
+"""English words per token (o200k and cl100k: about 1.3 tokens a word): the summary's
+budget in tokens is asked for as a length in words."""
+HEADROOM = 1.5
+"""``max_tokens`` of a summary call over its budget: models overshoot a length in words,
+and an answer over the budget is cut at a sentence end anyway (never mid-sentence)."""
 
 _ERROR_LIKE = re.compile(
     r"^\s*(error\b|i'?m sorry|i am sorry|sorry, i|i can(no|')t|as an ai\b|"
     r"rate limit|internal server error|\{\s*\"error\")",
     re.IGNORECASE,
 )
+_FENCE = re.compile(r"^\s*```")
+_PREAMBLE = re.compile(  # "Here is the updated summary:", "**Summary:**", "Sure!"
+    r"^\s*[*#_ ]*((here is|here are|here's|below is|sure|okay|certainly|of course|"
+    r"(the )?(updated |new |running |revised )?summary)\b[^\n]{0,80}:[*_ ]*"
+    r"|(sure|okay|ok|certainly|of course)[.!,]?)\s*$",
+    re.IGNORECASE,
+)
+_PROMPT_ECHO = re.compile(r"^\s*(current summary|new messages)\s*:", re.IGNORECASE)
+_TRANSCRIPT_LINE = re.compile(r"^\s*(user|assistant|system|tool)( \([^)]*\))?\s*:", re.IGNORECASE)
+_HEADING_ONLY = re.compile(r"^\s*(#+\s*[^\n]{1,40}|[*_]*[A-Z][\w ]{0,30}[*_]*:[*_]*)\s*$")
 # Where a summary may be cut: after a sentence's end, or at a line break.
 _SENTENCE_BOUNDARY = re.compile(r"(?<=[.!?;])\s+|\s*\n\s*")
+_ENDS_A_SENTENCE = re.compile(r"[.!?][\"')\]]*\s*$")
 # No cut beyond this many characters per token of budget is tried (tokens are shorter).
 _CHARS_PER_TOKEN_BOUND = 16
 
@@ -67,6 +95,9 @@ class SummaryResult:
     text: str
     tokens_in: int = 0
     tokens_out: int = 0
+    truncated: bool = False
+    """The model stopped at ``max_tokens`` (finish_reason ``"length"``): the text ends
+    mid-sentence."""
 
 
 class Summarizer(Protocol):
@@ -143,8 +174,7 @@ def fold(summarizer: Summarizer, request: SummaryRequest) -> SummaryResult:
             ) from error
         tokens_in += spent_in
         tokens_out += spent_out
-        text = checked_summary(result, tokens_in, tokens_out)
-        previous = within_budget(text, request, tokens_in, tokens_out)
+        previous = accepted(result, request, tokens_in, tokens_out)
     assert previous is not None
     return SummaryResult(previous, tokens_in, tokens_out)
 
@@ -165,6 +195,18 @@ def split_transcript(text: str, max_tokens: int, count: Callable[[str], int]) ->
     return splitter.split_text(text)
 
 
+def accepted(
+    result: SummaryResult, request: SummaryRequest, tokens_in: int, tokens_out: int
+) -> str:
+    """The summary to store from ``result``: checked, an answer cut by ``max_tokens``
+    ended at its last whole sentence, bounded to the budget; or SummarizerError (with
+    what was spent) when nothing usable is left."""
+    text = checked_summary(result, tokens_in, tokens_out)
+    if result.truncated:
+        text = whole_sentences(text, tokens_in, tokens_out)
+    return within_budget(text, request, tokens_in, tokens_out)
+
+
 def checked_summary(result: SummaryResult, tokens_in: int, tokens_out: int) -> str:
     """The summary text, or SummarizerError if it is empty or reads like an error."""
     text = result.text.strip() if isinstance(result.text, str) else ""
@@ -179,6 +221,59 @@ def checked_summary(result: SummaryResult, tokens_in: int, tokens_out: int) -> s
             tokens_out=tokens_out,
         )
     return text
+
+
+def formatted(text: str, tokens_in: int = 0, tokens_out: int = 0) -> str:
+    """A model's answer to :data:`SYSTEM_PROMPT` without a code fence or a preamble
+    line ("Here is the updated summary:"); SummarizerError if it is not a summary at
+    all: it repeats the prompt's own headings, or copies the transcript (most lines are
+    ``user:`` / ``assistant:``). An empty answer is left to :func:`checked_summary`."""
+    if not text.strip():
+        return ""
+    lines = [line.rstrip() for line in text.strip().splitlines()]
+    lines = [line for line in lines if not _FENCE.match(line)]
+    while lines and (not lines[0].strip() or _PREAMBLE.match(lines[0])):
+        lines.pop(0)
+    body = [line for line in lines if line.strip()]
+    problem = ""
+    if not body:
+        problem = "nothing but a preamble"
+    elif any(_PROMPT_ECHO.match(line) or _instruction(line) for line in body):
+        problem = "it repeats the prompt"
+    elif sum(bool(_TRANSCRIPT_LINE.match(line)) for line in body) * 2 > len(body):
+        problem = "it copies the transcript"
+    if problem:
+        raise SummarizerError(
+            f"the summarizer's answer is not a summary ({problem}): {text[:120]!r}",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+    return "\n".join(lines).strip()
+
+
+def _instruction(line: str) -> bool:
+    """Whether ``line`` is a sentence of the instructions, copied (as small models do)."""
+    text = line.strip()
+    return len(text) >= 30 and text in SYSTEM_PROMPT
+
+
+def whole_sentences(text: str, tokens_in: int, tokens_out: int) -> str:
+    """``text``, cut by ``max_tokens``, up to its last sentence end or line break (the
+    unfinished last sentence dropped, and a heading left without its bullets);
+    SummarizerError if no sentence was finished."""
+    ends = [match.start() for match in _SENTENCE_BOUNDARY.finditer(text) if match.start()]
+    if _ENDS_A_SENTENCE.search(text):  # cut right after a sentence's end
+        ends.append(len(text))
+    lines = text[: ends[-1]].rstrip().splitlines() if ends else []
+    while lines and (not lines[-1].strip() or _HEADING_ONLY.match(lines[-1])):
+        lines.pop()
+    if not lines:
+        raise SummarizerError(
+            "the summary was cut by max_tokens before its first sentence ended",
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+        )
+    return "\n".join(lines)
 
 
 def within_budget(text: str, request: SummaryRequest, tokens_in: int, tokens_out: int) -> str:
@@ -272,28 +367,41 @@ class OpenAISummarizer:
         import openai
 
         try:
-            answer = self.chat.complete(SYSTEM_PROMPT, user_prompt(request), request.budget)
+            answer = self.chat.complete(None, user_prompt(request), max_tokens_for(request.budget))
         except openai.OpenAIError as error:
             raise SummarizerError(f"{self.name} failed: {type(error).__name__}: {error}") from error
-        return SummaryResult(answer.text, answer.tokens_in, answer.tokens_out)
+        text = formatted(answer.text, answer.tokens_in, answer.tokens_out)
+        truncated = answer.finish_reason == "length"
+        return SummaryResult(text, answer.tokens_in, answer.tokens_out, truncated)
 
     def request_body(self, request: SummaryRequest) -> dict[str, Any]:
         """The Chat Completions body :meth:`summarize` sends (for the Batch API)."""
         return {
             "model": self.chat.model,
-            "messages": [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": user_prompt(request)},
-            ],
-            "max_tokens": request.budget,
+            "messages": [{"role": "user", "content": user_prompt(request)}],
+            "max_tokens": max_tokens_for(request.budget),
             "temperature": 0,
         }
 
 
+def words_for(budget: int) -> int:
+    """The length in words a summary of ``budget`` tokens is asked for."""
+    return max(1, int(budget * WORDS_PER_TOKEN))
+
+
+def max_tokens_for(budget: int) -> int:
+    """The ``max_tokens`` of a summary call for a budget of ``budget`` tokens."""
+    return math.ceil(budget * HEADROOM)
+
+
 def user_prompt(request: SummaryRequest) -> str:
-    """The user message of a summary call: the current summary, the new messages."""
+    """The one message of a summary call: the instructions, the current summary, the
+    new messages, and the length (in words, which models follow better than tokens).
+    The instructions are not a system message: some chat templates have no system role
+    and drop it (Gemma's, as llama.cpp serves it), and the model would never see them."""
     return (
+        f"{SYSTEM_PROMPT}\n\n"
         f"Current summary:\n{request.previous or '(none yet)'}\n\n"
         f"New messages:\n{request.transcript}\n\n"
-        f"Write the updated summary in at most {request.budget} tokens."
+        f"Write the updated summary in at most {words_for(request.budget)} words."
     )

@@ -197,7 +197,8 @@ class Trimmer:
         """Fold pending turns into the summary now (what the background worker does).
 
         Give the ``messages`` (as for prepare) or a ``conversation_id`` already prepared.
-        Without ``force`` it folds only when a fold is due, keeping folds batched.
+        Without ``force`` it folds only when a fold is due, keeping folds batched (and,
+        for a model's summary, once the turns are enough for its floor budget).
         """
         if messages is None:
             messages, user = load_conversation(self._db, self._ledger, conversation_id, user)
@@ -208,7 +209,7 @@ class Trimmer:
         tail = self._folder.tail_tokens(stored, start)
         if not force and not fold_due(stored, start, tail, self.options):
             return FoldResult(reason="no fold due")
-        return self._folder.fold(stored, keep_last=self.options.keep_last)
+        return self._folder.fold(stored, keep_last=self.options.keep_last, eager=force)
 
     async def acompact(
         self, messages: Sequence[Message] | None = None, **options: Any
@@ -480,6 +481,7 @@ class Trimmer:
         check_fits(path, plan.prompt_tokens, self.options)
         reply = min(reply_cap(path, self.options), path.info.context_window - plan.prompt_tokens)
         due = fold_due(path, plan.start, plan.tail_tokens, self.options)
+        due = due and not self._folder.waits(connection, path, plan.summary)
         request_id = self._ledger.add_request(connection, request_row(path, plan, reply, sync_fold))
         if due:
             self._folder.schedule(path, plan.start)

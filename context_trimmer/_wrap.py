@@ -271,6 +271,7 @@ def run_sync(sender: Sender, call: Call, targets: Sequence[Target]) -> Any:
             response,
             lambda summary, end: sender.finish(state, summary, end),
             call.stream_summary(),
+            call.hides_usage,
         )
     sender.finish(state, call.usage_view(response))
     return response
@@ -374,6 +375,7 @@ async def run_async(sender: Sender, call: Call, targets: Sequence[Target]) -> An
             lambda summary, end: sender.finish(state, summary, end),
             call.stream_summary(),
             sender.offload,
+            call.hides_usage,
         )
     await sender.offload(sender.finish, state, call.usage_view(response))
     return response

@@ -18,6 +18,11 @@ kept in ``embeddings``). ``POST /v1/responses`` answers in the
 Responses API's shape (``output`` message, ``usage`` with ``input_tokens`` /
 ``output_tokens`` / ``input_tokens_details.cached_tokens``), as JSON or, with
 ``"stream": true``, as the SSE event sequence the SDK's stream helpers expect.
+
+Like OpenAI, a chat stream asked for ``stream_options.include_usage`` carries
+``"usage": null`` in every chunk and ends with a usage chunk (no choices).
+:func:`cut_to_max_tokens` makes a reply honour the request's ``max_tokens`` as a
+model does: its text cut at that many tokens (o200k), with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -54,6 +59,22 @@ class Reply:
     event_delay: float = 0.0  # a stream written one event at a time, this far apart
     raw_cut: int | None = None  # with raw: only its first N bytes sent, then the connection dropped
     calls: list[tuple[str, str]] | None = None  # Responses: function calls (name, arguments)
+    finish_reason: str = "stop"
+
+
+def cut_to_max_tokens(reply: Reply, body: dict[str, Any]) -> Reply:
+    """``reply`` as a model that honours the request's ``max_tokens`` answers: its text
+    cut at that many tokens (o200k), ``finish_reason`` ``"length"``, the completion
+    tokens counted."""
+    from context_trimmer._encodings import get_encoding
+
+    encoding = get_encoding("o200k_base")
+    tokens = encoding.encode(reply.content or "")
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    if cap is None or len(tokens) <= int(cap):
+        return replace(reply, completion_tokens=len(tokens))
+    cut = encoding.decode(tokens[: int(cap)])
+    return replace(reply, content=cut, completion_tokens=int(cap), finish_reason="length")
 
 
 @dataclass
@@ -139,7 +160,7 @@ def completion_body(reply: Reply, model: str) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": reply.content},
-                "finish_reason": "stop",
+                "finish_reason": reply.finish_reason,
             }
         ],
         "usage": usage(reply),
@@ -156,12 +177,14 @@ def usage(reply: Reply) -> dict[str, Any]:
 
 
 def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[str, Any]]:
-    base = {
+    base: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": reply.model or model,
     }
+    if include_usage:
+        base["usage"] = None
     words = (reply.content or "").split(" ")
     events = [
         {
@@ -176,7 +199,8 @@ def stream_events(reply: Reply, model: str, include_usage: bool) -> list[dict[st
         events.append(
             {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
         )
-    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    finish = reply.finish_reason
+    events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
     if include_usage:
         events.append({**base, "choices": [], "usage": usage(reply)})
     return events

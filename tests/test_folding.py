@@ -168,8 +168,13 @@ class Blocking:
 
 def test_a_background_fold_never_blocks_a_synchronous_one(sqlite_url: str) -> None:
     slow = Blocking()
-    with Trimmer(
-        sqlite_url, keep_last=4, fold_every=2, summarizer=slow, max_prompt_tokens=600
+    with Trimmer(  # a fixed budget (no share): a due fold is not held for the floor
+        sqlite_url,
+        keep_last=4,
+        fold_every=2,
+        summary_share=None,
+        summarizer=slow,
+        max_prompt_tokens=600,
     ) as trimmer:
         messages: list[dict[str, Any]] = [SYSTEM]
         for turn in range(4):
@@ -399,7 +404,7 @@ def summary_calls(server: FakeOpenAI) -> list[dict[str, str]]:
     return [
         headers
         for body, headers in zip(server.requests, server.headers, strict=True)
-        if body["messages"][0]["content"] == SYSTEM_PROMPT
+        if body["messages"][0]["content"].startswith(SYSTEM_PROMPT)
     ]
 
 
@@ -414,7 +419,9 @@ def test_the_default_summarizer_follows_the_wrapped_client(
     ):
         messages = conversation("ana", 6)
         for summarizer in (None, summarizer_for(own)):
-            with Trimmer(sqlite_url, keep_last=4, fold_every=2, summarizer=summarizer) as trimmer:
+            with Trimmer(  # a fixed budget: the due fold is not held for the floor
+                sqlite_url, keep_last=4, fold_every=2, summary_share=None, summarizer=summarizer
+            ) as trimmer:
                 app = openai.OpenAI(base_url=upstream.base_url, api_key="app-key", max_retries=0)
                 client = trimmer.wrap(app, governor=False)
                 client.chat.completions.create(model="gpt-4o", messages=messages)

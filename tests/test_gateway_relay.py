@@ -34,11 +34,13 @@ def sse(*events: str) -> bytes:
     return b"".join(f"data: {event}\n\n".encode() for event in events)
 
 
-def stream(gateway: Running) -> bytes:
+def stream(gateway: Running, usage: bool = True) -> bytes:
+    """The streamed answer's bytes (``usage``: the client asks for the usage chunk)."""
+    options = {"stream_options": {"include_usage": True}} if usage else {}
     with httpx.stream(
         "POST",
         f"{gateway.url}/chat/completions",
-        content=chat_body(stream=True),
+        content=chat_body(stream=True, **options),
         headers={"authorization": f"Bearer {gateway.key}", "content-type": "application/json"},
         timeout=30,
     ) as response:
@@ -68,6 +70,20 @@ def test_a_stream_reaches_the_client_byte_for_byte_and_its_usage_is_recorded(
     written = b": keep-alive\n\n" + sse(CHUNK, USAGE_CHUNK, "[DONE]")
     gateway = running_gateway(sqlite_url, reply=lambda _body: Reply(raw=written))
     assert stream(gateway) == written
+    until(lambda: len(usage_rows(gateway)) == 1)
+    assert usage_rows(gateway) == [("ok", "gpt-4o-2024", 123, 7, False)]
+
+
+def test_usage_the_client_did_not_ask_for_is_recorded_and_not_relayed(
+    sqlite_url: str, running_gateway: Callable[..., Running]
+) -> None:
+    """Asked for on the client's behalf: the usage chunk and every chunk's
+    ``"usage":null`` are taken out, the rest of the bytes relayed as written."""
+    with_null = CHUNK[:-1] + ',"usage":null}'
+    written = sse(with_null, USAGE_CHUNK, "[DONE]")
+    gateway = running_gateway(sqlite_url, reply=lambda _body: Reply(raw=written))
+    assert stream(gateway, usage=False) == sse(CHUNK, "[DONE]")
+    assert gateway.upstream.requests[-1]["stream_options"] == {"include_usage": True}
     until(lambda: len(usage_rows(gateway)) == 1)
     assert usage_rows(gateway) == [("ok", "gpt-4o-2024", 123, 7, False)]
 

@@ -21,6 +21,7 @@ from context_trimmer import (
     count_tokens,
 )
 from context_trimmer._ledger import REQUESTS, USAGE
+from context_trimmer._plan import SUMMARY_FLOOR
 from context_trimmer._summary_store import FAILURES, SUMMARIES
 from context_trimmer._tokens import counter_for
 
@@ -64,6 +65,7 @@ def llm_trimmer(url: str, server: FakeOpenAI, **options: Any) -> Trimmer:
         input_tokens=options.pop("input_tokens", 12_000),
     )
     options.setdefault("background", False)
+    options.setdefault("summary_share", None)  # a fixed budget: folds are not held for the floor
     return Trimmer(url, keep_last=4, fold_every=2, summarizer=summarizer, **options)
 
 
@@ -210,16 +212,9 @@ def test_llm_summaries_are_stored_and_then_no_network_call(db_url: str, server: 
         assert "Maria booked flights to Lisbon" in prepared.messages[1]["content"]
         assert server.requests[0]["model"] == "gpt-4o-mini"
         prompt = server.requests[0]["messages"][0]["content"]
-        for kept in (
-            "names",
-            "numbers",
-            "dates",
-            "decisions",
-            "commitments",
-            "open questions",
-            "preferences",
-        ):
+        for kept in ("who is who", "names", "numbers", "dates", "Decisions", "Open tasks"):
             assert kept in prompt
+        assert "Preferences" in prompt and "promises" in prompt
 
 
 BAD_REPLIES = [
@@ -279,7 +274,7 @@ def test_large_spans_are_folded_chunk_by_chunk(sqlite_url: str, server: FakeOpen
         result = trimmer.compact(messages, force=True)
         assert len(server.requests) > 3
         assert result.tokens_in == 300 * len(server.requests)
-        second = server.requests[1]["messages"][1]["content"]
+        second = server.requests[1]["messages"][-1]["content"]
         assert "Maria booked flights to Lisbon in May." in second  # previous summary carried
 
 
@@ -311,9 +306,10 @@ class BudgetRecorder:
     ("summary_share", "summary_tokens", "expected"),
     [
         (None, 300, lambda replaced: 300),
-        (0.1, 10_000, lambda replaced: math.ceil(0.1 * replaced)),
+        (0.1, 10_000, lambda replaced: max(SUMMARY_FLOOR, math.ceil(0.1 * replaced))),
+        (1.0, 10_000, lambda replaced: math.ceil(1.0 * replaced)),
         (0.1, 50, lambda replaced: 50),
-        (0.0001, 10_000, lambda replaced: 16),
+        (0.0001, 10_000, lambda replaced: SUMMARY_FLOOR),  # a model's summary: the floor
     ],
 )
 def test_summary_budget_is_fixed_or_a_share_of_the_history_it_replaces(
