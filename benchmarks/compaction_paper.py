@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from context_trimmer import Trimmer
-from context_trimmer._replay import Conversation, load_conversations, request_points
+from context_trimmer._jobs.replay import Conversation, load_conversations, request_points
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
 

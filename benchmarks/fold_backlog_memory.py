@@ -7,7 +7,7 @@ background folds on, ``cache_bytes`` 8 MiB, other options at their defaults) and
 prepare() as an app would, at 10, 20 and 30 messages, with no pause. RSS (from /proc)
 is read after the 500th and after the last conversation; printed: the growth between
 them, the folds still queued and the due folds skipped (not queued, see
-``_background``), medians of ``--runs`` processes.
+``_trimming.background``), medians of ``--runs`` processes.
 
 ``--fold-ms`` makes every summary call take that long (the extractive summarizer plus
 a sleep, as an LLM call would): with 0 the thread keeps up, with 30 ms it falls behind.

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from openai_server import FakeOpenAI, Reply
 
 from context_trimmer import Trimmer
-from context_trimmer._queue import FOLD_TASK, QUEUE, QueueDispatch
+from context_trimmer._trimming.queue import FOLD_TASK, QUEUE, QueueDispatch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).with_name("context-trimmer")

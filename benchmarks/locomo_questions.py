@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from context_trimmer import Trimmer, TrimmerOptions
-from context_trimmer._recall_index import fold, message_text
-from context_trimmer._replay import Conversation, load_conversations, replay
+from context_trimmer._jobs.replay import Conversation, load_conversations, replay
+from context_trimmer._store.recall_index import fold, message_text
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
 CATEGORIES = (1, 2, 3, 4)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from context_trimmer import OpenAISummarizer, Trimmer, TrimmerError
-from context_trimmer._replay import Conversation, load_conversations, replay
+from context_trimmer._jobs.replay import Conversation, load_conversations, replay
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
 

@@ -55,8 +55,8 @@ from langchain_core.messages import (
 )
 
 from context_trimmer import ModelTable, Trimmer, TrimmerOptions
-from context_trimmer._encodings import get_encoding
-from context_trimmer._tokens import REPLY_PRIMING, TokenCounter
+from context_trimmer._text.encodings import get_encoding
+from context_trimmer._text.tokens import REPLY_PRIMING, TokenCounter
 
 WORDS = (
     "flight hotel Lisbon budget Maria invoice Tuesday refund 42 euros booking "

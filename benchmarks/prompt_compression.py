@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from context_trimmer import PromptRewriter, compress_safe
-from context_trimmer._db import Database
-from context_trimmer._system_prompt import SystemPrompts
-from context_trimmer._tokens import counter_for
+from context_trimmer._store.db import Database
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.system_prompt import SystemPrompts
 
 CORPUS = Path(__file__).resolve().parents[1] / "tests" / "prompts"
 

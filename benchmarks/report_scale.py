@@ -42,10 +42,10 @@ from typing import Any
 from sqlalchemy import create_engine, insert, text
 
 from context_trimmer import Trimmer
-from context_trimmer._history import COUNTS, MESSAGES
-from context_trimmer._ledger import ATTEMPTS, REQUESTS, USAGE
 from context_trimmer._models import ModelTable
-from context_trimmer._summary_store import SUMMARIES
+from context_trimmer._store.history import COUNTS, MESSAGES
+from context_trimmer._store.ledger import ATTEMPTS, REQUESTS, USAGE
+from context_trimmer._store.summaries import SUMMARIES
 
 MODEL = "gpt-4o-mini"
 START = datetime(2026, 11, 1, tzinfo=timezone.utc)

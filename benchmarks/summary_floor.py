@@ -1,5 +1,5 @@
 """How many tokens a summary needs to keep a span's facts: the measurement behind the
-summary budget's floor (``context_trimmer._plan.SUMMARY_FLOOR``, docs/summaries.md).
+summary budget's floor (``context_trimmer._trimming.plan.SUMMARY_FLOOR``, docs/summaries.md).
 
 The three LoCoMo sample conversations are cut into spans of N consecutive turns (the
 size of what one fold replaces). Each span is summarized by the extractive summarizer
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from context_trimmer import SummaryRequest
-from context_trimmer._extractive import ExtractiveSummarizer
-from context_trimmer._summarizers import render_transcript
-from context_trimmer._tokens import counter_for
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.extractive import ExtractiveSummarizer
+from context_trimmer._trimming.summarizers import render_transcript
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
 BUDGETS = (50, 100, 150, 200, 250, 300, 400, 600)

@@ -9,8 +9,8 @@ import importlib as _importlib
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
-    from ._breaker import CircuitBreaker
-    from ._compress import Compression, compress_safe
+    from ._client.retry import RetryPolicy
+    from ._client.upstreams import CoolDown, Upstream
     from ._exceptions import (
         ConfigurationError,
         EncodingUnavailableError,
@@ -22,62 +22,62 @@ if _typing.TYPE_CHECKING:
         SummarizerError,
         TrimmerError,
     )
-    from ._extractive import ExtractiveSummarizer
-    from ._keys import GatewayKeys, KeyInfo
     from ._models import ModelInfo, ModelTable
     from ._options import TrimmerOptions
     from ._prepared import FoldResult, Prepared
-    from ._ratelimit import RateLimits, UserQuota
-    from ._report import Report, ReportRow
-    from ._retry import RetryPolicy
-    from ._summarizers import (
+    from ._reports.report import Report, ReportRow
+    from ._store.keys import GatewayKeys, KeyInfo
+    from ._store.ratelimit import RateLimits, UserQuota
+    from ._text.compress import Compression, compress_safe
+    from ._text.tokens import count_text_tokens, count_tokens
+    from ._trimmer import Trimmer
+    from ._trimming.breaker import CircuitBreaker
+    from ._trimming.extractive import ExtractiveSummarizer
+    from ._trimming.summarizers import (
         OpenAISummarizer,
         Summarizer,
         SummaryRequest,
         SummaryResult,
     )
-    from ._system_prompt import PromptRewriter
-    from ._tokens import count_text_tokens, count_tokens
-    from ._trimmer import Trimmer
-    from ._upstreams import CoolDown, Upstream
+    from ._trimming.system_prompt import PromptRewriter
     from ._validation import validate_messages
 
 _EXPORTS = {
-    "CircuitBreaker": "._breaker",
-    "Compression": "._compress",
+    "CircuitBreaker": "._trimming.breaker",
+    "Compression": "._text.compress",
     "ConfigurationError": "._exceptions",
-    "CoolDown": "._upstreams",
+    "CoolDown": "._client.upstreams",
     "EncodingUnavailableError": "._exceptions",
-    "ExtractiveSummarizer": "._extractive",
+    "ExtractiveSummarizer": "._trimming.extractive",
     "FoldResult": "._prepared",
-    "GatewayKeys": "._keys",
+    "GatewayKeys": "._store.keys",
     "InvalidMessagesError": "._exceptions",
-    "KeyInfo": "._keys",
+    "KeyInfo": "._store.keys",
     "ModelInfo": "._models",
     "ModelTable": "._models",
-    "OpenAISummarizer": "._summarizers",
+    "OpenAISummarizer": "._trimming.summarizers",
     "Prepared": "._prepared",
-    "PromptRewriter": "._system_prompt",
+    "PromptRewriter": "._trimming.system_prompt",
     "PromptTooLargeError": "._exceptions",
     "QuotaExceeded": "._exceptions",
     "RateLimitBudgetExceeded": "._exceptions",
-    "RateLimits": "._ratelimit",
-    "Report": "._report",
-    "ReportRow": "._report",
-    "RetryPolicy": "._retry",
+    "RateLimits": "._store.ratelimit",
+    "Report": "._reports.report",
+    "ReportRow": "._reports.report",
+    "RetryPolicy": "._client.retry",
     "StoreError": "._exceptions",
-    "Summarizer": "._summarizers",
+    "Summarizer": "._trimming.summarizers",
     "SummarizerError": "._exceptions",
-    "SummaryRequest": "._summarizers",
-    "SummaryResult": "._summarizers",
+    "SummaryRequest": "._trimming.summarizers",
+    "SummaryResult": "._trimming.summarizers",
     "Trimmer": "._trimmer",
     "TrimmerError": "._exceptions",
     "TrimmerOptions": "._options",
-    "Upstream": "._upstreams",
-    "UserQuota": "._ratelimit",
-    "compress_safe": "._compress",
-    "count_text_tokens": "._tokens",
-    "count_tokens": "._tokens",
+    "Upstream": "._client.upstreams",
+    "UserQuota": "._store.ratelimit",
+    "compress_safe": "._text.compress",
+    "count_text_tokens": "._text.tokens",
+    "count_tokens": "._text.tokens",
     "validate_messages": "._validation",
 }
 """Each public name and the module that defines it. Names load on first use (PEP 562):

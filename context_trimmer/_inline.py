@@ -6,7 +6,7 @@ back costs about as much again: the two threads take turns at the GIL, and each
 turn is a futex wake-up and a context switch (the gateway measured 2 ms of CPU per
 request on them, a third of its throughput). So :meth:`Database.offload` first runs the
 work on the calling thread, here, in *no-wait* mode, and only work that would wait goes
-to the store's lane (``_store_lane``), where waiting is harmless.
+to the store's lane (``_store.lane``), where waiting is harmless.
 
 In no-wait mode, whatever would wait or run long raises :class:`WouldWait` before it
 starts, and the lane runs the whole work again. A transaction the attempt was in rolls

@@ -30,7 +30,7 @@ class TrimmerOptions:
     ``sync_fold_deadline``: seconds a fold on the request path may wait for the LLM
     summarizer before the extractive one folds instead.
     ``folds``: where a due fold runs: ``"thread"`` (this process's background thread)
-    or ``"queue"`` (a job for ``context-trimmer worker``; PostgreSQL only, ``_queue``).
+    or ``"queue"`` (a job for ``context-trimmer worker``; PostgreSQL only, ``_trimming.queue``).
     """
 
     # Defaults measured on LoCoMo (benchmarks/locomo_questions.py; README, Benchmarks):

@@ -1,11 +1,13 @@
 """The Trimmer: the facade that wires the parts together and keeps the public methods.
 
 A request meets the parts in this order: validation and hashing (``_validation``,
-``_hashing``) give a :class:`~._path.Path`; storing it (``_path``, ``_history``) gives a
-``StoredPath``; the deepest summary (``_summary_store``) and the stored token counts
-feed the pure request plan (``_plan``); a fold runs synchronously only over a hard
-limit (``_folding``); the ledger row is written (``_recording``, ``_ledger``) and a due
-fold is scheduled on the background thread (``_background``). prepare() makes no
+``_trimming.hashing``) give a :class:`~._trimming.path.Path`; storing it
+(``_trimming.path``, ``_store.history``) gives a ``StoredPath``; the deepest summary
+(``_store.summaries``) and the stored token counts feed the pure request plan
+(``_trimming.plan``); a fold runs synchronously only over a hard limit
+(``_trimming.folding``); the ledger row is written (``_trimming.recording``,
+``_store.ledger``) and a due fold is scheduled on the background thread
+(``_trimming.background``). prepare() makes no
 network call unless a hard limit forces a synchronous fold.
 """
 
@@ -19,22 +21,34 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import _erasure, _session_store
 from ._arguments import check_arguments, check_reply_cap, refuse_oversized_turn
-from ._background import Background
-from ._db import Database
-from ._erasure import Erasure
+from ._client.failopen import FailOpen
+from ._client.retry import RetryPolicy
+from ._client.upstreams import Client, CoolDown, Upstream
+from ._client.wrap import Sender, conversation
+from ._client.wrapped_client import pool_of, wrap_client
 from ._exceptions import ConfigurationError
-from ._export import export
-from ._failopen import FailOpen
-from ._folding import Folder, summarizer_from
-from ._hashing import ChainCache
-from ._keys import GatewayKeys
-from ._ledger import Ledger
 from ._models import ModelTable
 from ._options import TrimmerOptions
-from ._ownership import Ownership
-from ._path import (
+from ._prepared import FoldResult, Prepared
+from ._reports.report import GroupBy, Report, build_report
+from ._store import erasure as _erasure
+from ._store import sessions as _session_store
+from ._store.db import Database
+from ._store.erasure import Erasure
+from ._store.export import export
+from ._store.keys import GatewayKeys
+from ._store.ledger import Ledger
+from ._store.ownership import Ownership
+from ._store.prompt_cache import DEFAULT_LIFETIME
+from ._store.ratelimit import Quotas, RateLimits, UserQuota
+from ._store.schema import utcnow
+from ._store.summaries import StoredSummary, Summaries
+from ._text.tokens import TokenCounter
+from ._trimming.background import Background
+from ._trimming.folding import Folder, summarizer_from
+from ._trimming.hashing import ChainCache
+from ._trimming.path import (
     Path,
     StoredPath,
     build_path,
@@ -44,8 +58,8 @@ from ._path import (
     start_of,
     token_rows,
 )
-from ._path import store as store_path
-from ._plan import (
+from ._trimming.path import store as store_path
+from ._trimming.plan import (
     Compressor,
     Plan,
     check_fits,
@@ -58,21 +72,10 @@ from ._plan import (
     summary_message,
     with_recall,
 )
-from ._prepared import FoldResult, Prepared
-from ._prompt_cache import DEFAULT_LIFETIME
-from ._ratelimit import Quotas, RateLimits, UserQuota
-from ._recall import recall
-from ._recording import Recorder, baseline_tokens, request_row
-from ._report import GroupBy, Report, build_report
-from ._retry import RetryPolicy
-from ._schema import utcnow
-from ._summarizers import Summarizer
-from ._summary_store import StoredSummary, Summaries
-from ._system_prompt import Mode, PromptRewriter, SystemPrompts, discard
-from ._tokens import TokenCounter
-from ._upstreams import Client, CoolDown, Upstream
-from ._wrap import Sender, conversation
-from ._wrapped_client import pool_of, wrap_client
+from ._trimming.recall import recall
+from ._trimming.recording import Recorder, baseline_tokens, request_row
+from ._trimming.summarizers import Summarizer
+from ._trimming.system_prompt import Mode, PromptRewriter, SystemPrompts, discard
 
 Message = Mapping[str, Any]
 
@@ -127,7 +130,7 @@ class Trimmer:
         self._background = Background()
         self._folder = Folder(self._db, self.options, chosen, self._background)
         if self.options.folds == "queue":
-            from ._queue import QueueDispatch  # procrastinate is an optional extra
+            from ._trimming.queue import QueueDispatch  # procrastinate is an optional extra
 
             self._folder.dispatch = QueueDispatch(self._db, self.options)
         self.keys = GatewayKeys(self._db)
@@ -314,7 +317,7 @@ class Trimmer:
 
     def export(self, user: str | None, conversation_id: str | None = None) -> list[dict[str, Any]]:
         """``user``'s conversations (or the one named), one dict each: messages in order
-        with their timestamps, the current summary, request times (see ``_erasure``)."""
+        with their timestamps, the current summary, request times (see ``_store.erasure``)."""
         return list(export(self._db, user, conversation_id))
 
     def forget(

@@ -2,8 +2,8 @@
 
 from alembic import context
 
-from context_trimmer._migrate import VERSION_TABLE, serialize_migrations
-from context_trimmer._schema import Base
+from context_trimmer._store.migrate import VERSION_TABLE, serialize_migrations
+from context_trimmer._store.schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

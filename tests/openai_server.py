@@ -66,7 +66,7 @@ def cut_to_max_tokens(reply: Reply, body: dict[str, Any]) -> Reply:
     """``reply`` as a model that honours the request's ``max_tokens`` answers: its text
     cut at that many tokens (o200k), ``finish_reason`` ``"length"``, the completion
     tokens counted."""
-    from context_trimmer._encodings import get_encoding
+    from context_trimmer._text.encodings import get_encoding
 
     encoding = get_encoding("o200k_base")
     tokens = encoding.encode(reply.content or "")

@@ -20,7 +20,7 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
 
 from context_trimmer import Trimmer
-from context_trimmer._history import MESSAGES
+from context_trimmer._store.history import MESSAGES
 
 agents = pytest.importorskip("agents")
 from context_trimmer.integrations.agents import TrimmerSession  # noqa: E402

@@ -19,7 +19,7 @@ from context_trimmer import (
     TrimmerError,
 )
 from context_trimmer._arguments import MAX_DEPTH
-from context_trimmer._schema import Base
+from context_trimmer._store.schema import Base
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
 TOOL = {

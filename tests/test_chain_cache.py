@@ -5,7 +5,7 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
-from context_trimmer._hashing import ChainCache, chain_digests
+from context_trimmer._trimming.hashing import ChainCache, chain_digests
 
 
 def chat(turns: int, tag: str = "") -> list[dict[str, Any]]:

@@ -88,7 +88,7 @@ def test_commands_that_read_refuse_a_missing_database(
 
 
 def test_serve_names_the_database_it_resolved(tmp_path: Path) -> None:
-    from context_trimmer._gateway_config import GatewayConfig, describe, endpoints
+    from context_trimmer.gateway._config import GatewayConfig, describe, endpoints
 
     environ = {"OPENAI_API_KEY": "sk-upstream"}
     default = describe(GatewayConfig(), endpoints(GatewayConfig(), environ))

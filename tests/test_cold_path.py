@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from context_trimmer import InvalidMessagesError, _hashing
+from context_trimmer import InvalidMessagesError
 from context_trimmer._arguments import MAX_TEXT_CHARS
-from context_trimmer._hashing import ChainCache, canonical_json, chain_digests
+from context_trimmer._trimming import hashing as _hashing
+from context_trimmer._trimming.hashing import ChainCache, canonical_json, chain_digests
 from context_trimmer._validation import validate_messages
 
 LAZY_RUN = _hashing._LAZY_RUN

@@ -15,9 +15,9 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
 
 from context_trimmer import PromptRewriter, Trimmer, compress_safe, count_tokens
-from context_trimmer._compress import INSTRUCTION_WORDS, check_rewrite, protected_spans
-from context_trimmer._system_prompt import COMPRESSIONS
-from context_trimmer._tokens import counter_for
+from context_trimmer._text.compress import INSTRUCTION_WORDS, check_rewrite, protected_spans
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.system_prompt import COMPRESSIONS
 from context_trimmer.cli import main
 
 CORPUS = sorted((Path(__file__).parent / "prompts").glob("*.md"))

@@ -11,8 +11,8 @@ from sqlalchemy import func, select
 from warm_workers import warm_workers
 
 from context_trimmer import OpenAISummarizer, Trimmer
-from context_trimmer._history import MESSAGES
-from context_trimmer._summary_store import SUMMARIES
+from context_trimmer._store.history import MESSAGES
+from context_trimmer._store.summaries import SUMMARIES
 
 
 def conversation() -> list[dict[str, str]]:

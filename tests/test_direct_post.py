@@ -1,4 +1,4 @@
-"""The gateway's upstream POST without the SDK's request path (``_direct_post``): it
+"""The gateway's upstream POST without the SDK's request path (``_client.direct_post``): it
 sends what the SDK would send, and fails as the SDK fails."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai_server import FakeOpenAI, Reply
 
-from context_trimmer._direct_post import direct_sender
+from context_trimmer._client.direct_post import direct_sender
 
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from context_trimmer import EncodingUnavailableError, _encodings
+from context_trimmer import EncodingUnavailableError
+from context_trimmer._text import encodings as _encodings
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import MetaData, select, update
 
 from context_trimmer import PromptRewriter, Trimmer
-from context_trimmer._ledger import REQUESTS
-from context_trimmer._replay import load_conversations
-from context_trimmer._schema import utcnow
+from context_trimmer._jobs.replay import load_conversations
+from context_trimmer._store.ledger import REQUESTS
+from context_trimmer._store.schema import utcnow
 from context_trimmer.cli import main
 
 SYSTEM = "You are the support agent of Crumb, a bakery delivery service."
@@ -236,7 +236,7 @@ def test_an_erasure_by_another_process_is_stored_again_in_full(
 def test_forget_tenant_erases_it_and_its_end_users_only(trimmer: Trimmer) -> None:
     """forget --tenant acme: acme and acme:alice go; the tenant acme:bob (stored
     acme\\:bob), ACME:carol (another case) and acmex:dan stay."""
-    from context_trimmer._tenants import tenant_user
+    from context_trimmer._store.tenants import tenant_user
 
     play(trimmer, chat("acme-own", 2), user=tenant_user("acme", None), conversation_id="t0")
     play(trimmer, chat("alice", 2), user=tenant_user("acme", "alice"), conversation_id="t1")

@@ -18,7 +18,7 @@ import pytest
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import create_engine, func, select
 
-from context_trimmer._ledger import REQUESTS
+from context_trimmer._store.ledger import REQUESTS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "litellm" / "trimmer_callbacks.py"

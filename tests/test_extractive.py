@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from context_trimmer import ExtractiveSummarizer, SummaryRequest
-from context_trimmer._extractive import (
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.extractive import (
     DATE_WEIGHT,
     SPEAKER_WEIGHT,
     Fact,
@@ -21,7 +22,6 @@ from context_trimmer._extractive import (
     parse_summary,
     render_facts,
 )
-from context_trimmer._tokens import counter_for
 
 COUNT = counter_for("gpt-4o").text
 TRANSCRIPT = "\n".join(

@@ -1,4 +1,4 @@
-"""Statements on the driver's cursor (``_fastsql.Fast``) answer exactly what the same
+"""Statements on the driver's cursor (``_store.fastsql.Fast``) answer exactly what the same
 Core statement answers through SQLAlchemy, on both databases."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 import pytest
 from sqlalchemy import bindparam, insert, select
 
-from context_trimmer._db import Database
-from context_trimmer._fastsql import MAX_LIST, Fast
-from context_trimmer._schema import Message, Request
+from context_trimmer._store.db import Database
+from context_trimmer._store.fastsql import MAX_LIST, Fast
+from context_trimmer._store.schema import Message, Request
 
 MESSAGES = Message.__table__
 REQUESTS = Request.__table__

@@ -24,7 +24,7 @@ from pg_server import PgServer, free_port, fresh_schema_url, own_server
 from sqlalchemy import text
 
 from context_trimmer import StoreError, Trimmer, UserQuota
-from context_trimmer._history import token_rows
+from context_trimmer._store.history import token_rows
 
 T = TypeVar("T")
 HANG = 90.0  # seconds: far beyond any bounded wait below; reaching it means a hang
@@ -223,7 +223,7 @@ def test_server_frozen_in_the_middle_of_a_transaction(pg: PgServer, pg_trimmer: 
 def test_frozen_before_a_statement_run_on_the_drivers_cursor(
     pg: PgServer, pg_trimmer: Trimmer
 ) -> None:
-    """The request path's statements (``_fastsql``, recall's search) run on the DBAPI
+    """The request path's statements (``_store.fastsql``, recall's search) run on the DBAPI
     cursor, past SQLAlchemy's events: the watchdog must guard them too."""
     pg_trimmer.prepare(chat())
 
@@ -535,7 +535,7 @@ async def test_a_cut_answer_through_an_async_wrapped_client_is_recorded(db_url: 
 def test_an_outage_ends_when_its_probe_gets_through() -> None:
     """The Outage alone: one probe thread, however many failures; over at the first
     probe that answers; closed, it probes no more."""
-    from context_trimmer._outage import Outage
+    from context_trimmer._store.outage import Outage
 
     tries: list[int] = []
 

@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from context_trimmer import Trimmer
-from context_trimmer._background import MAX_PENDING, Background
+from context_trimmer._trimming.background import MAX_PENDING, Background
 
 
 def chat(number: int, turns: int) -> list[dict[str, Any]]:

@@ -24,9 +24,9 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
-from context_trimmer._summarizers import SYSTEM_PROMPT
-from context_trimmer._summary_store import FAILURES, SUMMARIES
-from context_trimmer._tokens import counter_for
+from context_trimmer._store.summaries import FAILURES, SUMMARIES
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.summarizers import SYSTEM_PROMPT
 from context_trimmer.cli import main
 
 SYSTEM = {"role": "system", "content": "You are the assistant of Acme Travel."}

@@ -21,14 +21,14 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import func, select
 
 from context_trimmer import Trimmer, TrimmerOptions
-from context_trimmer._cli_gateway import GATEWAY_INSTALL
-from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
-from context_trimmer._gateway_config import endpoints, flag
-from context_trimmer._history import MESSAGES
-from context_trimmer._keys import create_key, revoke_key
+from context_trimmer._store.db import Database
+from context_trimmer._store.history import MESSAGES
+from context_trimmer._store.keys import create_key, revoke_key
 from context_trimmer.cli import main
+from context_trimmer.cli._gateway import GATEWAY_INSTALL
 from context_trimmer.gateway import GatewayConfig, create_app
+from context_trimmer.gateway._config import endpoints, flag
 
 UPSTREAM_KEY = "upstream-secret"
 KEY_ENV = "TEST_UPSTREAM_KEY"

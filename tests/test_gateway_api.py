@@ -21,8 +21,8 @@ from openai_server import FakeOpenAI, Reply
 from test_gateway import ENVIRON, KEY_ENV, UPSTREAM_KEY, Gateway
 from test_wrap_client import HISTORY, history
 
-from context_trimmer._db import Database
-from context_trimmer._keys import create_key
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
 from context_trimmer.gateway import GatewayConfig, create_app
 
 CONFIG = GatewayConfig(

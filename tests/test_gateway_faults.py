@@ -21,17 +21,17 @@ from pg_server import PgServer, fresh_schema_url, own_server
 from sqlalchemy import func, select
 from test_gateway import ENVIRON, KEY_ENV, SUMMARY_MODEL, chat_requests, conversation, talk
 
-from context_trimmer._db import Database
-from context_trimmer._gateway_guard import (
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
+from context_trimmer._store.schema import Base
+from context_trimmer.gateway import GatewayConfig, create_app
+from context_trimmer.gateway._guard import (
     MAX_DEPTH,
     KeyCache,
     StoreHealth,
     tenant_user,
     too_deep,
 )
-from context_trimmer._keys import create_key
-from context_trimmer._schema import Base
-from context_trimmer.gateway import GatewayConfig, create_app
 
 ATTEMPTS = Base.metadata.tables["ct_attempts"]
 USAGE = Base.metadata.tables["ct_usage"]

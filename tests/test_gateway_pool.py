@@ -20,13 +20,13 @@ from click.testing import CliRunner
 from gateway_server import ServeProcess, ServerThread
 from openai_server import FakeOpenAI, Reply, RequestLimiter
 
-from context_trimmer._db import Database
 from context_trimmer._exceptions import ConfigurationError
-from context_trimmer._gateway_config import describe, endpoints
-from context_trimmer._gateway_upstreams import load_upstreams
-from context_trimmer._keys import create_key
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
 from context_trimmer.cli import main
 from context_trimmer.gateway import GatewayConfig, create_app
+from context_trimmer.gateway._config import describe, endpoints
+from context_trimmer.gateway._upstreams import load_upstreams
 
 KEYS = {"KEY_A": "secret-key-a", "KEY_B": "secret-key-b"}
 TWO = """

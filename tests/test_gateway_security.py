@@ -22,13 +22,13 @@ from openai_server import FakeOpenAI
 from sqlalchemy import create_engine, select
 from test_gateway import ENVIRON, KEY_ENV, UPSTREAM_KEY
 
-from context_trimmer._db import Database
-from context_trimmer._gateway_objects import classify, references
-from context_trimmer._keys import create_key
-from context_trimmer._schema import Request as LedgerRow
-from context_trimmer._tenants import tenant_user
-from context_trimmer._upstream_url import normal_path, same_upstream, upstream_url
+from context_trimmer._client.upstream_url import normal_path, same_upstream, upstream_url
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
+from context_trimmer._store.schema import Request as LedgerRow
+from context_trimmer._store.tenants import tenant_user
 from context_trimmer.gateway import GatewayConfig, create_app
+from context_trimmer.gateway._objects import classify, references
 
 TENANTS = ("alice", "bob", "acme:bob", "acme")
 
@@ -572,8 +572,8 @@ def test_control_characters_are_refused_in_json_whichever_parser(
     answer is a JSON 400 either way, and nothing is forwarded."""
     import uvicorn
 
-    from context_trimmer._gateway_http import H11JSONProtocol
-    from context_trimmer._gateway_httptools import HttpToolsJSONProtocol
+    from context_trimmer.gateway._http import H11JSONProtocol
+    from context_trimmer.gateway._httptools import HttpToolsJSONProtocol
 
     protocol = {"H11JSONProtocol": H11JSONProtocol, "HttpToolsJSONProtocol": HttpToolsJSONProtocol}
     with FakeOpenAI() as upstream:

@@ -29,10 +29,10 @@ from context_trimmer import (
     Trimmer,
     UserQuota,
 )
-from context_trimmer._db import CHECKPOINT_EVERY, Database
-from context_trimmer._encodings import get_encoding
-from context_trimmer._failopen import keep_books
+from context_trimmer._client.failopen import keep_books
 from context_trimmer._inline import MAX_NEW_MESSAGES
+from context_trimmer._store.db import CHECKPOINT_EVERY, Database
+from context_trimmer._text.encodings import get_encoding
 
 LOOP_STALL = 0.5  # the longest the loop may go without running a ready coroutine
 HELD = 1.0  # how long each injected wait lasts

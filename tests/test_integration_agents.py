@@ -25,7 +25,7 @@ from sqlalchemy import select
 from test_wrap_client import HISTORY, history
 
 from context_trimmer import Trimmer
-from context_trimmer._ledger import USAGE
+from context_trimmer._store.ledger import USAGE
 
 agents = pytest.importorskip("agents")
 

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from test_wrap_client import HISTORY, history
 
 from context_trimmer import Trimmer
-from context_trimmer._ledger import REQUESTS, USAGE
+from context_trimmer._store.ledger import REQUESTS, USAGE
 from context_trimmer.integrations.langchain import TrimmerMiddleware
 
 

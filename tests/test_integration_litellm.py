@@ -18,7 +18,7 @@ from sqlalchemy import select
 from test_wrap_client import HISTORY, history
 
 from context_trimmer import Trimmer
-from context_trimmer._ledger import REQUESTS, USAGE
+from context_trimmer._store.ledger import REQUESTS, USAGE
 from context_trimmer.integrations.litellm import REQUEST_KEY, TrimmerHook
 
 # LiteLLM's own pydantic models warn when first built; nothing of ours.

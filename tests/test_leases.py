@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, Table, create_engine, insert, select, update
 
 from context_trimmer import Trimmer
-from context_trimmer._schema import Lease, Message
+from context_trimmer._store.schema import Lease, Message
 
 LEASES: Table = Lease.__table__  # type: ignore[assignment]
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]

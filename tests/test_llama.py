@@ -26,20 +26,20 @@ from gateway_server import ServeProcess
 from sqlalchemy import select
 
 from context_trimmer import OpenAISummarizer, SummarizerError, SummaryRequest, Trimmer
-from context_trimmer._chat_model import ChatModel
-from context_trimmer._db import Database
-from context_trimmer._keys import create_key
-from context_trimmer._ledger import USAGE
-from context_trimmer._plan import SUMMARY_FLOOR
-from context_trimmer._summarizers import (
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
+from context_trimmer._store.ledger import USAGE
+from context_trimmer._store.summaries import FAILURES, SUMMARIES
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.chat_model import ChatModel
+from context_trimmer._trimming.plan import SUMMARY_FLOOR
+from context_trimmer._trimming.summarizers import (
     SYSTEM_PROMPT,
     accepted,
     max_tokens_for,
     render_transcript,
     user_prompt,
 )
-from context_trimmer._summary_store import FAILURES, SUMMARIES
-from context_trimmer._tokens import counter_for
 
 pytestmark = pytest.mark.llama
 

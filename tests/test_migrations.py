@@ -7,9 +7,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from warm_workers import warm_workers
 
-from context_trimmer._db import Database, make_engine
-from context_trimmer._migrate import VERSION_TABLE, current_revision, downgrade, head_revision
-from context_trimmer._schema import SEARCH_TABLE, Base
+from context_trimmer._store.db import Database, make_engine
+from context_trimmer._store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
+from context_trimmer._store.schema import SEARCH_TABLE, Base
 
 
 def test_blank_database_upgrades_to_head_and_again_is_a_no_op(db_url: str) -> None:
@@ -110,9 +110,9 @@ def test_concurrent_upgrades_on_postgresql(postgres_schema_url: str) -> None:
 def test_object_owners_table_upgrades_with_data_and_downgrades(db_url: str) -> None:
     """0010 adds ct_owned_objects to a database at 0009 that holds keys and history, and
     drops it again on the way down, the rest untouched."""
-    from context_trimmer._keys import authenticate, create_key
-    from context_trimmer._migrate import upgrade
-    from context_trimmer._ownership import Ownership
+    from context_trimmer._store.keys import authenticate, create_key
+    from context_trimmer._store.migrate import upgrade
+    from context_trimmer._store.ownership import Ownership
 
     store = Database(db_url, migrate=False)
     upgrade(store.engine, "0009")

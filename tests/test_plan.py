@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from context_trimmer import count_tokens
-from context_trimmer._path import StoredPath
-from context_trimmer._plan import Compressor, plan_request, rows_needed, summary_message
-from context_trimmer._summary_store import StoredSummary
-from context_trimmer._tokens import counter_for
+from context_trimmer._store.summaries import StoredSummary
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.path import StoredPath
+from context_trimmer._trimming.plan import Compressor, plan_request, rows_needed, summary_message
 
 COUNTER = counter_for("gpt-4o")
 

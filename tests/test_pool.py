@@ -25,7 +25,7 @@ from context_trimmer import (
     Trimmer,
     Upstream,
 )
-from context_trimmer._ledger import ATTEMPTS, REQUESTS
+from context_trimmer._store.ledger import ATTEMPTS, REQUESTS
 from context_trimmer.cli import main
 
 FAST = RetryPolicy(max_retries=2, base=0.01, cap=0.02)

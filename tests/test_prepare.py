@@ -20,10 +20,10 @@ from context_trimmer import (
     Trimmer,
     count_tokens,
 )
-from context_trimmer._ledger import REQUESTS, USAGE
-from context_trimmer._plan import SUMMARY_FLOOR
-from context_trimmer._summary_store import FAILURES, SUMMARIES
-from context_trimmer._tokens import counter_for
+from context_trimmer._store.ledger import REQUESTS, USAGE
+from context_trimmer._store.summaries import FAILURES, SUMMARIES
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.plan import SUMMARY_FLOOR
 
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
 

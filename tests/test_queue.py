@@ -21,17 +21,10 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import create_engine, text
 
 from context_trimmer import ConfigurationError, OpenAISummarizer, Trimmer
-from context_trimmer._db import Database
-from context_trimmer._gateway_config import GatewayConfig
-from context_trimmer._queue import (
-    FOLD_TASK,
-    QUEUE,
-    FoldWorker,
-    QueueDispatch,
-    apply_schema,
-    cron_every,
-    worker_app,
-)
+from context_trimmer._jobs.worker import FoldWorker, cron_every, worker_app
+from context_trimmer._store.db import Database
+from context_trimmer._trimming.queue import FOLD_TASK, QUEUE, QueueDispatch, apply_schema
+from context_trimmer.gateway._config import GatewayConfig
 
 SUMMARY = "- The user books a table in Lisbon every day."
 FALLBACK = "extractive (fallback for openai:gpt-4o-mini)"

@@ -14,22 +14,16 @@ from gateway_server import ServerThread
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import text
 
-from context_trimmer import (
-    ConfigurationError,
-    SummaryRequest,
-    SummaryResult,
-    Trimmer,
-    _recall_index,
-    count_tokens,
-)
-from context_trimmer._cli_gateway import serve
-from context_trimmer._db import Database
-from context_trimmer._keys import create_key
-from context_trimmer._ledger import REQUESTS
-from context_trimmer._migrate import downgrade
-from context_trimmer._recall import PROBE_CAP, RECALL_HEADER, query_terms, speaker
-from context_trimmer._recall_index import TERMS_TABLE
-from context_trimmer._schema import SEARCH_TABLE
+from context_trimmer import ConfigurationError, SummaryRequest, SummaryResult, Trimmer, count_tokens
+from context_trimmer._store import recall_index as _recall_index
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
+from context_trimmer._store.ledger import REQUESTS
+from context_trimmer._store.migrate import downgrade
+from context_trimmer._store.recall_index import TERMS_TABLE
+from context_trimmer._store.schema import SEARCH_TABLE
+from context_trimmer._trimming.recall import PROBE_CAP, RECALL_HEADER, query_terms, speaker
+from context_trimmer.cli._gateway import serve
 from context_trimmer.gateway import GatewayConfig, create_app
 
 SYSTEM = {"role": "system", "content": "You are a helpful assistant."}

@@ -13,8 +13,8 @@ from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
 
 from context_trimmer import ConfigurationError, OpenAISummarizer, Trimmer
-from context_trimmer._replay import Conversation, load_conversations, replay
-from context_trimmer._summary_store import SUMMARIES
+from context_trimmer._jobs.replay import Conversation, load_conversations, replay
+from context_trimmer._store.summaries import SUMMARIES
 from context_trimmer.cli import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-chat.jsonl"

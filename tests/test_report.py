@@ -22,10 +22,11 @@ from click.testing import CliRunner
 from sqlalchemy import insert, select, update
 
 from context_trimmer import ConfigurationError, Report, Trimmer
-from context_trimmer._history import COUNTS, MESSAGES
-from context_trimmer._ledger import REQUESTS, Ledger
-from context_trimmer._migrate import downgrade, upgrade
-from context_trimmer._prompt_cache import (
+from context_trimmer._reports.formats import render
+from context_trimmer._store.history import COUNTS, MESSAGES
+from context_trimmer._store.ledger import REQUESTS, Ledger
+from context_trimmer._store.migrate import downgrade, upgrade
+from context_trimmer._store.prompt_cache import (
     Cached,
     CacheRequest,
     PathTree,
@@ -34,8 +35,7 @@ from context_trimmer._prompt_cache import (
     cacheable,
     simulate,
 )
-from context_trimmer._report_formats import render
-from context_trimmer._summary_store import Summaries
+from context_trimmer._store.summaries import Summaries
 from context_trimmer.cli import main
 
 REQUIRE_CHROMIUM_ENV = "CONTEXT_TRIMMER_REQUIRE_CHROMIUM"
@@ -493,7 +493,7 @@ def test_html_report_of_an_empty_period_says_so(ledger: Trimmer, tmp_path: Path)
 
 
 def test_round_ticks() -> None:
-    from context_trimmer._html_report import nice_ticks
+    from context_trimmer._reports.html import nice_ticks
 
     cases = [(0, 17_859), (0, 0.0229), (0, 1), (-0.3, 2.7), (0, 378_307), (5, 5)]
     for low, high in cases:
@@ -509,7 +509,7 @@ def test_round_ticks() -> None:
 def test_back_to_back_requests_get_distinct_tick_labels(db_url: str) -> None:
     """Requests sent within one second read as request numbers, not one timestamp
     repeated; the table's percent and dollars are formatted."""
-    from context_trimmer._html_report import render_html
+    from context_trimmer._reports.html import render_html
 
     with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
         messages: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from context_trimmer import count_tokens
-from context_trimmer._responses_api import (
+from context_trimmer._client.responses_api import (
     output_text,
     to_chat,
     to_responses,

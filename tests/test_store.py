@@ -7,8 +7,8 @@ import threading
 from sqlalchemy import func, select
 
 from context_trimmer import Trimmer, count_tokens
-from context_trimmer._history import COUNTS, MESSAGES, load_path
-from context_trimmer._ledger import REQUESTS
+from context_trimmer._store.history import COUNTS, MESSAGES, load_path
+from context_trimmer._store.ledger import REQUESTS
 
 
 def conversation(turns: int, topic: str = "Paris") -> list[dict[str, str]]:

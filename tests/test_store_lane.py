@@ -13,7 +13,7 @@ import pytest
 from openai_server import FakeOpenAI, Reply
 
 from context_trimmer import StoreError, Trimmer
-from context_trimmer._store_lane import StoreLane
+from context_trimmer._store.lane import StoreLane
 
 REQUEST = contextvars.ContextVar("REQUEST", default="none")
 

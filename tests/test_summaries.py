@@ -22,18 +22,18 @@ from openai_server import FakeOpenAI, Reply, cut_to_max_tokens
 from sqlalchemy import select
 
 from context_trimmer import SummarizerError, SummaryRequest, Trimmer, count_tokens
-from context_trimmer._db import Database
-from context_trimmer._keys import create_key
-from context_trimmer._ledger import REQUESTS, USAGE
-from context_trimmer._plan import SUMMARY_FLOOR
-from context_trimmer._summarizers import (
+from context_trimmer._store.db import Database
+from context_trimmer._store.keys import create_key
+from context_trimmer._store.ledger import REQUESTS, USAGE
+from context_trimmer._store.summaries import FAILURES, SUMMARIES
+from context_trimmer._text.tokens import counter_for
+from context_trimmer._trimming.plan import SUMMARY_FLOOR
+from context_trimmer._trimming.summarizers import (
     SYSTEM_PROMPT,
     OpenAISummarizer,
     fold,
     max_tokens_for,
 )
-from context_trimmer._summary_store import FAILURES, SUMMARIES
-from context_trimmer._tokens import counter_for
 from context_trimmer.gateway import GatewayConfig, create_app
 
 UPSTREAM_KEY = "upstream-secret"

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Table, create_engine, func, select
 
 from context_trimmer import Trimmer
-from context_trimmer._schema import Message, Summary
+from context_trimmer._store.schema import Message, Summary
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]

@@ -9,8 +9,8 @@ import zlib
 import pytest
 
 from context_trimmer import InvalidMessagesError, ModelTable, count_tokens
-from context_trimmer._encodings import get_encoding
-from context_trimmer._tokens import TokenCounter, image_size, image_tokens
+from context_trimmer._text.encodings import get_encoding
+from context_trimmer._text.tokens import TokenCounter, image_size, image_tokens
 
 VECTOR_A = [
     {

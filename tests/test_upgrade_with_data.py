@@ -31,9 +31,9 @@ from sqlalchemy import (
 )
 
 from context_trimmer import Prepared, Trimmer, count_tokens
-from context_trimmer._db import make_engine
-from context_trimmer._migrate import alembic_config, current_revision, downgrade, upgrade
-from context_trimmer._schema import Base, Hash
+from context_trimmer._store.db import make_engine
+from context_trimmer._store.migrate import alembic_config, current_revision, downgrade, upgrade
+from context_trimmer._store.schema import Base, Hash
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}

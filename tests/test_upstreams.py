@@ -12,10 +12,10 @@ import openai
 import pytest
 
 from context_trimmer import ConfigurationError, CoolDown, RateLimits, RetryPolicy, Upstream
-from context_trimmer._ratelimit import Headroom
-from context_trimmer._send_plan import Choose, Send, SendState, send_plan
-from context_trimmer._upstreams import Member, Pool, host_of, members
-from context_trimmer._wrapped_client import pool_of
+from context_trimmer._client.send_plan import Choose, Send, SendState, send_plan
+from context_trimmer._client.upstreams import Member, Pool, host_of, members
+from context_trimmer._client.wrapped_client import pool_of
+from context_trimmer._store.ratelimit import Headroom
 
 
 class Clock:

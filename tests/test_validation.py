@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import func, select
 
 from context_trimmer import InvalidMessagesError, Trimmer, TrimmerError, validate_messages
-from context_trimmer._history import MESSAGES
-from context_trimmer._ledger import REQUESTS
+from context_trimmer._store.history import MESSAGES
+from context_trimmer._store.ledger import REQUESTS
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from context_trimmer import Prepared, Trimmer
-from context_trimmer._hashing import WINDOW, ChainCache, chain_digests
+from context_trimmer._trimming.hashing import WINDOW, ChainCache, chain_digests
 
 Messages = list[dict[str, Any]]
 

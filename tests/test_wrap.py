@@ -23,8 +23,8 @@ from context_trimmer import (
     UserQuota,
     count_tokens,
 )
-from context_trimmer._ledger import ATTEMPTS, USAGE
-from context_trimmer._ratelimit import (
+from context_trimmer._store.ledger import ATTEMPTS, USAGE
+from context_trimmer._store.ratelimit import (
     UNKNOWN_FOR,
     Governor,
     HeaderLimits,

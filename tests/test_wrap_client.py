@@ -20,8 +20,9 @@ from openai_server import FakeOpenAI, Reply
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from context_trimmer import ConfigurationError, RetryPolicy, Trimmer, _wrapped_client
-from context_trimmer._ledger import ATTEMPTS, USAGE
+from context_trimmer import ConfigurationError, RetryPolicy, Trimmer
+from context_trimmer._client import wrapped_client as _wrapped_client
+from context_trimmer._store.ledger import ATTEMPTS, USAGE
 
 HISTORY = 120
 

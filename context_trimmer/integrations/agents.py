@@ -3,7 +3,7 @@ reads are trimmed.
 
 ``TrimmerSession(session_id, trimmer)`` keeps every item the runner adds (messages,
 function calls and their outputs) in the store as chat messages, the conversion the
-wrapped client uses for ``responses.create`` (``_responses_api``), and remembers where
+wrapped client uses for ``responses.create`` (``_client.responses_api``), and remembers where
 the session's history ends (``ct_sessions``). What the runner reads back,
 ``get_items()``, is what prepare() would send for that history: the summary of the
 folded part, then the window of the newest items; so each run sends fewer tokens while
@@ -28,8 +28,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._client.responses_api import chat_to_items, to_chat, untrimmable
 from .._exceptions import ConfigurationError
-from .._responses_api import chat_to_items, to_chat, untrimmable
 from .._trimmer import Trimmer
 
 __all__ = ["TrimmerSession"]

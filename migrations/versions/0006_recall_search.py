@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from context_trimmer import _recall_index
+from context_trimmer._store import recall_index as _recall_index
 
 revision: str = "0006"
 down_revision: str | None = "0005"

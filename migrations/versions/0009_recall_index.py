@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from context_trimmer import _recall_index
+from context_trimmer._store import recall_index as _recall_index
 
 revision: str = "0009"
 down_revision: str | None = "0008"

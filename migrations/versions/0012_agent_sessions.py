@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from context_trimmer._schema import HASH
+from context_trimmer._store.schema import HASH
 
 revision: str = "0012"
 down_revision: str | None = "0011"

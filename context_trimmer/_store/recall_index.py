@@ -1,0 +1,318 @@
+"""The full-text index of stored messages, which recall searches (see ``_trimming.recall``).
+
+Each conversational message is indexed once, when it is first stored, in the same
+transaction, under the hash of its path's first conversational message (its
+*anchor*: every branch of a conversation shares it, and hashes are per user, so no
+other user's or tenant's messages share it) and its depth (its index on the path).
+The indexed text is the message's words as sent (text parts, tool calls' names and
+arguments), lower-cased with accents folded, so "Málaga" and "malaga" match, each word
+cut to its stem (:func:`stem`: common endings off, in any language, no stemmer to
+choose), so "painted", "paints" and "painting" are one term and a query looks up exact
+terms (a prefix query would merge the postings of every word it starts, which costs
+far more); and each term is *scoped*: the anchor's first 12 hex digits go before it
+(:func:`scoped`), so a lookup reads only this conversation's postings, needs no join
+with the anchor, and a word's document frequency is the conversation's own:
+
+- SQLite: an FTS5 table (``tokenize='unicode61 remove_diacritics 2'``, a prefix index
+  of the scope and six letters, so a six-letter prefix is one lookup), ranked with
+  ``bm25()`` (weight 0 on the anchor column).
+- PostgreSQL: a ``tsvector`` column (``'simple'`` configuration: our stems as they are)
+  with a GIN index without a pending list (``fastupdate = off``: every search would
+  scan the unmerged entries), a btree index on (anchor, depth), and ``TERMS_TABLE``:
+  each scoped term's number of indexed messages, kept in the statements that index and
+  erase (GIN cannot count a term's matches without building its whole bitmap).
+
+Migration 0006 created the index of plain words; migration 0009 rebuilds it with
+scoped stems and the counts (its downgrade rebuilds the plain one). Each fills it for
+histories already stored. Messages are never shown from the index (recall renders them
+from the path), so it holds only what the lookups need.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import unicodedata
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from .fastsql import on_driver
+from .schema import SEARCH_TABLE
+
+Message = Mapping[str, Any]
+CONTROL_ROLES = frozenset({"system", "developer"})
+SUFFIXES = ("ing", "ed", "es", "s", "e")
+MIN_STEM = 3
+SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
+CHUNK = 500  # messages indexed per statement on PostgreSQL
+PREFIX = 6  # a longer stem is looked up by its first PREFIX letters (FTS5 prefix index)
+_WORD = re.compile(r"[^\W_]+")
+
+
+def message_text(message: Message) -> str:
+    """The words of ``message`` as one line: text parts, tool calls' names and arguments."""
+    parts: list[str] = []
+    content = message.get("content")
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts.extend(
+            str(part.get("text") or part.get("refusal") or "")
+            for part in content
+            if isinstance(part, Mapping)
+        )
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") or {}
+        parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
+    # NUL is valid message text but not PostgreSQL text: index it as a space.
+    return " ".join(" ".join(p.replace("\x00", " ").split()) for p in parts if p).strip()
+
+
+def fold(words: str) -> str:
+    """Lower-cased, accents removed (NFKD without combining marks): how text is indexed.
+    ASCII text has nothing to decompose: only lower-cased (the same result, sooner)."""
+    if words.isascii():
+        return words.lower()
+    decomposed = unicodedata.normalize("NFKD", words.lower())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def stem(word: str) -> str:
+    """``word`` without its common endings (-ing, -ed, -es, -s, -e, taken off while at
+    least four letters stay): "paintings", "painted" and "paint" are all "paint";
+    "dance", "dancing" and "danced" are "danc"; "casas" is "casa". Cut the same way
+    when indexing and when asking, so both meet on one term."""
+    if word.isdigit():
+        return word
+    cut = True
+    while cut:
+        cut = False
+        for suffix in SUFFIXES:
+            if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+                word, cut = word[: -len(suffix)], True
+                break
+    return word
+
+
+def words_of(text: str) -> list[str]:
+    """The folded words of ``text`` (letters and digits; anything else separates)."""
+    return _WORD.findall(fold(text))
+
+
+def scoped(anchor: str, term: str) -> str:
+    """``term`` as indexed in the conversation of ``anchor``: after the anchor's first
+    ``SCOPE`` hex digits, so each conversation's words have postings of their own (a
+    lookup reads this conversation's matches only, and a word's document frequency is
+    this conversation's)."""
+    return anchor[:SCOPE] + term
+
+
+def terms_of(text: str, anchor: str | None = None) -> str:
+    """What is indexed for ``text``: its folded words, stemmed and scoped to ``anchor``,
+    one space apart (``anchor=None``: the folded text, as migration 0006 indexed it)."""
+    if anchor is None:
+        return fold(text)
+    return " ".join(scoped(anchor, stem(w)) for w in words_of(text))
+
+
+TERMS_TABLE = f"{SEARCH_TABLE}_terms"
+# On PostgreSQL each scoped term's number of indexed messages, kept with the index: a
+# GIN index cannot count a term's matches without building its whole bitmap.
+_ADD_COUNTED = f"""
+WITH added AS (
+    INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document)
+    SELECT hash, anchor, depth, to_tsvector('simple', words)
+    FROM unnest(CAST(:hashes AS TEXT[]), CAST(:anchors AS TEXT[]), CAST(:depths AS INTEGER[]),
+                CAST(:words AS TEXT[])) AS row (hash, anchor, depth, words)
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING document
+)
+INSERT INTO {TERMS_TABLE} (term, docs)
+SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS term
+GROUP BY term ORDER BY term
+ON CONFLICT (term) DO UPDATE SET docs = {TERMS_TABLE}.docs + EXCLUDED.docs
+"""
+# The count rows are locked in term order, as appends lock them (their INSERT ... ORDER
+# BY term), so an erasure and an append on one conversation never deadlock.
+_UNCOUNT = f"""
+WITH gone AS (
+    SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
+    unnest(tsvector_to_array(document)) AS term
+    WHERE hash = ANY(CAST(:hashes AS TEXT[])) GROUP BY term
+), locked AS (
+    SELECT counted.term, gone.docs FROM {TERMS_TABLE} AS counted
+    JOIN gone ON gone.term = counted.term
+    ORDER BY counted.term FOR UPDATE OF counted
+)
+UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - locked.docs
+FROM locked WHERE counted.term = locked.term
+"""
+
+
+def create(connection: Connection, counts: bool = True) -> None:
+    """Create the index (empty) on this connection's database; on PostgreSQL with its
+    table of term counts (``counts``; migration 0006's index had none)."""
+    if connection.dialect.name == "sqlite":
+        connection.execute(
+            text(
+                f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, "
+                "hash UNINDEXED, depth UNINDEXED, "
+                f"tokenize='unicode61 remove_diacritics 2', prefix='{SCOPE + PREFIX}')"
+            )
+        )
+        return
+    connection.execute(
+        text(
+            f"CREATE TABLE {SEARCH_TABLE} (hash VARCHAR(64) PRIMARY KEY, "
+            "anchor_hash VARCHAR(64) NOT NULL, depth INTEGER NOT NULL, "
+            "document TSVECTOR NOT NULL)"
+        )
+    )
+    connection.execute(
+        text(
+            f"CREATE INDEX ix_{SEARCH_TABLE}_document ON {SEARCH_TABLE} USING GIN (document)"
+            + (" WITH (fastupdate = off)" if counts else "")
+        )
+    )  # no pending list: every search would scan it all (milliseconds) until VACUUM
+    connection.execute(
+        text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
+    )
+    if counts:
+        connection.execute(
+            text(f"CREATE TABLE {TERMS_TABLE} (term TEXT PRIMARY KEY, docs INTEGER NOT NULL)")
+        )
+
+
+def drop(connection: Connection) -> None:
+    connection.execute(text(f"DROP TABLE {SEARCH_TABLE}"))
+    if connection.dialect.name != "sqlite":
+        connection.execute(text(f"DROP TABLE IF EXISTS {TERMS_TABLE}"))
+
+
+def add(
+    connection: Connection, rows: Sequence[tuple[str, str, int, str]], stems: bool = True
+) -> None:
+    """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now
+    (``stems=False``: the plain words of migration 0006's index)."""
+    values = [
+        {"hash": h, "anchor": a, "depth": d, "words": terms_of(t, a if stems else None)}
+        for h, a, d, t in rows
+        if t.strip()
+    ]
+    if not values:
+        return
+    if connection.dialect.name == "sqlite":  # on every append: the driver's own statement
+        statement = f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) VALUES (?, ?, ?, ?)"
+        rows_in = [(v["words"], v["anchor"], v["hash"], v["depth"]) for v in values]
+        on_driver(connection, statement, rows_in, many=True).close()
+        return
+    if stems:  # one statement: the rows, and the counts of the rows new here
+        plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
+        for start in range(0, len(values), CHUNK):  # each statement bounded in time
+            chunk = values[start : start + CHUNK]
+            arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
+            connection.execute(text(_ADD_COUNTED), arrays)
+        return
+    statement = (
+        f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
+        "VALUES (:hash, :anchor, :depth, to_tsvector('simple', :words)) "
+        "ON CONFLICT (hash) DO NOTHING"
+    )
+    connection.execute(text(statement), values)
+
+
+# Terms known to be in at least ``_trimming.recall.PROBE_CAP`` messages of their conversation,
+# per database engine and anchor. A conversation's counts only grow as messages are
+# appended, so such a term stays common and recall need not count it again; an erasure
+# in this process forgets them all. (An erasure by another process can leave a term
+# here that is rarer now: recall then leaves it out of the search, as before it.)
+_COMMON: weakref.WeakKeyDictionary[Engine, dict[str, frozenset[str]]] = weakref.WeakKeyDictionary()
+COMMON_CONVERSATIONS = 4096  # per engine; past this many, the oldest are dropped
+_COMMON_LOCK = threading.Lock()  # prepare() runs on many threads (the gateway)
+
+
+def common_terms(engine: Engine, anchor: str) -> frozenset[str]:
+    """The terms known to be common in the conversation of ``anchor``."""
+    known = _COMMON.get(engine)
+    return frozenset() if known is None else known.get(anchor, frozenset())
+
+
+def note_common(engine: Engine, anchor: str, terms: Iterable[str]) -> None:
+    """Remember ``terms`` as common in the conversation of ``anchor``."""
+    with _COMMON_LOCK:
+        known = _COMMON.setdefault(engine, {})
+        known[anchor] = known.pop(anchor, frozenset()).union(terms)  # now the newest entry
+        while len(known) > COMMON_CONVERSATIONS:
+            known.pop(next(iter(known)), None)
+
+
+def remove(connection: Connection, hashes: Sequence[str]) -> None:
+    """Take erased messages out of the index, leaving no trace of their words (on SQLite
+    the index's segments are merged, so no deleted token lingers in an older one)."""
+    if not hashes:
+        return
+    with _COMMON_LOCK:
+        for known in list(_COMMON.values()):
+            known.clear()  # counts shrink: what was common may not be any more
+    if connection.dialect.name != "sqlite":
+        connection.execute(text(_UNCOUNT), {"hashes": list(hashes)})
+        connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
+    marks = ", ".join(f":h{i}" for i in range(len(hashes)))
+    values = {f"h{i}": h for i, h in enumerate(hashes)}
+    connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)
+    if connection.dialect.name == "sqlite":
+        connection.execute(text(f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('optimize')"))
+
+
+def rows_for(
+    messages: Sequence[Message], hashes: Sequence[str], indexes: Iterable[int]
+) -> list[tuple[str, str, int, str]]:
+    """Index rows for ``messages[i]`` (i in ``indexes``) of one path."""
+    anchor = next((i for i, m in enumerate(messages) if m["role"] not in CONTROL_ROLES), None)
+    if anchor is None:
+        return []
+    return [
+        (hashes[i], hashes[anchor], i, message_text(messages[i]))
+        for i in indexes
+        if i >= anchor and messages[i]["role"] not in CONTROL_ROLES
+    ]
+
+
+def rebuild(connection: Connection, stems: bool = True) -> None:
+    """Drop the index and build it again from the stored messages (migration 0009)."""
+    drop(connection)
+    create(connection, counts=stems)
+    backfill(connection, stems=stems)
+
+
+def backfill(connection: Connection, batch: int = 1000, stems: bool = True) -> None:
+    """Index every stored conversational message (migrations 0006, 0009): each message's
+    anchor is inherited from its parent, or is itself when it is the first
+    conversational message of its path."""
+    anchors: dict[str, str | None] = {}
+    pending: list[tuple[str, str, int, str]] = []
+    stored = connection.execute(
+        text("SELECT hash, parent_hash, depth, role, body FROM ct_messages ORDER BY depth, hash")
+    ).all()
+    for raw_hash, raw_parent, depth, role, body in stored:
+        hash_, parent = _hex(raw_hash), _hex(raw_parent)
+        inherited = anchors.get(parent) if parent is not None else None
+        conversational = role not in CONTROL_ROLES
+        anchor = inherited or (hash_ if conversational else None)
+        anchors[hash_] = anchor
+        if conversational and anchor is not None:
+            pending.append((hash_, anchor, depth, message_text(json.loads(body))))
+        if len(pending) >= batch:
+            add(connection, pending, stems)
+            pending = []
+    add(connection, pending, stems)
+
+
+def _hex(value: Any) -> Any:
+    """A hash as the index keeps it: hex text (read raw, it is bytes after migration
+    0008 and text before it)."""
+    return bytes(value).hex() if isinstance(value, bytes | memoryview) else value

@@ -1,0 +1,295 @@
+"""SQLAlchemy models of the history store. Alembic migrations in ``migrations/`` create
+them; ``tests/test_migrations.py`` fails if the two disagree.
+
+- ``ct_messages``: every message ever seen, keyed by its prefix chain hash; append-only.
+  Every hash column holds the digest's 32 bytes (:class:`Hash`; hex to Python code).
+- ``ct_token_counts``: each message's tokens, and the running total of its path, per
+  counting key (encoding + image pricing), so stored history is never recounted.
+- ``ct_summaries``: rolling summaries, each keyed by the hash of the last message it
+  covers; immutable, a newer one supersedes by covering more.
+- ``ct_summary_failures``: summarizer calls that failed (never stored as summaries).
+- ``ct_leases``: short leases so two workers never summarize the same span at once.
+- ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
+  API's reported usage when the response is recorded; each request's prompt-cache
+  figures are stored by the first report that computes them.
+- ``ct_sessions``: the head of each Agents SDK session (``integrations.agents``).
+- ``ct_message_search``: the full-text index recall searches (an FTS5 table on SQLite,
+  a tsvector table on PostgreSQL); made by migration 0006 in SQL, not modelled here
+  (see ``_store.recall_index``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class Hash(TypeDecorator[str]):
+    """A sha256 digest, stored as its 32 bytes (BLOB / BYTEA) and seen by Python as its
+    64-character hex string, so queries and the code around them deal in hex only.
+    Raw digests (``bytes``) are accepted when binding too."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        return bytes.fromhex(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else bytes(value).hex()
+
+
+HASH = Hash()
+SEARCH_TABLE = "ct_message_search"
+WITHOUT_ROWID = {"sqlite_with_rowid": False}
+"""SQLite: the table is its primary key's b-tree (no second copy of the key)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Message(Base):
+    __tablename__ = "ct_messages"
+
+    hash: Mapped[str] = mapped_column(HASH, primary_key=True)
+    parent_hash: Mapped[str | None] = mapped_column(HASH)
+    depth: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TokenCount(Base):
+    __tablename__ = "ct_token_counts"
+    __table_args__ = WITHOUT_ROWID
+
+    message_hash: Mapped[str] = mapped_column(
+        HASH, ForeignKey("ct_messages.hash"), primary_key=True
+    )
+    counting_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[int] = mapped_column(Integer)
+    path_tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class Summary(Base):
+    __tablename__ = "ct_summaries"
+    __table_args__ = (Index("ix_ct_summaries_anchor_depth", "anchor_hash", "covers_depth"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    anchor_hash: Mapped[str] = mapped_column(HASH)
+    covers_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    covers_depth: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("ct_summaries.id"))
+    conversation_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    user: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    summarizer: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(32))
+    messages_folded: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SummaryFailure(Base):
+    __tablename__ = "ct_summary_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    anchor_hash: Mapped[str] = mapped_column(HASH, index=True)
+    covers_hash: Mapped[str] = mapped_column(HASH)
+    conversation_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    user: Mapped[str | None] = mapped_column(String(200))
+    summarizer: Mapped[str] = mapped_column(String(200))
+    error: Mapped[str] = mapped_column(Text)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Lease(Base):
+    __tablename__ = "ct_leases"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Request(Base):
+    __tablename__ = "ct_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    conversation_id: Mapped[str] = mapped_column(String(200), index=True)
+    user: Mapped[str | None] = mapped_column(String(200), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    head_hash: Mapped[str] = mapped_column(HASH)
+    message_count: Mapped[int] = mapped_column(Integer)
+    messages_sent: Mapped[int] = mapped_column(Integer)
+    baseline_tokens: Mapped[int] = mapped_column(Integer)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    summary_id: Mapped[int | None] = mapped_column(ForeignKey("ct_summaries.id"))
+    summary_tokens: Mapped[int] = mapped_column(Integer)
+    max_tokens_requested: Mapped[int | None] = mapped_column(Integer)
+    max_tokens_baseline: Mapped[int] = mapped_column(Integer)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    summarizer_tokens_in: Mapped[int] = mapped_column(Integer)
+    summarizer_tokens_out: Mapped[int] = mapped_column(Integer)
+    folded_synchronously: Mapped[bool] = mapped_column(Boolean)
+    summary_failures: Mapped[int] = mapped_column(Integer)
+    compression_saved_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    recall_tokens: Mapped[int] = mapped_column(Integer, server_default="0")
+    # What OpenAI's prompt cache would have served (see _prompt_cache), written by the
+    # report the first time it sees the request; NULL until then.
+    cache_baseline_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_sent_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class Usage(Base):
+    __tablename__ = "ct_usage"
+
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("ct_requests.id"), primary_key=True, autoincrement=False
+    )
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PromptCompression(Base):
+    """One compressed system prompt, keyed by the hash of (mode, settings, prompt)."""
+
+    __tablename__ = "ct_prompt_compressions"
+
+    key: Mapped[str] = mapped_column(HASH, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str | None] = mapped_column(Text)
+    original_tokens: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[int] = mapped_column(Integer)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+
+class RateLimitState(Base):
+    """What is left of one API key's limits for one model, shared by every worker."""
+
+    __tablename__ = "ct_rate_limits"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    limit_requests: Mapped[int | None] = mapped_column(Integer)
+    limit_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    remaining_requests: Mapped[int | None] = mapped_column(Integer)
+    remaining_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reset_requests_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reset_tokens_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserWindow(Base):
+    """Tokens one user spent in one quota window (a minute or a UTC day)."""
+
+    __tablename__ = "ct_user_windows"
+
+    user: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window: Mapped[str] = mapped_column(String(32), primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+
+
+class Attempt(Base):
+    """How a prepared request was sent: retries, 429s, waits, fallback, outcome, and the
+    upstream that answered (its label: a name and host, never a key)."""
+
+    __tablename__ = "ct_attempts"
+
+    request_id: Mapped[int] = mapped_column(
+        ForeignKey("ct_requests.id"), primary_key=True, autoincrement=False
+    )
+    attempts: Mapped[int] = mapped_column(Integer)
+    rate_limited: Mapped[int] = mapped_column(Integer)
+    waited_ms: Mapped[int] = mapped_column(Integer)
+    fallback_model: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(32))
+    upstream: Mapped[str | None] = mapped_column(String(200))  # label, never a key
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+
+
+class ApiKey(Base):
+    """A gateway API key: only its sha256 is stored; ``prefix`` identifies it to people."""
+
+    __tablename__ = "ct_api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(HASH, unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(200))
+    admin: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class OwnedObject(Base):
+    """An upstream object (file, stored response, conversation, batch, vector store...)
+    created through the gateway, and the tenant (the key's user) that created it: only
+    that tenant may reach it through the passthrough (``gateway._objects``)."""
+
+    __tablename__ = "ct_owned_objects"
+
+    object_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(200), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionHead(Base):
+    """An Agents SDK session's newest stored message (``integrations.agents``): the
+    session's history is the path ending there (None: emptied by ``pop_item``)."""
+
+    __tablename__ = "ct_sessions"
+
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    head_hash: Mapped[str | None] = mapped_column(HASH)
+    model: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

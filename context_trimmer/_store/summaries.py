@@ -1,0 +1,92 @@
+"""Stored summaries and summarizer failures.
+
+Summaries are immutable rows keyed by the hash of the last message they cover (and
+its depth), under the conversation's anchor (its first non-system message). Serving a
+summary is a lookup of the deepest one on the current path: a short indexed scan by
+anchor, checked against the in-memory hashes of the path. A new summary supersedes
+an old one by covering more. Failures are recorded with what they cost, never stored
+as summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Table, bindparam, insert, select
+
+from .db import Database, insert_if_absent
+from .fastsql import Fast
+from .schema import Summary, SummaryFailure, utcnow
+
+SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]
+FAILURES: Table = SummaryFailure.__table__  # type: ignore[assignment]
+_c = SUMMARIES.c
+_DEEPEST = (  # built once: prepare() runs it
+    select(
+        _c.id,
+        _c.covers_hash,
+        _c.covers_depth,
+        _c.text,
+        _c.summarizer,
+        _c.messages_folded,
+        _c.tokens_in,
+        _c.tokens_out,
+    )
+    .where(_c.anchor_hash == bindparam("anchor"), _c.covers_depth < bindparam("depth"))
+    .order_by(_c.covers_depth.desc())
+    .limit(64)
+)
+_DEEPEST_FAST = Fast(_DEEPEST)
+
+
+@dataclass(frozen=True)
+class StoredSummary:
+    """A summary as stored: what it covers and what it cost."""
+
+    id: int
+    covers_hash: str
+    covers_depth: int
+    text: str
+    summarizer: str
+    messages_folded: int
+    tokens_in: int
+    tokens_out: int
+
+    @property
+    def next_index(self) -> int:
+        """Index of the first message after the span this summary covers."""
+        return self.covers_depth + 1
+
+
+class Summaries:
+    """Read and write summaries and summarizer failures in ``db``."""
+
+    def __init__(self, db: Database):
+        self._db = db
+
+    def deepest(
+        self, connection: Connection, anchor: str, hashes: Sequence[str]
+    ) -> StoredSummary | None:
+        """The summary covering the most of this path, or None."""
+        rows = _DEEPEST_FAST.rows(connection, {"anchor": anchor, "depth": len(hashes)})
+        for row in rows:
+            if hashes[row.covers_depth] == row.covers_hash:
+                return StoredSummary(**row._asdict())
+        return None
+
+    def add(self, values: Mapping[str, Any]) -> int | None:
+        """Store a summary; returns its id, or None if that span was already summarized."""
+        with self._db.writing() as connection:
+            if not insert_if_absent(connection, SUMMARIES, {**values, "created_at": utcnow()}):
+                return None
+            summary_id = connection.execute(
+                select(SUMMARIES.c.id).where(SUMMARIES.c.covers_hash == values["covers_hash"])
+            ).scalar_one()
+            return int(summary_id)
+
+    def add_failure(self, values: Mapping[str, Any]) -> None:
+        """Record a summarizer call that failed (its text is never stored as a summary)."""
+        with self._db.writing() as connection:
+            connection.execute(insert(FAILURES), [{**values, "created_at": utcnow()}])

@@ -1,0 +1,343 @@
+"""The local summarizer: deterministic, no network, keeps the facts most likely asked about.
+
+The summary is a list of facts under the dates they were said, one line per run of
+facts by the same speaker::
+
+    [8 May, 2023]
+    Caroline: went to a LGBTQ support group yesterday; researching adoption agencies
+    Melanie: took my kids to a pottery workshop last Friday
+
+Folding re-reads the previous summary's facts, splits the new turns into clauses
+(dropping questions, greetings and filler; a message opening with a ``[date]`` tag
+dates the clauses after it) and greedily keeps the clause with the best value per
+token. A clause's value is the content words it adds that no kept clause has yet,
+each weighted by its rarity among the candidates, times a prior from its form:
+first-person news, times, numbers, names and titles up; replies to the listener and
+general remarks down; answers to a question up. Each date, and each speaker on each
+date, also counts as a word, so every session keeps something of both sides. Facts
+already in the summary get a bonus: they stay unless clearly outranked, which keeps
+the summary stable between folds. The weights were measured on the LoCoMo
+conversations (``benchmarks/locomo_savings.py``). Same input, same output.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+from .summarizers import SummaryRequest, SummaryResult
+
+_SPEAKER_LABEL = re.compile(r"^([A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}): ")
+_DATE_TAG = re.compile(r"^\[([^\]]{4,60})\]\s*")
+_DATE_LINE = re.compile(r"\[([^\]\n]+)\]")
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(?:\s*[ap]\.?m\.?)?\s+(?:on\s+)?", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+_CLAUSE_BREAK = re.compile(
+    r"\s+[-\u2013\u2014]+\s+|;\s+|:\s+|,\s+(?=(?:and|but|so|because|which)\b)"
+    r"|,?\s+(?:and|but)\s+(?=(?:it|it's|it was|that|that's|this|they|they're)\b)"
+)
+_TAG_QUESTION = re.compile(
+    r",?\s+(?:right|isn't it|aren't they|don't you think|you know|huh|eh)\?$", re.IGNORECASE
+)
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
+_OPENER = re.compile(
+    r"^(?:(?:hey|hi|hello|wow|whoa|yeah|yes|yep|oh|ah|aww|haha|omg|lol|cool|great|awesome|"
+    r"thanks|thank you|congrats|nice|sure|ok|okay|well|so|and|but)\b[^A-Za-z0-9]*)+",
+    re.IGNORECASE,
+)
+_FILLER = re.compile(
+    r"\b(?:really|just|super|totally|actually|very|pretty|quite|definitely|literally|"
+    r"so much|kind of|sort of)\s+",
+    re.IGNORECASE,
+)
+_STOPWORDS = frozenset(
+    """a an the and or but if then so of to in on at by for with from as is are was were be
+    been being am i me my mine we our you your he she it its they them their this that these
+    those there here what which who whom how why when where do does did done have has had
+    having not no yes can could would should will shall may might must just really very
+    also too than into about over after before up down out off again once all any both each
+    few more most other some such only own same s t don it's i'm i've i'd i'll that's you're
+    thanks thank hey hi wow yeah oh great awesome cool love glad sounds amazing""".split()
+)
+# Words of small talk and feeling: frequent in chat, rarely the fact anyone asks about.
+_SMALL_TALK = frozenset(
+    """feel feels feeling felt feelings happy happiness proud excited exciting glad sad
+    sorry hope hoping hopefully wish wishing wonderful fantastic incredible inspiring
+    inspired inspiration meaningful special beautiful beauty lovely nice good best better
+    amazing awesome cool fun hard tough difficult easy important support supportive
+    supporting kind kindness gesture moment moments life lives journey world people thing
+    things stuff lot lots time times day days way ways keep keeping going get getting got
+    make making made take taking took know knew think thought mean means meant see seeing
+    saw look looks looking want wanted need needed try trying tried let us together
+    always never ever still even much many well right sure totally absolutely truly
+    definitely peace peaceful perspective dream dreams reminds remind reminder remember
+    heart soul spirit joy fulfilling rewarding comfort comforting strength strong
+    positive negative vibe vibes energy mind care caring appreciate appreciated
+    grateful thankful blessed awesome wow congrats congratulations cheers proud
+    encouraging encourage encouraged motivation motivated motivating passion passionate
+    wonderful experience experiences something anything everything nothing someone
+    anyone everyone cherish cherished memories memory awesome fab gonna wanna""".split()
+)
+_LEADING_SUBJECT = re.compile(
+    r"^(?:(?:i|we|i've|we've|i'm|we're|i'd|we'd|i'll|we'll|it|it's|that|that's|this|there)"
+    r"(?:\s+(?:have|had|has|been|was|were|am|are|is|just|also|recently|finally|even|all))*\s+)",
+    re.IGNORECASE,
+)
+MIN_WORDS = 3
+FACT_SEPARATOR = "; "
+NOTHING_KEPT = "(small talk only)"
+# Priors and weights (see the module docstring), measured on LoCoMo.
+ANSWER_BONUS = 2.0  # a clause in the reply to a question
+ADDRESSED_FACTOR = 0.4  # a clause that calls a speaker by name ("so true, Mel")
+KEPT_BONUS = 6.0  # a fact already in the previous summary
+DATE_WEIGHT = 20.0  # the first fact kept from a date
+SPEAKER_WEIGHT = 20.0  # the first fact kept from a speaker on a date
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One clause: who said it, when, and how likely it is worth keeping (``prior``,
+    not part of its identity)."""
+
+    speaker: str
+    text: str
+    date: str = ""
+    prior: float = field(default=1.0, compare=False)
+
+
+class ExtractiveSummarizer:
+    """Local, deterministic summaries that keep as many distinct facts as fit the budget."""
+
+    name = "extractive"
+    prompt_version = "1"
+    input_tokens = 1_000_000
+
+    def summarize(self, request: SummaryRequest) -> SummaryResult:
+        kept, date = parse_summary(request.previous)
+        new, date = facts_of(request.transcript, date)
+        candidates = list(dict.fromkeys(kept + new))
+        chosen = _select(candidates, date, request)
+        text = render_facts([candidates[i] for i in sorted(chosen)], date)
+        # Speaker labels were not in the greedy's costs: drop the least useful facts
+        # (picked last), then the date line, until the summary fits the budget exactly.
+        while request.count_tokens(text) > request.budget and (chosen or date):
+            if chosen:
+                chosen.pop()
+            else:
+                date = ""
+            text = render_facts([candidates[i] for i in sorted(chosen)], date)
+        # Turns with nothing worth keeping (greetings, thanks) still fold away.
+        return SummaryResult(text or NOTHING_KEPT)
+
+
+def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
+    """Greedy weighted max coverage: indexes of the facts to keep, most useful first.
+
+    A fact's value per token is its prior times the weight of the words it adds,
+    over its tokens. Values only fall as words get covered, so the greedy is lazy
+    (CELF): a fact is re-scored only when it reaches the top of the heap, which keeps
+    a fold over thousands of clauses fast. The budget also pays each date's line
+    once, and the latest date's line up front (it is always written).
+    """
+    words = [_content_words(fact.text) for fact in candidates]
+    weight = _rarity(words)
+    for fact, group in zip(candidates, words, strict=True):
+        if fact.date and group:
+            for session, session_weight in (
+                (f"[{fact.date}]", DATE_WEIGHT),
+                (f"[{fact.date}] {fact.speaker}", SPEAKER_WEIGHT),
+            ):
+                group.add(session)
+                weight[session] = session_weight
+    costs = [request.count_tokens(fact.text) + 1 for fact in candidates]
+    dated = {latest} if latest else set()
+    used = request.count_tokens(_date_line(latest)) + 1 if latest else 0
+    chosen: list[int] = []
+    covered: set[str] = set()
+
+    def value(i: int) -> float:
+        gain = math.fsum(weight[w] for w in words[i] if w not in covered)
+        return candidates[i].prior * gain / costs[i]
+
+    heap = [(-value(i), i) for i in range(len(candidates)) if words[i]]
+    heapq.heapify(heap)
+    while heap:
+        _, best = heapq.heappop(heap)
+        fresh = (-value(best), best)
+        if fresh[0] == 0:
+            continue
+        if heap and fresh > heap[0]:
+            heapq.heappush(heap, fresh)  # outranked once re-scored: try again later
+            continue
+        date = candidates[best].date
+        cost = costs[best]
+        if date and date not in dated:
+            cost += request.count_tokens(_date_line(date)) + 1
+        if used + cost <= request.budget:
+            used += cost
+            chosen.append(best)
+            covered |= words[best]
+            dated.add(date)
+    return chosen
+
+
+def render_facts(facts: list[Fact], latest: str = "") -> str:
+    """Facts under their date lines, one line per run of facts by the same speaker.
+
+    ``latest`` (the date of the newest folded message) closes the summary even when
+    no fact of that date was kept, so the next fold knows when its messages began.
+    """
+    lines: list[str] = []
+    date, speaker = "", None
+    for fact in facts:
+        if fact.date != date:
+            date, speaker = fact.date, None
+            lines.append(_date_line(date))
+        if fact.speaker == speaker:
+            lines[-1] += FACT_SEPARATOR + fact.text
+        else:
+            speaker = fact.speaker
+            lines.append(f"{speaker}: {fact.text}")
+    if latest and latest != date:
+        lines.append(_date_line(latest))
+    return "\n".join(lines)
+
+
+def parse_summary(summary: str | None) -> tuple[list[Fact], str]:
+    """The facts of a rendered summary, and its latest date."""
+    facts: list[Fact] = []
+    date = ""
+    for line in (summary or "").splitlines():
+        if line == NOTHING_KEPT:
+            continue
+        header = _DATE_LINE.fullmatch(line)
+        if header:
+            date = header.group(1)
+            continue
+        speaker, separator, body = line.partition(": ")
+        if not separator:
+            speaker, body = "", line
+        facts.extend(
+            Fact(speaker, text, date) for text in body.split(FACT_SEPARATOR) if text.strip()
+        )
+    speakers = {fact.speaker for fact in facts}
+    return [replace(fact, prior=KEPT_BONUS * _prior(fact.text, speakers)) for fact in facts], date
+
+
+def facts_of(transcript: str, date: str = "") -> tuple[list[Fact], str]:
+    """Clauses worth keeping from a rendered transcript (``role: text`` lines).
+
+    A message opening with a ``[date]`` tag dates itself and the messages after it;
+    ``date`` is the one in force before the transcript. Returns the facts and the
+    date in force after it.
+    """
+    found: list[tuple[Fact, bool]] = []
+    asked = False
+    for line in transcript.splitlines():
+        role, _, text = line.partition(": ")
+        answers, asked = asked, text.rstrip().endswith("?")
+        tag = _DATE_TAG.match(text)
+        if tag:
+            date = _TIME_OF_DAY.sub("", tag.group(1).strip())
+            text = text[tag.end() :]
+        label = _SPEAKER_LABEL.match(text)
+        speaker = label.group(1) if label else role
+        if label:
+            text = text[label.end() :]
+        for sentence in _SENTENCE_END.split(text):
+            sentence = _TAG_QUESTION.sub("", sentence.rstrip())
+            if sentence.endswith("?"):
+                continue
+            for clause in _CLAUSE_BREAK.split(sentence):
+                clause = _FILLER.sub("", _OPENER.sub("", clause.strip())).strip(" ,.!")
+                if len(_WORD.findall(clause)) >= MIN_WORDS:
+                    found.append((Fact(speaker, clause, date), answers))
+    speakers = {fact.speaker for fact, _ in found}
+    facts = [
+        Fact(
+            fact.speaker,
+            _LEADING_SUBJECT.sub("", fact.text).replace(FACT_SEPARATOR, ", "),
+            fact.date,
+            _prior(fact.text, speakers) * (ANSWER_BONUS if answers else 1.0),
+        )
+        for fact, answers in found
+    ]
+    return facts, date
+
+
+def _date_line(date: str) -> str:
+    return f"[{date}]"
+
+
+# How a clause's form changes the odds that it states a fact someone will ask about
+# later (measured on LoCoMo clauses): first-person news, times, numbers, titles and
+# names up; replies to the listener and general remarks down.
+_PRIORS = [
+    (re.compile(r"\b(?:i|we|my|our|me|us|i'm|i've|we're|we've)\b", re.IGNORECASE), 1.5),
+    (re.compile(r"\b(?:you|your|you're|you've|yours)\b", re.IGNORECASE), 0.3),
+    (
+        re.compile(
+            r"\b(?:yesterday|tomorrow|tonight|ago|recently|lately|the other day|since we|"
+            r"(?:last|next|this) (?:week|weekend|month|year|night|summer|fall|spring|winter|"
+            r"monday|tuesday|wednesday|thursday|friday|saturday|sunday))\b",
+            re.IGNORECASE,
+        ),
+        3.0,
+    ),
+    (
+        re.compile(
+            r"^(?:it's|it is|that's|that is|this is|life|being|having|losing|taking|finding)\b",
+            re.IGNORECASE,
+        ),
+        0.3,
+    ),
+    (
+        re.compile(
+            r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|twice|once)\b",
+            re.IGNORECASE,
+        ),
+        3.0,
+    ),
+    (re.compile(r"[\"\u201c]|\b(?:named|name(?:'s| is| was)|called)\b", re.IGNORECASE), 2.0),
+    (re.compile(r"(?<=[a-z] )[A-Z][a-z]"), 3.0),  # a capital inside a clause: a name
+]
+
+
+_VOCATIVE = re.compile(r",\s+([A-Z][a-z]+)$|^([A-Z][a-z]+),\s")
+
+
+def _prior(text: str, speakers: set[str]) -> float:
+    prior = 1.0
+    for pattern, factor in _PRIORS:
+        if pattern.search(text):
+            prior *= factor
+    if _addressed(text, speakers):
+        prior *= ADDRESSED_FACTOR
+    return prior
+
+
+def _addressed(text: str, speakers: set[str]) -> bool:
+    """Whether a clause calls a speaker by name ("That's so true, Mel"): a reply."""
+    match = _VOCATIVE.search(text)
+    if match is None:
+        return False
+    name = match.group(1) or match.group(2)
+    return any(speaker.startswith(name) for speaker in speakers)
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text)} - _STOPWORDS - _SMALL_TALK
+
+
+def _rarity(words: list[set[str]]) -> dict[str, float]:
+    frequency: dict[str, int] = {}
+    for group in words:
+        for word in group:
+            frequency[word] = frequency.get(word, 0) + 1
+    total = len(words) + 1
+    return {
+        word: math.log(total / count) + (1.0 if word[0].isdigit() else 0.0)
+        for word, count in frequency.items()
+    }

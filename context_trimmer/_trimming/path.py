@@ -1,0 +1,179 @@
+"""One call's view of its conversation: the path of stored messages it ends.
+
+A :class:`Path` is built once per prepare()/compact() call from the app's messages
+(validated and hashed, see ``_trimming.hashing``); storing it gives a :class:`StoredPath`, which
+also knows which messages were new and the path's running token totals. Both are
+immutable, and what needs the stored figures asks for a ``StoredPath``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .._exceptions import ConfigurationError
+from .._inline import refuse_long
+from .._models import ModelInfo
+from .._store import history as _history
+from .._store.db import Database
+from .._store.ledger import Ledger
+from .._store.summaries import StoredSummary, Summaries
+from .._text.tokens import TokenCounter
+from .hashing import ChainCache, canonical_json
+from .window import anchor_index
+
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Path:
+    """The messages of one call, their chain hashes, and who and what they are for."""
+
+    messages: Sequence[Message]
+    hashes: Sequence[str]
+    anchor: int | None
+    counter: TokenCounter
+    user: str | None
+    conversation_id: str
+    tools: list[dict[str, Any]] | None = None
+    tools_tokens: int = 0
+    max_tokens: int | None = None
+    controls: Sequence[int] | None = None
+    """Indexes of the system/developer messages (sorted; any past the end ignored), or
+    None to find them by scanning."""
+    seen: int = 0
+    """How many leading messages this process saw in an earlier call: where the store
+    looks first for what is stored (a hint; the store checks it)."""
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.counter.info
+
+    @property
+    def anchor_hash(self) -> str | None:
+        """The hash of the first conversational message: summaries are filed under it."""
+        return None if self.anchor is None else self.hashes[self.anchor]
+
+
+@dataclass(frozen=True)
+class StoredPath(Path):
+    """A path once stored: messages from ``new_from`` were new, with ``new_tokens``;
+    ``path_before`` is the running token total of the messages before them."""
+
+    new_from: int = 0
+    new_tokens: tuple[int, ...] = ()
+    path_before: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        """The tokens of every message on the path."""
+        return self.path_before + sum(self.new_tokens)
+
+
+def store(connection: Connection, path: Path) -> StoredPath:
+    """Store the messages of ``path`` not stored yet (with their token counts)."""
+    key = path.counter.key
+    new_from, path_before = _history.counted_prefix(connection, path.hashes, key, path.seen)
+    refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
+    new = path.messages[new_from:]
+    new_tokens = tuple(path.counter.message(m) for m in new)
+    _history.append(
+        connection,
+        path.messages,
+        [canonical_json(m) for m in new],
+        path.hashes,
+        new_from,
+        key,
+        new_tokens,
+        path_before,
+    )
+    values = {f.name: getattr(path, f.name) for f in fields(path)}
+    return StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
+
+
+def token_rows(
+    connection: Connection, path: StoredPath, indexes: Sequence[int]
+) -> dict[int, tuple[int, int]]:
+    """(tokens, running path total) of each message index, from memory or the store."""
+    found: dict[int, tuple[int, int]] = {}
+    stored = [i for i in indexes if i < path.new_from]
+    rows = _history.token_rows(connection, path.counter.key, (path.hashes[i] for i in stored))
+    for i in stored:
+        row = rows[path.hashes[i]]
+        found[i] = (row.tokens, row.path_tokens)
+    running = path.path_before
+    for offset, tokens in enumerate(path.new_tokens):
+        running += tokens
+        if path.new_from + offset in indexes:
+            found[path.new_from + offset] = (tokens, running)
+    return found
+
+
+def deepest_summary(
+    connection: Connection, summaries: Summaries, path: Path
+) -> StoredSummary | None:
+    """The summary covering the most of ``path``, or None."""
+    if path.anchor_hash is None:
+        return None
+    return summaries.deepest(connection, path.anchor_hash, path.hashes)
+
+
+def start_of(summary: StoredSummary | None) -> int:
+    """Index of the first message not covered by ``summary``."""
+    return 0 if summary is None else summary.next_index
+
+
+def load_bodies(connection: Connection, head: str) -> list[Message]:
+    """The stored messages of the path ending at ``head``, oldest first."""
+    return [json.loads(body) for body in _history.load_path(connection, head)]
+
+
+def build_path(
+    chains: ChainCache,
+    counter: TokenCounter,
+    messages: Sequence[Message],
+    user: str | None,
+    conversation_id: str | None,
+    tools: Sequence[Message] | None,
+    max_tokens: int | None,
+) -> Path:
+    """Validate and hash ``messages`` (only what ``chains`` has not seen) into a Path."""
+    known = chains.known_prefix(messages, user, conversation_id)
+    refuse_long(messages, known)  # run inline, only what is quick to hash and store
+    chain = chains.chain(messages, user, known, conversation_id, check=True)  # validates
+    hashes = chain.hashes
+    anchor = anchor_index(messages)
+    return Path(
+        messages,
+        hashes,
+        anchor,
+        counter,
+        user,
+        conversation_id or hashes[anchor if anchor is not None else 0][:16],
+        tools=[dict(t) for t in tools] if tools else None,
+        tools_tokens=counter.tools(tools),
+        max_tokens=max_tokens,
+        controls=chain.controls,
+        seen=known,
+    )
+
+
+def load_conversation(
+    db: Database, ledger: Ledger, conversation_id: str | None, user: str | None
+) -> tuple[list[Message], str | None]:
+    """The messages and user of the newest request prepared for ``conversation_id``."""
+    if conversation_id is None:
+        raise ConfigurationError("compact() needs the messages or a conversation_id")
+    head = ledger.last_head(conversation_id, user)
+    if head is None:
+        raise ConfigurationError(
+            f"no prepared request has conversation_id {conversation_id!r}; "
+            "prepare() it first or pass the messages"
+        )
+    with db.reading() as connection:
+        messages = load_bodies(connection, head[0])
+    return messages, user if user is not None else head[1]

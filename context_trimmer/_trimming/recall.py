@@ -1,0 +1,425 @@
+"""Recall: the earlier turns the newest question needs, brought back verbatim.
+
+The summary keeps what is generally important; a question is specific. On every
+prepare() with a summary, the newest user message's words search the folded part of
+this path (messages before the summary's start) in the database's own full-text index
+(``_store.recall_index``): FTS5 ``bm25()`` on SQLite, ``ts_rank_cd`` on PostgreSQL, each
+word as its stem, as the index holds it ("painted" finds "painting").
+Hits are kept only when they lie on this path (depth ``d`` and ``path.hashes[d]``
+match), so another branch, user or tenant never leaks in; a hit said by someone the
+question names (the message's ``name``, or "Name:" opening its text) scores
+``SPEAKER_BOOST`` more; hits are kept only when they score at least
+``MIN_SCORE_SHARE`` of the best one (a match on a name said everywhere is noise).
+Each hit brings its neighbour when it asks a question (the turn that answers it),
+then, as the budget allows, the rest of each hit's short exchange, then the turn
+before each hit (what a matching reply answers), never a neighbour without a line
+next to it. The best fit the budget (``recall_tokens``, at most
+``recall_share`` of the history: ``recall_cap``) as one message, in the order they
+were said, each session's date once above its lines::
+
+    Earlier messages that may be relevant:
+    [8 May, 2023]
+    user: Caroline: I went to a LGBTQ support group yesterday.
+    assistant: Melanie: That's great! How did it go?
+
+Tool calls and results come back as text lines in that one message, never as raw tool
+messages, so the request stays valid. Its tokens are counted exactly. It goes right
+before the newest user message, after the cache-stable ``[system][summary][tail]``.
+Same path and question, same message.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import Connection
+
+from .._options import TrimmerOptions
+from .._store.fastsql import driver_rows
+from .._store.recall_index import (
+    CONTROL_ROLES,
+    PREFIX,
+    TERMS_TABLE,
+    common_terms,
+    fold,
+    message_text,
+    note_common,
+    scoped,
+    stem,
+    words_of,
+)
+from .._store.schema import SEARCH_TABLE
+from .._store.summaries import StoredSummary
+from .path import StoredPath
+
+Message = Mapping[str, Any]
+RECALL_HEADER = "Earlier messages that may be relevant:"
+MAX_TERMS = 8  # 97.8% of LoCoMo's questions have at most 8 terms
+MAX_HITS = 40
+PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
+DOC_BUDGET = 200  # the ranking scores at most this many messages
+MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
+DATE_LOOKBACK = 100
+_DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
+SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
+MAX_NAME_WORDS = 3
+MAX_NAME_CHARS = 40
+# Words too common to find anything (English, German, Spanish, French): dropped from
+# the query, which matters on PostgreSQL whose ts_rank_cd has no document frequency.
+STOPWORDS = frozenset(
+    """a an the and or but if of to in on at by for with from as is are was were be been
+    am i me my we our you your he she it its his her him hers they them their this that
+    these those there
+    what which who whom how why when where do does did have has had not no yes can could
+    would should will shall may might must just also too than about into over after
+    before up out all any some such only own same so very s t don did didn doesn isn
+    ever get got go going went one two de la el en y los las del que un una por con para
+    se su al lo es como mas pero sus le ya o fue este ha si porque esta son entre cuando
+    muy sin sobre ser tiene tambien me hay donde quien desde todo nos durante der die
+    das und ist ein eine einen dem den des zu mit von auf fur im nicht sich auch es an
+    als wie wir ihr sie er ich du wo was wann wer hat habe war le les et est pas pour
+    qui dans ce il elle au aux avec sur ou""".split()
+)
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """The recall message (None when nothing fits or matches) and its exact tokens."""
+
+    message: Message | None = None
+    tokens: int = 0
+
+
+NOTHING = Recalled()
+
+
+def query_terms(question: str) -> list[str]:
+    """The question's search terms: folded words, stop words and one-letter words out,
+    each cut to its stem as the index holds it (see ``_store.recall_index.stem``); at most
+    ``MAX_TERMS``, the longest (the most specific, as a rule), so a long message costs
+    a bounded number of lookups."""
+    words = words_of(question)
+    wanted = (stem(w) for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit()))
+    terms = list(dict.fromkeys(wanted))
+    if len(terms) <= MAX_TERMS:
+        return terms
+    longest = set(sorted(terms, key=len, reverse=True)[:MAX_TERMS])  # stable: earlier first
+    return [term for term in terms if term in longest]
+
+
+def recall_cap(path: StoredPath, options: TrimmerOptions) -> int:
+    """``recall_tokens``, and at most ``recall_share`` of the history's tokens: like the
+    summary, recall grows with what was folded, so a short history does not send a long
+    recall (on LoCoMo a fixed 1,500 tokens is 6% of one conversation, 12% of another)."""
+    if options.recall_share is None:
+        return options.recall_tokens
+    return min(options.recall_tokens, math.ceil(options.recall_share * path.total_tokens))
+
+
+def newest_user(messages: Sequence[Message]) -> int | None:
+    """Index of the newest user message, or None."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index]["role"] == "user":
+            return index
+    return None
+
+
+def recall(
+    connection: Connection,
+    path: StoredPath,
+    summary: StoredSummary | None,
+    budget: int,
+) -> Recalled:
+    """The recall message for ``path`` (folded up to ``summary``), within ``budget``."""
+    start = 0 if summary is None else summary.next_index
+    question = newest_user(path.messages)
+    if budget <= 0 or start <= 0 or question is None or path.anchor_hash is None:
+        return NOTHING
+    terms = query_terms(message_text(path.messages[question]))
+    if not terms:
+        return NOTHING
+    terms = informative(connection, path.anchor_hash, terms)
+    if not terms:
+        return NOTHING
+    found = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
+    hits = by_speaker(path.messages, found, fold(message_text(path.messages[question])))
+    floor = MIN_SCORE_SHARE * hits[0][0] if hits else 0.0
+    on_path = [depth for score, depth in hits if score >= floor]
+    ranked = _with_neighbours(path.messages, on_path, start)
+    return build(path, ranked, summary, budget, hits=frozenset(on_path))
+
+
+def by_speaker(
+    messages: Sequence[Message], hits: Sequence[Any], question: str
+) -> list[tuple[float, int]]:
+    """``(score, depth)`` of ``hits``, best first, each said by someone the (folded)
+    ``question`` names scoring ``SPEAKER_BOOST`` more: "What did Jon say about Gina's
+    store?" is most often answered by Jon's or Gina's own words, and the name itself
+    says little (it is in most messages, too common to be searched)."""
+    named: dict[str, bool] = {}
+    scored: list[tuple[float, int]] = []
+    for hit in hits:
+        score, depth = hit.score, hit.depth
+        name = speaker(messages[depth])
+        if name:
+            if name not in named:
+                named[name] = re.search(rf"\b{re.escape(name)}\b", question) is not None
+            if named[name]:
+                score *= 1.0 + SPEAKER_BOOST
+        scored.append((-score, depth))
+    scored.sort()
+    return [(-score, depth) for score, depth in scored]
+
+
+def speaker(message: Message) -> str:
+    """Who said ``message``, folded: its ``name`` field, else a capitalized name of at
+    most three words before ": " opening its text ("Caroline: I went to ...", after a
+    session date tag); "" when neither says it. String operations, no regular
+    expression: this runs for every hit on every prepare()."""
+    name = message.get("name")
+    if isinstance(name, str):
+        return " ".join(words_of(name)[:MAX_NAME_WORDS])
+    content = message.get("content")
+    if not isinstance(content, str):
+        return ""
+    start = 0
+    if content[:1] == "[":
+        tagged = _DATE_TAG.match(content)
+        start = tagged.end() if tagged else 0
+    head, colon, _ = content[start : start + MAX_NAME_CHARS].partition(": ")
+    if not colon or not head[:1].isupper():
+        return ""
+    if not head.isalpha():  # several words, or marks: "St. John", "O'Neil", "Mary-Ann"
+        words = head.split(" ")
+        if len(words) > MAX_NAME_WORDS or not all(_name_word(word) for word in words):
+            return ""
+    return fold(head)
+
+
+def _name_word(word: str) -> bool:
+    return word.replace(".", "").replace("'", "").replace("-", "").isalpha()
+
+
+def on(path: StoredPath, hit: Any) -> bool:
+    """Whether a hit (a message at ``hit.depth``) is this path's own message."""
+    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
+
+
+def lookup(dialect: str, anchor: str, term: str) -> str:
+    """How ``term`` is looked up in the conversation of ``anchor`` (terms are indexed
+    scoped to it). On SQLite a stem of ``PREFIX`` letters or more by its first
+    ``PREFIX`` letters as a prefix ("promoted" finds "promotion"; FTS5 answers it from
+    its prefix index of that length), a shorter one, a number or a code ("ref1234")
+    exactly. On PostgreSQL
+    exactly: a GIN prefix match builds the bitmap of every word it starts, which costs
+    milliseconds for a common one."""
+    if dialect != "sqlite":
+        return scoped(anchor, term)
+    prefix = len(term) >= PREFIX and term.isalpha()  # codes and numbers are exact
+    return f'"{scoped(anchor, term[:PREFIX] if prefix else term)}"' + ("*" if prefix else "")
+
+
+def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
+    """The full-text condition for ``terms`` (any of them) in the conversation of
+    ``anchor`` (one driver parameter), and that parameter."""
+    if dialect == "sqlite":
+        phrases = " OR ".join(lookup(dialect, anchor, term) for term in terms)
+        return f"{SEARCH_TABLE} MATCH ?", phrases
+    query = " | ".join(lookup(dialect, anchor, term) for term in terms)
+    # No anchor_hash condition: scoped terms select the conversation already (hits are
+    # checked against the path), and without it the planner has only the GIN index to use.
+    return "document @@ to_tsquery('simple', %s)", query
+
+
+def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
+    """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
+    messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
+    much to rank). One statement counts each term's messages, up to the cap (each a
+    lookup of this conversation's postings of that term, stopped at the cap). Terms
+    found common once are remembered (``_store.recall_index.common_terms``): counts only grow,
+    so they are not counted again."""
+    known = common_terms(connection.engine, anchor)
+    terms = [term for term in terms if term not in known]
+    if not terms:
+        return []
+    if connection.dialect.name == "sqlite":
+        counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
+    else:
+        counts = _counted(connection, [scoped(anchor, term) for term in terms])
+    common = [term for term, found in zip(terms, counts, strict=True) if found >= PROBE_CAP]
+    if common:
+        note_common(connection.engine, anchor, common)
+    kept, total = [], 0
+    for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
+        if found == 0:
+            continue
+        if found >= PROBE_CAP or total + found > DOC_BUDGET:
+            break
+        kept.append(terms[i])
+        total += found
+    return kept
+
+
+def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
+    """Each FTS5 lookup's messages, counted up to ``PROBE_CAP``, in one statement."""
+    probe = (
+        f"(SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} WHERE {SEARCH_TABLE} MATCH ? "
+        "LIMIT ?))"
+    )
+    statement = " UNION ALL ".join(f"SELECT {i}, {probe}" for i in range(len(lookups)))
+    parameters = tuple(value for lookup in lookups for value in (lookup, PROBE_CAP))
+    # The driver's own statement: this runs on every prepare(), and SQLAlchemy's
+    # compilation of a text() with a bind per term costs as much as the lookups.
+    found: dict[int, int] = dict(driver_rows(connection, statement, parameters))
+    return [found[i] for i in range(len(lookups))]
+
+
+def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
+    """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
+    statement = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
+    found: dict[str, int] = dict(driver_rows(connection, statement, (list(keys),)))
+    return [found.get(key, 0) for key in keys]
+
+
+def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
+    """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
+    best first. The driver's own statement, as in ``_probe``: it runs on every prepare()."""
+    condition, query = _match(connection.dialect.name, anchor, terms)
+    parameters: tuple[str, ...] = (query,)
+    if connection.dialect.name == "sqlite":
+        score, mark = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)", "?"
+    else:
+        score, mark = "ts_rank_cd(document, to_tsquery('simple', %s))", "%s"
+        parameters = (query, query)
+    statement = (
+        f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
+        f"WHERE {condition} AND depth < {mark} ORDER BY score DESC, depth LIMIT {MAX_HITS}"
+    )
+    return [Hit(*row) for row in driver_rows(connection, statement, (*parameters, before))]
+
+
+class Hit(NamedTuple):
+    """A message matching the question: its hash, its depth on the path, its score."""
+
+    hash: Any
+    depth: int
+    score: float
+
+
+def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: int) -> list[int]:
+    """Hits in rank order, each followed by the turn answering it when it asks a
+    question; then, as the budget allows, the rest of each hit's short exchange, in the
+    hits' rank order: the turn after it and the one after that (the reply, and the
+    speaker going on: an answer often comes a turn after the words that match); then
+    the turn before each hit (what a matching reply answers: "Being ourselves is an
+    ongoing adventure of learning and growing." / "Yep, life's about learning...")."""
+    ordered: list[int] = []
+    exchange: list[int] = []
+    before: list[int] = []
+    for index in hits:
+        ordered.append(index)
+        asks = "?" in message_text(messages[index])
+        for after in (index + 1, index + 2):
+            if after >= start or messages[after]["role"] in CONTROL_ROLES:
+                break
+            (ordered if asks and after == index + 1 else exchange).append(after)
+        if index > 0 and messages[index - 1]["role"] not in CONTROL_ROLES:
+            before.append(index - 1)
+    return list(dict.fromkeys(ordered + exchange + before))
+
+
+def build(
+    path: StoredPath,
+    ranked: Sequence[int],
+    summary: StoredSummary | None,
+    budget: int,
+    hits: Collection[int] | None = None,
+) -> Recalled:
+    """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
+    A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
+    recalled or in the summary: a reply without what it replies to is noise."""
+    count = path.counter
+    summary_text = summary.text if summary is not None else ""
+    used = count.message({"role": "system", "content": RECALL_HEADER})
+    chosen: dict[int, Line] = {}
+    covered: set[int] = set()  # recalled, or already in the summary
+    dates: set[str] = set()
+    for index in ranked:
+        if hits is not None and index not in hits and not covered & {index - 1, index + 1}:
+            continue
+        line = render(path.messages, index)
+        if line is None or line.words in summary_text:
+            covered.add(index)
+            continue
+        cost = count.text("\n" + line.text)
+        dated = bool(line.date) and line.date not in dates
+        if dated:
+            cost += count.text(f"\n[{line.date}]")
+        if used + cost <= budget:
+            chosen[index] = line
+            covered.add(index)
+            used += cost
+            if dated:
+                dates.add(line.date)
+    while chosen:
+        message = {"role": "system", "content": _content(chosen)}
+        tokens = count.message(message)
+        if tokens <= budget:
+            return Recalled(message, tokens)
+        del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
+    return NOTHING
+
+
+def _content(chosen: Mapping[int, Line]) -> str:
+    """The header, then the lines in path order, each session date once above its lines."""
+    lines, date = [RECALL_HEADER], ""
+    for index in sorted(chosen):
+        line = chosen[index]
+        if line.date and line.date != date:
+            lines.append(f"[{line.date}]")
+        date = line.date or date
+        lines.append(line.text)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One recalled message: ``text`` (``role: words``), its ``words``, its session date."""
+
+    text: str
+    words: str
+    date: str
+
+
+def render(messages: Sequence[Message], index: int) -> Line | None:
+    """``messages[index]`` as a recall line (None when it has no words)."""
+    message = messages[index]
+    words = message_text(message)
+    tagged = _DATE_TAG.match(words)
+    date = tagged.group(1) if tagged else session_date(messages, index)
+    if tagged:
+        words = words[tagged.end() :]
+    if not words:
+        return None
+    role = message["role"]
+    if role == "tool":
+        role = "tool result"
+    elif message.get("tool_calls"):
+        role = "assistant (tool call)"
+    return Line(f"{role}: {words}", words, date)
+
+
+def session_date(messages: Sequence[Message], index: int) -> str:
+    """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
+    looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
+    for message in reversed(messages[max(index - DATE_LOOKBACK, 0) : index]):
+        content = message.get("content")
+        if isinstance(content, str) and content[:1] == "[":
+            tagged = _DATE_TAG.match(content)
+            if tagged:
+                return tagged.group(1)
+    return ""
