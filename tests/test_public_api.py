@@ -99,3 +99,56 @@ def test_importing_loads_only_what_is_used() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["[]", "[]"]
+
+
+PINNED = [
+    "CircuitBreaker",
+    "Compression",
+    "ConfigurationError",
+    "CoolDown",
+    "EncodingUnavailableError",
+    "ExtractiveSummarizer",
+    "FoldResult",
+    "GatewayKeys",
+    "InvalidMessagesError",
+    "KeyInfo",
+    "ModelInfo",
+    "ModelTable",
+    "OpenAISummarizer",
+    "Prepared",
+    "PromptRewriter",
+    "PromptTooLargeError",
+    "QuotaExceeded",
+    "RateLimitBudgetExceeded",
+    "RateLimits",
+    "Report",
+    "ReportRow",
+    "RetryPolicy",
+    "StoreError",
+    "Summarizer",
+    "SummarizerError",
+    "SummaryRequest",
+    "SummaryResult",
+    "Trimmer",
+    "TrimmerError",
+    "TrimmerOptions",
+    "Upstream",
+    "UserQuota",
+    "__version__",
+    "compress_safe",
+    "count_text_tokens",
+    "count_tokens",
+    "validate_messages",
+]
+
+
+def test_the_public_api_is_pinned() -> None:
+    """Moving modules (the layout by layer) changes no public name: a change here is a
+    change of the API, made on purpose."""
+    assert context_trimmer.__all__ == PINNED
+    from context_trimmer.cli import main
+    from context_trimmer.gateway import GatewayConfig, app_from_env, create_app, error_response
+
+    assert callable(main) and callable(create_app) and callable(app_from_env)
+    assert GatewayConfig().keep_last == context_trimmer.TrimmerOptions().keep_last
+    assert callable(error_response)
