@@ -29,6 +29,8 @@ def test_db_url_from_environment(tmp_path: Path, monkeypatch: object) -> None:
     result = CliRunner().invoke(main, ["db", "current", "--json"], env={"CONTEXT_TRIMMER_DB": url})
     assert result.exit_code == 0
     assert json.loads(result.output)["database"] == url
+    assert json.loads(result.output)["revision"] is None
+    assert not (tmp_path / "env.db").exists()  # shown, not created
 
 
 def test_installed_console_script_runs(tmp_path: Path) -> None:
@@ -67,7 +69,6 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
         ["export", "--user", "ann"],
         ["forget", "--user", "ann", "--yes"],
         ["prune", "--older-than", "30d"],
-        ["db", "current"],
     ],
 )
 def test_commands_that_read_refuse_a_missing_database(

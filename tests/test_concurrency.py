@@ -28,7 +28,12 @@ def conversation() -> list[dict[str, str]]:
 def app_server(url: str, base_url: str, start: Any, suffix: str) -> tuple[int, str]:
     summarizer = OpenAISummarizer(base_url=base_url, api_key="k", max_retries=0)
     with Trimmer(
-        url, keep_last=4, fold_every=2, summarizer=summarizer, background=False
+        url,
+        keep_last=4,
+        fold_every=2,
+        summarizer=summarizer,
+        summary_share=None,  # a fixed budget: the span is due at once, whatever its size
+        background=False,
     ) as trimmer:
         messages = conversation()
         start.wait()

@@ -74,7 +74,8 @@ def test_the_litellm_example_starts_as_written_and_trims(tmp_path: Path) -> None
             _wait_for(port, proxy, tmp_path / "litellm.log")
             messages: list[dict[str, Any]] = []
             for turn in range(20):
-                messages.append({"role": "user", "content": f"Turn {turn}: note item {turn}."})
+                note = f"Turn {turn}: please note item {turn}, " + "a line of detail, " * 12
+                messages.append({"role": "user", "content": note})
                 answer = post(port, messages)
                 messages.append(answer["choices"][0]["message"])
         finally:

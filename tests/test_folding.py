@@ -326,6 +326,7 @@ def test_idle_conversations_fold_through_the_batch_api(sqlite_url: str, tmp_path
             assert trimmer.prepare(messages, conversation_id=name).fold_pending == (name != "dee")
     state = str(tmp_path / "batches.json")
     options = ["--db", sqlite_url, "--state", state, "--keep-last", "4", "--fold-every", "2"]
+    options += ["--summary-share", "off"]  # a fixed budget: these short spans are due
     with FakeOpenAI(default=lambda _body: Reply("- Paid in May.", prompt_tokens=90)) as server:
         server.hold_batches = True
         server.enqueue(Reply(status=500, error="batch item broke"))

@@ -23,7 +23,7 @@ from .._options import TrimmerOptions
 from .._reports.formats import FORMATS, render
 from .._reports.html import render_html
 from .._reports.report import GROUPS, Report, build_report
-from .._store.db import Database
+from .._store.db import Database, resolve_url, sqlite_file
 from .._store.ledger import Ledger
 from .._text.compress import Compression, compress_safe
 from .._text.tokens import count_tokens, counter_for
@@ -80,9 +80,15 @@ def db_upgrade(db_url: str | None, as_json: bool) -> None:
 @json_option
 @user_errors
 def db_current(db_url: str | None, as_json: bool) -> None:
-    """Show the schema revision of the database and the newest one available."""
-    with Database(existing_db(db_url, "db current"), migrate=False) as store:
-        revision, url = store.revision(), store.display_url
+    """Show the schema revision of the database and the newest one available (none for a
+    database not created yet: it is not created here)."""
+    resolved = resolve_url(db_url)
+    missing = sqlite_file(resolved)
+    if missing is not None and not missing.exists():
+        revision, url = None, resolved
+    else:
+        with Database(resolved, migrate=False) as store:
+            revision, url = store.revision(), store.display_url
     from .._store.migrate import head_revision  # alembic loads only for the commands that use it
 
     head = head_revision()
