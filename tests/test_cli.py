@@ -101,3 +101,38 @@ def test_serve_names_the_database_it_resolved(tmp_path: Path) -> None:
         row for row in describe(given, endpoints(given, environ)).splitlines() if "database" in row
     )
     assert "ann:***@db.example/app (from --db)" in line and "secret" not in line
+
+
+BLOCK_SERVER_PACKAGES = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NotInstalled(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("starlette", "uvicorn", "fastapi", "procrastinate"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+from context_trimmer.cli import main
+sys.argv = ["context-trimmer", *sys.argv[1:]]
+main()
+"""
+
+
+def test_the_main_job_runs_without_the_optional_extras(tmp_path: Path) -> None:
+    """``pip install .`` has no gateway or queue extra: the CLI, and the README's main job,
+    must run without starlette, uvicorn or procrastinate (the gateway's configuration is
+    read by the CLI, its server loads only for ``serve``)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "support-chat.jsonl"
+    replay = ["replay", str(example), "--keep-last", "6", "--fold-every", "4"]
+    for args in (["--help"], ["serve", "--help"], replay):
+        done = subprocess.run(
+            [sys.executable, "-c", BLOCK_SERVER_PACKAGES, *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "saved" in done.stdout and "48.7%" in done.stdout
