@@ -336,34 +336,7 @@ def _requests(trimmer: Trimmer, rows: list[tuple[str, int, str, int, int]]) -> N
 
 def test_cached_baseline_on_a_hand_computed_ledger(db_url: str) -> None:
     with Trimmer(db_url, summarizer="extractive", background=False) as trimmer:
-        # m0 -> m1 -> m2 -> m3 -> m4, and a branch m2 -> b3; n0 -> n1 under 1,024.
-        _tree(
-            trimmer,
-            [
-                ("m0", None, 1_500),
-                ("m1", "m0", 1_600),
-                ("m2", "m1", 2_000),
-                ("m3", "m2", 2_100),
-                ("m4", "m3", 2_500),
-                ("b3", "m2", 2_200),
-                ("n0", None, 900),
-                ("n1", "n0", 1_000),
-            ],
-        )
-        _requests(
-            trimmer,
-            [
-                ("c1", 0, "m2", 2_003, 500),  # nothing earlier: 0
-                # Shares m2 (2,000) with the first: 1,024 + 7 x 128 = 1,920 cached. Its
-                # sent prompt (2,400 + 3) shares all but m3..m4 (500): 1,900 -> 1,792.
-                ("c1", 60, "m4", 2_503, 2_403),
-                ("c1", 361, "b3", 2_203, 500),  # 301 s after the last use: expired, 0
-                ("c1", 400, "m4", 2_503, 500),  # shares m2 with b3 (39 s earlier): 1,920
-                ("c3", 401, "m4", 2_503, 500),  # same prefix, other conversation: 0
-                ("c2", 0, "n0", 903, 500),
-                ("c2", 10, "n1", 1_003, 500),  # shares 900 < 1,024: 0
-            ],
-        )
+        _hand_ledger(trimmer)
         totals = trimmer.report().totals
         rows = {row.group: row for row in trimmer.report(group_by="conversation").rows}
         longer = trimmer.report(cache_lifetime=600).totals
@@ -577,6 +550,7 @@ def test_the_readme_picture_is_made_by_its_script(tmp_path: Path) -> None:
 
 def _hand_ledger(trimmer: Trimmer) -> None:
     """The tree and requests of test_cached_baseline_on_a_hand_computed_ledger."""
+    # m0 -> m1 -> m2 -> m3 -> m4, and a branch m2 -> b3; n0 -> n1 under 1,024.
     _tree(
         trimmer,
         [
@@ -593,13 +567,15 @@ def _hand_ledger(trimmer: Trimmer) -> None:
     _requests(
         trimmer,
         [
-            ("c1", 0, "m2", 2_003, 500),
+            ("c1", 0, "m2", 2_003, 500),  # nothing earlier: 0
+            # Shares m2 (2,000) with the first: 1,024 + 7 x 128 = 1,920 cached. Its
+            # sent prompt (2,400 + 3) shares all but m3..m4 (500): 1,900 -> 1,792.
             ("c1", 60, "m4", 2_503, 2_403),
-            ("c1", 361, "b3", 2_203, 500),
-            ("c1", 400, "m4", 2_503, 500),
-            ("c3", 401, "m4", 2_503, 500),
+            ("c1", 361, "b3", 2_203, 500),  # 301 s after the last use: expired, 0
+            ("c1", 400, "m4", 2_503, 500),  # shares m2 with b3 (39 s earlier): 1,920
+            ("c3", 401, "m4", 2_503, 500),  # same prefix, other conversation: 0
             ("c2", 0, "n0", 903, 500),
-            ("c2", 10, "n1", 1_003, 500),
+            ("c2", 10, "n1", 1_003, 500),  # shares 900 < 1,024: 0
         ],
     )
 
