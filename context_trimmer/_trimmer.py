@@ -17,16 +17,13 @@ import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
 from ._arguments import check_arguments, check_reply_cap, refuse_oversized_turn
+from ._client.calls import conversation
 from ._client.failopen import FailOpen
-from ._client.retry import RetryPolicy
-from ._client.upstreams import Client, CoolDown, Upstream
-from ._client.wrap import Sender, conversation
-from ._client.wrapped_client import pool_of, wrap_client
 from ._exceptions import ConfigurationError
 from ._models import ModelTable
 from ._options import TrimmerOptions
@@ -76,6 +73,10 @@ from ._trimming.recall import recall
 from ._trimming.recording import Recorder, baseline_tokens, request_row
 from ._trimming.summarizers import Summarizer
 from ._trimming.system_prompt import Mode, PromptRewriter, SystemPrompts, discard
+
+if TYPE_CHECKING:  # the OpenAI SDK is imported by wrap(): prepare() alone needs none of it
+    from ._client.retry import RetryPolicy
+    from ._client.upstreams import Client, CoolDown, Upstream
 
 Message = Mapping[str, Any]
 
@@ -264,6 +265,9 @@ class Trimmer:
         rate-limited. ``retry``: backoff with full jitter (the client's ``max_retries``).
         ``user_quota`` / ``user_quotas``: tokens per minute and day for each ``user``.
         """
+        from ._client.wrap import Sender
+        from ._client.wrapped_client import pool_of, wrap_client
+
         pool, clients = pool_of((client, *more), cooldown)
         first: Client = clients[0]
         sender = Sender(

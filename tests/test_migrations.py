@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
 from warm_workers import warm_workers
 
 from context_trimmer._store.db import Database, make_engine
-from context_trimmer._store.migrate import VERSION_TABLE, current_revision, downgrade, head_revision
+from context_trimmer._store.migrate import (
+    VERSION_TABLE,
+    current_revision,
+    downgrade,
+    head_revision,
+    newest_script,
+)
 from context_trimmer._store.schema import SEARCH_TABLE, Base
 
 
@@ -20,6 +29,31 @@ def test_blank_database_upgrades_to_head_and_again_is_a_no_op(db_url: str) -> No
         assert current_revision(connection) == head_revision()
         tables = set(inspect(connection).get_table_names())
     assert {"ct_messages", "ct_summaries", "ct_requests", VERSION_TABLE} <= tables
+    store.close()
+
+
+def test_the_newest_script_read_without_alembic_is_alembics_head() -> None:
+    assert newest_script() == head_revision()
+
+
+def test_opening_a_store_at_head_does_not_load_alembic(db_url: str) -> None:
+    """Every open but the first finds the schema current with one query; Alembic (about
+    half a second of import) loads only to migrate. A store behind head still migrates."""
+    Database(db_url).close()
+    probe = (
+        "import sys\n"
+        "from context_trimmer._store.db import Database\n"
+        f"Database({db_url!r}).close()\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    opened = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.split() == ["False"]
+    store = Database(db_url, migrate=False)
+    downgrade(store.engine, "0011")
+    assert store.upgrade() is True  # behind head: Alembic migrates it
+    with store.engine.connect() as connection:
+        assert current_revision(connection) == head_revision()
     store.close()
 
 

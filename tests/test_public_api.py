@@ -86,13 +86,14 @@ def test_the_generated_docstring_check_catches_a_bare_dataclass() -> None:
 
 def test_importing_loads_only_what_is_used() -> None:
     """The package loads its modules as names are used; the Trimmer does not load what
-    only some paths need (langchain to split long spans, rich for the table, alembic to
-    migrate, psycopg for PostgreSQL)."""
+    only some paths need (the OpenAI SDK to wrap a client, langchain to split long spans,
+    rich for the table, alembic to migrate, psycopg for PostgreSQL)."""
     probe = (
         "import sys, context_trimmer\n"
         "bare = {m for m in ('sqlalchemy', 'openai') if m in sys.modules}\n"
         "from context_trimmer import Trimmer\n"
-        "lazy = ('langchain_text_splitters', 'langchain_core', 'rich', 'alembic', 'psycopg')\n"
+        "lazy = ('openai', 'langchain_text_splitters', 'langchain_core', 'rich', 'alembic',\n"
+        "        'psycopg')\n"
         "print(sorted(bare), sorted(m for m in lazy if m in sys.modules))\n"
     )
     out = subprocess.run(

@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-
 from .._arguments import check_finite
 from .._exceptions import ConfigurationError
 from .._models import ModelTable
@@ -114,6 +112,8 @@ class Call:
 
 def given(body: Mapping[str, Any]) -> dict[str, Any]:
     """``body`` without ``omit`` / ``NOT_GIVEN`` values."""
+    import openai  # loaded by then (the SDK built ``body``); not at import: Trimmer needs none
+
     return {k: v for k, v in body.items() if not isinstance(v, (openai.Omit, openai.NotGiven))}
 
 

@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._exceptions import ConfigurationError, StoreError
 from .._inline import refuse
 from .._models import ModelTable
-from .calls import Call
+
+if TYPE_CHECKING:  # calls imports the OpenAI SDK, which a Trimmer needs only to wrap a client
+    from .calls import Call
 
 log = logging.getLogger("context_trimmer")
 

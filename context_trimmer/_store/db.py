@@ -260,14 +260,14 @@ class Database:
 
     def upgrade(self) -> bool:
         """Apply pending migrations; returns False when the schema was already current."""
-        from alembic.util.exc import CommandError  # alembic loads only to migrate
-
         from . import migrate as _migrate
 
         with self.failures("open or migrate"):
             try:
                 return _migrate.upgrade(self.engine)
-            except CommandError as error:  # e.g. a revision newer than this version knows
+            except Exception as error:
+                if not _migrate.is_alembic_refusal(error):
+                    raise
                 raise StoreError(
                     f"cannot migrate the database {self.display_url}: {error}. Check that "
                     "this context-trimmer is at least as new as the one that last migrated it.",
