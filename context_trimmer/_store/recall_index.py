@@ -35,9 +35,10 @@ with the anchor, and a word's document frequency is the conversation's own:
 
 Migration 0006 created the index of plain words; migration 0009 rebuilt it with
 scoped stems and the counts; migration 0013 made it compact (contentless on SQLite,
-the unused anchor column and index gone and the hash in bytes on PostgreSQL: 1,148
-bytes per message down to about 200 on SQLite). Each fills it for histories already
-stored, and each downgrade rebuilds the layout before it (:data:`Layout`). Messages are
+the unused anchor column and index gone and the hash in bytes on PostgreSQL: 1,150
+bytes per message down to 173 on SQLite, 1,617 to 1,375 on PostgreSQL, see
+docs/benchmarks-scale.md). Each fills it for histories already stored, and each
+downgrade rebuilds the layout before it (:data:`Layout`). Messages are
 never shown from the index (recall renders them from the path), so it holds only what
 the lookups need.
 """
