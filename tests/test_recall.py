@@ -12,7 +12,7 @@ import openai
 import pytest
 from gateway_server import ServerThread
 from openai_server import FakeOpenAI, Reply
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from context_trimmer import ConfigurationError, SummaryRequest, SummaryResult, Trimmer, count_tokens
 from context_trimmer._store import recall_index as _recall_index
@@ -326,6 +326,108 @@ def test_postgresql_term_counts_follow_appends_and_erasure(
         assert kept == actual
         trimmer.forget("ann")
         assert counts(trimmer) == ({}, {})
+
+
+def index_terms(trimmer: Trimmer) -> dict[str, int]:
+    """Every term the index holds, with its number of messages, read from the index's
+    own postings (FTS5: an fts5vocab table over the contentless index; PostgreSQL: the
+    documents), so a term left behind by a wrong delete shows."""
+    with trimmer._db.reading() as connection:
+        if trimmer._db.is_sqlite:
+            connection.execute(
+                text(
+                    "CREATE VIRTUAL TABLE IF NOT EXISTS temp.terms_seen "
+                    f"USING fts5vocab(main, {SEARCH_TABLE}, row)"
+                )
+            )
+            rows = connection.execute(text("SELECT term, doc FROM temp.terms_seen")).all()
+            connection.execute(text("DROP TABLE temp.terms_seen"))
+        else:
+            rows = connection.execute(
+                text(
+                    f"SELECT term, count(*) FROM {SEARCH_TABLE}, "
+                    "unnest(tsvector_to_array(document)) AS term GROUP BY term"
+                )
+            ).all()
+    return {term: docs for term, docs in rows}
+
+
+def test_erasure_leaves_no_term_of_the_erased_messages_in_the_index(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """The SQLite index keeps no text (contentless FTS5): an erased message's terms are
+    deleted one by one. After forgetting ann the index holds exactly bob's terms, each
+    in as many messages as before ann came, and bob's recall still works."""
+    bob = conversation("My sister's dog is called Biscuit.", "Our boat is the Kestrel.")
+    ann = conversation("My sister's dog is called Pepper.", "Ann's vault code is ref7731.")
+    folded(db_url, bob, user="bob", **options)
+    question = ask(bob, "What is our boat called, the Kestrel?")
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+        recalled = recall_message(trimmer.prepare(question, user="bob"))  # stored too
+        if trimmer._db.is_sqlite:  # (ts_rank_cd finds the summary says enough here)
+            assert recalled is not None and "boat is the Kestrel" in recalled["content"]
+        bob_only = index_terms(trimmer)
+        folded(db_url, ann, user="ann", **options)
+        both = index_terms(trimmer)
+        assert len(both) > len(bob_only) and any(term.endswith("ref7731") for term in both)
+        trimmer.forget("ann")
+        assert index_terms(trimmer) == bob_only
+        if trimmer._db.is_sqlite:
+            with trimmer._db.reading() as connection:
+                kept = connection.execute(
+                    text(f"SELECT count(*) FROM {_recall_index.ROWS_TABLE}")
+                ).scalar()
+                sized = connection.execute(text(f"SELECT count(*) FROM {SEARCH_TABLE}_docsize"))
+            assert kept == sized.scalar() == len(bob)  # and the question
+            with trimmer._db.writing() as connection:  # the index is consistent with itself
+                connection.execute(
+                    text(f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('integrity-check')")
+                )
+        assert recall_message(trimmer.prepare(question, user="bob")) == recalled
+
+
+def test_the_compact_index_migration_recalls_the_same_messages(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """0013's downgrade rebuilds 0009's index of the histories stored (the words kept,
+    an anchor column on PostgreSQL) and its upgrade the compact one (contentless on
+    SQLite, with its rows table): after the round trip the same questions recall the
+    same messages, and every conversational message is indexed once at each step."""
+    history = conversation(
+        "My sister's dog is called Biscuit.",
+        "I got promoted to team lead in March.",
+        "The locker code is ref1239.",
+    )
+    questions = ["What is my sister's dog called?", "When was the promotion?", "ref1239?"]
+    folded(db_url, history, user="ann", **options)
+    with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
+
+        def recalled() -> list[Any]:
+            return [recall_message(trimmer.prepare(ask(history, q), user="ann")) for q in questions]
+
+        def indexed() -> tuple[int, set[str]]:
+            with trimmer._db.reading() as connection:
+                count = connection.execute(text(f"SELECT count(*) FROM {SEARCH_TABLE}")).scalar()
+                columns = {c["name"] for c in inspect(connection).get_columns(SEARCH_TABLE)}
+                tables = set(inspect(connection).get_table_names())
+            return int(count or 0), columns | (
+                {"rows"} if _recall_index.ROWS_TABLE in tables else set()
+            )
+
+        at_head = recalled()
+        found = [message is not None for message in at_head]
+        assert all(found) if trimmer._db.is_sqlite else any(found)  # ts_rank_cd: fewer
+        messages = len(history) - 1 + len(questions)  # each question is stored too
+        assert indexed()[0] == messages
+        downgrade(trimmer._db.engine, "0012")
+        count, layout = indexed()
+        assert count == messages and ("anchor_hash" in layout or "hash" in layout)
+        assert "rows" not in layout
+        assert trimmer._db.upgrade() is True
+        count, layout = indexed()
+        assert count == messages and ("rows" in layout) == trimmer._db.is_sqlite
+        assert "anchor_hash" not in layout
+        assert recalled() == at_head
 
 
 def test_word_forms_meet_and_codes_stay_exact(

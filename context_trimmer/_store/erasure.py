@@ -386,6 +386,7 @@ def _skeletonise(connection: Connection, erased: list[str], opaque: Callable[[st
     m, c = MESSAGES.c, COUNTS.c
     erased_set = set(erased)
     for chunk in _chunks(erased):
+        _recall_index.remove(connection, list(chunk))  # reads the messages: before they go
         nodes = connection.execute(
             select(m.hash, m.parent_hash, m.depth, m.created_at).where(m.hash.in_(chunk))
         ).all()
@@ -417,7 +418,6 @@ def _skeletonise(connection: Connection, erased: list[str], opaque: Callable[[st
             )
         connection.execute(delete(COUNTS).where(c.message_hash.in_(chunk)))
         connection.execute(delete(MESSAGES).where(m.hash.in_(chunk)))
-        _recall_index.remove(connection, list(chunk))
     return len(erased)
 
 

@@ -13,19 +13,34 @@ far more); and each term is *scoped*: the anchor's first 12 hex digits go before
 (:func:`scoped`), so a lookup reads only this conversation's postings, needs no join
 with the anchor, and a word's document frequency is the conversation's own:
 
-- SQLite: an FTS5 table (``tokenize='unicode61 remove_diacritics 2'``, a prefix index
-  of the scope and six letters, so a six-letter prefix is one lookup), ranked with
-  ``bm25()`` (weight 0 on the anchor column).
+- SQLite: a contentless FTS5 table (``content=''``: it keeps the terms' postings, not
+  the text; ``tokenize='unicode61 remove_diacritics 2'``), ranked with ``bm25()``
+  (weight 0 on the anchor column), and ``ROWS_TABLE``, each indexed message's row id
+  with its depth, the first 8 bytes of its hash (recall keeps a hit only when it is
+  this path's message at that depth: with the conversation's scope and the depth, 64
+  bits of the hash single it out) and its scope. A stem of ``PREFIX`` letters or more
+  is indexed cut to its first ``PREFIX`` (:func:`indexed`), so recall looks it up
+  exactly where it looked up that prefix before ("promoted" finds "promotion") with
+  no prefix index. A contentless table cannot delete a row by its id alone: an erasure
+  reads each erased row's terms back from the index itself (an ``fts5vocab`` scan of
+  its conversation's scope) and deletes exactly those, so no term of an erased message
+  stays, whatever the code that made the terms (:func:`remove`).
 - PostgreSQL: a ``tsvector`` column (``'simple'`` configuration: our stems as they are)
-  with a GIN index without a pending list (``fastupdate = off``: every search would
-  scan the unmerged entries), a btree index on (anchor, depth), and ``TERMS_TABLE``:
-  each scoped term's number of indexed messages, kept in the statements that index and
-  erase (GIN cannot count a term's matches without building its whole bitmap).
+  keyed by the message's hash (its 32 bytes, as ``ct_messages`` keeps it), with a GIN
+  index without a pending list (``fastupdate = off``: every search would scan the
+  unmerged entries), and ``TERMS_TABLE``: each scoped term's number of indexed
+  messages, kept in the statements that index and erase (GIN cannot count a term's
+  matches without building its whole bitmap). ``ts_rank_cd`` needs the positions, so
+  the document is kept whole.
 
-Migration 0006 created the index of plain words; migration 0009 rebuilds it with
-scoped stems and the counts (its downgrade rebuilds the plain one). Each fills it for
-histories already stored. Messages are never shown from the index (recall renders them
-from the path), so it holds only what the lookups need.
+Migration 0006 created the index of plain words; migration 0009 rebuilt it with
+scoped stems and the counts; migration 0013 made it compact (contentless on SQLite,
+the unused anchor column and index gone and the hash in bytes on PostgreSQL: 1,150
+bytes per message down to 173 on SQLite, 1,617 to 1,375 on PostgreSQL, see
+docs/benchmarks-scale.md). Each fills it for histories already stored, and each
+downgrade rebuilds the layout before it (:data:`Layout`). Messages are
+never shown from the index (recall renders them from the path), so it holds only what
+the lookups need.
 """
 
 from __future__ import annotations
@@ -36,11 +51,11 @@ import threading
 import unicodedata
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from .fastsql import on_driver
+from .fastsql import driver_rows, on_driver
 from .schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
@@ -49,8 +64,13 @@ SUFFIXES = ("ing", "ed", "es", "s", "e")
 MIN_STEM = 3
 SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
 CHUNK = 500  # messages indexed per statement on PostgreSQL
-PREFIX = 6  # a longer stem is looked up by its first PREFIX letters (FTS5 prefix index)
+PREFIX = 6  # on SQLite a longer stem is indexed and looked up by its first PREFIX letters
 _WORD = re.compile(r"[^\W_]+")
+Layout = Literal["words", "stems", "compact"]
+"""The index as migrations 0006 (plain words), 0009 (scoped stems) and 0013 made it."""
+CURRENT: Layout = "compact"
+ROWS_TABLE = f"{SEARCH_TABLE}_rows"
+HASH_BYTES = 8  # of each message's hash kept in ROWS_TABLE (SQLite)
 
 
 def message_text(message: Message) -> str:
@@ -111,26 +131,46 @@ def scoped(anchor: str, term: str) -> str:
     return anchor[:SCOPE] + term
 
 
-def terms_of(text: str, anchor: str | None = None) -> str:
+def indexed(term: str) -> str:
+    """How the compact SQLite index keeps a stem: a word of ``PREFIX`` letters or more
+    cut to its first ``PREFIX`` (what a prefix lookup of them found before), a shorter
+    one, a number or a code ("ref1234") whole."""
+    return term[:PREFIX] if len(term) > PREFIX and term.isalpha() else term
+
+
+def terms_of(text: str, anchor: str | None = None, cut: bool = False) -> str:
     """What is indexed for ``text``: its folded words, stemmed and scoped to ``anchor``,
-    one space apart (``anchor=None``: the folded text, as migration 0006 indexed it)."""
+    one space apart, each :func:`indexed` with ``cut`` (``anchor=None``: the folded
+    text, as migration 0006 indexed it)."""
     if anchor is None:
         return fold(text)
+    if cut:
+        return " ".join(scoped(anchor, indexed(stem(w))) for w in words_of(text))
     return " ".join(scoped(anchor, stem(w)) for w in words_of(text))
 
 
 TERMS_TABLE = f"{SEARCH_TABLE}_terms"
 # On PostgreSQL each scoped term's number of indexed messages, kept with the index: a
 # GIN index cannot count a term's matches without building its whole bitmap.
-_ADD_COUNTED = f"""
-WITH added AS (
+_ADDED = {
+    "stems": f"""
     INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document)
     SELECT hash, anchor, depth, to_tsvector('simple', words)
     FROM unnest(CAST(:hashes AS TEXT[]), CAST(:anchors AS TEXT[]), CAST(:depths AS INTEGER[]),
                 CAST(:words AS TEXT[])) AS row (hash, anchor, depth, words)
     ON CONFLICT (hash) DO NOTHING
     RETURNING document
-)
+""",
+    "compact": f"""
+    INSERT INTO {SEARCH_TABLE} (hash, depth, document)
+    SELECT hash, depth, to_tsvector('simple', words)
+    FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:depths AS INTEGER[]), CAST(:words AS TEXT[]))
+        AS row (hash, depth, words)
+    ON CONFLICT (hash) DO NOTHING
+    RETURNING document
+""",
+}
+_COUNT_ADDED = f"""
 INSERT INTO {TERMS_TABLE} (term, docs)
 SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS term
 GROUP BY term ORDER BY term
@@ -142,7 +182,7 @@ _UNCOUNT = f"""
 WITH gone AS (
     SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
     unnest(tsvector_to_array(document)) AS term
-    WHERE hash = ANY(CAST(:hashes AS TEXT[])) GROUP BY term
+    WHERE hash = ANY(CAST(:hashes AS BYTEA[])) GROUP BY term
 ), locked AS (
     SELECT counted.term, gone.docs FROM {TERMS_TABLE} AS counted
     JOIN gone ON gone.term = counted.term
@@ -151,78 +191,134 @@ WITH gone AS (
 UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - locked.docs
 FROM locked WHERE counted.term = locked.term
 """
+_TOKENIZE = "tokenize='unicode61 remove_diacritics 2'"
+_LAST = chr(0x10FFFF)  # after every character a term can go on with
 
 
-def create(connection: Connection, counts: bool = True) -> None:
-    """Create the index (empty) on this connection's database; on PostgreSQL with its
-    table of term counts (``counts``; migration 0006's index had none)."""
+def create(connection: Connection, layout: Layout = CURRENT) -> None:
+    """Create the index (empty) on this connection's database, as ``layout``; on
+    PostgreSQL with its table of term counts (migration 0006's index had none)."""
     if connection.dialect.name == "sqlite":
-        connection.execute(
-            text(
-                f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, "
-                "hash UNINDEXED, depth UNINDEXED, "
-                f"tokenize='unicode61 remove_diacritics 2', prefix='{SCOPE + PREFIX}')"
-            )
-        )
+        _create_sqlite(connection, layout)
         return
+    key = "hash BYTEA" if layout == "compact" else "hash VARCHAR(64)"
+    anchor = "" if layout == "compact" else "anchor_hash VARCHAR(64) NOT NULL, "
     connection.execute(
         text(
-            f"CREATE TABLE {SEARCH_TABLE} (hash VARCHAR(64) PRIMARY KEY, "
-            "anchor_hash VARCHAR(64) NOT NULL, depth INTEGER NOT NULL, "
-            "document TSVECTOR NOT NULL)"
+            f"CREATE TABLE {SEARCH_TABLE} ({key} PRIMARY KEY, {anchor}"
+            "depth INTEGER NOT NULL, document TSVECTOR NOT NULL)"
         )
     )
     connection.execute(
         text(
             f"CREATE INDEX ix_{SEARCH_TABLE}_document ON {SEARCH_TABLE} USING GIN (document)"
-            + (" WITH (fastupdate = off)" if counts else "")
+            + (" WITH (fastupdate = off)" if layout != "words" else "")
         )
     )  # no pending list: every search would scan it all (milliseconds) until VACUUM
-    connection.execute(
-        text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
-    )
-    if counts:
+    if layout != "compact":  # read by nothing: 0013 dropped it
+        connection.execute(
+            text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
+        )
+    if layout != "words":
         connection.execute(
             text(f"CREATE TABLE {TERMS_TABLE} (term TEXT PRIMARY KEY, docs INTEGER NOT NULL)")
         )
 
 
+def _create_sqlite(connection: Connection, layout: Layout) -> None:
+    if layout != "compact":
+        connection.execute(
+            text(
+                f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, "
+                f"hash UNINDEXED, depth UNINDEXED, {_TOKENIZE}, prefix='{SCOPE + PREFIX}')"
+            )
+        )
+        return
+    connection.execute(
+        text(
+            f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, {_TOKENIZE}, "
+            "content='')"
+        )
+    )
+    connection.execute(
+        text(
+            f"CREATE TABLE {ROWS_TABLE} (id INTEGER PRIMARY KEY, hash BLOB NOT NULL, "
+            "depth INTEGER NOT NULL, scope BLOB NOT NULL)"
+        )
+    )
+    connection.execute(text(f"CREATE INDEX ix_{ROWS_TABLE}_hash ON {ROWS_TABLE} (hash)"))
+
+
 def drop(connection: Connection) -> None:
     connection.execute(text(f"DROP TABLE {SEARCH_TABLE}"))
-    if connection.dialect.name != "sqlite":
-        connection.execute(text(f"DROP TABLE IF EXISTS {TERMS_TABLE}"))
+    extra = ROWS_TABLE if connection.dialect.name == "sqlite" else TERMS_TABLE
+    connection.execute(text(f"DROP TABLE IF EXISTS {extra}"))
 
 
 def add(
-    connection: Connection, rows: Sequence[tuple[str, str, int, str]], stems: bool = True
+    connection: Connection, rows: Sequence[tuple[str, str, int, str]], layout: Layout = CURRENT
 ) -> None:
-    """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now
-    (``stems=False``: the plain words of migration 0006's index)."""
-    values = [
-        {"hash": h, "anchor": a, "depth": d, "words": terms_of(t, a if stems else None)}
+    """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now, as
+    ``layout`` (``"words"``: the plain words of migration 0006's index)."""
+    cut = layout == "compact" and connection.dialect.name == "sqlite"
+    values: list[dict[str, Any]] = [
+        {
+            "hash": h,
+            "anchor": a,
+            "depth": d,
+            "words": terms_of(t, a if layout != "words" else None, cut),
+        }
         for h, a, d, t in rows
         if t.strip()
     ]
     if not values:
         return
-    if connection.dialect.name == "sqlite":  # on every append: the driver's own statement
+    if connection.dialect.name == "sqlite":  # on every append: the driver's own statements
+        _add_sqlite(connection, values, layout)
+        return
+    if layout == "words":
+        statement = (
+            f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
+            "VALUES (:hash, :anchor, :depth, to_tsvector('simple', :words)) "
+            "ON CONFLICT (hash) DO NOTHING"
+        )
+        connection.execute(text(statement), values)
+        return
+    counted = f"WITH added AS ({_ADDED[layout]}) {_COUNT_ADDED}"
+    plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
+    if layout == "compact":
+        del plural["anchor"]
+        for value in values:
+            value["hash"] = bytes.fromhex(value["hash"])
+    for start in range(0, len(values), CHUNK):  # each statement bounded in time
+        chunk = values[start : start + CHUNK]
+        arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
+        connection.execute(text(counted), arrays)  # the rows and the counts of those new here
+
+
+def _add_sqlite(connection: Connection, values: list[dict[str, Any]], layout: Layout) -> None:
+    if layout != "compact":
         statement = f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) VALUES (?, ?, ?, ?)"
         rows_in = [(v["words"], v["anchor"], v["hash"], v["depth"]) for v in values]
         on_driver(connection, statement, rows_in, many=True).close()
         return
-    if stems:  # one statement: the rows, and the counts of the rows new here
-        plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
-        for start in range(0, len(values), CHUNK):  # each statement bounded in time
-            chunk = values[start : start + CHUNK]
-            arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
-            connection.execute(text(_ADD_COUNTED), arrays)
-        return
-    statement = (
-        f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "
-        "VALUES (:hash, :anchor, :depth, to_tsvector('simple', :words)) "
-        "ON CONFLICT (hash) DO NOTHING"
-    )
-    connection.execute(text(statement), values)
+    # Called where the messages were just written: this transaction holds the write lock.
+    ((last,),) = driver_rows(connection, f"SELECT coalesce(max(id), 0) FROM {ROWS_TABLE}", ())
+    ids = range(last + 1, last + 1 + len(values))
+    kept = [
+        (
+            i,
+            bytes.fromhex(v["hash"][: 2 * HASH_BYTES]),
+            v["depth"],
+            bytes.fromhex(v["anchor"][:SCOPE]),
+        )
+        for i, v in zip(ids, values, strict=True)
+    ]
+    statement = f"INSERT INTO {ROWS_TABLE} (id, hash, depth, scope) VALUES (?, ?, ?, ?)"
+    on_driver(connection, statement, kept, many=True).close()
+    statement = f"INSERT INTO {SEARCH_TABLE} (rowid, words, anchor) VALUES (?, ?, ?)"
+    words = [(i, v["words"], v["anchor"]) for i, v in zip(ids, values, strict=True)]
+    on_driver(connection, statement, words, many=True).close()
 
 
 # Terms known to be in at least ``_trimming.recall.PROBE_CAP`` messages of their conversation,
@@ -258,14 +354,83 @@ def remove(connection: Connection, hashes: Sequence[str]) -> None:
     with _COMMON_LOCK:
         for known in list(_COMMON.values()):
             known.clear()  # counts shrink: what was common may not be any more
-    if connection.dialect.name != "sqlite":
-        connection.execute(text(_UNCOUNT), {"hashes": list(hashes)})
-        connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
-    marks = ", ".join(f":h{i}" for i in range(len(hashes)))
-    values = {f"h{i}": h for i, h in enumerate(hashes)}
-    connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)
     if connection.dialect.name == "sqlite":
-        connection.execute(text(f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('optimize')"))
+        _remove_sqlite(connection, hashes)
+        return
+    keys = [bytes.fromhex(h) for h in hashes]
+    connection.execute(text(_UNCOUNT), {"hashes": keys})
+    connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
+    marks = ", ".join(f":h{i}" for i in range(len(keys)))
+    values = {f"h{i}": h for i, h in enumerate(keys)}
+    connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)
+
+
+def _remove_sqlite(connection: Connection, hashes: Sequence[str]) -> None:
+    """Delete the rows of ``hashes`` from the contentless FTS5 table: each with the very
+    terms the index holds for it, read back from the index (an ``fts5vocab`` scan of
+    its conversation's scope), then merge the segments."""
+    marks = ", ".join("?" for _ in hashes)
+    fragments = [bytes.fromhex(h[: 2 * HASH_BYTES]) for h in hashes]
+    depths = dict(
+        driver_rows(
+            connection,
+            f"SELECT hash, depth FROM ct_messages WHERE hash IN ({marks})",
+            [bytes.fromhex(h) for h in hashes],
+        )
+    )
+    wanted = {bytes(h)[:HASH_BYTES]: d for h, d in depths.items()}
+    found = driver_rows(
+        connection,
+        f"SELECT id, hash, depth, scope FROM {ROWS_TABLE} WHERE hash IN ({marks})",
+        fragments,
+    )
+    scopes: dict[bytes, set[int]] = {}
+    for row_id, fragment, depth, scope in found:
+        if wanted.get(bytes(fragment)) == depth:
+            scopes.setdefault(bytes(scope), set()).add(row_id)
+    if not scopes:
+        return
+    on_driver(
+        connection,
+        f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.{SEARCH_TABLE}_vocab "
+        f"USING fts5vocab(main, {SEARCH_TABLE}, instance)",
+        (),
+    ).close()
+    gone: list[int] = []
+    for scope, ids in scopes.items():
+        gone += ids
+        _delete_terms(connection, scope.hex(), ids)
+    on_driver(
+        connection, f"DELETE FROM {ROWS_TABLE} WHERE id IN ({', '.join('?' * len(gone))})", gone
+    ).close()
+    on_driver(
+        connection, f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('optimize')", ()
+    ).close()
+
+
+def _delete_terms(connection: Connection, scope: str, ids: set[int]) -> None:
+    """Delete rows ``ids`` of one conversation (its terms start with ``scope``)."""
+    terms: dict[int, tuple[list[tuple[int, str]], list[str]]] = {i: ([], []) for i in ids}
+    scan = (
+        f'SELECT doc, col, "offset", term FROM temp.{SEARCH_TABLE}_vocab '
+        "WHERE term >= ? AND term < ?"
+    )
+    for doc, column, offset, term in driver_rows(connection, scan, (scope, scope + _LAST)):
+        if doc in terms:
+            words, anchor = terms[doc]
+            if column == "words":
+                words.append((offset, term))
+            else:
+                anchor.append(term)
+    delete = (
+        f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}, rowid, words, anchor) "
+        "VALUES ('delete', ?, ?, ?)"
+    )
+    rows = [
+        (doc, " ".join(term for _offset, term in sorted(words)), " ".join(anchor))
+        for doc, (words, anchor) in terms.items()
+    ]
+    on_driver(connection, delete, rows, many=True).close()
 
 
 def rows_for(
@@ -282,16 +447,17 @@ def rows_for(
     ]
 
 
-def rebuild(connection: Connection, stems: bool = True) -> None:
-    """Drop the index and build it again from the stored messages (migration 0009)."""
+def rebuild(connection: Connection, layout: Layout = CURRENT) -> None:
+    """Drop the index and build it again from the stored messages, as ``layout``
+    (migrations 0009 and 0013, and their downgrades)."""
     drop(connection)
-    create(connection, counts=stems)
-    backfill(connection, stems=stems)
+    create(connection, layout)
+    backfill(connection, layout=layout)
 
 
-def backfill(connection: Connection, batch: int = 1000, stems: bool = True) -> None:
-    """Index every stored conversational message (migrations 0006, 0009): each message's
-    anchor is inherited from its parent, or is itself when it is the first
+def backfill(connection: Connection, batch: int = 1000, layout: Layout = CURRENT) -> None:
+    """Index every stored conversational message (migrations 0006, 0009, 0013): each
+    message's anchor is inherited from its parent, or is itself when it is the first
     conversational message of its path."""
     anchors: dict[str, str | None] = {}
     pending: list[tuple[str, str, int, str]] = []
@@ -307,9 +473,9 @@ def backfill(connection: Connection, batch: int = 1000, stems: bool = True) -> N
         if conversational and anchor is not None:
             pending.append((hash_, anchor, depth, message_text(json.loads(body))))
         if len(pending) >= batch:
-            add(connection, pending, stems)
+            add(connection, pending, layout)
             pending = []
-    add(connection, pending, stems)
+    add(connection, pending, layout)
 
 
 def _hex(value: Any) -> Any:

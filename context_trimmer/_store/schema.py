@@ -13,9 +13,10 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
   API's reported usage when the response is recorded; each request's prompt-cache
   figures are stored by the first report that computes them.
 - ``ct_sessions``: the head of each Agents SDK session (``integrations.agents``).
-- ``ct_message_search``: the full-text index recall searches (an FTS5 table on SQLite,
-  a tsvector table on PostgreSQL); made by migration 0006 in SQL, not modelled here
-  (see ``_store.recall_index``).
+- ``ct_message_search``: the full-text index recall searches (a contentless FTS5 table
+  with ``ct_message_search_rows`` on SQLite, a tsvector table with
+  ``ct_message_search_terms`` on PostgreSQL); made by migrations 0006, 0009 and 0013
+  in SQL, not modelled here (see ``_store.recall_index``).
 """
 
 from __future__ import annotations

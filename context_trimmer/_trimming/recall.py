@@ -42,10 +42,11 @@ from .._options import TrimmerOptions
 from .._store.fastsql import driver_rows
 from .._store.recall_index import (
     CONTROL_ROLES,
-    PREFIX,
+    ROWS_TABLE,
     TERMS_TABLE,
     common_terms,
     fold,
+    indexed,
     message_text,
     note_common,
     scoped,
@@ -205,22 +206,21 @@ def _name_word(word: str) -> bool:
 
 
 def on(path: StoredPath, hit: Any) -> bool:
-    """Whether a hit (a message at ``hit.depth``) is this path's own message."""
-    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth] == hit.hash)
+    """Whether a hit (a message at ``hit.depth``) is this path's own message (on SQLite
+    the index keeps the first 8 bytes of its hash: ``_store.recall_index``)."""
+    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth].startswith(hit.hash))
 
 
 def lookup(dialect: str, anchor: str, term: str) -> str:
     """How ``term`` is looked up in the conversation of ``anchor`` (terms are indexed
-    scoped to it). On SQLite a stem of ``PREFIX`` letters or more by its first
-    ``PREFIX`` letters as a prefix ("promoted" finds "promotion"; FTS5 answers it from
-    its prefix index of that length), a shorter one, a number or a code ("ref1234")
-    exactly. On PostgreSQL
+    scoped to it). On SQLite as the index keeps it (``_store.recall_index.indexed``: a
+    stem of ``PREFIX`` letters or more by its first ``PREFIX``, so "promoted" finds
+    "promotion"; a shorter one, a number or a code ("ref1234") exactly). On PostgreSQL
     exactly: a GIN prefix match builds the bitmap of every word it starts, which costs
     milliseconds for a common one."""
     if dialect != "sqlite":
         return scoped(anchor, term)
-    prefix = len(term) >= PREFIX and term.isalpha()  # codes and numbers are exact
-    return f'"{scoped(anchor, term[:PREFIX] if prefix else term)}"' + ("*" if prefix else "")
+    return f'"{scoped(anchor, indexed(term))}"'
 
 
 def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
@@ -290,15 +290,21 @@ def search(connection: Connection, anchor: str, terms: Sequence[str], before: in
     best first. The driver's own statement, as in ``_probe``: it runs on every prepare()."""
     condition, query = _match(connection.dialect.name, anchor, terms)
     parameters: tuple[str, ...] = (query,)
-    if connection.dialect.name == "sqlite":
-        score, mark = f"-bm25({SEARCH_TABLE}, 1.0, 0.0)", "?"
+    if connection.dialect.name == "sqlite":  # the contentless index's rows: ROWS_TABLE
+        statement = (
+            f"SELECT lower(hex(kept.hash)), kept.depth, -bm25({SEARCH_TABLE}, 1.0, 0.0) AS score "
+            f"FROM {SEARCH_TABLE} JOIN {ROWS_TABLE} AS kept ON kept.id = {SEARCH_TABLE}.rowid "
+            f"WHERE {condition} AND kept.depth < ? ORDER BY score DESC, kept.depth "
+            f"LIMIT {MAX_HITS}"
+        )
     else:
-        score, mark = "ts_rank_cd(document, to_tsquery('simple', %s))", "%s"
+        statement = (
+            "SELECT encode(hash, 'hex'), depth, "
+            "ts_rank_cd(document, to_tsquery('simple', %s)) AS score "
+            f"FROM {SEARCH_TABLE} WHERE {condition} AND depth < %s "
+            f"ORDER BY score DESC, depth LIMIT {MAX_HITS}"
+        )
         parameters = (query, query)
-    statement = (
-        f"SELECT hash, depth, {score} AS score FROM {SEARCH_TABLE} "
-        f"WHERE {condition} AND depth < {mark} ORDER BY score DESC, depth LIMIT {MAX_HITS}"
-    )
     return [Hit(*row) for row in driver_rows(connection, statement, (*parameters, before))]
 
 

@@ -21,8 +21,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     connection = op.get_bind()
-    _recall_index.create(connection, counts=False)
-    _recall_index.backfill(connection, stems=False)  # 0009 rebuilds it with stems
+    _recall_index.create(connection, "words")
+    _recall_index.backfill(connection, layout="words")  # 0009 rebuilds it with stems
     with op.batch_alter_table("ct_requests") as batch:
         batch.add_column(
             sa.Column("recall_tokens", sa.Integer(), server_default="0", nullable=False)

@@ -19,8 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    _recall_index.rebuild(op.get_bind(), stems=True)
+    _recall_index.rebuild(op.get_bind(), "stems")
 
 
 def downgrade() -> None:
-    _recall_index.rebuild(op.get_bind(), stems=False)
+    _recall_index.rebuild(op.get_bind(), "words")
