@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from sqlalchemy import Connection
 
@@ -54,6 +55,7 @@ from .._store.recall_index import (
 )
 from .._store.schema import SEARCH_TABLE
 from .._store.summaries import StoredSummary
+from .._text.tokens import TokenCounter
 from .path import StoredPath
 
 Message = Mapping[str, Any]
@@ -64,6 +66,7 @@ PROBE_CAP = 100  # a term in this many messages of the conversation is not searc
 DOC_BUDGET = 200  # the ranking scores at most this many messages
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
+WORDS_REMEMBERED = 50_000  # per encoding: words whose tokens recall keeps (a few MB)
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
@@ -322,7 +325,11 @@ def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: in
     before: list[int] = []
     for index in hits:
         ordered.append(index)
-        asks = "?" in message_text(messages[index])
+        message = messages[index]
+        content = message.get("content")
+        if type(content) is not str or message.get("tool_calls"):
+            content = message_text(message)
+        asks = "?" in content
         for after in (index + 1, index + 2):
             if after >= start or messages[after]["role"] in CONTROL_ROLES:
                 break
@@ -341,37 +348,182 @@ def build(
 ) -> Recalled:
     """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
     A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
-    recalled or in the summary: a reply without what it replies to is noise."""
-    count = path.counter
-    summary_text = summary.text if summary is not None else ""
-    used = count.message({"role": "system", "content": RECALL_HEADER})
+    recalled or in the summary: a reply without what it replies to is noise. Each line
+    is encoded once (see ``Pieces``): the message's tokens are the sum of its pieces'."""
+    said = Summarized(summary.text if summary is not None else "")
+    pieces = Pieces(path.counter)
+    dates_of = Dates(path.messages)
+    used = pieces.base
     chosen: dict[int, Line] = {}
     covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
     for index in ranked:
-        if hits is not None and index not in hits and not covered & {index - 1, index + 1}:
+        alone = index - 1 not in covered and index + 1 not in covered
+        if alone and hits is not None and index not in hits:
             continue
         line = render(path.messages, index)
-        if line is None or line.words in summary_text:
+        if line is None or said.says(line.words):
             covered.add(index)
             continue
-        cost = count.text("\n" + line.text)
-        dated = bool(line.date) and line.date not in dates
+        if used + least_tokens(line.text) > budget:
+            continue  # cannot fit: not counted
+        cost = pieces.cost(line.text)
+        if used + cost > budget:
+            continue
+        date = dates_of.before(index) if line.date is None else line.date  # only if it fits
+        dated = bool(date) and date not in dates
         if dated:
-            cost += count.text(f"\n[{line.date}]")
+            cost += pieces.date(date)
         if used + cost <= budget:
-            chosen[index] = line
+            chosen[index] = Line(line.text, line.words, date)
             covered.add(index)
             used += cost
             if dated:
-                dates.add(line.date)
+                dates.add(date)
     while chosen:
-        message = {"role": "system", "content": _content(chosen)}
-        tokens = count.message(message)
+        tokens = pieces.message(chosen)
         if tokens <= budget:
-            return Recalled(message, tokens)
+            return Recalled({"role": "system", "content": _content(chosen)}, tokens)
         del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
     return NOTHING
+
+
+class Summarized:
+    """Whether words are in the summary's text, mostly answered without scanning it
+    (a scan of a 4,000-token summary costs microseconds, for every line): words that
+    are in it have each of their inner words (between two spaces) among its words."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.words = frozenset(text.split())
+
+    def says(self, words: str) -> bool:
+        """``words in text`` (``words``: spaces its only blanks, as ``message_text``)."""
+        if "  " not in words:
+            inner = words.split(" ")[1:-1]
+            if inner and not self.words.issuperset(inner):
+                return False
+        return words in self.text
+
+
+def least_tokens(line: str) -> int:
+    """At least how many tokens ``line`` (a letter first, spaces its only blanks: see
+    ``message_text``) encodes to, without encoding it: each of its words is in a
+    pre-token of the encoding of its own, and each pre-token is a token or more
+    (o200k_base's and cl100k_base's pre-tokens hold at most one blank before letters or
+    marks, and none within them)."""
+    return line.count(" ") + 1 if "  " not in line else len(line.split())
+
+
+class Pieces:
+    """The tokens of the recall message and of its lines, each line counted once.
+
+    A line is chosen by its tokens with a newline before it (what it adds, as if
+    counted alone). The message's exact tokens are the sum of its pieces', each with the
+    newline that ends it: the header, each date, each line (the last, which has none
+    after it, without). This holds because the encodings' pre-tokenizers (o200k_base,
+    cl100k_base) never join a newline to what follows it when that is a letter or "["
+    (a line opens with its role, a date with "[") and encode each pre-token on its own.
+    A line's tokens are its words' (``Words``)."""
+
+    def __init__(self, count: TokenCounter):
+        self.count = count
+        self.words = Words.of(count)
+        self.lines: dict[str, tuple[int, int]] = {}
+        self.base = self.words.header  # the message with no line
+
+    def cost(self, line: str) -> int:
+        """The tokens ``line`` adds to the message, with a newline before it."""
+        return self.words.newline + self._line(line)[0]
+
+    def date(self, date: str) -> int:
+        """The tokens the line ``[date]`` adds, with a newline before it."""
+        return self.words.date(date)[0]
+
+    def message(self, chosen: Mapping[int, Line]) -> int:
+        """The exact tokens of the message of ``chosen`` (``_content``'s)."""
+        tokens, date, last = self.words.message, "", ""
+        for index in sorted(chosen):
+            line = chosen[index]
+            if line.date and line.date != date:
+                tokens += self.words.date(line.date)[1]
+            date = line.date or date
+            tokens += self._line(line.text)[1]
+            last = line.text
+        return tokens - self._line(last)[1] + self._line(last)[0]
+
+    def _line(self, line: str) -> tuple[int, int]:
+        found = self.lines.get(line)
+        if found is None:
+            found = self.lines[line] = self.words.line(line)
+        return found
+
+
+class Words:
+    """The tokens of words, remembered per encoding (at most ``WORDS_REMEMBERED`` of
+    each kind; past that they are forgotten and counted again): recalled lines are
+    mostly words said before, so counting a line costs dictionary lookups, not an
+    encoding. A line's only blanks are single spaces (``message_text``), and a space
+    always opens a pre-token that holds no other, so a line's tokens are the sum of its
+    words', each with the space before it."""
+
+    _known: ClassVar[dict[str, Words]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, count: TokenCounter):
+        self.text = count.text
+        self.spaced: dict[str, int] = {}  # word -> tokens of " " + word
+        self.first: dict[str, int] = {}  # word -> its tokens, opening a line
+        self.dates: dict[str, tuple[int, int]] = {}  # "\n[date]", "[date]\n"
+        empty = count.message({"role": "system", "content": ""})
+        self.header = empty + count.text(RECALL_HEADER)  # the message with no line
+        self.message = empty + count.text(RECALL_HEADER + "\n")  # and the header's newline
+        self.newline = count.text("\n")
+
+    @classmethod
+    def of(cls, count: TokenCounter) -> Words:
+        found = cls._known.get(count.info.encoding)
+        if found is None:
+            with cls._lock:
+                found = cls._known.setdefault(count.info.encoding, Words(count))
+        return found
+
+    def line(self, line: str) -> tuple[int, int]:
+        """The tokens of ``line`` (a word first, single spaces its only blanks), and of
+        ``line`` and a newline after it."""
+        if "  " in line:
+            return self.text(line), self.text(line + "\n")
+        head, *rest = line.split(" ")
+        first, spaced = self.first, self.spaced
+        if not rest:
+            return self._get(first, head, head), self._get(first, head + "\n", head + "\n")
+        total = self._get(first, head, head)
+        last = rest.pop()
+        for word in rest:
+            tokens = spaced.get(word)
+            total += self._get(spaced, word, " " + word) if tokens is None else tokens
+        return (
+            total + self._get(spaced, last, " " + last),
+            total + self._get(spaced, last + "\n", " " + last + "\n"),
+        )
+
+    def date(self, date: str) -> tuple[int, int]:
+        """The tokens of the line ``[date]`` with a newline before it, and after it (a
+        date's blanks are as the app wrote them: counted whole)."""
+        found = self.dates.get(date)
+        if found is None:
+            if len(self.dates) >= WORDS_REMEMBERED:
+                self.dates.clear()
+            found = self.dates[date] = (self.text(f"\n[{date}]"), self.text(f"[{date}]\n"))
+        return found
+
+    def _get(self, known: dict[str, int], word: str, text: str) -> int:
+        tokens = known.get(word)
+        if tokens is None:
+            if len(known) >= WORDS_REMEMBERED:
+                known.clear()
+            tokens = known[word] = self.text(text)
+        return tokens
 
 
 def _content(chosen: Mapping[int, Line]) -> str:
@@ -392,17 +544,23 @@ class Line:
 
     text: str
     words: str
-    date: str
+    date: str | None  # None: not looked for yet
 
 
-def render(messages: Sequence[Message], index: int) -> Line | None:
-    """``messages[index]`` as a recall line (None when it has no words)."""
+def render(messages: Sequence[Message], index: int, dates: Dates | None = None) -> Line | None:
+    """``messages[index]`` as a recall line (None when it has no words); its date is
+    None when its session's date is to be looked for (``dates``: not asked)."""
     message = messages[index]
-    words = message_text(message)
-    tagged = _DATE_TAG.match(words)
-    date = tagged.group(1) if tagged else session_date(messages, index)
+    content = message.get("content")
+    if type(content) is str and not message.get("tool_calls"):  # message_text's, sooner
+        words = " ".join((content.replace("\x00", " ") if "\x00" in content else content).split())
+    else:
+        words = message_text(message)
+    tagged = _DATE_TAG.match(words) if words[:1] == "[" else None
     if tagged:
-        words = words[tagged.end() :]
+        date, words = tagged.group(1), words[tagged.end() :]
+    else:
+        date = dates.before(index) if dates is not None else None
     if not words:
         return None
     role = message["role"]
@@ -416,10 +574,49 @@ def render(messages: Sequence[Message], index: int) -> Line | None:
 def session_date(messages: Sequence[Message], index: int) -> str:
     """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
     looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
-    for message in reversed(messages[max(index - DATE_LOOKBACK, 0) : index]):
-        content = message.get("content")
+    return Dates(messages).before(index)
+
+
+class Dates:
+    """``session_date`` for many indexes of one path, each message looked at once at
+    most: for every message looked at, the nearest tagged message at or before it is
+    remembered (or how far back there is none), so the lines of one exchange do not
+    each scan back over the same messages."""
+
+    def __init__(self, messages: Sequence[Message]):
+        self.messages = messages
+        # at -> (nearest tagged position <= at, or -1 when none down to low; low)
+        self.nearest: dict[int, tuple[int, int]] = {}
+        self.tags: dict[int, str] = {}
+
+    def before(self, index: int) -> str:
+        floor = max(index - DATE_LOOKBACK, 0)
+        at, found, low = index - 1, -1, floor
+        seen: list[int] = []
+        nearest = self.nearest
+        while at >= floor:
+            known = nearest.get(at)
+            if known is not None:
+                found, low = known
+                if found >= 0:
+                    break
+                at = low - 1
+                continue
+            seen.append(at)
+            if self._tagged(at):
+                found = at
+                break
+            at -= 1
+        low = min(low, floor) if found < 0 else found
+        for at in seen:
+            nearest[at] = (found, low)
+        return self.tags[found] if found >= floor else ""
+
+    def _tagged(self, at: int) -> bool:
+        content = self.messages[at].get("content")
         if isinstance(content, str) and content[:1] == "[":
             tagged = _DATE_TAG.match(content)
             if tagged:
-                return tagged.group(1)
-    return ""
+                self.tags[at] = tagged.group(1)
+                return True
+        return False
