@@ -63,10 +63,10 @@ RECALL_HEADER = "Earlier messages that may be relevant:"
 MAX_TERMS = 8  # 97.8% of LoCoMo's questions have at most 8 terms
 MAX_HITS = 40
 PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
-DOC_BUDGET = 200  # the ranking scores at most this many messages
+DOC_BUDGET = 100  # the ranking scores at most this many messages (was 200: same answers)
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
-WORDS_REMEMBERED = 50_000  # per encoding: words whose tokens recall keeps (a few MB)
+WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
@@ -493,15 +493,16 @@ class Words:
         ``line`` and a newline after it."""
         if "  " in line:
             return self.text(line), self.text(line + "\n")
-        head, *rest = line.split(" ")
-        first, spaced = self.first, self.spaced
-        if not rest:
+        words = line.split(" ")
+        head, last, first, spaced = words[0], words[-1], self.first, self.spaced
+        if len(words) == 1:
             return self._get(first, head, head), self._get(first, head + "\n", head + "\n")
-        total = self._get(first, head, head)
-        last = rest.pop()
-        for word in rest:
-            tokens = spaced.get(word)
-            total += self._get(spaced, word, " " + word) if tokens is None else tokens
+        inner = words[1:-1]
+        try:
+            total = sum(map(spaced.__getitem__, inner))  # the usual case: all known
+        except KeyError:
+            total = sum(self._get(spaced, word, " " + word) for word in inner)
+        total += self._get(first, head, head)
         return (
             total + self._get(spaced, last, " " + last),
             total + self._get(spaced, last + "\n", " " + last + "\n"),
