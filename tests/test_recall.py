@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -37,6 +38,7 @@ from context_trimmer._trimming.recall import (
     DOC_BUDGET,
     PROBE_CAP,
     RECALL_HEADER,
+    Lines,
     Words,
     build,
     query_terms,
@@ -445,8 +447,12 @@ def test_terms_found_common_are_remembered_until_an_erasure(
     assert remembered() == [{"weather"}]
     again = recall_message(trimmer.prepare(question, user="ann"))  # "weather" not counted: the same
     assert again == recalled
+    lines = [line for line in Lines._known.values() if line is not None]
+    assert any("kestrel9" in line.words for line in lines)
+    assert "kestrel9." in Words.of(TokenCounter(ModelTable().get("gpt-4o"))).spaced
     trimmer.forget("ann")
     assert remembered() == []
+    assert Lines._known == {} and all(not words.spaced for words in Words._known.values())
 
 
 def test_a_matching_reply_brings_the_turn_it_answers(
@@ -538,7 +544,8 @@ def test_the_recall_message_tokens_are_exact_without_encoding_it(
         }
         for i, text in enumerate(texts)
     ]
-    path = SimpleNamespace(counter=counter, messages=messages)
+    hashes = [uuid.uuid4().hex for _ in messages]  # lines are remembered by message hash
+    path = SimpleNamespace(counter=counter, messages=messages, hashes=hashes)
     whole = build(path, range(len(messages)), None, 100_000)  # type: ignore[arg-type]
     if whole.message is None:
         return

@@ -66,6 +66,7 @@ PROBE_CAP = 100  # a term in this many messages of the conversation is not searc
 DOC_BUDGET = 100  # the ranking scores at most this many messages (was 200: same answers)
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
+LINES_REMEMBERED = 4096  # recall lines kept per process, by message hash (~2 MB)
 WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
@@ -353,6 +354,7 @@ def build(
     said = Summarized(summary.text if summary is not None else "")
     pieces = Pieces(path.counter)
     dates_of = Dates(path.messages)
+    lines = Lines(path)
     used = pieces.base
     chosen: dict[int, Line] = {}
     covered: set[int] = set()  # recalled, or already in the summary
@@ -361,7 +363,7 @@ def build(
         alone = index - 1 not in covered and index + 1 not in covered
         if alone and hits is not None and index not in hits:
             continue
-        line = render(path.messages, index)
+        line = lines.get(index)
         if line is None or said.says(line.words):
             covered.add(index)
             continue
@@ -375,7 +377,7 @@ def build(
         if dated:
             cost += pieces.date(date)
         if used + cost <= budget:
-            chosen[index] = Line(line.text, line.words, date)
+            chosen[index] = lines.dated(index, line, date)
             covered.add(index)
             used += cost
             if dated:
@@ -386,6 +388,51 @@ def build(
             return Recalled({"role": "system", "content": _content(chosen)}, tokens)
         del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
     return NOTHING
+
+
+class Lines:
+    """The recall lines of a path's messages, remembered by message hash (at most
+    ``LINES_REMEMBERED`` per process, the oldest forgotten first): a chain hash names a
+    message and everything before it, so its line and session date never change, and a
+    conversation's questions recall many of the same lines turn after turn."""
+
+    _known: ClassVar[dict[str, Line | None]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: StoredPath):
+        self.path = path
+
+    def get(self, index: int) -> Line | None:
+        key = self.path.hashes[index]
+        known = self._known
+        if key in known:
+            return known[key]
+        line = render(self.path.messages, index)
+        self._remember(key, line)
+        return line
+
+    def dated(self, index: int, line: Line, date: str) -> Line:
+        """``line`` with its session date, remembered so."""
+        if line.date is None:
+            line = Line(line.text, line.words, date)
+            self._remember(self.path.hashes[index], line)
+        return line
+
+    def _remember(self, key: str, line: Line | None) -> None:
+        known = self._known
+        with self._lock:
+            if len(known) >= LINES_REMEMBERED and key not in known:
+                del known[next(iter(known))]
+            known[key] = line
+
+
+def forget_recalled() -> None:
+    """Drop what recall remembers of messages (lines, words): after an erasure."""
+    with Lines._lock:
+        Lines._known.clear()
+    with Words._lock:
+        for words in Words._known.values():
+            words.forget()
 
 
 class Summarized:
@@ -507,6 +554,10 @@ class Words:
             total + self._get(spaced, last, " " + last),
             total + self._get(spaced, last + "\n", " " + last + "\n"),
         )
+
+    def forget(self) -> None:
+        for known in (self.spaced, self.first, self.dates):
+            known.clear()
 
     def date(self, date: str) -> tuple[int, int]:
         """The tokens of the line ``[date]`` with a newline before it, and after it (a
