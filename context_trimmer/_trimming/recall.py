@@ -35,7 +35,7 @@ import re
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from sqlalchemy import Connection
 
@@ -59,6 +59,7 @@ from .._text.tokens import TokenCounter
 from .path import StoredPath
 
 Message = Mapping[str, Any]
+T = TypeVar("T")
 RECALL_HEADER = "Earlier messages that may be relevant:"
 MAX_TERMS = 8  # 97.8% of LoCoMo's questions have at most 8 terms
 MAX_HITS = 40
@@ -67,6 +68,7 @@ DOC_BUDGET = 100  # the ranking scores at most this many messages (was 200: same
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
 LINES_REMEMBERED = 4096  # recall lines kept per process, by message hash (~2 MB)
+LEARNED_PER_LINE = 3  # a line of more unknown words is encoded whole, these learned
 WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
@@ -522,6 +524,7 @@ class Words:
         self.spaced: dict[str, int] = {}  # word -> tokens of " " + word
         self.first: dict[str, int] = {}  # word -> its tokens, opening a line
         self.dates: dict[str, tuple[int, int]] = {}  # "\n[date]", "[date]\n"
+        self.lines: dict[str, tuple[int, int]] = {}  # a line, and with a newline after
         empty = count.message({"role": "system", "content": ""})
         self.header = empty + count.text(RECALL_HEADER)  # the message with no line
         self.message = empty + count.text(RECALL_HEADER + "\n")  # and the header's newline
@@ -538,25 +541,36 @@ class Words:
     def line(self, line: str) -> tuple[int, int]:
         """The tokens of ``line`` (a word first, single spaces its only blanks), and of
         ``line`` and a newline after it."""
+        found = self.lines.get(line)
+        if found is not None:
+            return found
         if "  " in line:
-            return self.text(line), self.text(line + "\n")
+            return self._put(self.lines, line, (self.text(line), self.text(line + "\n")))
         words = line.split(" ")
         head, last, first, spaced = words[0], words[-1], self.first, self.spaced
         if len(words) == 1:
-            return self._get(first, head, head), self._get(first, head + "\n", head + "\n")
+            both = self._get(first, head, head), self._get(first, head + "\n", head + "\n")
+            return self._put(self.lines, line, both)
         inner = words[1:-1]
         try:
-            total = sum(map(spaced.__getitem__, inner))  # the usual case: all known
+            total = sum(map(spaced.__getitem__, inner)) + self._get(first, head, head)
         except KeyError:
-            total = sum(self._get(spaced, word, " " + word) for word in inner)
-        total += self._get(first, head, head)
-        return (
+            unknown = [word for word in inner if word not in spaced]
+            for word in unknown[:LEARNED_PER_LINE]:  # the rest another time: one encoding
+                self._get(spaced, word, " " + word)
+            if len(unknown) > LEARNED_PER_LINE:
+                total = self.text(line) - self._get(spaced, last, " " + last)
+            else:
+                total = sum(self._get(spaced, word, " " + word) for word in inner)
+                total += self._get(first, head, head)
+        both = (
             total + self._get(spaced, last, " " + last),
             total + self._get(spaced, last + "\n", " " + last + "\n"),
         )
+        return self._put(self.lines, line, both)
 
     def forget(self) -> None:
-        for known in (self.spaced, self.first, self.dates):
+        for known in (self.spaced, self.first, self.dates, self.lines):
             known.clear()
 
     def date(self, date: str) -> tuple[int, int]:
@@ -568,6 +582,12 @@ class Words:
                 self.dates.clear()
             found = self.dates[date] = (self.text(f"\n[{date}]"), self.text(f"[{date}]\n"))
         return found
+
+    def _put(self, known: dict[str, T], key: str, value: T) -> T:
+        if len(known) >= (LINES_REMEMBERED if known is self.lines else WORDS_REMEMBERED):
+            known.clear()
+        known[key] = value
+        return value
 
     def _get(self, known: dict[str, int], word: str, text: str) -> int:
         tokens = known.get(word)
