@@ -361,9 +361,23 @@ def build(
     chosen: dict[int, Line] = {}
     covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
+    unsaid: set[int] = set()  # too long to fit, not rendered: in the summary? (if asked)
+
+    def covers(index: int) -> bool:
+        if index in unsaid:
+            unsaid.discard(index)
+            line = lines.get(index)
+            if line is None or said.says(line.words):
+                covered.add(index)
+        return index in covered
+
     for index in ranked:
-        alone = index - 1 not in covered and index + 1 not in covered
-        if alone and hits is not None and index not in hits:
+        neighbour = hits is not None and index not in hits
+        if neighbour and not covers(index - 1) and not covers(index + 1):
+            continue
+        least = lines.least(index)
+        if least is not None and used + least > budget:
+            unsaid.add(index)  # cannot fit: neither rendered nor counted
             continue
         line = lines.get(index)
         if line is None or said.says(line.words):
@@ -412,6 +426,18 @@ class Lines:
         line = render(self.path.messages, index)
         self._remember(key, line)
         return line
+
+    def least(self, index: int) -> int | None:
+        """``least_tokens`` of the line of a message not remembered, from its text as
+        the app sent it (no rendering); None when remembered, or not plain text."""
+        message = self.path.messages[index]
+        content = message.get("content")
+        if type(content) is not str or message.get("tool_calls") or "\x00" in content:
+            return None
+        words = len(content.split())
+        if not words or content.lstrip()[:1] == "[" or self.path.hashes[index] in self._known:
+            return None
+        return words + 1 + (1 if message["role"] == "tool" else message["role"].count(" "))
 
     def dated(self, index: int, line: Line, date: str) -> Line:
         """``line`` with its session date, remembered so."""
