@@ -19,7 +19,7 @@ than absolute figures.
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
         [--db postgresql+psycopg://USER@HOST/DB]
     python benchmarks/prepare_speed.py --recall --text locomo [--sizes 1000 10000 50000]
-        [--turns 40] [--processes 3] [--data PATH] [--db ...]
+        [--turns 40] [--processes 3] [--data PATH] [--db ...] [--against OLD_CHECKOUT]
     python benchmarks/prepare_speed.py --cold [--against OLD_CHECKOUT] [--processes 5]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
@@ -35,7 +35,8 @@ has ``--sizes`` messages; the timed user turns alternate between a LoCoMo questi
 the dialogue's next user line, so recall searches real words; each assistant reply is
 the dialogue's next line. Each size is measured in ``--processes`` processes (3); the
 figures are medians over processes of each process's medians (the added cost: of the
-paired differences), questions and dialogue lines apart and together.
+paired differences), questions and dialogue lines apart and together; with
+``--against``, an older checkout is measured too, process by process in turn.
 
 ``--cold`` times only the cold start (``--sizes``, 1,000 and 50,000 by default), and
 with ``--against`` a second source tree (an older checkout of this repository) in the
@@ -212,15 +213,23 @@ def locomo_worker(size: int, turns: int, db: str | None, data: Path) -> dict[str
 
 
 def compare_recall_locomo(args: argparse.Namespace) -> None:
-    """``--recall --text locomo``: each size in ``--processes`` worker processes."""
-    runs: dict[int, list[dict[str, Any]]] = {size: [] for size in args.sizes}
+    """``--recall --text locomo``: each size in ``--processes`` worker processes; with
+    ``--against``, another source tree too, process by process in turn (same load)."""
+    trees = {"this": None, **({"against": args.against} if args.against else {})}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (tree, size): [] for tree in trees for size in args.sizes
+    }
     for _process in range(args.processes):
         for size in args.sizes:
-            command = [sys.executable, __file__, "--worker", "locomo", "--sizes", str(size)]
-            command += ["--turns", str(args.turns), "--data", str(args.data)]
-            command += ["--db", args.db] if args.db else []
-            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            runs[size].append(json.loads(output.splitlines()[-1]))
+            for name, tree in trees.items():
+                command = [sys.executable, __file__, "--worker", "locomo", "--sizes", str(size)]
+                command += ["--turns", str(args.turns), "--data", str(args.data)]
+                command += ["--db", args.db] if args.db else []
+                env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+                output = subprocess.run(
+                    command, check=True, capture_output=True, text=True, env=env
+                ).stdout
+                runs[name, size].append(json.loads(output.splitlines()[-1]))
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; LoCoMo text, "
         f"{'PostgreSQL' if args.db else 'SQLite'}, recall_tokens="
@@ -228,18 +237,19 @@ def compare_recall_locomo(args: argparse.Namespace) -> None:
         f"median of {args.turns // 2} turns per kind"
     )
     print(
-        f"{'stored':>7} {'user turn':>10} {'wall off':>9} {'wall on':>8} {'added':>6} "
-        f"{'CPU off':>8} {'CPU on':>7} {'added':>6}  (ms)"
+        f"{'tree':>7} {'stored':>7} {'user turn':>10} {'wall off':>9} {'wall on':>8} "
+        f"{'added':>6} {'CPU off':>8} {'CPU on':>7} {'added':>6}  (ms)"
     )
     for size in args.sizes:
-        for kind in KINDS:
-            figures = [_locomo_figures(run, kind) for run in runs[size]]
-            row = [statistics.median(f[i] for f in figures) * 1000 for i in range(6)]
-            print(
-                f"{size:>7,} {kind:>10} {row[0]:>9.2f} {row[1]:>8.2f} {row[2]:>6.2f} "
-                f"{row[3]:>8.2f} {row[4]:>7.2f} {row[5]:>6.2f}",
-                flush=True,
-            )
+        for name in trees:
+            for kind in KINDS:
+                figures = [_locomo_figures(run, kind) for run in runs[name, size]]
+                row = [statistics.median(f[i] for f in figures) * 1000 for i in range(6)]
+                print(
+                    f"{name:>7} {size:>7,} {kind:>10} {row[0]:>9.2f} {row[1]:>8.2f} "
+                    f"{row[2]:>6.2f} {row[3]:>8.2f} {row[4]:>7.2f} {row[5]:>6.2f}",
+                    flush=True,
+                )
 
 
 def _locomo_figures(run: dict[str, Any], kind: str) -> list[float]:
@@ -564,7 +574,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
     parser.add_argument("--cold", action="store_true", help="the cold start alone")
-    parser.add_argument("--against", help="--cold: also this source tree, alternating")
+    parser.add_argument(
+        "--against", help="--cold, --recall --text locomo: also this source tree, alternating"
+    )
     args = parser.parse_args()
     if args.cold:
         if args.sizes == parser.get_default("sizes"):
