@@ -26,6 +26,14 @@ Tool calls and results come back as text lines in that one message, never as raw
 messages, so the request stays valid. Its tokens are counted exactly. It goes right
 before the newest user message, after the cache-stable ``[system][summary][tail]``.
 Same path and question, same message.
+
+Cost: this runs on every prepare() with a summary. The ranking scores at most
+``DOC_BUDGET`` messages; each candidate line is rendered and counted at most once, and
+not at all when a lower bound of its tokens (its words) does not fit what is left; the
+message's tokens are the sum of its lines' (``Pieces``), not a second encoding. What
+does not change between turns is remembered per process, bounded, and forgotten when the
+Trimmer erases: each message's line and session date by its chain hash (``Lines``),
+words' and lines' token counts per encoding (``Words``).
 """
 
 from __future__ import annotations
