@@ -428,9 +428,10 @@ class Lines:
 
     def get(self, index: int) -> Line | None:
         key = self.path.hashes[index]
-        known = self._known
-        if key in known:
-            return known[key]
+        try:
+            return self._known[key]  # None: a message without words
+        except KeyError:  # not remembered (or just forgotten by another thread)
+            pass
         line = render(self.path.messages, index)
         self._remember(key, line)
         return line
