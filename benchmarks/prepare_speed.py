@@ -18,6 +18,8 @@ than absolute figures.
                                        [--recall-tokens 0]
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
         [--db postgresql+psycopg://USER@HOST/DB]
+    python benchmarks/prepare_speed.py --recall --text locomo [--sizes 1000 10000 50000]
+        [--turns 40] [--processes 3] [--data PATH] [--db ...] [--against OLD_CHECKOUT]
     python benchmarks/prepare_speed.py --cold [--against OLD_CHECKOUT] [--processes 5]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
@@ -25,6 +27,16 @@ wall and CPU medians, on the same messages, on SQLite or on a PostgreSQL server
 (``--db``: a throwaway database is made there for each run); each message also names
 a rare reference (``ref1234``) that later user turns ask about, so the search finds
 and ranks matches.
+
+``--recall --text locomo`` does the same on real dialogue: the history is the LoCoMo
+sample's sessions (``locomo-sample.json``, read from ``../shared/data/`` next to the
+repository or ``--data``; three conversations, speaker A the user), cycled until it
+has ``--sizes`` messages; the timed user turns alternate between a LoCoMo question and
+the dialogue's next user line, so recall searches real words; each assistant reply is
+the dialogue's next line. Each size is measured in ``--processes`` processes (3); the
+figures are medians over processes of each process's medians (the added cost: of the
+paired differences), questions and dialogue lines apart and together; with
+``--against``, an older checkout is measured too, process by process in turn.
 
 ``--cold`` times only the cold start (``--sizes``, 1,000 and 50,000 by default), and
 with ``--against`` a second source tree (an older checkout of this repository) in the
@@ -44,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import (
@@ -55,6 +68,7 @@ from langchain_core.messages import (
 )
 
 from context_trimmer import ModelTable, Trimmer, TrimmerOptions
+from context_trimmer._jobs.replay import locomo_conversation
 from context_trimmer._text.encodings import get_encoding
 from context_trimmer._text.tokens import REPLY_PRIMING, TokenCounter
 
@@ -117,6 +131,140 @@ def compare_recall(sizes: list[int], turns: int, db: str | None = None) -> None:
                 f"{ms(off, 1):>8} {ms(on, 1):>7} {ms(on, 1, off):>6}",
                 flush=True,
             )
+
+
+# -- recall on LoCoMo dialogue (``--recall --text locomo``) ---------------------------
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo-sample.json"
+KINDS = ("questions", "dialogue", "both")
+
+
+class Locomo:
+    """The LoCoMo sample's dialogue lines (speaker A: user) and questions, to cycle."""
+
+    def __init__(self, path: Path) -> None:
+        items = json.loads(path.read_text("utf-8"))
+        self.lines = [
+            message
+            for index, item in enumerate(items)
+            for message in locomo_conversation(item, index).messages
+            if message["role"] != "system"
+        ]
+        self.questions = [str(qa["question"]) for item in items for qa in item["qa"]]
+        self.next = 0
+
+    def history(self, size: int) -> list[dict[str, Any]]:
+        """A system prompt, then the dialogue's lines, cycled, up to ``size`` messages."""
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": "You are a friend, chatting. Remember what was said."}
+        ]
+        while len(messages) < size:
+            messages.append(dict(self.take()))
+        return messages
+
+    def take(self, role: str | None = None) -> dict[str, Any]:
+        """The dialogue's next line (of ``role``, when given), cycling."""
+        while True:
+            line = self.lines[self.next % len(self.lines)]
+            self.next += 1
+            if role is None or line["role"] == role:
+                return {"role": line["role"] if role is None else role, "content": line["content"]}
+
+
+def locomo_worker(size: int, turns: int, db: str | None, data: Path) -> dict[str, Any]:
+    """(wall, CPU) seconds of each turn's prepare() with recall off and on, on LoCoMo text:
+    ``{"questions": [off, on], "dialogue": [off, on]}``, each a list of (wall, CPU)."""
+    source = Locomo(data)
+    rng = random.Random(size)
+    messages = source.history(size)
+    budget = TrimmerOptions().recall_tokens
+    times: dict[str, tuple[list[Any], list[Any]]] = {"questions": ([], []), "dialogue": ([], [])}
+    options = {"summarizer": "extractive", "background": False}
+    url, remove = recall_store(db)
+    try:
+        with (
+            Trimmer(url, recall_tokens=0, **options) as writer,
+            Trimmer(url, recall_tokens=0, **options) as off,
+            Trimmer(url, recall_tokens=budget, **options) as on,
+        ):
+            for trimmer in (writer, off, on):
+                trimmer.prepare(messages)
+            writer.compact(messages, force=True)
+            for turn in range(turns):
+                kind = "questions" if turn % 2 == 0 else "dialogue"
+                if kind == "questions":
+                    asked = {"role": "user", "content": rng.choice(source.questions)}
+                else:
+                    asked = source.take("user")
+                messages.append(asked)
+                writer.prepare(messages)  # untimed: stores the new message
+                for which in (0, 1) if (turn // 2) % 2 else (1, 0):
+                    start, start_cpu = time.perf_counter(), time.thread_time()
+                    prepared = (off, on)[which].prepare(messages)
+                    times[kind][which].append(
+                        (time.perf_counter() - start, time.thread_time() - start_cpu)
+                    )
+                messages.append(source.take("assistant"))
+                if prepared.fold_pending:
+                    writer.compact(messages)
+    finally:
+        remove()
+    return {kind: list(pair) for kind, pair in times.items()}
+
+
+def compare_recall_locomo(args: argparse.Namespace) -> None:
+    """``--recall --text locomo``: each size in ``--processes`` worker processes; with
+    ``--against``, another source tree too, process by process in turn (same load)."""
+    trees = {"this": None, **({"against": args.against} if args.against else {})}
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (tree, size): [] for tree in trees for size in args.sizes
+    }
+    for _process in range(args.processes):
+        for size in args.sizes:
+            for name, tree in trees.items():
+                command = [sys.executable, __file__, "--worker", "locomo", "--sizes", str(size)]
+                command += ["--turns", str(args.turns), "--data", str(args.data)]
+                command += ["--db", args.db] if args.db else []
+                env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+                output = subprocess.run(
+                    command, check=True, capture_output=True, text=True, env=env
+                ).stdout
+                runs[name, size].append(json.loads(output.splitlines()[-1]))
+    print(
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; LoCoMo text, "
+        f"{'PostgreSQL' if args.db else 'SQLite'}, recall_tokens="
+        f"{TrimmerOptions().recall_tokens}; medians of {args.processes} processes, each the "
+        f"median of {args.turns // 2} turns per kind"
+    )
+    print(
+        f"{'tree':>7} {'stored':>7} {'user turn':>10} {'wall off':>9} {'wall on':>8} "
+        f"{'added':>6} {'CPU off':>8} {'CPU on':>7} {'added':>6}  (ms)"
+    )
+    for size in args.sizes:
+        for name in trees:
+            for kind in KINDS:
+                figures = [_locomo_figures(run, kind) for run in runs[name, size]]
+                row = [statistics.median(f[i] for f in figures) * 1000 for i in range(6)]
+                print(
+                    f"{name:>7} {size:>7,} {kind:>10} {row[0]:>9.2f} {row[1]:>8.2f} "
+                    f"{row[2]:>6.2f} {row[3]:>8.2f} {row[4]:>7.2f} {row[5]:>6.2f}",
+                    flush=True,
+                )
+
+
+def _locomo_figures(run: dict[str, Any], kind: str) -> list[float]:
+    """One process's medians: wall off, on, added (paired), CPU off, on, added (paired)."""
+    kinds = ("questions", "dialogue") if kind == "both" else (kind,)
+    off = [t for k in kinds for t in run[k][0]]
+    on = [t for k in kinds for t in run[k][1]]
+    figures = []
+    for column in (0, 1):
+        figures.append(statistics.median(t[column] for t in off))
+        figures.append(statistics.median(t[column] for t in on))
+        figures.append(
+            statistics.median(b[column] - a[column] for a, b in zip(off, on, strict=True))
+        )
+    return figures
 
 
 def ms(times: list[tuple[float, float]], kind: int, base: Any = ()) -> str:
@@ -271,6 +419,9 @@ def cold_worker(size: int, folder: str, recall_tokens: int) -> dict[str, Any]:
 
 def run_worker(args: argparse.Namespace) -> None:
     kind, size = args.worker, args.sizes[0]
+    if kind == "locomo":
+        print(json.dumps(locomo_worker(size, args.turns, args.db, args.data)))
+        return
     if kind == "warm":
         result = warm_worker(size, args.turns, args.folder, args.recall_tokens)
     elif kind == "cold":
@@ -409,17 +560,34 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3, help="separate processes per figure")
     parser.add_argument("--recall-tokens", type=int, default=0, help="0: recall off")
     parser.add_argument("--recall", action="store_true", help="recall off and on")
-    parser.add_argument("--worker", choices=["warm", "cold", "trim"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--text",
+        choices=["synthetic", "locomo"],
+        default="synthetic",
+        help="--recall: the 20-word vocabulary, or LoCoMo dialogue",
+    )
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="--text locomo: the file")
+    parser.add_argument(
+        "--worker", choices=["warm", "cold", "trim", "locomo"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
     parser.add_argument("--cold", action="store_true", help="the cold start alone")
-    parser.add_argument("--against", help="--cold: also this source tree, alternating")
+    parser.add_argument(
+        "--against", help="--cold, --recall --text locomo: also this source tree, alternating"
+    )
     args = parser.parse_args()
     if args.cold:
         if args.sizes == parser.get_default("sizes"):
             args.sizes = [1000, 50000]
         measure_cold(args)
+    elif args.recall and args.text == "locomo":
+        if args.sizes == parser.get_default("sizes"):
+            args.sizes = [1000, 10000, 50000]
+        if args.turns == parser.get_default("turns"):
+            args.turns = 40
+        compare_recall_locomo(args)
     elif args.recall:
         compare_recall(args.sizes, args.turns, args.db)
     elif args.worker:

@@ -69,7 +69,7 @@ from ._trimming.plan import (
     summary_message,
     with_recall,
 )
-from ._trimming.recall import recall
+from ._trimming.recall import forget_recalled, recall
 from ._trimming.recording import Recorder, baseline_tokens, request_row
 from ._trimming.summarizers import Summarizer
 from ._trimming.system_prompt import Mode, PromptRewriter, SystemPrompts, discard
@@ -336,6 +336,7 @@ class Trimmer:
         ``acme:alice``...; a tenant named ``acme:bob`` is another, untouched)."""
         self._background.wait()  # no fold may store a summary of what is being erased
         self._chains.clear()
+        forget_recalled()  # no erased words stay in recall's caches
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
         return _erasure.forget(
             self._db, user, conversation_id, tenant=tenant, compression_keys=keys
@@ -346,6 +347,7 @@ class Trimmer:
         cutoff = utcnow() - older_than if isinstance(older_than, timedelta) else older_than
         self._background.wait()
         self._chains.clear()
+        forget_recalled()  # no erased words stay in recall's caches
         keys = _erasure.rewrite_keys(self._db, self._system_prompts.protect)
         return _erasure.prune(self._db, cutoff, compression_keys=keys)
 

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import click
 import openai
 import pytest
 from gateway_server import ServerThread
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import inspect, text
 
-from context_trimmer import ConfigurationError, SummaryRequest, SummaryResult, Trimmer, count_tokens
+from context_trimmer import (
+    ConfigurationError,
+    ModelTable,
+    SummaryRequest,
+    SummaryResult,
+    Trimmer,
+    count_tokens,
+)
 from context_trimmer._store import recall_index as _recall_index
 from context_trimmer._store.db import Database
 from context_trimmer._store.keys import create_key
@@ -22,7 +33,17 @@ from context_trimmer._store.ledger import REQUESTS
 from context_trimmer._store.migrate import downgrade
 from context_trimmer._store.recall_index import TERMS_TABLE
 from context_trimmer._store.schema import SEARCH_TABLE
-from context_trimmer._trimming.recall import PROBE_CAP, RECALL_HEADER, query_terms, speaker
+from context_trimmer._text.tokens import TokenCounter
+from context_trimmer._trimming.recall import (
+    DOC_BUDGET,
+    PROBE_CAP,
+    RECALL_HEADER,
+    Lines,
+    Words,
+    build,
+    query_terms,
+    speaker,
+)
 from context_trimmer.cli._gateway import serve
 from context_trimmer.gateway import GatewayConfig, create_app
 
@@ -528,8 +549,12 @@ def test_terms_found_common_are_remembered_until_an_erasure(
     assert remembered() == [{"weather"}]
     again = recall_message(trimmer.prepare(question, user="ann"))  # "weather" not counted: the same
     assert again == recalled
+    lines = [line for line in Lines._known.values() if line is not None]
+    assert any("kestrel9" in line.words for line in lines)
+    assert "kestrel9." in Words.of(TokenCounter(ModelTable().get("gpt-4o"))).spaced
     trimmer.forget("ann")
     assert remembered() == []
+    assert Lines._known == {} and all(not words.spaced for words in Words._known.values())
 
 
 def test_a_matching_reply_brings_the_turn_it_answers(
@@ -589,3 +614,80 @@ def test_a_match_said_by_someone_the_question_names_ranks_first(
     assert speaker({"role": "user", "name": "Zoë", "content": "Bob: hi"}) == "zoe"
     assert speaker({"role": "user", "content": "note: lower case is no name"}) == ""
     assert speaker({"role": "user", "content": "Re: the plan: is it set?"}) == "re"
+
+
+# Text meant to meet the pre-tokenizers' edges: punctuation and slashes before a newline,
+# digits, contractions, blanks of every kind (NUL, tabs, newlines, no-break spaces), accents
+# and emoji; and any text at all.
+LINE_TEXT = st.one_of(
+    st.text(alphabet="ab Z.,!?'/-:;[]()0123456789\n\t\x00\u00a0\u3000éß😀", max_size=60),
+    st.text(max_size=60),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(LINE_TEXT, min_size=1, max_size=8),
+    dated=st.lists(st.booleans(), min_size=8, max_size=8),
+    model=st.sampled_from(["gpt-4o", "gpt-4"]),
+    share=st.floats(0.0, 1.0),
+)
+def test_the_recall_message_tokens_are_exact_without_encoding_it(
+    texts: list[str], dated: list[bool], model: str, share: float
+) -> None:
+    """build() chooses lines by their own counts and gives the message's tokens as the
+    sum of its pieces' (words counted once, remembered): always exactly what the
+    message encodes to, within the budget, on either encoding."""
+    counter = TokenCounter(ModelTable().get(model))
+    messages = [
+        {
+            "role": ("user", "assistant", "tool")[i % 3],
+            "content": (f"[8 May,\t 2023 {i}] " if dated[i] else "") + text,
+        }
+        for i, text in enumerate(texts)
+    ]
+    hashes = [uuid.uuid4().hex for _ in messages]  # lines are remembered by message hash
+    path = SimpleNamespace(counter=counter, messages=messages, hashes=hashes)
+    whole = build(path, range(len(messages)), None, 100_000)  # type: ignore[arg-type]
+    if whole.message is None:
+        return
+    assert whole.tokens == counter.message(whole.message)
+    budget = int(share * whole.tokens)
+    part = build(path, range(len(messages)), None, budget)  # type: ignore[arg-type]
+    assert part.message is None or part.tokens == counter.message(part.message) <= budget
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(LINE_TEXT, min_size=1, max_size=10), model=st.sampled_from(["gpt-4o", "gpt-4"])
+)
+def test_a_line_counts_as_the_sum_of_its_words(words: list[str], model: str) -> None:
+    """A line (a word first, single spaces between words) encodes to the tokens of its
+    words, each with the space before it, with or without a newline after it."""
+    line = " ".join(" ".join(word.split()) for word in ["user:", *words] if word.split())
+    counter = TokenCounter(ModelTable().get(model))
+    assert Words.of(counter).line(line) == (counter.text(line), counter.text(line + "\n"))
+
+
+def test_only_the_rarest_terms_within_the_document_budget_are_searched(
+    db_url: str, options: dict[str, Any]
+) -> None:
+    """A question's terms are searched rarest first while together they are in at most
+    DOC_BUDGET messages: a term that would pass it stays out, so its messages are not
+    ranked (nor recalled), though it is in fewer than PROBE_CAP."""
+    rare, common = DOC_BUDGET // 3, DOC_BUDGET - DOC_BUDGET // 5
+    assert common < PROBE_CAP and rare + common > DOC_BUDGET
+    history = conversation(filler_rounds=0)
+    for bird, times in (("kestrel", rare), ("falcon", common)):
+        for round_ in range(times):
+            history.append({"role": "user", "content": f"A {bird} flew past (day {round_})."})
+            history.append({"role": "assistant", "content": "Noted."})
+        history.extend(conversation(filler_rounds=1)[1:])
+    settings = {**options, "recall_tokens": 3000}
+    folded(db_url, history, summarizer=Fixed("Birds."), **settings)
+    with Trimmer(db_url, summarizer="extractive", background=False, **settings) as trimmer:
+        both = recall_message(trimmer.prepare(ask(history, "Where was the kestrel or falcon?")))
+        assert both is not None and "kestrel flew" in both["content"]
+        assert "falcon" not in both["content"]
+        alone = recall_message(trimmer.prepare(ask(history, "When did the falcon fly?")))
+        assert alone is not None and "falcon flew" in alone["content"]

@@ -26,15 +26,24 @@ Tool calls and results come back as text lines in that one message, never as raw
 messages, so the request stays valid. Its tokens are counted exactly. It goes right
 before the newest user message, after the cache-stable ``[system][summary][tail]``.
 Same path and question, same message.
+
+Cost: this runs on every prepare() with a summary. The ranking scores at most
+``DOC_BUDGET`` messages; each candidate line is rendered and counted at most once, and
+not at all when a lower bound of its tokens (its words) does not fit what is left; the
+message's tokens are the sum of its lines' (``Pieces``), not a second encoding. What
+does not change between turns is remembered per process, bounded, and forgotten when the
+Trimmer erases: each message's line and session date by its chain hash (``Lines``),
+words' and lines' token counts per encoding (``Words``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from sqlalchemy import Connection
 
@@ -55,16 +64,21 @@ from .._store.recall_index import (
 )
 from .._store.schema import SEARCH_TABLE
 from .._store.summaries import StoredSummary
+from .._text.tokens import TokenCounter
 from .path import StoredPath
 
 Message = Mapping[str, Any]
+T = TypeVar("T")
 RECALL_HEADER = "Earlier messages that may be relevant:"
 MAX_TERMS = 8  # 97.8% of LoCoMo's questions have at most 8 terms
 MAX_HITS = 40
 PROBE_CAP = 100  # a term in this many messages of the conversation is not searched
-DOC_BUDGET = 200  # the ranking scores at most this many messages
+DOC_BUDGET = 100  # the ranking scores at most this many messages (was 200: same answers)
 MIN_SCORE_SHARE = 0.35  # hits scoring below this share of the best one are noise
 DATE_LOOKBACK = 100
+LINES_REMEMBERED = 4096  # recall lines kept per process, by message hash (~2 MB)
+LEARNED_PER_LINE = 3  # a line of more unknown words is encoded whole, these learned
+WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
@@ -328,7 +342,11 @@ def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: in
     before: list[int] = []
     for index in hits:
         ordered.append(index)
-        asks = "?" in message_text(messages[index])
+        message = messages[index]
+        content = message.get("content")
+        if type(content) is not str or message.get("tool_calls"):
+            content = message_text(message)
+        asks = "?" in content
         for after in (index + 1, index + 2):
             if after >= start or messages[after]["role"] in CONTROL_ROLES:
                 break
@@ -347,37 +365,278 @@ def build(
 ) -> Recalled:
     """The best-ranked lines that fit ``budget`` tokens, as one message in path order.
     A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
-    recalled or in the summary: a reply without what it replies to is noise."""
-    count = path.counter
-    summary_text = summary.text if summary is not None else ""
-    used = count.message({"role": "system", "content": RECALL_HEADER})
+    recalled or in the summary: a reply without what it replies to is noise. Each line
+    is encoded once (see ``Pieces``): the message's tokens are the sum of its pieces'."""
+    said = Summarized(summary.text if summary is not None else "")
+    pieces = Pieces(path.counter)
+    dates_of = Dates(path.messages)
+    lines = Lines(path)
+    used = pieces.base
     chosen: dict[int, Line] = {}
     covered: set[int] = set()  # recalled, or already in the summary
     dates: set[str] = set()
+    unsaid: set[int] = set()  # too long to fit, not rendered: in the summary? (if asked)
+
+    def covers(index: int) -> bool:
+        if index in unsaid:
+            unsaid.discard(index)
+            line = lines.get(index)
+            if line is None or said.says(line.words):
+                covered.add(index)
+        return index in covered
+
     for index in ranked:
-        if hits is not None and index not in hits and not covered & {index - 1, index + 1}:
+        neighbour = hits is not None and index not in hits
+        if neighbour and not covers(index - 1) and not covers(index + 1):
             continue
-        line = render(path.messages, index)
-        if line is None or line.words in summary_text:
+        least = lines.least(index)
+        if least is not None and used + least > budget:
+            unsaid.add(index)  # cannot fit: neither rendered nor counted
+            continue
+        line = lines.get(index)
+        if line is None or said.says(line.words):
             covered.add(index)
             continue
-        cost = count.text("\n" + line.text)
-        dated = bool(line.date) and line.date not in dates
+        if used + least_tokens(line.text) > budget:
+            continue  # cannot fit: not counted
+        cost = pieces.cost(line.text)
+        if used + cost > budget:
+            continue
+        date = dates_of.before(index) if line.date is None else line.date  # only if it fits
+        dated = bool(date) and date not in dates
         if dated:
-            cost += count.text(f"\n[{line.date}]")
+            cost += pieces.date(date)
         if used + cost <= budget:
-            chosen[index] = line
+            chosen[index] = lines.dated(index, line, date)
             covered.add(index)
             used += cost
             if dated:
-                dates.add(line.date)
+                dates.add(date)
     while chosen:
-        message = {"role": "system", "content": _content(chosen)}
-        tokens = count.message(message)
+        tokens = pieces.message(chosen)
         if tokens <= budget:
-            return Recalled(message, tokens)
+            return Recalled({"role": "system", "content": _content(chosen)}, tokens)
         del chosen[max(chosen, key=ranked.index)]  # the lowest-ranked goes
     return NOTHING
+
+
+class Lines:
+    """The recall lines of a path's messages, remembered by message hash (at most
+    ``LINES_REMEMBERED`` per process, the oldest forgotten first): a chain hash names a
+    message and everything before it, so its line and session date never change, and a
+    conversation's questions recall many of the same lines turn after turn."""
+
+    _known: ClassVar[dict[str, Line | None]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, path: StoredPath):
+        self.path = path
+
+    def get(self, index: int) -> Line | None:
+        key = self.path.hashes[index]
+        try:
+            return self._known[key]  # None: a message without words
+        except KeyError:  # not remembered (or just forgotten by another thread)
+            pass
+        line = render(self.path.messages, index)
+        self._remember(key, line)
+        return line
+
+    def least(self, index: int) -> int | None:
+        """``least_tokens`` of the line of a message not remembered, from its text as
+        the app sent it (no rendering); None when remembered, or not plain text."""
+        message = self.path.messages[index]
+        content = message.get("content")
+        if type(content) is not str or message.get("tool_calls") or "\x00" in content:
+            return None
+        words = len(content.split())
+        if not words or content.lstrip()[:1] == "[" or self.path.hashes[index] in self._known:
+            return None
+        return words + 1 + (1 if message["role"] == "tool" else message["role"].count(" "))
+
+    def dated(self, index: int, line: Line, date: str) -> Line:
+        """``line`` with its session date, remembered so."""
+        if line.date is None:
+            line = Line(line.text, line.words, date)
+            self._remember(self.path.hashes[index], line)
+        return line
+
+    def _remember(self, key: str, line: Line | None) -> None:
+        known = self._known
+        with self._lock:
+            if len(known) >= LINES_REMEMBERED and key not in known:
+                del known[next(iter(known))]
+            known[key] = line
+
+
+def forget_recalled() -> None:
+    """Drop what recall remembers of messages (lines, words): after an erasure."""
+    with Lines._lock:
+        Lines._known.clear()
+    with Words._lock:
+        for words in Words._known.values():
+            words.forget()
+
+
+class Summarized:
+    """Whether words are in the summary's text, mostly answered without scanning it
+    (a scan of a 4,000-token summary costs microseconds, for every line): words that
+    are in it have each of their inner words (between two spaces) among its words."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.words = frozenset(text.split())
+
+    def says(self, words: str) -> bool:
+        """``words in text`` (``words``: spaces its only blanks, as ``message_text``)."""
+        if "  " not in words:
+            inner = words.split(" ")[1:-1]
+            if inner and not self.words.issuperset(inner):
+                return False
+        return words in self.text
+
+
+def least_tokens(line: str) -> int:
+    """At least how many tokens ``line`` (a letter first, spaces its only blanks: see
+    ``message_text``) encodes to, without encoding it: each of its words is in a
+    pre-token of the encoding of its own, and each pre-token is a token or more
+    (o200k_base's and cl100k_base's pre-tokens hold at most one blank before letters or
+    marks, and none within them)."""
+    return line.count(" ") + 1 if "  " not in line else len(line.split())
+
+
+class Pieces:
+    """The tokens of the recall message and of its lines, each line counted once.
+
+    A line is chosen by its tokens with a newline before it (what it adds, as if
+    counted alone). The message's exact tokens are the sum of its pieces', each with the
+    newline that ends it: the header, each date, each line (the last, which has none
+    after it, without). This holds because the encodings' pre-tokenizers (o200k_base,
+    cl100k_base) never join a newline to what follows it when that is a letter or "["
+    (a line opens with its role, a date with "[") and encode each pre-token on its own.
+    A line's tokens are its words' (``Words``)."""
+
+    def __init__(self, count: TokenCounter):
+        self.count = count
+        self.words = Words.of(count)
+        self.lines: dict[str, tuple[int, int]] = {}
+        self.base = self.words.header  # the message with no line
+
+    def cost(self, line: str) -> int:
+        """The tokens ``line`` adds to the message, with a newline before it."""
+        return self.words.newline + self._line(line)[0]
+
+    def date(self, date: str) -> int:
+        """The tokens the line ``[date]`` adds, with a newline before it."""
+        return self.words.date(date)[0]
+
+    def message(self, chosen: Mapping[int, Line]) -> int:
+        """The exact tokens of the message of ``chosen`` (``_content``'s)."""
+        tokens, date, last = self.words.message, "", ""
+        for index in sorted(chosen):
+            line = chosen[index]
+            if line.date and line.date != date:
+                tokens += self.words.date(line.date)[1]
+            date = line.date or date
+            tokens += self._line(line.text)[1]
+            last = line.text
+        return tokens - self._line(last)[1] + self._line(last)[0]
+
+    def _line(self, line: str) -> tuple[int, int]:
+        found = self.lines.get(line)
+        if found is None:
+            found = self.lines[line] = self.words.line(line)
+        return found
+
+
+class Words:
+    """The tokens of words, remembered per encoding (at most ``WORDS_REMEMBERED`` of
+    each kind; past that they are forgotten and counted again): recalled lines are
+    mostly words said before, so counting a line costs dictionary lookups, not an
+    encoding. A line's only blanks are single spaces (``message_text``), and a space
+    always opens a pre-token that holds no other, so a line's tokens are the sum of its
+    words', each with the space before it."""
+
+    _known: ClassVar[dict[str, Words]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, count: TokenCounter):
+        self.text = count.text
+        self.spaced: dict[str, int] = {}  # word -> tokens of " " + word
+        self.first: dict[str, int] = {}  # word -> its tokens, opening a line
+        self.dates: dict[str, tuple[int, int]] = {}  # "\n[date]", "[date]\n"
+        self.lines: dict[str, tuple[int, int]] = {}  # a line, and with a newline after
+        empty = count.message({"role": "system", "content": ""})
+        self.header = empty + count.text(RECALL_HEADER)  # the message with no line
+        self.message = empty + count.text(RECALL_HEADER + "\n")  # and the header's newline
+        self.newline = count.text("\n")
+
+    @classmethod
+    def of(cls, count: TokenCounter) -> Words:
+        found = cls._known.get(count.info.encoding)
+        if found is None:
+            with cls._lock:
+                found = cls._known.setdefault(count.info.encoding, Words(count))
+        return found
+
+    def line(self, line: str) -> tuple[int, int]:
+        """The tokens of ``line`` (a word first, single spaces its only blanks), and of
+        ``line`` and a newline after it."""
+        found = self.lines.get(line)
+        if found is not None:
+            return found
+        if "  " in line:
+            return self._put(self.lines, line, (self.text(line), self.text(line + "\n")))
+        words = line.split(" ")
+        head, last, first, spaced = words[0], words[-1], self.first, self.spaced
+        if len(words) == 1:
+            both = self._get(first, head, head), self._get(first, head + "\n", head + "\n")
+            return self._put(self.lines, line, both)
+        inner = words[1:-1]
+        try:
+            total = sum(map(spaced.__getitem__, inner)) + self._get(first, head, head)
+        except KeyError:
+            unknown = [word for word in inner if word not in spaced]
+            for word in unknown[:LEARNED_PER_LINE]:  # the rest another time: one encoding
+                self._get(spaced, word, " " + word)
+            if len(unknown) > LEARNED_PER_LINE:
+                total = self.text(line) - self._get(spaced, last, " " + last)
+            else:
+                total = sum(self._get(spaced, word, " " + word) for word in inner)
+                total += self._get(first, head, head)
+        both = (
+            total + self._get(spaced, last, " " + last),
+            total + self._get(spaced, last + "\n", " " + last + "\n"),
+        )
+        return self._put(self.lines, line, both)
+
+    def forget(self) -> None:
+        for known in (self.spaced, self.first, self.dates, self.lines):
+            known.clear()
+
+    def date(self, date: str) -> tuple[int, int]:
+        """The tokens of the line ``[date]`` with a newline before it, and after it (a
+        date's blanks are as the app wrote them: counted whole)."""
+        found = self.dates.get(date)
+        if found is None:
+            if len(self.dates) >= WORDS_REMEMBERED:
+                self.dates.clear()
+            found = self.dates[date] = (self.text(f"\n[{date}]"), self.text(f"[{date}]\n"))
+        return found
+
+    def _put(self, known: dict[str, T], key: str, value: T) -> T:
+        if len(known) >= (LINES_REMEMBERED if known is self.lines else WORDS_REMEMBERED):
+            known.clear()
+        known[key] = value
+        return value
+
+    def _get(self, known: dict[str, int], word: str, text: str) -> int:
+        tokens = known.get(word)
+        if tokens is None:
+            if len(known) >= WORDS_REMEMBERED:
+                known.clear()
+            tokens = known[word] = self.text(text)
+        return tokens
 
 
 def _content(chosen: Mapping[int, Line]) -> str:
@@ -398,17 +657,23 @@ class Line:
 
     text: str
     words: str
-    date: str
+    date: str | None  # None: not looked for yet
 
 
-def render(messages: Sequence[Message], index: int) -> Line | None:
-    """``messages[index]`` as a recall line (None when it has no words)."""
+def render(messages: Sequence[Message], index: int, dates: Dates | None = None) -> Line | None:
+    """``messages[index]`` as a recall line (None when it has no words); its date is
+    None when its session's date is to be looked for (``dates``: not asked)."""
     message = messages[index]
-    words = message_text(message)
-    tagged = _DATE_TAG.match(words)
-    date = tagged.group(1) if tagged else session_date(messages, index)
+    content = message.get("content")
+    if type(content) is str and not message.get("tool_calls"):  # message_text's, sooner
+        words = " ".join((content.replace("\x00", " ") if "\x00" in content else content).split())
+    else:
+        words = message_text(message)
+    tagged = _DATE_TAG.match(words) if words[:1] == "[" else None
     if tagged:
-        words = words[tagged.end() :]
+        date, words = tagged.group(1), words[tagged.end() :]
+    else:
+        date = dates.before(index) if dates is not None else None
     if not words:
         return None
     role = message["role"]
@@ -422,10 +687,49 @@ def render(messages: Sequence[Message], index: int) -> Line | None:
 def session_date(messages: Sequence[Message], index: int) -> str:
     """The date tag (``[8 May, 2023] ...``) opening the session of ``messages[index]``,
     looked for among the ``DATE_LOOKBACK`` messages before it; "" when there is none."""
-    for message in reversed(messages[max(index - DATE_LOOKBACK, 0) : index]):
-        content = message.get("content")
+    return Dates(messages).before(index)
+
+
+class Dates:
+    """``session_date`` for many indexes of one path, each message looked at once at
+    most: for every message looked at, the nearest tagged message at or before it is
+    remembered (or how far back there is none), so the lines of one exchange do not
+    each scan back over the same messages."""
+
+    def __init__(self, messages: Sequence[Message]):
+        self.messages = messages
+        # at -> (nearest tagged position <= at, or -1 when none down to low; low)
+        self.nearest: dict[int, tuple[int, int]] = {}
+        self.tags: dict[int, str] = {}
+
+    def before(self, index: int) -> str:
+        floor = max(index - DATE_LOOKBACK, 0)
+        at, found, low = index - 1, -1, floor
+        seen: list[int] = []
+        nearest = self.nearest
+        while at >= floor:
+            known = nearest.get(at)
+            if known is not None:
+                found, low = known
+                if found >= 0:
+                    break
+                at = low - 1
+                continue
+            seen.append(at)
+            if self._tagged(at):
+                found = at
+                break
+            at -= 1
+        low = min(low, floor) if found < 0 else found
+        for at in seen:
+            nearest[at] = (found, low)
+        return self.tags[found] if found >= floor else ""
+
+    def _tagged(self, at: int) -> bool:
+        content = self.messages[at].get("content")
         if isinstance(content, str) and content[:1] == "[":
             tagged = _DATE_TAG.match(content)
             if tagged:
-                return tagged.group(1)
-    return ""
+                self.tags[at] = tagged.group(1)
+                return True
+        return False
