@@ -50,12 +50,14 @@ from ._trimming.folding import Folder, summarizer_from
 from ._trimming.hashing import ChainCache
 from ._trimming.path import (
     Path,
+    Rows,
     StoredPath,
     build_path,
     deepest_summary,
     load_bodies,
     load_conversation,
     start_of,
+    store_and_look_up,
     token_rows,
 )
 from ._trimming.path import store as store_path
@@ -176,8 +178,10 @@ class Trimmer:
         """Store ``messages`` and return the lighter request to send instead."""
         path = self._path(messages, model, user, conversation_id, tools, max_tokens)
         with self._db.writing() as connection:
-            stored = store_path(connection, path)
-            plan = self._plan(connection, stored)
+            stored, summary, rows = store_and_look_up(
+                connection, path, self._summaries, self._rows_needed
+            )
+            plan = self._plan(connection, stored, found=(summary, rows))
             if not over_limit(stored, plan.prompt_tokens, self.options):
                 return self._finish(connection, stored, plan, None)
         sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
@@ -390,10 +394,25 @@ class Trimmer:
             counter = self._counters[model] = TokenCounter(self.models.get(model))
         return counter
 
-    def _plan(self, connection: Connection, path: StoredPath, recalling: bool = True) -> Plan:
-        summary = deepest_summary(connection, self._summaries, path)
+    def _rows_needed(self, path: StoredPath, summary: StoredSummary | None) -> list[int]:
+        """The message indexes whose token rows planning reads."""
+        return rows_needed(path, start_of(summary), self._system_prompts.active)
+
+    def _plan(
+        self,
+        connection: Connection,
+        path: StoredPath,
+        recalling: bool = True,
+        found: tuple[StoredSummary | None, Rows] | None = None,
+    ) -> Plan:
+        """The request for ``path``; ``found``: its deepest summary and the token rows
+        it needs, when looked up already (see ``store_and_look_up``)."""
+        if found is None:
+            summary = deepest_summary(connection, self._summaries, path)
+            rows = token_rows(connection, path, self._rows_needed(path, summary))
+        else:
+            summary, rows = found
         compressing = self._system_prompts.active
-        rows = token_rows(connection, path, rows_needed(path, start_of(summary), compressing))
         tokens = 0 if summary is None else self._summary_message_tokens(path, summary)
         prompts = self._system_prompts
         compressor = Compressor(
@@ -485,7 +504,8 @@ class Trimmer:
         reply = min(reply_cap(path, self.options), path.info.context_window - plan.prompt_tokens)
         due = fold_due(path, plan.start, plan.tail_tokens, self.options)
         due = due and not self._folder.waits(connection, path, plan.summary)
-        request_id = self._ledger.add_request(connection, request_row(path, plan, reply, sync_fold))
+        row = request_row(path, plan, reply, sync_fold)
+        request_id = self._ledger.add_request(connection, row, last=True)
         if due:
             self._folder.schedule(path, plan.start)
         summary = plan.summary

@@ -19,9 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select, text
 
 from . import recall_index as _recall_index
+from .batch import Batch, Pending
 from .db import insert_ignoring_conflicts, insert_new
 from .fastsql import Fast
 from .schema import Message, TokenCount, utcnow
@@ -46,9 +47,26 @@ def counted_prefix(
     running token total at the last of them. The last ``_PROBE`` messages are looked up
     first, from the last ``seen`` one on (the caller's guess: a lookup of 16 costs
     ~190 µs, of 2 ~40 µs); else a binary search over the rest."""
+    with Batch(connection) as batch:
+        probe = send_probe(batch, hashes, key, seen)
+    return finish_probe(connection, probe, hashes, key, seen)
+
+
+def send_probe(batch: Batch, hashes: Sequence[str], key: str, seen: int = 0) -> Pending:
+    """The first lookup of :func:`counted_prefix`, added to ``batch``."""
+    start = max(len(hashes) - _PROBE, seen - 1, 0)
+    wanted = list(dict.fromkeys(hashes[start:]))
+    return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
+
+
+def finish_probe(
+    connection: Connection, pending: Pending, hashes: Sequence[str], key: str, seen: int = 0
+) -> tuple[int, int]:
+    """:func:`counted_prefix` from the result of :func:`send_probe` (a binary search,
+    one statement per step, when none of the probed messages is counted)."""
     start = max(len(hashes) - _PROBE, seen - 1, 0)
     probe = hashes[start:]
-    found = token_rows(connection, key, probe)
+    found = {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in pending.rows()}
     if found:
         index = max(i for i, h in enumerate(probe) if h in found)
         return start + index + 1, found[probe[index]].path_tokens
@@ -75,10 +93,22 @@ _TOKEN_ROWS_FAST = Fast(_TOKEN_ROWS)
 
 def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[str, TokenRow]:
     """The stored counts under ``key`` of those of ``hashes`` that have one."""
+    with Batch(connection) as batch:
+        pending = send_token_rows(batch, key, hashes)
+    return read_token_rows(pending)
+
+
+def send_token_rows(batch: Batch, key: str, hashes: Iterable[str]) -> Pending | None:
+    """:func:`token_rows` added to ``batch`` (None: nothing to look up)."""
     wanted = list(dict.fromkeys(hashes))
     if not wanted:
-        return {}
-    rows = _TOKEN_ROWS_FAST.rows(connection, {"key": key, "hashes": wanted})
+        return None
+    return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
+
+
+def read_token_rows(pending: Pending | None) -> dict[str, TokenRow]:
+    """The result of :func:`send_token_rows`."""
+    rows = [] if pending is None else pending.rows()
     return {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in rows}
 
 
@@ -94,6 +124,32 @@ def append(
 ) -> None:
     """Store messages ``start:`` of a path (those already stored are skipped) and their
     token counts under ``key``; the messages stored now are indexed for recall."""
+    with Batch(connection) as batch:
+        send_append(batch, messages, bodies, hashes, start, key, tokens, path_tokens_before)
+
+
+def send_append(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+    path_tokens_before: int,
+) -> None:
+    """:func:`append`, its statements added to ``batch``. On PostgreSQL three
+    statements whatever the number of messages, none of whose results is read: the
+    messages, their counts, their index rows (the index skips a message indexed
+    already, so it needs no list of the messages stored now)."""
+    if start >= len(hashes):
+        return
+    connection = batch.connection
+    if batch.pipelined:
+        _send_append_arrays(batch, messages, bodies, hashes, start, key, tokens, path_tokens_before)
+        rows = _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
+        _recall_index.add(connection, rows)
+        return
     now = utcnow()
     message_rows, count_rows = [], []
     running = path_tokens_before
@@ -119,6 +175,69 @@ def append(
         )
     _index_new(connection, messages, hashes, start, insert_new(connection, MESSAGES, message_rows))
     insert_ignoring_conflicts(connection, COUNTS, count_rows)
+
+
+_ARRAY_CHUNK = 2000  # messages per statement: each bounded in time
+_APPEND_MESSAGES = Fast(
+    text(
+        "INSERT INTO ct_messages (hash, parent_hash, depth, role, body, created_at) "
+        "SELECT * FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:parents AS BYTEA[]), "
+        "CAST(:depths AS INTEGER[]), CAST(:roles AS VARCHAR[]), CAST(:bodies AS TEXT[]), "
+        "CAST(:times AS TIMESTAMPTZ[])) ON CONFLICT DO NOTHING"
+    )
+)
+_APPEND_COUNTS = Fast(
+    text(
+        "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT hash, :key, tokens, path_tokens FROM unnest(CAST(:hashes AS BYTEA[]), "
+        "CAST(:tokens AS INTEGER[]), CAST(:paths AS BIGINT[])) AS row (hash, tokens, "
+        "path_tokens) ON CONFLICT DO NOTHING"
+    )
+)
+
+
+def _send_append_arrays(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+    path_tokens_before: int,
+) -> None:
+    """PostgreSQL: the messages and their counts, each one statement of arrays."""
+    now = utcnow()
+    running, paths = path_tokens_before, []
+    for count in tokens:
+        running += count
+        paths.append(running)
+    for first in range(start, len(hashes), _ARRAY_CHUNK):
+        last = min(first + _ARRAY_CHUNK, len(hashes))
+        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
+        own = raw[1:] if first else raw
+        parents = raw[:-1] if first else [None, *raw[:-1]]
+        offsets = range(first - start, last - start)
+        batch.run(
+            _APPEND_MESSAGES,
+            {
+                "hashes": own,
+                "parents": parents,
+                "depths": list(range(first, last)),
+                "roles": [messages[i]["role"] for i in range(first, last)],
+                "bodies": [bodies[o] for o in offsets],
+                "times": [now] * (last - first),
+            },
+        )
+        batch.run(
+            _APPEND_COUNTS,
+            {
+                "key": key,
+                "hashes": own,
+                "tokens": [tokens[o] for o in offsets],
+                "paths": [paths[o] for o in offsets],
+            },
+        )
 
 
 def _index_new(

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select
 
+from .batch import Batch, Pending
 from .db import Database, insert_if_absent
 from .fastsql import Fast
 from .schema import Summary, SummaryFailure, utcnow
@@ -70,8 +71,19 @@ class Summaries:
         self, connection: Connection, anchor: str, hashes: Sequence[str]
     ) -> StoredSummary | None:
         """The summary covering the most of this path, or None."""
-        rows = _DEEPEST_FAST.rows(connection, {"anchor": anchor, "depth": len(hashes)})
-        for row in rows:
+        with Batch(connection) as batch:
+            pending = self.send_deepest(batch, anchor, hashes)
+        return self.read_deepest(pending, hashes)
+
+    @staticmethod
+    def send_deepest(batch: Batch, anchor: str, hashes: Sequence[str]) -> Pending:
+        """:meth:`deepest`'s lookup, added to ``batch``."""
+        return batch.rows(_DEEPEST_FAST, {"anchor": anchor, "depth": len(hashes)})
+
+    @staticmethod
+    def read_deepest(pending: Pending, hashes: Sequence[str]) -> StoredSummary | None:
+        """:meth:`deepest` from the result of :meth:`send_deepest`."""
+        for row in pending.rows():
             if hashes[row.covers_depth] == row.covers_hash:
                 return StoredSummary(**row._asdict())
         return None

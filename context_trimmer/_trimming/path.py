@@ -9,7 +9,7 @@ immutable, and what needs the stored figures asks for a ``StoredPath``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,6 +19,7 @@ from .._exceptions import ConfigurationError
 from .._inline import refuse_long
 from .._models import ModelInfo
 from .._store import history as _history
+from .._store.batch import Batch, Pending
 from .._store.db import Database
 from .._store.ledger import Ledger
 from .._store.summaries import StoredSummary, Summaries
@@ -76,32 +77,73 @@ class StoredPath(Path):
 
 def store(connection: Connection, path: Path) -> StoredPath:
     """Store the messages of ``path`` not stored yet (with their token counts)."""
+    return store_and_look_up(connection, path)[0]
+
+
+Rows = dict[int, tuple[int, int]]
+"""(tokens, running path total) of message indexes."""
+
+
+def store_and_look_up(
+    connection: Connection,
+    path: Path,
+    summaries: Summaries | None = None,
+    needed: Callable[[StoredPath, StoredSummary | None], Sequence[int]] | None = None,
+) -> tuple[StoredPath, StoredSummary | None, Rows]:
+    """Store ``path`` (as :func:`store`) and look up what planning its request reads:
+    the deepest summary (with ``summaries``) and the token rows of the indexes
+    ``needed`` for the stored path and that summary. Two round trips on PostgreSQL
+    (``_store.batch``): what is stored with the deepest summary, then the new messages
+    with the token rows."""
     key = path.counter.key
-    new_from, path_before = _history.counted_prefix(connection, path.hashes, key, path.seen)
+    with Batch(connection) as batch:
+        probe = _history.send_probe(batch, path.hashes, key, path.seen)
+        deepest = None
+        if summaries is not None and path.anchor_hash is not None:
+            deepest = summaries.send_deepest(batch, path.anchor_hash, path.hashes)
+    new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
+    summary = None if deepest is None else Summaries.read_deepest(deepest, path.hashes)
     refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
     new = path.messages[new_from:]
     new_tokens = tuple(path.counter.message(m) for m in new)
-    _history.append(
-        connection,
-        path.messages,
-        [canonical_json(m) for m in new],
-        path.hashes,
-        new_from,
-        key,
-        new_tokens,
-        path_before,
-    )
     values = {f.name: getattr(path, f.name) for f in fields(path)}
-    return StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
+    stored = StoredPath(
+        **values, new_from=new_from, new_tokens=new_tokens, path_before=path_before
+    )
+    with Batch(connection) as batch:
+        _history.send_append(
+            batch,
+            path.messages,
+            [canonical_json(m) for m in new],
+            path.hashes,
+            new_from,
+            key,
+            new_tokens,
+            path_before,
+        )
+        indexes = [] if needed is None else needed(stored, summary)
+        pending = send_token_rows(batch, stored, indexes)
+    return stored, summary, read_token_rows(stored, indexes, pending)
 
 
-def token_rows(
-    connection: Connection, path: StoredPath, indexes: Sequence[int]
-) -> dict[int, tuple[int, int]]:
+def token_rows(connection: Connection, path: StoredPath, indexes: Sequence[int]) -> Rows:
     """(tokens, running path total) of each message index, from memory or the store."""
-    found: dict[int, tuple[int, int]] = {}
+    with Batch(connection) as batch:
+        pending = send_token_rows(batch, path, indexes)
+    return read_token_rows(path, indexes, pending)
+
+
+def send_token_rows(batch: Batch, path: StoredPath, indexes: Sequence[int]) -> Pending | None:
+    """:func:`token_rows`' lookup of the stored ones, added to ``batch``."""
+    stored = (path.hashes[i] for i in indexes if i < path.new_from)
+    return _history.send_token_rows(batch, path.counter.key, stored)
+
+
+def read_token_rows(path: StoredPath, indexes: Sequence[int], pending: Pending | None) -> Rows:
+    """:func:`token_rows` from the result of :func:`send_token_rows`."""
+    found: Rows = {}
     stored = [i for i in indexes if i < path.new_from]
-    rows = _history.token_rows(connection, path.counter.key, (path.hashes[i] for i in stored))
+    rows = _history.read_token_rows(pending)
     for i in stored:
         row = rows[path.hashes[i]]
         found[i] = (row.tokens, row.path_tokens)
