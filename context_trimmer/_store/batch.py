@@ -13,6 +13,13 @@ the batch (a StoreError, as any).
 On SQLite (in-process, no round trip) each statement simply runs when it is added.
 The wait for the Sync is guarded by the store's watchdog (``_store.deadlines``), as
 every other wait on the server is.
+
+A transaction's ``BEGIN`` is sent with its first statement too (:func:`defer_begin`):
+psycopg, left to open transactions itself, sends it alone and waits for its answer
+(in pipeline mode as well). The driver's connections are in autocommit mode, and the
+``BEGIN`` of a transaction SQLAlchemy begins is sent right before its first statement,
+queued with it when that statement is in a batch; the driver's own ``commit()`` and
+``rollback()`` end the transaction (they act whenever the server reports one open).
 """
 
 from __future__ import annotations
@@ -21,12 +28,12 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 
 from .deadlines import watched
-from .fastsql import Fast, Sent, on_driver
+from .fastsql import BEGIN_DUE, Fast, Sent, on_driver
 
-__all__ = ["Batch", "Pending"]
+__all__ = ["Batch", "Pending", "defer_begin"]
 
 
 class Pending:
@@ -105,3 +112,29 @@ class Batch:
         """Add the driver's own ``statement`` (its parameter style) with ``params``."""
         self._open()
         return Pending(Sent(None, on_driver(self.connection, statement, params)))
+
+
+def defer_begin(engine: Engine) -> None:
+    """Send the BEGIN of each of ``engine``'s transactions with its first statement
+    (``engine``'s driver connections must be in autocommit mode; see the module)."""
+
+    def begin(connection: Connection) -> None:
+        connection.info[BEGIN_DUE] = True
+
+    def ended(connection: Connection, *_args: Any) -> None:
+        if not connection.invalidated:  # an invalidated one is checked in: forgotten then
+            connection.info.pop(BEGIN_DUE, None)
+
+    def before_statement(connection: Connection, cursor: Any, *_args: Any) -> None:
+        if connection.info.pop(BEGIN_DUE, False):
+            cursor.connection.execute("BEGIN")
+
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info.pop(BEGIN_DUE, None)
+
+    event.listen(engine, "begin", begin)
+    event.listen(engine, "commit", ended)
+    event.listen(engine, "rollback", ended)
+    event.listen(engine, "before_cursor_execute", before_statement)
+    event.listen(engine.pool, "checkin", returned)
+

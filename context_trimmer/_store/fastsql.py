@@ -37,6 +37,10 @@ from sqlalchemy.sql.expression import Executable
 
 from .deadlines import watched
 
+BEGIN_DUE = "context_trimmer_begin_due"
+"""In a pooled connection's ``info``: its transaction's BEGIN is still to be sent (see
+``_store.batch.defer_begin``)."""
+
 __all__ = ["Fast", "Sent", "driver_rows", "on_driver"]
 
 _EXPANDING = re.compile(r"IN \(__\[POSTCOMPILE_(\w+)\]\)")
@@ -140,6 +144,9 @@ def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = Fal
     cursor = dbapi_connection.cursor()
     try:
         with watched(connection.engine, dbapi_connection):
+            if connection.info.get(BEGIN_DUE):  # PostgreSQL: see ``_store.batch``
+                del connection.info[BEGIN_DUE]
+                dbapi_connection.execute("BEGIN")
             if many:
                 cursor.executemany(sql, params)
             else:

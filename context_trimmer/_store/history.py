@@ -196,6 +196,82 @@ _APPEND_COUNTS = Fast(
 )
 
 
+_APPEND_COUNTS_AFTER = Fast(
+    text(
+        "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT row.hash, :key, row.tokens, base.path_tokens + row.running "
+        "FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:tokens AS INTEGER[]), "
+        "CAST(:runs AS BIGINT[])) AS row (hash, tokens, running) "
+        "CROSS JOIN (SELECT path_tokens FROM ct_token_counts WHERE message_hash = "
+        "CAST(:base AS BYTEA) AND counting_key = :key) AS base ON CONFLICT DO NOTHING"
+    )
+)
+
+
+def send_append_after(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+) -> None:
+    """PostgreSQL: store messages ``start:`` of a path (``start`` > 0) as :func:`append`
+    does, before knowing whether the one before them is counted: their counts are
+    written only if it is (from its running total, in the statement), so the counted
+    messages of a path stay a prefix of it; the messages and their index rows are
+    written in any case (each skips what is stored)."""
+    _send_messages(batch, messages, bodies, hashes, start)
+    running, runs = 0, []
+    for count in tokens:
+        running += count
+        runs.append(running)
+    for first in range(start, len(hashes), _ARRAY_CHUNK):
+        last = min(first + _ARRAY_CHUNK, len(hashes))
+        offsets = range(first - start, last - start)
+        batch.run(
+            _APPEND_COUNTS_AFTER,
+            {
+                "key": key,
+                "base": bytes.fromhex(hashes[start - 1]),
+                "hashes": [bytes.fromhex(hashes[i]) for i in range(first, last)],
+                "tokens": [tokens[o] for o in offsets],
+                "runs": [runs[o] for o in offsets],
+            },
+        )
+    _recall_index.add(
+        batch.connection, _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
+    )
+
+
+def _send_messages(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+) -> None:
+    """PostgreSQL: messages ``start:`` of a path, one statement of arrays per chunk."""
+    now = utcnow()
+    for first in range(start, len(hashes), _ARRAY_CHUNK):
+        last = min(first + _ARRAY_CHUNK, len(hashes))
+        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
+        own = raw[1:] if first else raw
+        parents = raw[:-1] if first else [None, *raw[:-1]]
+        batch.run(
+            _APPEND_MESSAGES,
+            {
+                "hashes": own,
+                "parents": parents,
+                "depths": list(range(first, last)),
+                "roles": [messages[i]["role"] for i in range(first, last)],
+                "bodies": [bodies[i - start] for i in range(first, last)],
+                "times": [now] * (last - first),
+            },
+        )
+
+
 def _send_append_arrays(
     batch: Batch,
     messages: Sequence[Mapping[str, Any]],
@@ -207,33 +283,19 @@ def _send_append_arrays(
     path_tokens_before: int,
 ) -> None:
     """PostgreSQL: the messages and their counts, each one statement of arrays."""
-    now = utcnow()
+    _send_messages(batch, messages, bodies, hashes, start)
     running, paths = path_tokens_before, []
     for count in tokens:
         running += count
         paths.append(running)
     for first in range(start, len(hashes), _ARRAY_CHUNK):
         last = min(first + _ARRAY_CHUNK, len(hashes))
-        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
-        own = raw[1:] if first else raw
-        parents = raw[:-1] if first else [None, *raw[:-1]]
         offsets = range(first - start, last - start)
-        batch.run(
-            _APPEND_MESSAGES,
-            {
-                "hashes": own,
-                "parents": parents,
-                "depths": list(range(first, last)),
-                "roles": [messages[i]["role"] for i in range(first, last)],
-                "bodies": [bodies[o] for o in offsets],
-                "times": [now] * (last - first),
-            },
-        )
         batch.run(
             _APPEND_COUNTS,
             {
                 "key": key,
-                "hashes": own,
+                "hashes": [bytes.fromhex(hashes[i]) for i in range(first, last)],
                 "tokens": [tokens[o] for o in offsets],
                 "paths": [paths[o] for o in offsets],
             },

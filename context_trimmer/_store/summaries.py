@@ -19,7 +19,7 @@ from sqlalchemy import Connection, Table, bindparam, insert, select
 from .batch import Batch, Pending
 from .db import Database, insert_if_absent
 from .fastsql import Fast
-from .schema import Summary, SummaryFailure, utcnow
+from .schema import Summary, SummaryFailure, TokenCount, utcnow
 
 SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]
 FAILURES: Table = SummaryFailure.__table__  # type: ignore[assignment]
@@ -40,6 +40,18 @@ _DEEPEST = (  # built once: prepare() runs it
     .limit(64)
 )
 _DEEPEST_FAST = Fast(_DEEPEST)
+_COUNTS = TokenCount.__table__
+_COVERED_ROWS = Fast(  # the token rows of the last message each summary covers
+    select(_COUNTS.c.message_hash, _COUNTS.c.tokens, _COUNTS.c.path_tokens)
+    .select_from(SUMMARIES.join(_COUNTS, _COUNTS.c.message_hash == _c.covers_hash))
+    .where(
+        _c.anchor_hash == bindparam("anchor"),
+        _c.covers_depth < bindparam("depth"),
+        _COUNTS.c.counting_key == bindparam("key"),
+    )
+    .order_by(_c.covers_depth.desc())
+    .limit(64)
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,13 @@ class Summaries:
     def send_deepest(batch: Batch, anchor: str, hashes: Sequence[str]) -> Pending:
         """:meth:`deepest`'s lookup, added to ``batch``."""
         return batch.rows(_DEEPEST_FAST, {"anchor": anchor, "depth": len(hashes)})
+
+    @staticmethod
+    def send_covered_rows(batch: Batch, key: str, anchor: str, hashes: Sequence[str]) -> Pending:
+        """The token rows (under ``key``) of the last message covered by each summary
+        :meth:`send_deepest` reads, added to ``batch``: the deepest summary's is the one
+        planning needs, read in the same round trip."""
+        return batch.rows(_COVERED_ROWS, {"anchor": anchor, "depth": len(hashes), "key": key})
 
     @staticmethod
     def read_deepest(pending: Pending, hashes: Sequence[str]) -> StoredSummary | None:

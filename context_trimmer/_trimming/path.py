@@ -25,7 +25,7 @@ from .._store.ledger import Ledger
 from .._store.summaries import StoredSummary, Summaries
 from .._text.tokens import TokenCounter
 from .hashing import ChainCache, canonical_json
-from .window import anchor_index
+from .window import anchor_index, control_indexes
 
 Message = Mapping[str, Any]
 
@@ -92,45 +92,84 @@ def store_and_look_up(
 ) -> tuple[StoredPath, StoredSummary | None, Rows]:
     """Store ``path`` (as :func:`store`) and look up what planning its request reads:
     the deepest summary (with ``summaries``) and the token rows of the indexes
-    ``needed`` for the stored path and that summary. Two round trips on PostgreSQL
-    (``_store.batch``): what is stored with the deepest summary, then the new messages
-    with the token rows."""
+    ``needed`` for the stored path and that summary.
+
+    On PostgreSQL (``_store.batch``) this is one round trip in the common case: the
+    lookups of what is stored, the deepest summary, the token rows planning may need
+    (those of the system/developer messages, and of the last message each summary of the
+    conversation covers), and the messages this process has not seen in an earlier
+    call, stored as if they were the new ones (every write skips what is stored; the
+    counts are written only after a counted message, so they stay a prefix of the path).
+    Only when that guess was wrong, or a row is missing, a second round trip stores
+    from where the stored path really ends, or reads the rows."""
     key = path.counter.key
     with Batch(connection) as batch:
         probe = _history.send_probe(batch, path.hashes, key, path.seen)
-        deepest = None
+        deepest = covered = control_rows = None
         if summaries is not None and path.anchor_hash is not None:
-            deepest = summaries.send_deepest(batch, path.anchor_hash, path.hashes)
+            deepest = Summaries.send_deepest(batch, path.anchor_hash, path.hashes)
+        if batch.pipelined and needed is not None:  # no round trip saved on SQLite
+            if path.anchor_hash is not None:
+                covered = Summaries.send_covered_rows(batch, key, path.anchor_hash, path.hashes)
+            controls = control_indexes(path.messages, 0, len(path.messages), path.controls)
+            control_rows = _history.send_token_rows(batch, key, (path.hashes[i] for i in controls))
+        guess = _send_guessed_append(batch, path)
     new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
     summary = None if deepest is None else Summaries.read_deepest(deepest, path.hashes)
     refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
-    new = path.messages[new_from:]
-    new_tokens = tuple(path.counter.message(m) for m in new)
+    stored_by_guess = guess is not None and new_from >= path.seen
+    if stored_by_guess:
+        assert guess is not None
+        new_tokens = guess[new_from - path.seen :]
+    else:
+        new_tokens = tuple(path.counter.message(m) for m in path.messages[new_from:])
     values = {f.name: getattr(path, f.name) for f in fields(path)}
     stored = StoredPath(
         **values, new_from=new_from, new_tokens=new_tokens, path_before=path_before
     )
+    known = {**_history.read_token_rows(covered), **_history.read_token_rows(control_rows)}
+    indexes = [] if needed is None else needed(stored, summary)
     with Batch(connection) as batch:
-        _history.send_append(
-            batch,
-            path.messages,
-            [canonical_json(m) for m in new],
-            path.hashes,
-            new_from,
-            key,
-            new_tokens,
-            path_before,
-        )
-        indexes = [] if needed is None else needed(stored, summary)
-        pending = send_token_rows(batch, stored, indexes)
-    return stored, summary, read_token_rows(stored, indexes, pending)
+        if not stored_by_guess:
+            _send_append(batch, stored)
+        missing = [i for i in indexes if path.hashes[i] not in known]
+        pending = send_token_rows(batch, stored, missing)
+    known.update(_history.read_token_rows(pending))
+    return stored, summary, _rows_of(stored, indexes, known)
+
+
+def _send_guessed_append(batch: Batch, path: Path) -> tuple[int, ...] | None:
+    """On PostgreSQL, store the messages from ``path.seen`` on (the first this process
+    has not seen) as the new ones; their token counts (None: nothing sent)."""
+    seen = path.seen
+    if not batch.pipelined or not 0 < seen < len(path.hashes):
+        return None
+    new = path.messages[seen:]
+    tokens = tuple(path.counter.message(m) for m in new)
+    bodies = [canonical_json(m) for m in new]
+    _history.send_append_after(batch, path.messages, bodies, path.hashes, seen, path.counter.key, tokens)
+    return tokens
+
+
+def _send_append(batch: Batch, path: StoredPath) -> None:
+    new = path.messages[path.new_from :]
+    _history.send_append(
+        batch,
+        path.messages,
+        [canonical_json(m) for m in new],
+        path.hashes,
+        path.new_from,
+        path.counter.key,
+        path.new_tokens,
+        path.path_before,
+    )
 
 
 def token_rows(connection: Connection, path: StoredPath, indexes: Sequence[int]) -> Rows:
     """(tokens, running path total) of each message index, from memory or the store."""
     with Batch(connection) as batch:
         pending = send_token_rows(batch, path, indexes)
-    return read_token_rows(path, indexes, pending)
+    return _rows_of(path, indexes, _history.read_token_rows(pending))
 
 
 def send_token_rows(batch: Batch, path: StoredPath, indexes: Sequence[int]) -> Pending | None:
@@ -139,18 +178,20 @@ def send_token_rows(batch: Batch, path: StoredPath, indexes: Sequence[int]) -> P
     return _history.send_token_rows(batch, path.counter.key, stored)
 
 
-def read_token_rows(path: StoredPath, indexes: Sequence[int], pending: Pending | None) -> Rows:
-    """:func:`token_rows` from the result of :func:`send_token_rows`."""
+def _rows_of(
+    path: StoredPath, indexes: Sequence[int], rows: Mapping[str, _history.TokenRow]
+) -> Rows:
+    """The rows of ``indexes``: the stored ones from ``rows``, the new ones from memory."""
     found: Rows = {}
     stored = [i for i in indexes if i < path.new_from]
-    rows = _history.read_token_rows(pending)
     for i in stored:
         row = rows[path.hashes[i]]
         found[i] = (row.tokens, row.path_tokens)
     running = path.path_before
+    wanted = set(indexes)
     for offset, tokens in enumerate(path.new_tokens):
         running += tokens
-        if path.new_from + offset in indexes:
+        if path.new_from + offset in wanted:
             found[path.new_from + offset] = (tokens, running)
     return found
 
