@@ -34,6 +34,7 @@ from ._prepared import FoldResult, Prepared
 from ._reports.report import GroupBy, Report, build_report
 from ._store import erasure as _erasure
 from ._store import sessions as _session_store
+from ._store.batch import Batch, Pending
 from ._store.db import Database
 from ._store.erasure import Erasure
 from ._store.export import export
@@ -74,7 +75,7 @@ from ._trimming.plan import (
     summary_message,
     with_recall,
 )
-from ._trimming.recall import recall
+from ._trimming.recall import recall, send_term_counts
 from ._trimming.recording import Recorder, baseline_tokens, request_row
 from ._trimming.summarizers import Summarizer
 from ._trimming.system_prompt import Mode, PromptRewriter, SystemPrompts, discard
@@ -178,10 +179,14 @@ class Trimmer:
         """Store ``messages`` and return the lighter request to send instead."""
         path = self._path(messages, model, user, conversation_id, tools, max_tokens)
         with self._db.writing() as connection:
-            stored, summary, rows = store_and_look_up(
-                connection, path, self._summaries, self._rows_needed
+            stored, summary, rows, counted = store_and_look_up(
+                connection,
+                path,
+                self._summaries,
+                self._rows_needed,
+                lambda batch: self._terms_to_count(batch, path),
             )
-            plan = self._plan(connection, stored, found=(summary, rows))
+            plan = self._plan(connection, stored, found=(summary, rows), counted=counted)
             if not over_limit(stored, plan.prompt_tokens, self.options):
                 return self._finish(connection, stored, plan, None)
         sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
@@ -404,9 +409,11 @@ class Trimmer:
         path: StoredPath,
         recalling: bool = True,
         found: tuple[StoredSummary | None, Rows] | None = None,
+        counted: Pending | None = None,
     ) -> Plan:
         """The request for ``path``; ``found``: its deepest summary and the token rows
-        it needs, when looked up already (see ``store_and_look_up``)."""
+        it needs, and ``counted``: recall's term counts, when looked up already (see
+        ``store_and_look_up``)."""
         if found is None:
             summary = deepest_summary(connection, self._summaries, path)
             rows = token_rows(connection, path, self._rows_needed(path, summary))
@@ -422,7 +429,11 @@ class Trimmer:
         if not recalling:
             return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
-        return with_recall(path, plan, recall(connection, path, summary, budget))
+        return with_recall(path, plan, recall(connection, path, summary, budget, counted))
+
+    def _terms_to_count(self, batch: Batch, path: Path) -> Pending | None:
+        """Recall's count of the question's terms, sent with prepare()'s first lookups."""
+        return send_term_counts(batch, path) if self.options.recall_tokens else None
 
     # -- agent sessions (integrations.agents) ---------------------------------------------
 

@@ -137,4 +137,3 @@ def defer_begin(engine: Engine) -> None:
     event.listen(engine, "rollback", ended)
     event.listen(engine, "before_cursor_execute", before_statement)
     event.listen(engine.pool, "checkin", returned)
-

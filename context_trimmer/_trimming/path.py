@@ -77,7 +77,7 @@ class StoredPath(Path):
 
 def store(connection: Connection, path: Path) -> StoredPath:
     """Store the messages of ``path`` not stored yet (with their token counts)."""
-    return store_and_look_up(connection, path)[0]
+    return store_and_look_up(connection, path)[0]  # on PostgreSQL: one round trip
 
 
 Rows = dict[int, tuple[int, int]]
@@ -89,10 +89,12 @@ def store_and_look_up(
     path: Path,
     summaries: Summaries | None = None,
     needed: Callable[[StoredPath, StoredSummary | None], Sequence[int]] | None = None,
-) -> tuple[StoredPath, StoredSummary | None, Rows]:
+    also: Callable[[Batch], Pending | None] | None = None,
+) -> tuple[StoredPath, StoredSummary | None, Rows, Pending | None]:
     """Store ``path`` (as :func:`store`) and look up what planning its request reads:
     the deepest summary (with ``summaries``) and the token rows of the indexes
-    ``needed`` for the stored path and that summary.
+    ``needed`` for the stored path and that summary; ``also`` adds a lookup of the
+    caller's to the first batch (after the new messages), whose result comes last.
 
     On PostgreSQL (``_store.batch``) this is one round trip in the common case: the
     lookups of what is stored, the deepest summary, the token rows planning may need
@@ -114,6 +116,7 @@ def store_and_look_up(
             controls = control_indexes(path.messages, 0, len(path.messages), path.controls)
             control_rows = _history.send_token_rows(batch, key, (path.hashes[i] for i in controls))
         guess = _send_guessed_append(batch, path)
+        extra = None if also is None else also(batch)
     new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
     summary = None if deepest is None else Summaries.read_deepest(deepest, path.hashes)
     refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
@@ -124,9 +127,7 @@ def store_and_look_up(
     else:
         new_tokens = tuple(path.counter.message(m) for m in path.messages[new_from:])
     values = {f.name: getattr(path, f.name) for f in fields(path)}
-    stored = StoredPath(
-        **values, new_from=new_from, new_tokens=new_tokens, path_before=path_before
-    )
+    stored = StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
     known = {**_history.read_token_rows(covered), **_history.read_token_rows(control_rows)}
     indexes = [] if needed is None else needed(stored, summary)
     with Batch(connection) as batch:
@@ -135,7 +136,7 @@ def store_and_look_up(
         missing = [i for i in indexes if path.hashes[i] not in known]
         pending = send_token_rows(batch, stored, missing)
     known.update(_history.read_token_rows(pending))
-    return stored, summary, _rows_of(stored, indexes, known)
+    return stored, summary, _rows_of(stored, indexes, known), extra
 
 
 def _send_guessed_append(batch: Batch, path: Path) -> tuple[int, ...] | None:
@@ -147,7 +148,9 @@ def _send_guessed_append(batch: Batch, path: Path) -> tuple[int, ...] | None:
     new = path.messages[seen:]
     tokens = tuple(path.counter.message(m) for m in new)
     bodies = [canonical_json(m) for m in new]
-    _history.send_append_after(batch, path.messages, bodies, path.hashes, seen, path.counter.key, tokens)
+    _history.send_append_after(
+        batch, path.messages, bodies, path.hashes, seen, path.counter.key, tokens
+    )
     return tokens
 
 
