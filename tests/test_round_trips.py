@@ -23,10 +23,10 @@ from context_trimmer._store import deadlines
 
 WARM_ROUND_TRIPS = 2
 """The pipeline of lookups and new messages, then the ledger row with the commit."""
-WARM_STATEMENTS = 10
-"""BEGIN; what is stored, the deepest summary, the token rows of the summary's last
-message and of the system prompt; the new messages, their counts, their index rows;
-the ledger row, COMMIT."""
+WARM_STATEMENTS = 7
+"""BEGIN; what is stored (with the system prompt's token row), the deepest summary
+(with its last message's token row), the new messages with their counts, their index
+rows; the ledger row, COMMIT."""
 RECALL_ROUND_TRIPS = 1
 """Recall, when the question has a term rare enough to search: the search (the count of
 its terms' messages goes with the first round trip)."""

@@ -52,10 +52,13 @@ def counted_prefix(
     return finish_probe(connection, probe, hashes, key, seen)
 
 
-def send_probe(batch: Batch, hashes: Sequence[str], key: str, seen: int = 0) -> Pending:
-    """The first lookup of :func:`counted_prefix`, added to ``batch``."""
+def send_probe(
+    batch: Batch, hashes: Sequence[str], key: str, seen: int = 0, also: Sequence[str] = ()
+) -> Pending:
+    """The first lookup of :func:`counted_prefix`, added to ``batch``; the token rows of
+    the hashes ``also`` come with it (:func:`read_token_rows` of the result)."""
     start = max(len(hashes) - _PROBE, seen - 1, 0)
-    wanted = list(dict.fromkeys(hashes[start:]))
+    wanted = list(dict.fromkeys([*hashes[start:], *also]))
     return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
 
 
@@ -138,15 +141,17 @@ def send_append(
     tokens: Sequence[int],
     path_tokens_before: int,
 ) -> None:
-    """:func:`append`, its statements added to ``batch``. On PostgreSQL three
-    statements whatever the number of messages, none of whose results is read: the
-    messages, their counts, their index rows (the index skips a message indexed
-    already, so it needs no list of the messages stored now)."""
+    """:func:`append`, its statements added to ``batch``. On PostgreSQL two statements
+    whatever the number of messages, none of whose results is read: the messages with
+    their counts, and their index rows (the index skips a message indexed already, so
+    it needs no list of the messages stored now)."""
     if start >= len(hashes):
         return
     connection = batch.connection
     if batch.pipelined:
-        _send_append_arrays(batch, messages, bodies, hashes, start, key, tokens, path_tokens_before)
+        _send_arrays(
+            batch, _APPEND, messages, bodies, hashes, start, key, tokens, path_tokens_before, {}
+        )
         rows = _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
         _recall_index.add(connection, rows)
         return
@@ -178,30 +183,28 @@ def send_append(
 
 
 _ARRAY_CHUNK = 2000  # messages per statement: each bounded in time
-_APPEND_MESSAGES = Fast(
+_STORE_MESSAGES = (  # a statement's first part: the messages, skipping those stored
+    "WITH stored AS (INSERT INTO ct_messages (hash, parent_hash, depth, role, body, "
+    "created_at) SELECT * FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:parents AS BYTEA[]), "
+    "CAST(:depths AS INTEGER[]), CAST(:roles AS VARCHAR[]), CAST(:bodies AS TEXT[]), "
+    "CAST(:times AS TIMESTAMPTZ[])) ON CONFLICT DO NOTHING) "
+)
+_APPEND = Fast(  # then their counts, from the running totals given
     text(
-        "INSERT INTO ct_messages (hash, parent_hash, depth, role, body, created_at) "
-        "SELECT * FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:parents AS BYTEA[]), "
-        "CAST(:depths AS INTEGER[]), CAST(:roles AS VARCHAR[]), CAST(:bodies AS TEXT[]), "
-        "CAST(:times AS TIMESTAMPTZ[])) ON CONFLICT DO NOTHING"
+        _STORE_MESSAGES
+        + "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT hash, :key, tokens, total FROM unnest(CAST(:hashes AS BYTEA[]), "
+        "CAST(:tokens AS INTEGER[]), CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
+        "ON CONFLICT DO NOTHING"
     )
 )
-_APPEND_COUNTS = Fast(
+_APPEND_AFTER = Fast(  # then their counts, only if the message before them is counted
     text(
-        "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
-        "SELECT hash, :key, tokens, path_tokens FROM unnest(CAST(:hashes AS BYTEA[]), "
-        "CAST(:tokens AS INTEGER[]), CAST(:paths AS BIGINT[])) AS row (hash, tokens, "
-        "path_tokens) ON CONFLICT DO NOTHING"
-    )
-)
-
-
-_APPEND_COUNTS_AFTER = Fast(
-    text(
-        "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
-        "SELECT row.hash, :key, row.tokens, base.path_tokens + row.running "
+        _STORE_MESSAGES
+        + "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT row.hash, :key, row.tokens, base.path_tokens + row.total "
         "FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:tokens AS INTEGER[]), "
-        "CAST(:runs AS BIGINT[])) AS row (hash, tokens, running) "
+        "CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
         "CROSS JOIN (SELECT path_tokens FROM ct_token_counts WHERE message_hash = "
         "CAST(:base AS BYTEA) AND counting_key = :key) AS base ON CONFLICT DO NOTHING"
     )
@@ -222,82 +225,50 @@ def send_append_after(
     written only if it is (from its running total, in the statement), so the counted
     messages of a path stay a prefix of it; the messages and their index rows are
     written in any case (each skips what is stored)."""
-    _send_messages(batch, messages, bodies, hashes, start)
-    running, runs = 0, []
-    for count in tokens:
-        running += count
-        runs.append(running)
-    for first in range(start, len(hashes), _ARRAY_CHUNK):
-        last = min(first + _ARRAY_CHUNK, len(hashes))
-        offsets = range(first - start, last - start)
-        batch.run(
-            _APPEND_COUNTS_AFTER,
-            {
-                "key": key,
-                "base": bytes.fromhex(hashes[start - 1]),
-                "hashes": [bytes.fromhex(hashes[i]) for i in range(first, last)],
-                "tokens": [tokens[o] for o in offsets],
-                "runs": [runs[o] for o in offsets],
-            },
-        )
+    base = {"base": bytes.fromhex(hashes[start - 1])}
+    _send_arrays(batch, _APPEND_AFTER, messages, bodies, hashes, start, key, tokens, 0, base)
     _recall_index.add(
         batch.connection, _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
     )
 
 
-def _send_messages(
+def _send_arrays(
     batch: Batch,
-    messages: Sequence[Mapping[str, Any]],
-    bodies: Sequence[str],
-    hashes: Sequence[str],
-    start: int,
-) -> None:
-    """PostgreSQL: messages ``start:`` of a path, one statement of arrays per chunk."""
-    now = utcnow()
-    for first in range(start, len(hashes), _ARRAY_CHUNK):
-        last = min(first + _ARRAY_CHUNK, len(hashes))
-        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
-        own = raw[1:] if first else raw
-        parents = raw[:-1] if first else [None, *raw[:-1]]
-        batch.run(
-            _APPEND_MESSAGES,
-            {
-                "hashes": own,
-                "parents": parents,
-                "depths": list(range(first, last)),
-                "roles": [messages[i]["role"] for i in range(first, last)],
-                "bodies": [bodies[i - start] for i in range(first, last)],
-                "times": [now] * (last - first),
-            },
-        )
-
-
-def _send_append_arrays(
-    batch: Batch,
+    statement: Fast,
     messages: Sequence[Mapping[str, Any]],
     bodies: Sequence[str],
     hashes: Sequence[str],
     start: int,
     key: str,
     tokens: Sequence[int],
-    path_tokens_before: int,
+    total_before: int,
+    extra: Mapping[str, Any],
 ) -> None:
-    """PostgreSQL: the messages and their counts, each one statement of arrays."""
-    _send_messages(batch, messages, bodies, hashes, start)
-    running, paths = path_tokens_before, []
+    """PostgreSQL: messages ``start:`` of a path and their counts (running totals from
+    ``total_before``), one statement of arrays per chunk."""
+    now = utcnow()
+    running, totals = total_before, []
     for count in tokens:
         running += count
-        paths.append(running)
+        totals.append(running)
     for first in range(start, len(hashes), _ARRAY_CHUNK):
         last = min(first + _ARRAY_CHUNK, len(hashes))
+        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
+        own = raw[1:] if first else raw
         offsets = range(first - start, last - start)
         batch.run(
-            _APPEND_COUNTS,
+            statement,
             {
+                **extra,
+                "hashes": own,
+                "parents": raw[:-1] if first else [None, *raw[:-1]],
+                "depths": list(range(first, last)),
+                "roles": [messages[i]["role"] for i in range(first, last)],
+                "bodies": [bodies[o] for o in offsets],
+                "times": [now] * (last - first),
                 "key": key,
-                "hashes": [bytes.fromhex(hashes[i]) for i in range(first, last)],
                 "tokens": [tokens[o] for o in offsets],
-                "paths": [paths[o] for o in offsets],
+                "totals": [totals[o] for o in offsets],
             },
         )
 

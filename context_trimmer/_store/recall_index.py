@@ -40,7 +40,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from .fastsql import on_driver
+from .fastsql import Fast, on_driver
 from .schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
@@ -136,6 +136,7 @@ SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS t
 GROUP BY term ORDER BY term
 ON CONFLICT (term) DO UPDATE SET docs = {TERMS_TABLE}.docs + EXCLUDED.docs
 """
+_ADD_COUNTED_FAST = Fast(text(_ADD_COUNTED))
 # The count rows are locked in term order, as appends lock them (their INSERT ... ORDER
 # BY term), so an erasure and an append on one conversation never deadlock.
 _UNCOUNT = f"""
@@ -215,7 +216,7 @@ def add(
         for start in range(0, len(values), CHUNK):  # each statement bounded in time
             chunk = values[start : start + CHUNK]
             arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
-            connection.execute(text(_ADD_COUNTED), arrays)
+            _ADD_COUNTED_FAST.run(connection, arrays)  # on the driver: every prepare()
         return
     statement = (
         f"INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document) "

@@ -41,14 +41,16 @@ _DEEPEST = (  # built once: prepare() runs it
 )
 _DEEPEST_FAST = Fast(_DEEPEST)
 _COUNTS = TokenCount.__table__
-_COVERED_ROWS = Fast(  # the token rows of the last message each summary covers
-    select(_COUNTS.c.message_hash, _COUNTS.c.tokens, _COUNTS.c.path_tokens)
-    .select_from(SUMMARIES.join(_COUNTS, _COUNTS.c.message_hash == _c.covers_hash))
-    .where(
-        _c.anchor_hash == bindparam("anchor"),
-        _c.covers_depth < bindparam("depth"),
-        _COUNTS.c.counting_key == bindparam("key"),
+_DEEPEST_COUNTED = Fast(  # and the token row of the last message each one covers
+    select(*_DEEPEST.selected_columns, _COUNTS.c.tokens, _COUNTS.c.path_tokens)
+    .select_from(
+        SUMMARIES.outerjoin(
+            _COUNTS,
+            (_COUNTS.c.message_hash == _c.covers_hash)
+            & (_COUNTS.c.counting_key == bindparam("key")),
+        )
     )
+    .where(_c.anchor_hash == bindparam("anchor"), _c.covers_depth < bindparam("depth"))
     .order_by(_c.covers_depth.desc())
     .limit(64)
 )
@@ -88,23 +90,23 @@ class Summaries:
         return self.read_deepest(pending, hashes)
 
     @staticmethod
-    def send_deepest(batch: Batch, anchor: str, hashes: Sequence[str]) -> Pending:
-        """:meth:`deepest`'s lookup, added to ``batch``."""
-        return batch.rows(_DEEPEST_FAST, {"anchor": anchor, "depth": len(hashes)})
-
-    @staticmethod
-    def send_covered_rows(batch: Batch, key: str, anchor: str, hashes: Sequence[str]) -> Pending:
-        """The token rows (under ``key``) of the last message covered by each summary
-        :meth:`send_deepest` reads, added to ``batch``: the deepest summary's is the one
-        planning needs, read in the same round trip."""
-        return batch.rows(_COVERED_ROWS, {"anchor": anchor, "depth": len(hashes), "key": key})
+    def send_deepest(
+        batch: Batch, anchor: str, hashes: Sequence[str], key: str | None = None
+    ) -> Pending:
+        """:meth:`deepest`'s lookup, added to ``batch``; with ``key``, each summary's
+        row also has the token row (``tokens``, ``path_tokens``: None when not counted)
+        of the last message it covers, which planning reads (see :func:`covered_rows`)."""
+        params = {"anchor": anchor, "depth": len(hashes)}
+        if key is None:
+            return batch.rows(_DEEPEST_FAST, params)
+        return batch.rows(_DEEPEST_COUNTED, {**params, "key": key})
 
     @staticmethod
     def read_deepest(pending: Pending, hashes: Sequence[str]) -> StoredSummary | None:
         """:meth:`deepest` from the result of :meth:`send_deepest`."""
         for row in pending.rows():
             if hashes[row.covers_depth] == row.covers_hash:
-                return StoredSummary(**row._asdict())
+                return StoredSummary(*row[:_FIELDS])
         return None
 
     def add(self, values: Mapping[str, Any]) -> int | None:
@@ -121,3 +123,16 @@ class Summaries:
         """Record a summarizer call that failed (its text is never stored as a summary)."""
         with self._db.writing() as connection:
             connection.execute(insert(FAILURES), [{**values, "created_at": utcnow()}])
+
+
+_FIELDS = len(_DEEPEST.selected_columns)
+
+
+def covered_rows(pending: Pending) -> dict[str, tuple[int, int]]:
+    """(tokens, running path total) of the last message each summary read by
+    ``send_deepest(..., key=...)`` covers, by its hash (those counted under the key)."""
+    return {
+        row.covers_hash: (row.tokens, row.path_tokens)
+        for row in pending.rows()
+        if row.tokens is not None
+    }

@@ -22,7 +22,7 @@ from .._store import history as _history
 from .._store.batch import Batch, Pending
 from .._store.db import Database
 from .._store.ledger import Ledger
-from .._store.summaries import StoredSummary, Summaries
+from .._store.summaries import StoredSummary, Summaries, covered_rows
 from .._text.tokens import TokenCounter
 from .hashing import ChainCache, canonical_json
 from .window import anchor_index, control_indexes
@@ -106,15 +106,16 @@ def store_and_look_up(
     from where the stored path really ends, or reads the rows."""
     key = path.counter.key
     with Batch(connection) as batch:
-        probe = _history.send_probe(batch, path.hashes, key, path.seen)
-        deepest = covered = control_rows = None
-        if summaries is not None and path.anchor_hash is not None:
-            deepest = Summaries.send_deepest(batch, path.anchor_hash, path.hashes)
-        if batch.pipelined and needed is not None:  # no round trip saved on SQLite
-            if path.anchor_hash is not None:
-                covered = Summaries.send_covered_rows(batch, key, path.anchor_hash, path.hashes)
+        prefetch = batch.pipelined and needed is not None  # no round trip saved on SQLite
+        controls = []
+        if prefetch:
             controls = control_indexes(path.messages, 0, len(path.messages), path.controls)
-            control_rows = _history.send_token_rows(batch, key, (path.hashes[i] for i in controls))
+        controls_hashes = [path.hashes[i] for i in controls]
+        probe = _history.send_probe(batch, path.hashes, key, path.seen, controls_hashes)
+        deepest = None
+        if summaries is not None and path.anchor_hash is not None:
+            counted_under = key if prefetch else None
+            deepest = Summaries.send_deepest(batch, path.anchor_hash, path.hashes, counted_under)
         guess = _send_guessed_append(batch, path)
         extra = None if also is None else also(batch)
     new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
@@ -128,7 +129,9 @@ def store_and_look_up(
         new_tokens = tuple(path.counter.message(m) for m in path.messages[new_from:])
     values = {f.name: getattr(path, f.name) for f in fields(path)}
     stored = StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
-    known = {**_history.read_token_rows(covered), **_history.read_token_rows(control_rows)}
+    known = _history.read_token_rows(probe)  # with the system messages' rows
+    if prefetch and deepest is not None:
+        known.update((h, _history.TokenRow(*row)) for h, row in covered_rows(deepest).items())
     indexes = [] if needed is None else needed(stored, summary)
     with Batch(connection) as batch:
         if not stored_by_guess:
