@@ -69,9 +69,9 @@ def finish_probe(
     one statement per step, when none of the probed messages is counted)."""
     start = max(len(hashes) - _PROBE, seen - 1, 0)
     probe = hashes[start:]
-    found = {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in pending.rows()}
-    if found:
-        index = max(i for i, h in enumerate(probe) if h in found)
+    found = read_token_rows(pending)  # may hold the rows of other messages too
+    index = max((i for i, h in enumerate(probe) if h in found), default=None)
+    if index is not None:
         return start + index + 1, found[probe[index]].path_tokens
     low, high = 0, start
     while low < high:
