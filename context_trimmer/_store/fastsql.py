@@ -20,7 +20,9 @@ once per compilation. Rows come back as named tuples. Driver errors are the driv
 ``StoreError`` like any other. A statement whose columns need a Python-side default
 is refused when compiled: the caller passes every value. On PostgreSQL the
 statement is guarded by the store's watchdog (``_store.deadlines``) as a Core one is: a
-server frozen mid-request cannot hold the thread.
+server frozen mid-request cannot hold the thread. :meth:`Fast.send` runs a statement
+whose result is read later (:class:`Sent`): in a pipeline (``_store.batch``) it is
+queued, and a list there is one array parameter whatever its length.
 """
 
 from __future__ import annotations
