@@ -17,16 +17,20 @@ than absolute figures.
     python benchmarks/prepare_speed.py [--sizes 5000 ...] [--turns 15] [--processes 3]
                                        [--recall-tokens 0]
     python benchmarks/prepare_speed.py --recall [--sizes 10000] [--turns 41]
-        [--db postgresql+psycopg://USER@HOST/DB]
+    python benchmarks/prepare_speed.py --recall --sizes 10000 --turns 21
+        --db postgresql+psycopg://USER@HOST/DB [--processes 3]     # SQLite against PostgreSQL
     python benchmarks/prepare_speed.py --recall --text locomo [--sizes 1000 10000 50000]
         [--turns 40] [--processes 3] [--data PATH] [--db ...] [--against OLD_CHECKOUT]
     python benchmarks/prepare_speed.py --cold [--against OLD_CHECKOUT] [--processes 5]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
-wall and CPU medians, on the same messages, on SQLite or on a PostgreSQL server
-(``--db``: a throwaway database is made there for each run); each message also names
-a rare reference (``ref1234``) that later user turns ask about, so the search finds
-and ranks matches.
+wall and CPU medians, on the same messages, and the app's own call of each turn (it
+stores the new messages and recalls); with common words only, and with each message
+also naming a rare reference (``ref1234``) that later user turns ask about, so the
+search finds and ranks matches. Without ``--db``, on SQLite in this process; with
+``--db`` (a PostgreSQL server: a throwaway database is made there for each run), on
+SQLite and on PostgreSQL in separate processes, alternating, ``--processes`` of each:
+the medians of each and the PostgreSQL / SQLite ratios.
 
 ``--recall --text locomo`` does the same on real dialogue: the history is the LoCoMo
 sample's sessions (``locomo-sample.json``, read from ``../shared/data/`` next to the
@@ -110,25 +114,28 @@ def exact_counter(counter: TokenCounter) -> Any:
 def compare_recall(sizes: list[int], turns: int, db: str | None = None) -> None:
     """prepare() with recall off and on (the default ``recall_tokens``) on one store, on
     SQLite (a temporary file) or on ``db`` (a PostgreSQL URL: a throwaway database made
-    there and dropped after). Each turn's new message is stored first (untimed), then
+    there and dropped after). Each turn's new message is stored first (timed as the
+    ``turn`` column: the app's own call, which stores the new messages and recalls), then
     the turn is prepared by both, in alternating order, so the added cost is the median
     of paired differences, robust to a loaded machine."""
     budget = TrimmerOptions().recall_tokens
     print(
         f"{'stored':>7} {'text':>12} {'wall off':>9} {'wall on':>8} {'added':>6} "
-        f"{'CPU off':>8} {'CPU on':>7} {'added':>6}  (ms, medians)"
+        f"{'CPU off':>8} {'CPU on':>7} {'added':>6} {'turn wall':>10} {'turn CPU':>9}"
+        "  (ms, medians)"
     )
     for size in sizes:
         for refs in (False, True):
             url, remove = recall_store(db)
             try:
-                off, on = time_recall(url, size, turns, refs, budget)
+                off, on, turn = time_recall(url, size, turns, refs, budget)
             finally:
                 remove()
             kind = "with refs" if refs else "common words"
             print(
                 f"{size:>7,} {kind:>12} {ms(off, 0):>9} {ms(on, 0):>8} {ms(on, 0, off):>6} "
-                f"{ms(off, 1):>8} {ms(on, 1):>7} {ms(on, 1, off):>6}",
+                f"{ms(off, 1):>8} {ms(on, 1):>7} {ms(on, 1, off):>6} {ms(turn, 0):>10} "
+                f"{ms(turn, 1):>9}",
                 flush=True,
             )
 
@@ -267,6 +274,72 @@ def _locomo_figures(run: dict[str, Any], kind: str) -> list[float]:
     return figures
 
 
+BACKEND_COLUMNS = (("turn", "the app's turn"), ("off", "recall off"), ("on", "recall on"))
+
+
+def recall_worker(size: int, turns: int, refs: bool, db: str | None) -> dict[str, Any]:
+    """One process's medians (seconds) of :func:`time_recall` on SQLite or on ``db``."""
+    url, remove = recall_store(db)
+    try:
+        off, on, turn = time_recall(url, size, turns, refs, TrimmerOptions().recall_tokens)
+    finally:
+        remove()
+    series = {"off": off, "on": on, "turn": turn}
+    return {
+        f"{name} {kind}": statistics.median(t[i] for t in times)
+        for name, times in series.items()
+        for i, kind in enumerate(("wall", "cpu"))
+    }
+
+
+def compare_backends(args: argparse.Namespace) -> None:
+    """:func:`recall_worker` on SQLite and on ``args.db`` in separate processes,
+    alternating, ``args.processes`` of each per size and text; medians, and the
+    PostgreSQL / SQLite ratios (the issue's target: the turn's wall at most 2x)."""
+    runs: dict[tuple[int, bool, str], list[dict[str, Any]]] = {}
+    backends = {"SQLite": "", "PostgreSQL": args.db}
+    for _process in range(args.processes):
+        for size in args.sizes:
+            for refs in (False, True):
+                for name, db in backends.items():
+                    command = [sys.executable, __file__, "--worker", "recall", "--sizes"]
+                    command += [str(size), "--turns", str(args.turns), f"--db={db}"]
+                    command += ["--refs"] if refs else []
+                    output = subprocess.run(
+                        command, check=True, capture_output=True, text=True
+                    ).stdout
+                    result = json.loads(output.splitlines()[-1])
+                    runs.setdefault((size, refs, name), []).append(result)
+    print(
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; warm prepare(), "
+        f"medians of {args.processes} processes, each the median of {args.turns} turns "
+        "(ms; CPU: the calling thread's)"
+    )
+    header = "".join(f" {label + ' wall':>19} {label + ' CPU':>18}" for _, label in BACKEND_COLUMNS)
+    print(f"{'stored':>7} {'text':>12} {'store':>19}{header}")
+    for size in args.sizes:
+        for refs in (False, True):
+            kind = "with refs" if refs else "common words"
+            medians = {}
+            for name in backends:
+                medians[name] = {
+                    field: median_of(runs[size, refs, name], field)
+                    for field in runs[size, refs, name][0]
+                }
+                cells = "".join(
+                    f" {medians[name][f'{column} wall'] * 1e3:>19.2f} "
+                    f"{medians[name][f'{column} cpu'] * 1e3:>18.2f}"
+                    for column, _ in BACKEND_COLUMNS
+                )
+                print(f"{size:>7,} {kind:>12} {name:>19}{cells}")
+            ratios = "".join(
+                f" {medians['PostgreSQL'][f'{c} wall'] / medians['SQLite'][f'{c} wall']:>18.2f}x"
+                f" {medians['PostgreSQL'][f'{c} cpu'] / medians['SQLite'][f'{c} cpu']:>17.2f}x"
+                for c, _ in BACKEND_COLUMNS
+            )
+            print(f"{size:>7,} {kind:>12} {'PostgreSQL/SQLite':>19}{ratios}", flush=True)
+
+
 def ms(times: list[tuple[float, float]], kind: int, base: Any = ()) -> str:
     """Median of ``times[i][kind]`` (minus ``base[i][kind]``, paired), in milliseconds."""
     values = [t[kind] - (base[i][kind] if base else 0.0) for i, t in enumerate(times)]
@@ -302,9 +375,10 @@ def recall_store(db: str | None) -> tuple[str, Any]:
 
 def time_recall(
     url: str, size: int, turns: int, refs: bool, budget: int
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]]]:
     """(wall, CPU) seconds of each turn's prepare() with recall off, and with
-    ``recall_tokens=budget``, on the same store and messages (CPU: this thread's). With
+    ``recall_tokens=budget``, on the same store and messages (CPU: this thread's), and of
+    the call before them that stores the turn's new messages (with recall). With
     ``refs`` each message also names a rare ``refNNNN`` that later user turns ask about."""
     rng = random.Random(size)
     say = (lambda r: f"{text(r)} About ref{r.randint(0, 9999)}.") if refs else text
@@ -312,9 +386,10 @@ def time_recall(
     if refs:
         messages = [messages[0], *({**m, "content": say(rng)} for m in messages[1:])]
     times: tuple[list[tuple[float, float]], list[tuple[float, float]]] = ([], [])
+    stores: list[tuple[float, float]] = []
     options = {"summarizer": "extractive", "background": False}
     with (
-        Trimmer(url, recall_tokens=0, **options) as writer,
+        Trimmer(url, recall_tokens=budget, **options) as writer,
         Trimmer(url, recall_tokens=0, **options) as off,
         Trimmer(url, recall_tokens=budget, **options) as on,
     ):
@@ -323,8 +398,10 @@ def time_recall(
         writer.compact(messages, force=True)
         for turn in range(turns):
             messages.append({"role": "user", "content": say(rng)})
-            writer.prepare(messages)  # untimed: stores the new message, so off and on
-            # do the same work but recall, in alternating order
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            writer.prepare(messages)  # stores the new messages, so off and on do the
+            # same work but recall, in alternating order
+            stores.append((time.perf_counter() - start, time.thread_time() - start_cpu))
             for which in (0, 1) if turn % 2 else (1, 0):
                 start, start_cpu = time.perf_counter(), time.thread_time()
                 prepared = (off, on)[which].prepare(messages)
@@ -332,7 +409,7 @@ def time_recall(
             messages.append({"role": "assistant", "content": say(rng)})
             if prepared.fold_pending:
                 writer.compact(messages)
-    return times
+    return (*times, stores)
 
 
 def time_trim(size: int, turns: int, budget: int) -> tuple[float, float]:
@@ -422,7 +499,9 @@ def run_worker(args: argparse.Namespace) -> None:
     if kind == "locomo":
         print(json.dumps(locomo_worker(size, args.turns, args.db, args.data)))
         return
-    if kind == "warm":
+    if kind == "recall":
+        result = recall_worker(size, args.turns, args.refs, args.db or None)
+    elif kind == "warm":
         result = warm_worker(size, args.turns, args.folder, args.recall_tokens)
     elif kind == "cold":
         result = cold_worker(size, args.folder, args.recall_tokens)
@@ -568,8 +647,9 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="--text locomo: the file")
     parser.add_argument(
-        "--worker", choices=["warm", "cold", "trim", "locomo"], help=argparse.SUPPRESS
+        "--worker", choices=["warm", "cold", "trim", "locomo", "recall"], help=argparse.SUPPRESS
     )
+    parser.add_argument("--refs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
@@ -588,10 +668,12 @@ def main() -> None:
         if args.turns == parser.get_default("turns"):
             args.turns = 40
         compare_recall_locomo(args)
-    elif args.recall:
-        compare_recall(args.sizes, args.turns, args.db)
     elif args.worker:
         run_worker(args)
+    elif args.recall and args.db:
+        compare_backends(args)
+    elif args.recall:
+        compare_recall(args.sizes, args.turns)
     else:
         measure(args)
 

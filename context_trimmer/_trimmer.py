@@ -31,6 +31,7 @@ from ._prepared import FoldResult, Prepared
 from ._reports.report import GroupBy, Report, build_report
 from ._store import erasure as _erasure
 from ._store import sessions as _session_store
+from ._store.batch import Batch, Pending
 from ._store.db import Database
 from ._store.erasure import Erasure
 from ._store.export import export
@@ -47,12 +48,14 @@ from ._trimming.folding import Folder, summarizer_from
 from ._trimming.hashing import ChainCache
 from ._trimming.path import (
     Path,
+    Rows,
     StoredPath,
     build_path,
     deepest_summary,
     load_bodies,
     load_conversation,
     start_of,
+    store_and_look_up,
     token_rows,
 )
 from ._trimming.path import store as store_path
@@ -69,7 +72,7 @@ from ._trimming.plan import (
     summary_message,
     with_recall,
 )
-from ._trimming.recall import forget_recalled, recall
+from ._trimming.recall import forget_recalled, recall, send_term_counts
 from ._trimming.recording import Recorder, baseline_tokens, request_row
 from ._trimming.summarizers import Summarizer
 from ._trimming.system_prompt import Mode, PromptRewriter, SystemPrompts, discard
@@ -177,8 +180,14 @@ class Trimmer:
         """Store ``messages`` and return the lighter request to send instead."""
         path = self._path(messages, model, user, conversation_id, tools, max_tokens)
         with self._db.writing() as connection:
-            stored = store_path(connection, path)
-            plan = self._plan(connection, stored)
+            stored, summary, rows, counted = store_and_look_up(
+                connection,
+                path,
+                self._summaries,
+                self._rows_needed,
+                lambda batch: self._terms_to_count(batch, path),
+            )
+            plan = self._plan(connection, stored, found=(summary, rows), counted=counted)
             if not over_limit(stored, plan.prompt_tokens, self.options):
                 return self._finish(connection, stored, plan, None)
         sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
@@ -396,10 +405,27 @@ class Trimmer:
             counter = self._counters[model] = TokenCounter(self.models.get(model))
         return counter
 
-    def _plan(self, connection: Connection, path: StoredPath, recalling: bool = True) -> Plan:
-        summary = deepest_summary(connection, self._summaries, path)
+    def _rows_needed(self, path: StoredPath, summary: StoredSummary | None) -> list[int]:
+        """The message indexes whose token rows planning reads."""
+        return rows_needed(path, start_of(summary), self._system_prompts.active)
+
+    def _plan(
+        self,
+        connection: Connection,
+        path: StoredPath,
+        recalling: bool = True,
+        found: tuple[StoredSummary | None, Rows] | None = None,
+        counted: Pending | None = None,
+    ) -> Plan:
+        """The request for ``path``; ``found``: its deepest summary and the token rows
+        it needs, and ``counted``: recall's term counts, when looked up already (see
+        ``store_and_look_up``)."""
+        if found is None:
+            summary = deepest_summary(connection, self._summaries, path)
+            rows = token_rows(connection, path, self._rows_needed(path, summary))
+        else:
+            summary, rows = found
         compressing = self._system_prompts.active
-        rows = token_rows(connection, path, rows_needed(path, start_of(summary), compressing))
         tokens = 0 if summary is None else self._summary_message_tokens(path, summary)
         prompts = self._system_prompts
         compressor = Compressor(
@@ -409,7 +435,11 @@ class Trimmer:
         if not recalling:
             return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
-        return with_recall(path, plan, recall(connection, path, summary, budget))
+        return with_recall(path, plan, recall(connection, path, summary, budget, counted))
+
+    def _terms_to_count(self, batch: Batch, path: Path) -> Pending | None:
+        """Recall's count of the question's terms, sent with prepare()'s first lookups."""
+        return send_term_counts(batch, path) if self.options.recall_tokens else None
 
     # -- agent sessions (integrations.agents) ---------------------------------------------
 
@@ -491,7 +521,8 @@ class Trimmer:
         reply = min(reply_cap(path, self.options), path.info.context_window - plan.prompt_tokens)
         due = fold_due(path, plan.start, plan.tail_tokens, self.options)
         due = due and not self._folder.waits(connection, path, plan.summary)
-        request_id = self._ledger.add_request(connection, request_row(path, plan, reply, sync_fold))
+        row = request_row(path, plan, reply, sync_fold)
+        request_id = self._ledger.add_request(connection, row, last=True)
         if due:
             self._folder.schedule(path, plan.start)
         summary = plan.summary

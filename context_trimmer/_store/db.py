@@ -38,6 +38,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from .. import _inline
 from .._exceptions import StoreError
+from .batch import defer_begin
 from .deadlines import WATCHDOG, bound, connect_args, store_timeout
 from .fastsql import Fast
 from .lane import StoreLane
@@ -141,6 +142,8 @@ def make_engine(
             pool_timeout=seconds,
             pool_pre_ping=not postgres,  # PostgreSQL: pinged on checkout under a deadline
             connect_args=connect_args(parsed, seconds) if postgres else {},
+            # PostgreSQL: each BEGIN is sent with its transaction's first statement
+            **({"isolation_level": "AUTOCOMMIT"} if postgres else {}),
         )
     except (NoSuchModuleError, ModuleNotFoundError) as error:
         raise StoreError(
@@ -150,6 +153,7 @@ def make_engine(
         ) from error
     if postgres:
         bound(engine, seconds)
+        defer_begin(engine)  # after bound(): the watchdog is armed before a BEGIN is sent
     return engine
 
 

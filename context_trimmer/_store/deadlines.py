@@ -11,12 +11,20 @@ the server (the ping on checkout, each statement, commit, rollback) arms a deadl
 for its connection's socket, a little after the server's own limit; when one passes,
 the socket is shut down, the blocked call fails at once as a lost connection (which
 the pool discards), and the thread learns that it was cut for lack of an answer.
+
+A pooled connection is pinged on checkout only when it may be gone: when it has been
+idle for :data:`PING_AFTER_IDLE` seconds or more, or when its socket has something to
+read (an idle connection is sent nothing: a server that closed it, restarted or
+terminated its backend has sent an error or the end of the stream). A busy, healthy
+pool so pays no round trip per checkout; a connection that broke silently in between
+fails its first statement within the same deadlines as the ping would have.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import select
 import socket
 import threading
 import time
@@ -35,6 +43,9 @@ DEFAULT_TIMEOUT = 5.0
 """Seconds: connecting, waiting for a pooled connection, and each statement."""
 GRACE = 1.0
 """The watchdog fires this long after the server's own statement limit."""
+PING_AFTER_IDLE = 10.0
+"""Seconds a pooled connection may sit idle and still be handed out without a ping."""
+_RETURNED = "context_trimmer_returned"  # the pool entry's info: when it was checked in
 
 
 def store_timeout(timeout: float | None = None) -> float:
@@ -182,7 +193,9 @@ def bound(engine: Engine, timeout: float) -> None:
     dialect = engine.dialect
 
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if not _may_be_gone(dbapi_connection, record.info.get(_RETURNED)):
+            return
         WATCHDOG.arm(dbapi_connection, seconds)
         try:
             dialect.do_ping(dbapi_connection)
@@ -210,10 +223,27 @@ def bound(engine: Engine, timeout: float) -> None:
     def disarm_pooled(dbapi_connection: Any, *_args: Any) -> None:
         WATCHDOG.disarm(dbapi_connection)
 
+    def returned(dbapi_connection: Any, record: Any) -> None:
+        WATCHDOG.disarm(dbapi_connection)
+        record.info[_RETURNED] = time.monotonic()
+
     for name in ("before_cursor_execute", "commit", "rollback"):
         event.listen(engine, name, arm)
     event.listen(engine, "after_cursor_execute", disarm)
     event.listen(engine, "handle_error", disarm_error)
     event.listen(engine.pool, "reset", arm_reset)
-    for name in ("checkin", "invalidate", "soft_invalidate", "close"):
+    event.listen(engine.pool, "checkin", returned)
+    for name in ("invalidate", "soft_invalidate", "close"):
         event.listen(engine.pool, name, disarm_pooled)
+
+
+def _may_be_gone(dbapi_connection: Any, returned: float | None) -> bool:
+    """Whether a pooled connection needs a ping before use: idle for long (or never
+    used), or with something to read on its socket (see the module's docstring)."""
+    if returned is None or time.monotonic() - returned >= PING_AFTER_IDLE:
+        return True
+    try:
+        readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    except Exception:  # closed or broken: the ping finds out what it is
+        return True
+    return bool(readable)

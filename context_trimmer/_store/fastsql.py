@@ -20,7 +20,9 @@ once per compilation. Rows come back as named tuples. Driver errors are the driv
 ``StoreError`` like any other. A statement whose columns need a Python-side default
 is refused when compiled: the caller passes every value. On PostgreSQL the
 statement is guarded by the store's watchdog (``_store.deadlines``) as a Core one is: a
-server frozen mid-request cannot hold the thread.
+server frozen mid-request cannot hold the thread. :meth:`Fast.send` runs a statement
+whose result is read later (:class:`Sent`): in a pipeline (``_store.batch``) it is
+queued, and a list there is one array parameter whatever its length.
 """
 
 from __future__ import annotations
@@ -31,13 +33,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Connection
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.expression import Executable
 
 from .deadlines import watched
 
-__all__ = ["Fast", "driver_rows", "on_driver"]
+BEGIN_DUE = "context_trimmer_begin_due"
+"""In a pooled connection's ``info``: its transaction's BEGIN is still to be sent (see
+``_store.batch.defer_begin``)."""
+
+__all__ = ["Fast", "Sent", "driver_rows", "on_driver"]
 
 _EXPANDING = re.compile(r"IN \(__\[POSTCOMPILE_(\w+)\]\)")
 MAX_LIST = 32
@@ -86,6 +92,15 @@ class Fast:
             return
         self._execute(connection, params)[1].close()
 
+    def send(self, connection: Connection, params: Mapping[str, Any]) -> Sent:
+        """Run it without reading its result yet (in a pipeline, see ``_store.batch``:
+        queued until the pipeline syncs). On PostgreSQL a list is one array parameter
+        whatever its length, so even a long one runs on the driver."""
+        if _long_list(params) and connection.dialect.name != "postgresql":
+            return Sent(None, connection.execute(self._core, dict(params)))
+        compiled, cursor = self._execute(connection, params)
+        return Sent(compiled, cursor)
+
     def _execute(self, connection: Connection, params: Mapping[str, Any]) -> tuple[_Compiled, Any]:
         compiled = self._compiled_for(connection.dialect, params)
         return compiled, on_driver(connection, compiled.sql, _driver_params(compiled, params))
@@ -99,6 +114,31 @@ class Fast:
         return compiled
 
 
+class Sent:
+    """A statement run whose result is read later: its rows (named tuples when
+    ``compiled``; else as the cursor gives them), read once."""
+
+    __slots__ = ("compiled", "cursor")
+
+    def __init__(self, compiled: _Compiled | None, cursor: Any):
+        self.compiled, self.cursor = compiled, cursor
+
+    def rows(self) -> list[Any]:
+        if isinstance(self.cursor, CursorResult):  # run through Core
+            return list(self.cursor) if self.cursor.returns_rows else []
+        try:
+            fetched = self.cursor.fetchall() if self.cursor.description is not None else []
+        finally:
+            self.cursor.close()
+        compiled = self.compiled
+        if compiled is None or compiled.row is None:
+            return list(fetched)
+        return [_row(compiled, values) for values in fetched]
+
+    def close(self) -> None:
+        self.cursor.close()
+
+
 def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = False) -> Any:
     """The DBAPI cursor of ``connection`` having run ``sql`` (in the driver's parameter
     style) with ``params`` (a sequence of them with ``many``), watched on PostgreSQL."""
@@ -106,6 +146,9 @@ def on_driver(connection: Connection, sql: str, params: Any, *, many: bool = Fal
     cursor = dbapi_connection.cursor()
     try:
         with watched(connection.engine, dbapi_connection):
+            if connection.info.get(BEGIN_DUE):  # PostgreSQL: see ``_store.batch``
+                del connection.info[BEGIN_DUE]
+                dbapi_connection.execute("BEGIN")
             if many:
                 cursor.executemany(sql, params)
             else:

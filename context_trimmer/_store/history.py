@@ -19,9 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, select
+from sqlalchemy import Connection, Table, bindparam, select, text
 
 from . import recall_index as _recall_index
+from .batch import Batch, Pending
 from .db import insert_ignoring_conflicts, insert_new
 from .fastsql import Fast
 from .schema import Message, TokenCount, utcnow
@@ -46,11 +47,31 @@ def counted_prefix(
     running token total at the last of them. The last ``_PROBE`` messages are looked up
     first, from the last ``seen`` one on (the caller's guess: a lookup of 16 costs
     ~190 µs, of 2 ~40 µs); else a binary search over the rest."""
+    with Batch(connection) as batch:
+        probe = send_probe(batch, hashes, key, seen)
+    return finish_probe(connection, probe, hashes, key, seen)
+
+
+def send_probe(
+    batch: Batch, hashes: Sequence[str], key: str, seen: int = 0, also: Sequence[str] = ()
+) -> Pending:
+    """The first lookup of :func:`counted_prefix`, added to ``batch``; the token rows of
+    the hashes ``also`` come with it (:func:`read_token_rows` of the result)."""
+    start = max(len(hashes) - _PROBE, seen - 1, 0)
+    wanted = list(dict.fromkeys([*hashes[start:], *also]))
+    return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
+
+
+def finish_probe(
+    connection: Connection, pending: Pending, hashes: Sequence[str], key: str, seen: int = 0
+) -> tuple[int, int]:
+    """:func:`counted_prefix` from the result of :func:`send_probe` (a binary search,
+    one statement per step, when none of the probed messages is counted)."""
     start = max(len(hashes) - _PROBE, seen - 1, 0)
     probe = hashes[start:]
-    found = token_rows(connection, key, probe)
-    if found:
-        index = max(i for i, h in enumerate(probe) if h in found)
+    found = read_token_rows(pending)  # may hold the rows of other messages too
+    index = max((i for i, h in enumerate(probe) if h in found), default=None)
+    if index is not None:
         return start + index + 1, found[probe[index]].path_tokens
     low, high = 0, start
     while low < high:
@@ -75,10 +96,22 @@ _TOKEN_ROWS_FAST = Fast(_TOKEN_ROWS)
 
 def token_rows(connection: Connection, key: str, hashes: Iterable[str]) -> dict[str, TokenRow]:
     """The stored counts under ``key`` of those of ``hashes`` that have one."""
+    with Batch(connection) as batch:
+        pending = send_token_rows(batch, key, hashes)
+    return read_token_rows(pending)
+
+
+def send_token_rows(batch: Batch, key: str, hashes: Iterable[str]) -> Pending | None:
+    """:func:`token_rows` added to ``batch`` (None: nothing to look up)."""
     wanted = list(dict.fromkeys(hashes))
     if not wanted:
-        return {}
-    rows = _TOKEN_ROWS_FAST.rows(connection, {"key": key, "hashes": wanted})
+        return None
+    return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
+
+
+def read_token_rows(pending: Pending | None) -> dict[str, TokenRow]:
+    """The result of :func:`send_token_rows`."""
+    rows = [] if pending is None else pending.rows()
     return {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in rows}
 
 
@@ -94,6 +127,34 @@ def append(
 ) -> None:
     """Store messages ``start:`` of a path (those already stored are skipped) and their
     token counts under ``key``; the messages stored now are indexed for recall."""
+    with Batch(connection) as batch:
+        send_append(batch, messages, bodies, hashes, start, key, tokens, path_tokens_before)
+
+
+def send_append(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+    path_tokens_before: int,
+) -> None:
+    """:func:`append`, its statements added to ``batch``. On PostgreSQL two statements
+    whatever the number of messages, none of whose results is read: the messages with
+    their counts, and their index rows (the index skips a message indexed already, so
+    it needs no list of the messages stored now)."""
+    if start >= len(hashes):
+        return
+    connection = batch.connection
+    if batch.pipelined:
+        _send_arrays(
+            batch, _APPEND, messages, bodies, hashes, start, key, tokens, path_tokens_before, {}
+        )
+        rows = _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
+        _recall_index.add(connection, rows)
+        return
     now = utcnow()
     message_rows, count_rows = [], []
     running = path_tokens_before
@@ -119,6 +180,97 @@ def append(
         )
     _index_new(connection, messages, hashes, start, insert_new(connection, MESSAGES, message_rows))
     insert_ignoring_conflicts(connection, COUNTS, count_rows)
+
+
+_ARRAY_CHUNK = 2000  # messages per statement: each bounded in time
+_STORE_MESSAGES = (  # a statement's first part: the messages, skipping those stored
+    "WITH stored AS (INSERT INTO ct_messages (hash, parent_hash, depth, role, body, "
+    "created_at) SELECT * FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:parents AS BYTEA[]), "
+    "CAST(:depths AS INTEGER[]), CAST(:roles AS VARCHAR[]), CAST(:bodies AS TEXT[]), "
+    "CAST(:times AS TIMESTAMPTZ[])) ON CONFLICT DO NOTHING) "
+)
+_APPEND = Fast(  # then their counts, from the running totals given
+    text(
+        _STORE_MESSAGES
+        + "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT hash, :key, tokens, total FROM unnest(CAST(:hashes AS BYTEA[]), "
+        "CAST(:tokens AS INTEGER[]), CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
+        "ON CONFLICT DO NOTHING"
+    )
+)
+_APPEND_AFTER = Fast(  # then their counts, only if the message before them is counted
+    text(
+        _STORE_MESSAGES
+        + "INSERT INTO ct_token_counts (message_hash, counting_key, tokens, path_tokens) "
+        "SELECT row.hash, :key, row.tokens, base.path_tokens + row.total "
+        "FROM unnest(CAST(:hashes AS BYTEA[]), CAST(:tokens AS INTEGER[]), "
+        "CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
+        "CROSS JOIN (SELECT path_tokens FROM ct_token_counts WHERE message_hash = "
+        "CAST(:base AS BYTEA) AND counting_key = :key) AS base ON CONFLICT DO NOTHING"
+    )
+)
+
+
+def send_append_after(
+    batch: Batch,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+) -> None:
+    """PostgreSQL: store messages ``start:`` of a path (``start`` > 0) as :func:`append`
+    does, before knowing whether the one before them is counted: their counts are
+    written only if it is (from its running total, in the statement), so the counted
+    messages of a path stay a prefix of it; the messages and their index rows are
+    written in any case (each skips what is stored)."""
+    base = {"base": bytes.fromhex(hashes[start - 1])}
+    _send_arrays(batch, _APPEND_AFTER, messages, bodies, hashes, start, key, tokens, 0, base)
+    _recall_index.add(
+        batch.connection, _recall_index.rows_for(messages, hashes, range(start, len(hashes)))
+    )
+
+
+def _send_arrays(
+    batch: Batch,
+    statement: Fast,
+    messages: Sequence[Mapping[str, Any]],
+    bodies: Sequence[str],
+    hashes: Sequence[str],
+    start: int,
+    key: str,
+    tokens: Sequence[int],
+    total_before: int,
+    extra: Mapping[str, Any],
+) -> None:
+    """PostgreSQL: messages ``start:`` of a path and their counts (running totals from
+    ``total_before``), one statement of arrays per chunk."""
+    now = utcnow()
+    running, totals = total_before, []
+    for count in tokens:
+        running += count
+        totals.append(running)
+    for first in range(start, len(hashes), _ARRAY_CHUNK):
+        last = min(first + _ARRAY_CHUNK, len(hashes))
+        raw = [bytes.fromhex(h) for h in hashes[max(first - 1, 0) : last]]
+        own = raw[1:] if first else raw
+        offsets = range(first - start, last - start)
+        batch.run(
+            statement,
+            {
+                **extra,
+                "hashes": own,
+                "parents": raw[:-1] if first else [None, *raw[:-1]],
+                "depths": list(range(first, last)),
+                "roles": [messages[i]["role"] for i in range(first, last)],
+                "bodies": [bodies[o] for o in offsets],
+                "times": [now] * (last - first),
+                "key": key,
+                "tokens": [tokens[o] for o in offsets],
+                "totals": [totals[o] for o in offsets],
+            },
+        )
 
 
 def _index_new(

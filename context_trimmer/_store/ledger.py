@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, insert, select
 
+from .batch import Batch
 from .db import Database, as_utc, insert_if_absent, period
 from .fastsql import Fast
 from .schema import Attempt, PromptCompression, Request, Usage, utcnow
@@ -137,9 +138,19 @@ class Ledger:
         """The store this ledger is kept in."""
         return self._db
 
-    def add_request(self, connection: Connection, values: Mapping[str, Any]) -> int:
-        """A prepared request, inside the caller's transaction; returns its id."""
-        return int(_ADD_REQUEST.first(connection, {**values, "created_at": utcnow()}).id)
+    def add_request(
+        self, connection: Connection, values: Mapping[str, Any], *, last: bool = False
+    ) -> int:
+        """A prepared request, inside the caller's transaction; returns its id. With
+        ``last`` (nothing else is written in this transaction) on PostgreSQL the row and
+        the commit go in one round trip (``_store.batch``): the caller's transaction
+        then ends here, and its own commit finds nothing left to do."""
+        row = {**values, "created_at": utcnow()}
+        with Batch(connection) as batch:
+            added = batch.rows(_ADD_REQUEST, row)
+            if last and batch.pipelined:
+                batch.sql("COMMIT", None)
+        return int(added.first().id)
 
     def writing(self) -> AbstractContextManager[Connection]:
         """One write transaction, for recording a request's outcome in one commit."""

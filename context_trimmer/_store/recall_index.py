@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, text
 
-from .fastsql import driver_rows, on_driver
+from .fastsql import Fast, driver_rows, on_driver
 from .schema import SEARCH_TABLE
 
 Message = Mapping[str, Any]
@@ -176,6 +176,10 @@ SELECT term, count(*) FROM added, unnest(tsvector_to_array(added.document)) AS t
 GROUP BY term ORDER BY term
 ON CONFLICT (term) DO UPDATE SET docs = {TERMS_TABLE}.docs + EXCLUDED.docs
 """
+_ADD_COUNTED = {  # on the driver's cursor: every prepare() that stores messages runs it
+    layout: Fast(text(f"WITH added AS ({added}) {_COUNT_ADDED}"))
+    for layout, added in _ADDED.items()
+}
 # The count rows are locked in term order, as appends lock them (their INSERT ... ORDER
 # BY term), so an erasure and an append on one conversation never deadlock.
 _UNCOUNT = f"""
@@ -284,7 +288,7 @@ def add(
         )
         connection.execute(text(statement), values)
         return
-    counted = f"WITH added AS ({_ADDED[layout]}) {_COUNT_ADDED}"
+    counted = _ADD_COUNTED[layout]
     plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
     if layout == "compact":
         del plural["anchor"]
@@ -293,7 +297,7 @@ def add(
     for start in range(0, len(values), CHUNK):  # each statement bounded in time
         chunk = values[start : start + CHUNK]
         arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
-        connection.execute(text(counted), arrays)  # the rows and the counts of those new here
+        counted.run(connection, arrays)  # the rows and the counts of those new here
 
 
 def _add_sqlite(connection: Connection, values: list[dict[str, Any]], layout: Layout) -> None:

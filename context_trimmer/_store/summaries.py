@@ -16,9 +16,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select
 
+from .batch import Batch, Pending
 from .db import Database, insert_if_absent
 from .fastsql import Fast
-from .schema import Summary, SummaryFailure, utcnow
+from .schema import Summary, SummaryFailure, TokenCount, utcnow
 
 SUMMARIES: Table = Summary.__table__  # type: ignore[assignment]
 FAILURES: Table = SummaryFailure.__table__  # type: ignore[assignment]
@@ -39,6 +40,20 @@ _DEEPEST = (  # built once: prepare() runs it
     .limit(64)
 )
 _DEEPEST_FAST = Fast(_DEEPEST)
+_COUNTS = TokenCount.__table__
+_DEEPEST_COUNTED = Fast(  # and the token row of the last message each one covers
+    select(*_DEEPEST.selected_columns, _COUNTS.c.tokens, _COUNTS.c.path_tokens)
+    .select_from(
+        SUMMARIES.outerjoin(
+            _COUNTS,
+            (_COUNTS.c.message_hash == _c.covers_hash)
+            & (_COUNTS.c.counting_key == bindparam("key")),
+        )
+    )
+    .where(_c.anchor_hash == bindparam("anchor"), _c.covers_depth < bindparam("depth"))
+    .order_by(_c.covers_depth.desc())
+    .limit(64)
+)
 
 
 @dataclass(frozen=True)
@@ -70,10 +85,28 @@ class Summaries:
         self, connection: Connection, anchor: str, hashes: Sequence[str]
     ) -> StoredSummary | None:
         """The summary covering the most of this path, or None."""
-        rows = _DEEPEST_FAST.rows(connection, {"anchor": anchor, "depth": len(hashes)})
-        for row in rows:
+        with Batch(connection) as batch:
+            pending = self.send_deepest(batch, anchor, hashes)
+        return self.read_deepest(pending, hashes)
+
+    @staticmethod
+    def send_deepest(
+        batch: Batch, anchor: str, hashes: Sequence[str], key: str | None = None
+    ) -> Pending:
+        """:meth:`deepest`'s lookup, added to ``batch``; with ``key``, each summary's
+        row also has the token row (``tokens``, ``path_tokens``: None when not counted)
+        of the last message it covers, which planning reads (see :func:`covered_rows`)."""
+        params = {"anchor": anchor, "depth": len(hashes)}
+        if key is None:
+            return batch.rows(_DEEPEST_FAST, params)
+        return batch.rows(_DEEPEST_COUNTED, {**params, "key": key})
+
+    @staticmethod
+    def read_deepest(pending: Pending, hashes: Sequence[str]) -> StoredSummary | None:
+        """:meth:`deepest` from the result of :meth:`send_deepest`."""
+        for row in pending.rows():
             if hashes[row.covers_depth] == row.covers_hash:
-                return StoredSummary(**row._asdict())
+                return StoredSummary(*row[:_FIELDS])
         return None
 
     def add(self, values: Mapping[str, Any]) -> int | None:
@@ -90,3 +123,16 @@ class Summaries:
         """Record a summarizer call that failed (its text is never stored as a summary)."""
         with self._db.writing() as connection:
             connection.execute(insert(FAILURES), [{**values, "created_at": utcnow()}])
+
+
+_FIELDS = len(_DEEPEST.selected_columns)
+
+
+def covered_rows(pending: Pending) -> dict[str, tuple[int, int]]:
+    """(tokens, running path total) of the last message each summary read by
+    ``send_deepest(..., key=...)`` covers, by its hash (those counted under the key)."""
+    return {
+        row.covers_hash: (row.tokens, row.path_tokens)
+        for row in pending.rows()
+        if row.tokens is not None
+    }

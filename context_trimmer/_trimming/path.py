@@ -9,7 +9,7 @@ immutable, and what needs the stored figures asks for a ``StoredPath``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -19,12 +19,13 @@ from .._exceptions import ConfigurationError
 from .._inline import refuse_long
 from .._models import ModelInfo
 from .._store import history as _history
+from .._store.batch import Batch, Pending
 from .._store.db import Database
 from .._store.ledger import Ledger
-from .._store.summaries import StoredSummary, Summaries
+from .._store.summaries import StoredSummary, Summaries, covered_rows
 from .._text.tokens import TokenCounter
 from .hashing import ChainCache, canonical_json
-from .window import anchor_index
+from .window import anchor_index, control_indexes
 
 Message = Mapping[str, Any]
 
@@ -76,39 +77,127 @@ class StoredPath(Path):
 
 def store(connection: Connection, path: Path) -> StoredPath:
     """Store the messages of ``path`` not stored yet (with their token counts)."""
+    return store_and_look_up(connection, path)[0]  # on PostgreSQL: one round trip
+
+
+Rows = dict[int, tuple[int, int]]
+"""(tokens, running path total) of message indexes."""
+
+
+def store_and_look_up(
+    connection: Connection,
+    path: Path,
+    summaries: Summaries | None = None,
+    needed: Callable[[StoredPath, StoredSummary | None], Sequence[int]] | None = None,
+    also: Callable[[Batch], Pending | None] | None = None,
+) -> tuple[StoredPath, StoredSummary | None, Rows, Pending | None]:
+    """Store ``path`` (as :func:`store`) and look up what planning its request reads:
+    the deepest summary (with ``summaries``) and the token rows of the indexes
+    ``needed`` for the stored path and that summary; ``also`` adds a lookup of the
+    caller's to the first batch (after the new messages), whose result comes last.
+
+    On PostgreSQL (``_store.batch``) this is one round trip in the common case: the
+    lookups of what is stored, the deepest summary, the token rows planning may need
+    (those of the system/developer messages, and of the last message each summary of the
+    conversation covers), and the messages this process has not seen in an earlier
+    call, stored as if they were the new ones (every write skips what is stored; the
+    counts are written only after a counted message, so they stay a prefix of the path).
+    Only when that guess was wrong, or a row is missing, a second round trip stores
+    from where the stored path really ends, or reads the rows."""
     key = path.counter.key
-    new_from, path_before = _history.counted_prefix(connection, path.hashes, key, path.seen)
+    with Batch(connection) as batch:
+        prefetch = batch.pipelined and needed is not None  # no round trip saved on SQLite
+        controls = []
+        if prefetch:
+            controls = control_indexes(path.messages, 0, len(path.messages), path.controls)
+        controls_hashes = [path.hashes[i] for i in controls]
+        probe = _history.send_probe(batch, path.hashes, key, path.seen, controls_hashes)
+        deepest = None
+        if summaries is not None and path.anchor_hash is not None:
+            counted_under = key if prefetch else None
+            deepest = Summaries.send_deepest(batch, path.anchor_hash, path.hashes, counted_under)
+        guess = _send_guessed_append(batch, path)
+        extra = None if also is None else also(batch)
+    new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
+    summary = None if deepest is None else Summaries.read_deepest(deepest, path.hashes)
     refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
-    new = path.messages[new_from:]
-    new_tokens = tuple(path.counter.message(m) for m in new)
-    _history.append(
-        connection,
+    stored_by_guess = guess is not None and new_from >= path.seen
+    if stored_by_guess:
+        assert guess is not None
+        new_tokens = guess[new_from - path.seen :]
+    else:
+        new_tokens = tuple(path.counter.message(m) for m in path.messages[new_from:])
+    values = {f.name: getattr(path, f.name) for f in fields(path)}
+    stored = StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
+    known = _history.read_token_rows(probe)  # with the system messages' rows
+    if prefetch and deepest is not None:
+        known.update((h, _history.TokenRow(*row)) for h, row in covered_rows(deepest).items())
+    indexes = [] if needed is None else needed(stored, summary)
+    with Batch(connection) as batch:
+        if not stored_by_guess:
+            _send_append(batch, stored)
+        missing = [i for i in indexes if path.hashes[i] not in known]
+        pending = send_token_rows(batch, stored, missing)
+    known.update(_history.read_token_rows(pending))
+    return stored, summary, _rows_of(stored, indexes, known), extra
+
+
+def _send_guessed_append(batch: Batch, path: Path) -> tuple[int, ...] | None:
+    """On PostgreSQL, store the messages from ``path.seen`` on (the first this process
+    has not seen) as the new ones; their token counts (None: nothing sent)."""
+    seen = path.seen
+    if not batch.pipelined or not 0 < seen < len(path.hashes):
+        return None
+    new = path.messages[seen:]
+    tokens = tuple(path.counter.message(m) for m in new)
+    bodies = [canonical_json(m) for m in new]
+    _history.send_append_after(
+        batch, path.messages, bodies, path.hashes, seen, path.counter.key, tokens
+    )
+    return tokens
+
+
+def _send_append(batch: Batch, path: StoredPath) -> None:
+    new = path.messages[path.new_from :]
+    _history.send_append(
+        batch,
         path.messages,
         [canonical_json(m) for m in new],
         path.hashes,
-        new_from,
-        key,
-        new_tokens,
-        path_before,
+        path.new_from,
+        path.counter.key,
+        path.new_tokens,
+        path.path_before,
     )
-    values = {f.name: getattr(path, f.name) for f in fields(path)}
-    return StoredPath(**values, new_from=new_from, new_tokens=new_tokens, path_before=path_before)
 
 
-def token_rows(
-    connection: Connection, path: StoredPath, indexes: Sequence[int]
-) -> dict[int, tuple[int, int]]:
+def token_rows(connection: Connection, path: StoredPath, indexes: Sequence[int]) -> Rows:
     """(tokens, running path total) of each message index, from memory or the store."""
-    found: dict[int, tuple[int, int]] = {}
+    with Batch(connection) as batch:
+        pending = send_token_rows(batch, path, indexes)
+    return _rows_of(path, indexes, _history.read_token_rows(pending))
+
+
+def send_token_rows(batch: Batch, path: StoredPath, indexes: Sequence[int]) -> Pending | None:
+    """:func:`token_rows`' lookup of the stored ones, added to ``batch``."""
+    stored = (path.hashes[i] for i in indexes if i < path.new_from)
+    return _history.send_token_rows(batch, path.counter.key, stored)
+
+
+def _rows_of(
+    path: StoredPath, indexes: Sequence[int], rows: Mapping[str, _history.TokenRow]
+) -> Rows:
+    """The rows of ``indexes``: the stored ones from ``rows``, the new ones from memory."""
+    found: Rows = {}
     stored = [i for i in indexes if i < path.new_from]
-    rows = _history.token_rows(connection, path.counter.key, (path.hashes[i] for i in stored))
     for i in stored:
         row = rows[path.hashes[i]]
         found[i] = (row.tokens, row.path_tokens)
     running = path.path_before
+    wanted = set(indexes)
     for offset, tokens in enumerate(path.new_tokens):
         running += tokens
-        if path.new_from + offset in indexes:
+        if path.new_from + offset in wanted:
             found[path.new_from + offset] = (tokens, running)
     return found
 

@@ -48,6 +48,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 from sqlalchemy import Connection
 
 from .._options import TrimmerOptions
+from .._store.batch import Batch, Pending
 from .._store.fastsql import driver_rows
 from .._store.recall_index import (
     CONTROL_ROLES,
@@ -65,7 +66,7 @@ from .._store.recall_index import (
 from .._store.schema import SEARCH_TABLE
 from .._store.summaries import StoredSummary
 from .._text.tokens import TokenCounter
-from .path import StoredPath
+from .path import Path, StoredPath
 
 Message = Mapping[str, Any]
 T = TypeVar("T")
@@ -148,8 +149,10 @@ def recall(
     path: StoredPath,
     summary: StoredSummary | None,
     budget: int,
+    counted: Pending | None = None,
 ) -> Recalled:
-    """The recall message for ``path`` (folded up to ``summary``), within ``budget``."""
+    """The recall message for ``path`` (folded up to ``summary``), within ``budget``;
+    ``counted``: the term counts :func:`send_term_counts` read already."""
     start = 0 if summary is None else summary.next_index
     question = newest_user(path.messages)
     if budget <= 0 or start <= 0 or question is None or path.anchor_hash is None:
@@ -157,7 +160,7 @@ def recall(
     terms = query_terms(message_text(path.messages[question]))
     if not terms:
         return NOTHING
-    terms = informative(connection, path.anchor_hash, terms)
+    terms = informative(connection, path.anchor_hash, terms, counted)
     if not terms:
         return NOTHING
     found = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
@@ -249,7 +252,23 @@ def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
     return "document @@ to_tsquery('simple', %s)", query
 
 
-def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> list[str]:
+def send_term_counts(batch: Batch, path: Path) -> Pending | None:
+    """PostgreSQL: :func:`informative`'s count of the newest user message's terms, added
+    to ``batch`` (with the lookups of prepare()'s first round trip, after the new
+    messages it stores: the same counts, one round trip fewer). None: nothing to count."""
+    question = newest_user(path.messages)
+    if not batch.pipelined or question is None or path.anchor_hash is None:
+        return None
+    known = common_terms(batch.connection.engine, path.anchor_hash)
+    terms = [t for t in query_terms(message_text(path.messages[question])) if t not in known]
+    if not terms:
+        return None
+    return batch.sql(_COUNTED, ([scoped(path.anchor_hash, term) for term in terms],))
+
+
+def informative(
+    connection: Connection, anchor: str, terms: Sequence[str], counted: Pending | None = None
+) -> list[str]:
     """The rarest of ``terms`` in this conversation, together in at most ``DOC_BUDGET``
     messages; a term in ``PROBE_CAP`` messages or more says little (and would cost
     much to rank). One statement counts each term's messages, up to the cap (each a
@@ -262,6 +281,9 @@ def informative(connection: Connection, anchor: str, terms: Sequence[str]) -> li
         return []
     if connection.dialect.name == "sqlite":
         counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
+    elif counted is not None:
+        docs: dict[str, int] = dict(counted.rows())
+        counts = [docs.get(scoped(anchor, term), 0) for term in terms]
     else:
         counts = _counted(connection, [scoped(anchor, term) for term in terms])
     common = [term for term, found in zip(terms, counts, strict=True) if found >= PROBE_CAP]
@@ -294,9 +316,11 @@ def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
 
 def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
     """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
-    statement = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
-    found: dict[str, int] = dict(driver_rows(connection, statement, (list(keys),)))
+    found: dict[str, int] = dict(driver_rows(connection, _COUNTED, (list(keys),)))
     return [found.get(key, 0) for key in keys]
+
+
+_COUNTED = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
 
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
