@@ -46,6 +46,7 @@ from ._store.schema import utcnow
 from ._store.summaries import StoredSummary, Summaries
 from ._text.tokens import TokenCounter
 from ._trimming.background import Background
+from ._trimming.cut import defers, newest_fit, searched
 from ._trimming.folding import Folder, summarizer_from
 from ._trimming.hashing import ChainCache
 from ._trimming.path import (
@@ -178,11 +179,17 @@ class Trimmer:
         with self._db.writing() as connection:
             stored = store_path(connection, path)
             plan = self._plan(connection, stored)
-            if not over_limit(stored, plan.prompt_tokens, self.options):
-                return self._finish(connection, stored, plan, None)
-        sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
-        with self._db.writing() as connection:
-            return self._finish(connection, stored, self._plan(connection, stored), sync_fold)
+            if over_limit(stored, plan.prompt_tokens, self.options):
+                plan = self._cut(connection, stored, plan) or plan  # a large fold: later
+            fits = not over_limit(stored, plan.prompt_tokens, self.options)
+            if fits:
+                prepared = self._finish(connection, stored, plan, None)
+        if not fits:
+            sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
+            with self._db.writing() as connection:
+                plan = self._plan(connection, stored)
+                prepared = self._finish(connection, stored, plan, sync_fold)
+        return self._scheduled(prepared, stored, plan)  # once what it stored is committed
 
     async def aprepare(self, messages: Sequence[Message], **arguments: Any) -> Prepared:
         """:meth:`prepare` (same arguments) on a worker thread: the event loop never blocks."""
@@ -390,20 +397,41 @@ class Trimmer:
             counter = self._counters[model] = TokenCounter(self.models.get(model))
         return counter
 
-    def _plan(self, connection: Connection, path: StoredPath, recalling: bool = True) -> Plan:
+    def _plan(
+        self,
+        connection: Connection,
+        path: StoredPath,
+        recalling: bool = True,
+        cut: int | None = None,
+    ) -> Plan:
+        """The request to send for ``path``; ``cut``: only the messages from there on
+        after the summary (see ``_trimming.cut``), recall searching all before it."""
         summary = deepest_summary(connection, self._summaries, path)
         compressing = self._system_prompts.active
-        rows = token_rows(connection, path, rows_needed(path, start_of(summary), compressing))
+        needed = rows_needed(path, start_of(summary), compressing, cut)
+        rows = token_rows(connection, path, needed)
         tokens = 0 if summary is None else self._summary_message_tokens(path, summary)
         prompts = self._system_prompts
         compressor = Compressor(
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
-        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None, cut)
         if not recalling:
             return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
-        return with_recall(path, plan, recall(connection, path, summary, budget))
+        folded = summary if cut is None else searched(summary, path, cut)
+        return with_recall(path, plan, recall(connection, path, folded, budget))
+
+    def _cut(
+        self, connection: Connection, path: StoredPath, plan: Plan, recalling: bool = True
+    ) -> Plan | None:
+        """Over a hard limit with a large fold due and folds in the background: the
+        request cut to the newest messages that fit (``_trimming.cut``); None when the
+        fold must run now."""
+        if not defers(plan, self.options):
+            return None
+        cut = newest_fit(connection, path, plan, self.options)
+        return None if cut is None else self._plan(connection, path, recalling, cut)
 
     # -- agent sessions (integrations.agents) ---------------------------------------------
 
@@ -456,6 +484,8 @@ class Trimmer:
         with self._db.writing() as connection:
             stored = store_path(connection, path)
             plan = self._plan(connection, stored, recalling)
+            if over_limit(stored, plan.prompt_tokens, self.options):
+                plan = self._cut(connection, stored, plan, recalling) or plan
         if over_limit(stored, plan.prompt_tokens, self.options):
             self._folder.fold_to_fit(stored, lambda: self._fits(stored))
             with self._db.reading() as connection:
@@ -478,6 +508,12 @@ class Trimmer:
             self._summary_tokens[key] = tokens
         return tokens
 
+    def _scheduled(self, prepared: Prepared, path: StoredPath, plan: Plan) -> Prepared:
+        """``prepared``, its due fold scheduled once what it stored is committed."""
+        if prepared.fold_pending:
+            self._folder.schedule(path, plan.start)
+        return prepared
+
     def _finish(
         self, connection: Connection, path: StoredPath, plan: Plan, sync_fold: FoldResult | None
     ) -> Prepared:
@@ -486,8 +522,6 @@ class Trimmer:
         due = fold_due(path, plan.start, plan.tail_tokens, self.options)
         due = due and not self._folder.waits(connection, path, plan.summary)
         request_id = self._ledger.add_request(connection, request_row(path, plan, reply, sync_fold))
-        if due:
-            self._folder.schedule(path, plan.start)
         summary = plan.summary
         return Prepared(
             messages=[dict(m) for m in plan.messages],
