@@ -319,8 +319,11 @@ def trim_first_worker(size: int) -> dict[str, Any]:
         include_system=True,
         start_on="human",
     )
-    return {"wall": time.perf_counter() - start, "cpu": time.thread_time() - start_cpu,
-            "sent": len(kept)}
+    return {
+        "wall": time.perf_counter() - start,
+        "cpu": time.thread_time() - start_cpu,
+        "sent": len(kept),
+    }
 
 
 def measure_first(args: argparse.Namespace) -> None:
@@ -499,7 +502,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=3, help="separate processes per figure")
     parser.add_argument("--recall-tokens", type=int, default=0, help="0: recall off")
     parser.add_argument("--recall", action="store_true", help="recall off and on")
-    parser.add_argument("--worker", choices=["warm", "cold", "trim", "first", "trimfirst"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=["warm", "cold", "trim", "first", "trimfirst"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--db", help="--recall on this PostgreSQL server (default: SQLite)")
