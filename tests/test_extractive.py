@@ -114,7 +114,7 @@ def test_news_wins_over_replies_to_the_listener() -> None:
 
 def test_priors_rank_news_over_remarks_and_replies() -> None:
     def prior(text: str) -> float:
-        return _prior(text, {"Caroline", "Melanie"})
+        return _prior(text, frozenset({"Caroline", "Melanie"}))
 
     neutral = prior("Melanie painted the lake at sunset")
     reply = prior("You painted the lake at sunset")
