@@ -136,25 +136,45 @@ class ExtractiveSummarizer:
 def _fit(candidates: list[Fact], chosen: list[int], date: str, request: SummaryRequest) -> str:
     """The summary of the most useful ``chosen`` facts (in the greedy's order) that fits
     the budget exactly. Speaker labels were not in the greedy's costs: the least useful
-    facts (picked last) go, then the date line. The facts' own tokens say about how many
-    must go (counted again until it fits), then one more is tried while it fits (a
-    summary with one more fact is never shorter), so a fold counts the whole summary a
-    few times, not once per fact dropped."""
+    facts (picked last) go, then the date line. The search counts the summary by its
+    lines (:func:`_line_tokens`, remembered), and the result is counted whole once; if
+    that count disagrees, the search runs again on whole counts."""
     count = request.count_tokens
-    budget = request.budget
 
     def render(kept: int, latest: str) -> str:
         return render_facts([candidates[i] for i in sorted(chosen[:kept])], latest)
 
+    def by_lines(text: str) -> int:
+        return _line_tokens(count, text)
+
+    text = _most_that_fit(candidates, chosen, date, request, render, by_lines)
+    if count(text) <= request.budget:
+        return text
+    return _most_that_fit(candidates, chosen, date, request, render, count)
+
+
+def _most_that_fit(
+    candidates: list[Fact],
+    chosen: list[int],
+    date: str,
+    request: SummaryRequest,
+    render: Callable[[int, str], str],
+    count: Callable[[str], int],
+) -> str:
+    """The rendering of the most of ``chosen`` (a prefix) that ``count`` says fit the
+    budget: the facts' own tokens say about how many must go (counted again until it
+    fits), then one more is tried while it fits (a summary with one more fact is never
+    shorter); with none left, the date line goes too."""
+    budget = request.budget
     kept = len(chosen)
     text = render(kept, date)
     over = count(text) - budget
     if over <= 0:
         return text
-    while kept and over > 0:  # drop about as many as their tokens say, count again
+    while kept and over > 0:
         while kept and over > 0:
             kept -= 1
-            over -= _tokens(count, candidates[chosen[kept]].text) + 1
+            over -= _tokens(request.count_tokens, candidates[chosen[kept]].text) + 1
         text = render(kept, date)
         over = count(text) - budget
     while kept < len(chosen):
@@ -165,6 +185,16 @@ def _fit(candidates: list[Fact], chosen: list[int], date: str, request: SummaryR
     if not kept and date and count(text) > budget:
         return render(0, "")
     return text
+
+
+def _line_tokens(count: Callable[[str], int], text: str) -> int:
+    """``count(text)`` as the sum of its lines' counts, each with its newline (remembered:
+    a summary's lines mostly come back). tiktoken's encodings split text into pieces
+    before encoding them and no piece runs past a newline unless the next line starts
+    with ``/`` (none of a summary's do), so the sum is the count; :func:`_fit` checks it."""
+    lines = text.split("\n")
+    last = lines.pop()
+    return sum(_tokens(count, line + "\n") for line in lines) + _tokens(count, last)
 
 
 def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
