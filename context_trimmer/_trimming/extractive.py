@@ -376,8 +376,9 @@ _PRIORS = [
 _VOCATIVE = re.compile(r",\s+([A-Z][a-z]+)$|^([A-Z][a-z]+),\s")
 
 
-MEMO = 16_384
-"""Facts whose words, prior and tokens are remembered (per process; a few MB at most)."""
+MEMO = 4_096
+"""Facts (and summary lines) whose words, prior and tokens are remembered, per process:
+about ten conversations' summaries, a few MB at most."""
 
 
 @lru_cache(maxsize=MEMO)
