@@ -22,6 +22,7 @@ than absolute figures.
     python benchmarks/prepare_speed.py --recall --text locomo [--sizes 1000 10000 50000]
         [--turns 40] [--processes 3] [--data PATH] [--db ...] [--against OLD_CHECKOUT]
     python benchmarks/prepare_speed.py --cold [--against OLD_CHECKOUT] [--processes 5]
+    python benchmarks/prepare_speed.py --first [--sizes 10000] [--processes 3]
 
 ``--recall`` times prepare() with recall off and on (the default ``recall_tokens``),
 wall and CPU medians, on the same messages, and the app's own call of each turn (it
@@ -494,10 +495,102 @@ def cold_worker(size: int, folder: str, recall_tokens: int) -> dict[str, Any]:
     }
 
 
+def first_messages(size: int) -> list[dict[str, Any]]:
+    """The history of ``--first``: ``size`` messages ending with a user turn."""
+    rng = random.Random(size)
+    return [*conversation(size - 1, rng), {"role": "user", "content": text(rng)}]
+
+
+def first_worker(size: int, folder: str) -> dict[str, Any]:
+    """The first prepare() of ``size`` messages on an empty store (default options), then
+    what it left: within the limit, every message stored, the fold done after it."""
+    messages = first_messages(size)
+    get_encoding("o200k_base")  # loaded once per process: not what is compared
+    url = f"sqlite:///{folder}/first-{size}-{os.getpid()}.db"
+    with Trimmer(url, summarizer="extractive") as trimmer:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        prepared = trimmer.prepare(messages)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+        info = trimmer.models.get("gpt-4o")
+        within = prepared.prompt_tokens + prepared.max_tokens <= info.context_window
+        trimmer.wait_for_background()
+        after = trimmer.prepare(messages)
+        with trimmer._db.reading() as connection:
+            stored = connection.exec_driver_sql("SELECT count(*) FROM ct_messages").scalar()
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "prompt_tokens": prepared.prompt_tokens,
+        "sent": len(prepared.messages),
+        "within": within,
+        "stored": stored == size,
+        "folded_after": prepared.summary_id is None and after.summary_id is not None,
+    }
+
+
+def trim_first_worker(size: int) -> dict[str, Any]:
+    """trim_messages' first call on the ``--first`` messages, cut to the prompt limit
+    prepare() works under (gpt-4o's window less the default reply)."""
+    counter = TokenCounter(ModelTable().get("gpt-4o"))
+    limit = counter.info.context_window - TrimmerOptions().max_tokens
+    messages = to_langchain(first_messages(size))
+    get_encoding("o200k_base")
+    start, start_cpu = time.perf_counter(), time.thread_time()
+    kept = trim_messages(
+        messages,
+        max_tokens=limit,
+        token_counter=exact_counter(counter),
+        strategy="last",
+        include_system=True,
+        start_on="human",
+    )
+    return {
+        "wall": time.perf_counter() - start,
+        "cpu": time.thread_time() - start_cpu,
+        "sent": len(kept),
+    }
+
+
+def measure_first(args: argparse.Namespace) -> None:
+    """``--first``: fresh processes, prepare() and trim_messages alternating."""
+    sizes = [10000] if args.sizes == [1000, 20000, 50000] else args.sizes
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start")
+    for size in sizes:
+        runs: dict[str, list[dict[str, Any]]] = {"first": [], "trimfirst": []}
+        with tempfile.TemporaryDirectory() as folder:
+            for process in range(args.processes):
+                order = ("first", "trimfirst") if process % 2 == 0 else ("trimfirst", "first")
+                for kind in order:
+                    runs[kind].append(in_process(kind, size, folder, args))
+        ours, theirs = runs["first"], runs["trimfirst"]
+        checks = all(run["within"] and run["stored"] and run["folded_after"] for run in ours)
+        print(
+            f"{size:,} messages, medians of {args.processes} processes (thread CPU, wall): "
+            f"first prepare() {median_of(ours, 'cpu') * 1e3:.0f} ms CPU, "
+            f"{median_of(ours, 'wall') * 1e3:.0f} ms wall, {median_of(ours, 'sent'):.0f} "
+            f"messages sent ({median_of(ours, 'prompt_tokens'):,.0f} tokens); trim_messages "
+            f"{median_of(theirs, 'cpu') * 1e3:.0f} ms CPU, {median_of(theirs, 'wall') * 1e3:.0f}"
+            f" ms wall, {median_of(theirs, 'sent'):.0f} messages kept"
+        )
+        print(
+            f"  prepare() / trim_messages: {median_of(ours, 'cpu') / median_of(theirs, 'cpu'):.2f}x"
+            f" CPU, {median_of(ours, 'wall') / median_of(theirs, 'wall'):.2f}x wall (target <= 2x);"
+            f" {median_of(ours, 'cpu') / size * 1e6:.0f} µs CPU per message; within the window,"
+            f" every message stored, folded after: {'yes' if checks else 'NO'}"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
 def run_worker(args: argparse.Namespace) -> None:
     kind, size = args.worker, args.sizes[0]
     if kind == "locomo":
         print(json.dumps(locomo_worker(size, args.turns, args.db, args.data)))
+        return
+    if kind == "first":
+        print(json.dumps(first_worker(size, args.folder)))
+        return
+    if kind == "trimfirst":
+        print(json.dumps(trim_first_worker(size)))
         return
     if kind == "recall":
         result = recall_worker(size, args.turns, args.refs, args.db or None)
@@ -647,7 +740,9 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="--text locomo: the file")
     parser.add_argument(
-        "--worker", choices=["warm", "cold", "trim", "locomo", "recall"], help=argparse.SUPPRESS
+        "--worker",
+        choices=["warm", "cold", "trim", "locomo", "recall", "first", "trimfirst"],
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--refs", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
@@ -657,8 +752,11 @@ def main() -> None:
     parser.add_argument(
         "--against", help="--cold, --recall --text locomo: also this source tree, alternating"
     )
+    parser.add_argument("--first", action="store_true", help="the first prepare() of a history")
     args = parser.parse_args()
-    if args.cold:
+    if args.first and not args.worker:
+        measure_first(args)
+    elif args.cold:
         if args.sizes == parser.get_default("sizes"):
             args.sizes = [1000, 50000]
         measure_cold(args)

@@ -44,6 +44,7 @@ from ._store.schema import utcnow
 from ._store.summaries import StoredSummary, Summaries
 from ._text.tokens import TokenCounter
 from ._trimming.background import Background
+from ._trimming.cut import defers, newest_fit, searched
 from ._trimming.folding import Folder, summarizer_from
 from ._trimming.hashing import ChainCache
 from ._trimming.path import (
@@ -188,11 +189,17 @@ class Trimmer:
                 lambda batch: self._terms_to_count(batch, path),
             )
             plan = self._plan(connection, stored, found=(summary, rows), counted=counted)
-            if not over_limit(stored, plan.prompt_tokens, self.options):
-                return self._finish(connection, stored, plan, None)
-        sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
-        with self._db.writing() as connection:
-            return self._finish(connection, stored, self._plan(connection, stored), sync_fold)
+            if over_limit(stored, plan.prompt_tokens, self.options):
+                plan = self._cut(connection, stored, plan) or plan  # a large fold: later
+            fits = not over_limit(stored, plan.prompt_tokens, self.options)
+            if fits:
+                prepared = self._finish(connection, stored, plan, None)
+        if not fits:
+            sync_fold = self._folder.fold_to_fit(stored, lambda: self._fits(stored))
+            with self._db.writing() as connection:
+                plan = self._plan(connection, stored)
+                prepared = self._finish(connection, stored, plan, sync_fold)
+        return self._scheduled(prepared, stored, plan)  # once what it stored is committed
 
     async def aprepare(self, messages: Sequence[Message], **arguments: Any) -> Prepared:
         """:meth:`prepare` (same arguments) on a worker thread: the event loop never blocks."""
@@ -405,9 +412,11 @@ class Trimmer:
             counter = self._counters[model] = TokenCounter(self.models.get(model))
         return counter
 
-    def _rows_needed(self, path: StoredPath, summary: StoredSummary | None) -> list[int]:
+    def _rows_needed(
+        self, path: StoredPath, summary: StoredSummary | None, cut: int | None = None
+    ) -> list[int]:
         """The message indexes whose token rows planning reads."""
-        return rows_needed(path, start_of(summary), self._system_prompts.active)
+        return rows_needed(path, start_of(summary), self._system_prompts.active, cut)
 
     def _plan(
         self,
@@ -416,13 +425,15 @@ class Trimmer:
         recalling: bool = True,
         found: tuple[StoredSummary | None, Rows] | None = None,
         counted: Pending | None = None,
+        cut: int | None = None,
     ) -> Plan:
         """The request for ``path``; ``found``: its deepest summary and the token rows
         it needs, and ``counted``: recall's term counts, when looked up already (see
-        ``store_and_look_up``)."""
+        ``store_and_look_up``); ``cut``: only the messages from there on after the
+        summary (see ``_trimming.cut``), recall searching all before it."""
         if found is None:
             summary = deepest_summary(connection, self._summaries, path)
-            rows = token_rows(connection, path, self._rows_needed(path, summary))
+            rows = token_rows(connection, path, self._rows_needed(path, summary, cut))
         else:
             summary, rows = found
         compressing = self._system_prompts.active
@@ -431,15 +442,27 @@ class Trimmer:
         compressor = Compressor(
             prompts.compress_message, lambda message: prompts.message_tokens(path.counter, message)
         )
-        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None)
+        plan = plan_request(path, summary, tokens, rows, compressor if compressing else None, cut)
         if not recalling:
             return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
-        return with_recall(path, plan, recall(connection, path, summary, budget, counted))
+        folded = summary if cut is None else searched(summary, path, cut)
+        return with_recall(path, plan, recall(connection, path, folded, budget, counted))
 
     def _terms_to_count(self, batch: Batch, path: Path) -> Pending | None:
         """Recall's count of the question's terms, sent with prepare()'s first lookups."""
         return send_term_counts(batch, path) if self.options.recall_tokens else None
+
+    def _cut(
+        self, connection: Connection, path: StoredPath, plan: Plan, recalling: bool = True
+    ) -> Plan | None:
+        """Over a hard limit with a large fold due and folds in the background: the
+        request cut to the newest messages that fit (``_trimming.cut``); None when the
+        fold must run now."""
+        if not defers(plan, self.options):
+            return None
+        cut = newest_fit(connection, path, plan, self.options)
+        return None if cut is None else self._plan(connection, path, recalling, cut=cut)
 
     # -- agent sessions (integrations.agents) ---------------------------------------------
 
@@ -492,6 +515,8 @@ class Trimmer:
         with self._db.writing() as connection:
             stored = store_path(connection, path)
             plan = self._plan(connection, stored, recalling)
+            if over_limit(stored, plan.prompt_tokens, self.options):
+                plan = self._cut(connection, stored, plan, recalling) or plan
         if over_limit(stored, plan.prompt_tokens, self.options):
             self._folder.fold_to_fit(stored, lambda: self._fits(stored))
             with self._db.reading() as connection:
@@ -514,6 +539,12 @@ class Trimmer:
             self._summary_tokens[key] = tokens
         return tokens
 
+    def _scheduled(self, prepared: Prepared, path: StoredPath, plan: Plan) -> Prepared:
+        """``prepared``, its due fold scheduled once what it stored is committed."""
+        if prepared.fold_pending:
+            self._folder.schedule(path, plan.start)
+        return prepared
+
     def _finish(
         self, connection: Connection, path: StoredPath, plan: Plan, sync_fold: FoldResult | None
     ) -> Prepared:
@@ -523,8 +554,6 @@ class Trimmer:
         due = due and not self._folder.waits(connection, path, plan.summary)
         row = request_row(path, plan, reply, sync_fold)
         request_id = self._ledger.add_request(connection, row, last=True)
-        if due:
-            self._folder.schedule(path, plan.start)
         summary = plan.summary
         return Prepared(
             messages=[dict(m) for m in plan.messages],

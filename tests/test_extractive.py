@@ -15,6 +15,7 @@ from context_trimmer._trimming.extractive import (
     Fact,
     _addressed,
     _content_words,
+    _line_tokens,
     _prior,
     _rarity,
     _select,
@@ -114,7 +115,7 @@ def test_news_wins_over_replies_to_the_listener() -> None:
 
 def test_priors_rank_news_over_remarks_and_replies() -> None:
     def prior(text: str) -> float:
-        return _prior(text, {"Caroline", "Melanie"})
+        return _prior(text, frozenset({"Caroline", "Melanie"}))
 
     neutral = prior("Melanie painted the lake at sunset")
     reply = prior("You painted the lake at sunset")
@@ -261,3 +262,43 @@ def test_small_talk_folds_into_a_placeholder_that_the_next_fold_drops() -> None:
 def test_a_budget_below_the_date_line_drops_the_date_line() -> None:
     assert summarize(None, "user: [8 May, 2023] Ann: hi!", budget=8) == "[8 May, 2023]"
     assert summarize(None, "user: [8 May, 2023] Ann: hi!", budget=7) == "(small talk only)"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["Caroline", "Melanie", "user", "", "[8 May, 2023]"]),
+            st.lists(
+                st.text(
+                    st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"),
+                    min_size=1,
+                ),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["gpt-4o", "gpt-4"]),
+)
+def test_a_summary_counted_by_lines_is_counted_exactly(
+    runs: list[tuple[str, list[str]]], model: str
+) -> None:
+    """_fit searches on line counts: for a summary's lines they are the whole count."""
+    count = counter_for(model).text
+    facts = [Fact(speaker, text, "8 May, 2023") for speaker, texts in runs for text in texts]
+    text = render_facts(facts, "9 May, 2023")
+    if any(line.startswith("/") for line in text.split("\n")):
+        return  # a line never starts so (speakers are names, dates are bracketed)
+    assert _line_tokens(count, text) == count(text)
+
+
+def test_a_fold_of_a_long_summary_is_the_same_as_before_memoized() -> None:
+    """What is remembered between folds changes nothing: the same fold twice, the
+    second from memory, gives the same summary."""
+    previous = summarize(None, TRANSCRIPT, budget=60)
+    first = summarize(previous, TRANSCRIPT.replace("Portland", "Seattle"), budget=40)
+    again = summarize(previous, TRANSCRIPT.replace("Portland", "Seattle"), budget=40)
+    assert first == again and COUNT(first) <= 40

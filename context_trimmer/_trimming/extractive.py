@@ -18,6 +18,12 @@ date, also counts as a word, so every session keeps something of both sides. Fac
 already in the summary get a bonus: they stay unless clearly outranked, which keeps
 the summary stable between folds. The weights were measured on the LoCoMo
 conversations (``benchmarks/locomo_savings.py``). Same input, same output.
+
+A fold re-reads the previous summary (up to ``summary_tokens``, 4,000 by default) and
+folds a few new turns: what it computes per fact (its content words, its prior, its
+tokens) is memoized by the fact's text, since the summary's facts come back fold after
+fold, so a fold costs mostly what it folds (``benchmarks/fold_cpu.py``). The summary is
+fitted to its budget with a few exact counts (not one per fact dropped).
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from __future__ import annotations
 import heapq
 import math
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from .summarizers import SummaryRequest, SummaryResult
 
@@ -119,17 +128,73 @@ class ExtractiveSummarizer:
         new, date = facts_of(request.transcript, date)
         candidates = list(dict.fromkeys(kept + new))
         chosen = _select(candidates, date, request)
-        text = render_facts([candidates[i] for i in sorted(chosen)], date)
-        # Speaker labels were not in the greedy's costs: drop the least useful facts
-        # (picked last), then the date line, until the summary fits the budget exactly.
-        while request.count_tokens(text) > request.budget and (chosen or date):
-            if chosen:
-                chosen.pop()
-            else:
-                date = ""
-            text = render_facts([candidates[i] for i in sorted(chosen)], date)
+        text = _fit(candidates, chosen, date, request)
         # Turns with nothing worth keeping (greetings, thanks) still fold away.
         return SummaryResult(text or NOTHING_KEPT)
+
+
+def _fit(candidates: list[Fact], chosen: list[int], date: str, request: SummaryRequest) -> str:
+    """The summary of the most useful ``chosen`` facts (in the greedy's order) that fits
+    the budget exactly. Speaker labels were not in the greedy's costs: the least useful
+    facts (picked last) go, then the date line. The search counts the summary by its
+    lines (:func:`_line_tokens`, remembered), and the result is counted whole once; if
+    that count disagrees, the search runs again on whole counts."""
+    count = request.count_tokens
+
+    def render(kept: int, latest: str) -> str:
+        return render_facts([candidates[i] for i in sorted(chosen[:kept])], latest)
+
+    def by_lines(text: str) -> int:
+        return _line_tokens(count, text)
+
+    text = _most_that_fit(candidates, chosen, date, request, render, by_lines)
+    if count(text) <= request.budget:
+        return text
+    return _most_that_fit(candidates, chosen, date, request, render, count)
+
+
+def _most_that_fit(
+    candidates: list[Fact],
+    chosen: list[int],
+    date: str,
+    request: SummaryRequest,
+    render: Callable[[int, str], str],
+    count: Callable[[str], int],
+) -> str:
+    """The rendering of the most of ``chosen`` (a prefix) that ``count`` says fit the
+    budget: the facts' own tokens say about how many must go (counted again until it
+    fits), then one more is tried while it fits (a summary with one more fact is never
+    shorter); with none left, the date line goes too."""
+    budget = request.budget
+    kept = len(chosen)
+    text = render(kept, date)
+    over = count(text) - budget
+    if over <= 0:
+        return text
+    while kept and over > 0:
+        while kept and over > 0:
+            kept -= 1
+            over -= _tokens(request.count_tokens, candidates[chosen[kept]].text) + 1
+        text = render(kept, date)
+        over = count(text) - budget
+    while kept < len(chosen):
+        more = render(kept + 1, date)
+        if count(more) > budget:
+            break
+        kept, text = kept + 1, more
+    if not kept and date and count(text) > budget:
+        return render(0, "")
+    return text
+
+
+def _line_tokens(count: Callable[[str], int], text: str) -> int:
+    """``count(text)`` as the sum of its lines' counts, each with its newline (remembered:
+    a summary's lines mostly come back). tiktoken's encodings split text into pieces
+    before encoding them and no piece runs past a newline unless the next line starts
+    with ``/`` (none of a summary's do), so the sum is the count; :func:`_fit` checks it."""
+    lines = text.split("\n")
+    last = lines.pop()
+    return sum(_tokens(count, line + "\n") for line in lines) + _tokens(count, last)
 
 
 def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
@@ -141,7 +206,7 @@ def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> lis
     a fold over thousands of clauses fast. The budget also pays each date's line
     once, and the latest date's line up front (it is always written).
     """
-    words = [_content_words(fact.text) for fact in candidates]
+    words = [set(_content_words(fact.text)) for fact in candidates]
     weight = _rarity(words)
     for fact, group in zip(candidates, words, strict=True):
         if fact.date and group:
@@ -151,7 +216,7 @@ def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> lis
             ):
                 group.add(session)
                 weight[session] = session_weight
-    costs = [request.count_tokens(fact.text) + 1 for fact in candidates]
+    costs = [_tokens(request.count_tokens, fact.text) + 1 for fact in candidates]
     dated = {latest} if latest else set()
     used = request.count_tokens(_date_line(latest)) + 1 if latest else 0
     chosen: list[int] = []
@@ -222,8 +287,11 @@ def parse_summary(summary: str | None) -> tuple[list[Fact], str]:
         facts.extend(
             Fact(speaker, text, date) for text in body.split(FACT_SEPARATOR) if text.strip()
         )
-    speakers = {fact.speaker for fact in facts}
-    return [replace(fact, prior=KEPT_BONUS * _prior(fact.text, speakers)) for fact in facts], date
+    speakers = frozenset(fact.speaker for fact in facts)
+    return [
+        Fact(fact.speaker, fact.text, fact.date, KEPT_BONUS * _prior(fact.text, speakers))
+        for fact in facts
+    ], date
 
 
 def facts_of(transcript: str, date: str = "") -> tuple[list[Fact], str]:
@@ -254,7 +322,7 @@ def facts_of(transcript: str, date: str = "") -> tuple[list[Fact], str]:
                 clause = _FILLER.sub("", _OPENER.sub("", clause.strip())).strip(" ,.!")
                 if len(_WORD.findall(clause)) >= MIN_WORDS:
                     found.append((Fact(speaker, clause, date), answers))
-    speakers = {fact.speaker for fact, _ in found}
+    speakers = frozenset(fact.speaker for fact, _ in found)
     facts = [
         Fact(
             fact.speaker,
@@ -308,7 +376,19 @@ _PRIORS = [
 _VOCATIVE = re.compile(r",\s+([A-Z][a-z]+)$|^([A-Z][a-z]+),\s")
 
 
-def _prior(text: str, speakers: set[str]) -> float:
+MEMO = 4_096
+"""Facts (and summary lines) whose words, prior and tokens are remembered, per process:
+about ten conversations' summaries, a few MB at most."""
+
+
+@lru_cache(maxsize=MEMO)
+def _tokens(count: Callable[[str], int], text: str) -> int:
+    """``count(text)``, remembered: a summary's facts are counted fold after fold."""
+    return count(text)
+
+
+@lru_cache(maxsize=MEMO)
+def _prior(text: str, speakers: frozenset[str]) -> float:
     prior = 1.0
     for pattern, factor in _PRIORS:
         if pattern.search(text):
@@ -318,7 +398,7 @@ def _prior(text: str, speakers: set[str]) -> float:
     return prior
 
 
-def _addressed(text: str, speakers: set[str]) -> bool:
+def _addressed(text: str, speakers: frozenset[str]) -> bool:
     """Whether a clause calls a speaker by name ("That's so true, Mel"): a reply."""
     match = _VOCATIVE.search(text)
     if match is None:
@@ -327,11 +407,12 @@ def _addressed(text: str, speakers: set[str]) -> bool:
     return any(speaker.startswith(name) for speaker in speakers)
 
 
-def _content_words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)} - _STOPWORDS - _SMALL_TALK
+@lru_cache(maxsize=MEMO)
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset({w.lower() for w in _WORD.findall(text)} - _STOPWORDS - _SMALL_TALK)
 
 
-def _rarity(words: list[set[str]]) -> dict[str, float]:
+def _rarity(words: Sequence[AbstractSet[str]]) -> dict[str, float]:
     frequency: dict[str, int] = {}
     for group in words:
         for word in group:

@@ -62,12 +62,19 @@ def summary_message(summary: StoredSummary) -> Message:
     return {"role": "system", "content": SUMMARY_HEADER + summary.text}
 
 
-def rows_needed(path: StoredPath, start: int, compressing: bool) -> list[int]:
-    """Message indexes whose token counts :func:`plan_request` needs."""
+def rows_needed(
+    path: StoredPath, start: int, compressing: bool, cut: int | None = None
+) -> list[int]:
+    """Message indexes whose token counts :func:`plan_request` needs (``cut``: as
+    there)."""
     messages, positions = path.messages, path.controls
-    folded_control = control_indexes(messages, 0, start, positions) if start else []
-    tail_control = control_indexes(messages, start, len(messages), positions) if compressing else []
-    return [*folded_control, *tail_control, *([start - 1] if start else [])]
+    window = start if cut is None else cut
+    folded_control = control_indexes(messages, 0, window, positions) if window else []
+    tail_control = (
+        control_indexes(messages, window, len(messages), positions) if compressing else []
+    )
+    before = [index - 1 for index in {start, window} if index]
+    return [*folded_control, *tail_control, *before]
 
 
 def plan_request(
@@ -76,16 +83,22 @@ def plan_request(
     summary_tokens: int,
     rows: Mapping[int, tuple[int, int]],
     compressor: Compressor | None,
+    cut: int | None = None,
 ) -> Plan:
     """What to send for ``path`` with ``summary`` (of ``summary_tokens`` as a message);
-    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total)."""
+    ``rows`` maps the indexes from :func:`rows_needed` to (tokens, running total).
+    ``cut`` (at or after the summary's start): send the messages from there on only,
+    those between the summary and the cut neither summarized nor sent (see
+    ``_trimming.cut``); the plan's ``tail_tokens`` are still all those after the summary."""
     start = start_of(summary)
+    window = start if cut is None else cut
     sent, control = assemble(
         path.messages,
-        start,
+        window,
         None if summary is None else summary_message(summary),
         path.controls,
     )
+    before_window = rows[window - 1][1] if window else 0
     before_tail = rows[start - 1][1] if start else 0
     tail_tokens = path.total_tokens - before_tail
     if summary is None:
@@ -93,13 +106,14 @@ def plan_request(
     prompt = (
         sum(rows[i][0] for i in control)
         + summary_tokens
-        + tail_tokens
+        + path.total_tokens
+        - before_window
         + REPLY_PRIMING
         + path.tools_tokens
     )
     saved = 0
     if compressor is not None:
-        tail_control = control_indexes(path.messages, start, len(path.messages), path.controls)
+        tail_control = control_indexes(path.messages, window, len(path.messages), path.controls)
         sent, saved = _compress(path, sent, [*control, *tail_control], rows, compressor)
     return Plan(sent, prompt - saved, tail_tokens, summary, start, summary_tokens, saved)
 

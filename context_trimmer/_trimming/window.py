@@ -100,13 +100,14 @@ def assemble(
     summary_message: Mapping[str, Any] | None,
     positions: Sequence[int] | None = None,
 ) -> tuple[list[Mapping[str, Any]], list[int]]:
-    """The messages to send when ``messages[:start]`` is covered by the summary, and the
-    indexes of the folded-region control messages that are sent anyway (``positions``:
-    see :func:`control_indexes`)."""
-    if summary_message is None or start == 0:
+    """The messages to send when ``messages[:start]`` is covered by the summary (or, with
+    no ``summary_message``, left out), and the indexes of the folded-region control
+    messages that are sent anyway (``positions``: see :func:`control_indexes`)."""
+    if start == 0:
         return list(messages), []
     first = anchor_index(messages)
     first = start if first is None else min(first, start)
     kept = control_indexes(messages, first, start, positions)
-    sent = [*messages[:first], summary_message, *(messages[i] for i in kept), *messages[start:]]
+    summary = [] if summary_message is None else [summary_message]
+    sent = [*messages[:first], *summary, *(messages[i] for i in kept), *messages[start:]]
     return sent, [*range(first), *kept]
