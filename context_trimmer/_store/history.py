@@ -40,34 +40,31 @@ class TokenRow:
     path_tokens: int
 
 
-def counted_prefix(
-    connection: Connection, hashes: Sequence[str], key: str, seen: int = 0
-) -> tuple[int, int]:
-    """How many leading messages of the path have counts under ``key``, and the path's
-    running token total at the last of them. The last ``_PROBE`` messages are looked up
-    first, from the last ``seen`` one on (the caller's guess: a lookup of 16 costs
-    ~190 µs, of 2 ~40 µs); else a binary search over the rest."""
-    with Batch(connection) as batch:
-        probe = send_probe(batch, hashes, key, seen)
-    return finish_probe(connection, probe, hashes, key, seen)
-
-
 def send_probe(
     batch: Batch, hashes: Sequence[str], key: str, seen: int = 0, also: Sequence[str] = ()
 ) -> Pending:
-    """The first lookup of :func:`counted_prefix`, added to ``batch``; the token rows of
+    """The first lookup of how many leading messages of the path have counts under
+    ``key`` (see :func:`finish_probe`), added to ``batch``; the token rows of
     the hashes ``also`` come with it (:func:`read_token_rows` of the result)."""
-    start = max(len(hashes) - _PROBE, seen - 1, 0)
+    start = _probe_start(hashes, seen)
     wanted = list(dict.fromkeys([*hashes[start:], *also]))
     return batch.rows(_TOKEN_ROWS_FAST, {"key": key, "hashes": wanted})
+
+
+def _probe_start(hashes: Sequence[str], seen: int) -> int:
+    """The first of the messages :func:`send_probe` looks up."""
+    return max(len(hashes) - _PROBE, seen - 1, 0)
 
 
 def finish_probe(
     connection: Connection, pending: Pending, hashes: Sequence[str], key: str, seen: int = 0
 ) -> tuple[int, int]:
-    """:func:`counted_prefix` from the result of :func:`send_probe` (a binary search,
-    one statement per step, when none of the probed messages is counted)."""
-    start = max(len(hashes) - _PROBE, seen - 1, 0)
+    """How many leading messages of the path have counts under ``key``, and the path's
+    running token total at the last of them, from the result of :func:`send_probe`:
+    the last ``_PROBE`` messages are looked up first, from the last ``seen`` one on (the
+    caller's guess: a lookup of 16 costs ~190 µs, of 2 ~40 µs); else a binary search
+    over the rest, one statement per step."""
+    start = _probe_start(hashes, seen)
     probe = hashes[start:]
     found = read_token_rows(pending)  # may hold the rows of other messages too
     index = max((i for i, h in enumerate(probe) if h in found), default=None)
@@ -115,22 +112,6 @@ def read_token_rows(pending: Pending | None) -> dict[str, TokenRow]:
     return {row.message_hash: TokenRow(row.tokens, row.path_tokens) for row in rows}
 
 
-def append(
-    connection: Connection,
-    messages: Sequence[Mapping[str, Any]],
-    bodies: Sequence[str],
-    hashes: Sequence[str],
-    start: int,
-    key: str,
-    tokens: Sequence[int],
-    path_tokens_before: int,
-) -> None:
-    """Store messages ``start:`` of a path (those already stored are skipped) and their
-    token counts under ``key``; the messages stored now are indexed for recall."""
-    with Batch(connection) as batch:
-        send_append(batch, messages, bodies, hashes, start, key, tokens, path_tokens_before)
-
-
 def send_append(
     batch: Batch,
     messages: Sequence[Mapping[str, Any]],
@@ -141,7 +122,9 @@ def send_append(
     tokens: Sequence[int],
     path_tokens_before: int,
 ) -> None:
-    """:func:`append`, its statements added to ``batch``. On PostgreSQL two statements
+    """Store messages ``start:`` of a path (those already stored are skipped) and their
+    token counts under ``key``, the statements added to ``batch``; the messages stored
+    now are indexed for recall. On PostgreSQL two statements
     whatever the number of messages, none of whose results is read: the messages with
     their counts, and their index rows (the index skips a message indexed already, so
     it needs no list of the messages stored now)."""
@@ -220,7 +203,7 @@ def send_append_after(
     key: str,
     tokens: Sequence[int],
 ) -> None:
-    """PostgreSQL: store messages ``start:`` of a path (``start`` > 0) as :func:`append`
+    """PostgreSQL: store messages ``start:`` of a path (``start`` > 0) as :func:`send_append`
     does, before knowing whether the one before them is counted: their counts are
     written only if it is (from its running total, in the statement), so the counted
     messages of a path stay a prefix of it; the messages and their index rows are
