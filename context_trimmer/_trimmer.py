@@ -44,7 +44,7 @@ from ._store.schema import utcnow
 from ._store.summaries import StoredSummary, Summaries
 from ._text.tokens import TokenCounter
 from ._trimming.background import Background
-from ._trimming.cut import defers, newest_fit, searched
+from ._trimming.cut import defers, newest_fit
 from ._trimming.folding import Folder, summarizer_from
 from ._trimming.hashing import ChainCache
 from ._trimming.path import (
@@ -446,8 +446,10 @@ class Trimmer:
         if not recalling:
             return plan
         budget = recall_budget(path, plan.prompt_tokens, self.options)
-        folded = summary if cut is None else searched(summary, path, cut)
-        return with_recall(path, plan, recall(connection, path, folded, budget, counted))
+        searched_to = start_of(summary) if cut is None else cut  # all that is not sent
+        said = "" if summary is None else summary.text
+        recalled = recall(connection, path, searched_to, said, budget, counted)
+        return with_recall(path, plan, recalled)
 
     def _terms_to_count(self, batch: Batch, path: Path) -> Pending | None:
         """Recall's count of the question's terms, sent with prepare()'s first lookups."""

@@ -648,12 +648,12 @@ def test_the_recall_message_tokens_are_exact_without_encoding_it(
     ]
     hashes = [uuid.uuid4().hex for _ in messages]  # lines are remembered by message hash
     path = SimpleNamespace(counter=counter, messages=messages, hashes=hashes)
-    whole = build(path, range(len(messages)), None, 100_000)  # type: ignore[arg-type]
+    whole = build(path, range(len(messages)), "", 100_000)  # type: ignore[arg-type]
     if whole.message is None:
         return
     assert whole.tokens == counter.message(whole.message)
     budget = int(share * whole.tokens)
-    part = build(path, range(len(messages)), None, budget)  # type: ignore[arg-type]
+    part = build(path, range(len(messages)), "", budget)  # type: ignore[arg-type]
     assert part.message is None or part.tokens == counter.message(part.message) <= budget
 
 

@@ -19,13 +19,11 @@ synchronously, as before.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from itertools import accumulate
 
 from sqlalchemy import Connection
 
 from .._options import TrimmerOptions
-from .._store.summaries import StoredSummary
 from .._text.tokens import REPLY_PRIMING
 from .path import StoredPath, token_rows
 from .plan import Plan, reply_cap
@@ -87,12 +85,3 @@ def newest_fit(
     while low < last and messages[low]["role"] == "tool":
         low += 1
     return low
-
-
-def searched(summary: StoredSummary | None, path: StoredPath, cut: int) -> StoredSummary:
-    """What recall is given for a request cut at ``cut``: ``summary`` as if it covered
-    everything before the cut (its text, if any, still what it is), so the search looks
-    at every message not sent."""
-    if summary is not None:
-        return replace(summary, covers_hash=path.hashes[cut - 1], covers_depth=cut - 1)
-    return StoredSummary(0, path.hashes[cut - 1], cut - 1, "", "", 0, 0, 0)

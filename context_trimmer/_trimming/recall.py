@@ -64,7 +64,6 @@ from .._store.recall_index import (
     words_of,
 )
 from .._store.schema import SEARCH_TABLE
-from .._store.summaries import StoredSummary
 from .._text.tokens import TokenCounter
 from .path import Path, StoredPath
 
@@ -147,13 +146,15 @@ def newest_user(messages: Sequence[Message]) -> int | None:
 def recall(
     connection: Connection,
     path: StoredPath,
-    summary: StoredSummary | None,
+    start: int,
+    summary_text: str,
     budget: int,
     counted: Pending | None = None,
 ) -> Recalled:
-    """The recall message for ``path`` (folded up to ``summary``), within ``budget``;
-    ``counted``: the term counts :func:`send_term_counts` read already."""
-    start = 0 if summary is None else summary.next_index
+    """The recall message for ``path``, searching the messages before ``start`` (those
+    folded into the summary, or not sent), within ``budget``; ``summary_text``: what
+    the request's summary already says; ``counted``: the term counts
+    :func:`send_term_counts` read already."""
     question = newest_user(path.messages)
     if budget <= 0 or start <= 0 or question is None or path.anchor_hash is None:
         return NOTHING
@@ -168,7 +169,7 @@ def recall(
     floor = MIN_SCORE_SHARE * hits[0][0] if hits else 0.0
     on_path = [depth for score, depth in hits if score >= floor]
     ranked = _with_neighbours(path.messages, on_path, start)
-    return build(path, ranked, summary, budget, hits=frozenset(on_path))
+    return build(path, ranked, summary_text, budget, hits=frozenset(on_path))
 
 
 def by_speaker(
@@ -383,7 +384,7 @@ def _with_neighbours(messages: Sequence[Message], hits: Sequence[int], start: in
 def build(
     path: StoredPath,
     ranked: Sequence[int],
-    summary: StoredSummary | None,
+    summary_text: str,
     budget: int,
     hits: Collection[int] | None = None,
 ) -> Recalled:
@@ -391,7 +392,7 @@ def build(
     A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
     recalled or in the summary: a reply without what it replies to is noise. Each line
     is encoded once (see ``Pieces``): the message's tokens are the sum of its pieces'."""
-    said = Summarized(summary.text if summary is not None else "")
+    said = Summarized(summary_text)
     pieces = Pieces(path.counter)
     dates_of = Dates(path.messages)
     lines = Lines(path)
