@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
@@ -93,20 +93,18 @@ def is_alembic_refusal(error: BaseException) -> bool:
 
 
 def _stored_revisions(engine: Engine) -> set[str] | None:
-    """The version table's revisions (None when there is no version table yet)."""
+    """The version table's revisions (None when there is no version table yet: the
+    common case reads it with one query; only a failure asks whether it exists, since
+    the server's error text depends on its language)."""
     try:
         with engine.connect() as connection:
             rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
             return {row[0] for row in rows}
-    except DBAPIError as error:  # no such table: a new database (anything else: re-raised)
-        if _missing_table(error):
-            return None
+    except DBAPIError:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None  # a new database
         raise
-
-
-def _missing_table(error: DBAPIError) -> bool:
-    message = str(error.orig).lower()
-    return "no such table" in message or "does not exist" in message
 
 
 def serialize_migrations(connection: Connection) -> None:
