@@ -96,8 +96,13 @@ def _to_micros(value: datetime | None) -> int | None:
 
 
 def _from_micros(value: Any, text_processor: Any) -> datetime | None:
-    if value is None or isinstance(value, str):  # text: written before 0014
-        return text_processor(value) if text_processor else value  # type: ignore[no-any-return]
+    if value is None:
+        return None
+    if isinstance(value, str):  # text: written before 0014
+        moment: datetime = (
+            text_processor(value) if text_processor else datetime.fromisoformat(value)
+        )
+        return moment
     return _EPOCH + timedelta(microseconds=int(value))
 
 

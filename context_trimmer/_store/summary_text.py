@@ -71,11 +71,11 @@ def supersede(connection: Connection, parent_id: int, child_id: int, child_text:
 def text_of(connection: Connection, summary_id: int) -> str:
     """The text of a summary, decoded from the chain of its bases if it is a delta
     (one query however long the chain); '' if erased."""
-    chain = select(_c.id, _c.base_id, _c.text, _c.delta, literal(0).label("step"))
-    chain = chain.where(_c.id == summary_id).cte("chain", recursive=True)
+    first = select(_c.id, _c.base_id, _c.text, _c.delta, literal(0).label("step"))
+    chain = first.where(_c.id == summary_id).cte("chain", recursive=True)
     base = SUMMARIES.alias("base")
     chain = chain.union_all(
-        select(base.c.id, base.c.base_id, base.c.text, base.c.delta, (chain.c.step + 1)).where(
+        select(base.c.id, base.c.base_id, base.c.text, base.c.delta, chain.c.step + 1).where(
             base.c.id == chain.c.base_id
         )
     )
