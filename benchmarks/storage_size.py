@@ -24,6 +24,13 @@ on their own lines.
 
     python benchmarks/storage_size.py [--messages 20000] [--conversations 4]
         [--postgres postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+        [--time-prepare 50]
+
+``--time-prepare N`` also times, once the stores are filled, N prepare() calls of each
+conversation's whole list (everything stored: the read of its deepest summary, which
+scans the conversation's newest 64 summaries, the plan and the ledger row): median CPU
+and wall per call. Run it with ``PYTHONPATH`` set to another checkout to time that
+code on the same data.
 
 Without ``--postgres``, ``$CONTEXT_TRIMMER_TEST_POSTGRES_URL`` is used if set; with
 neither, SQLite only.
@@ -35,7 +42,9 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,6 +111,21 @@ def fill(url: str, messages: int, count: int, step: int) -> None:
                     trimmer.compact(chat[:end], user=f"user-{number}", conversation_id=f"c{number}")
 
 
+def time_prepare(url: str, messages: int, count: int, calls: int) -> tuple[float, float]:
+    """Median CPU and wall (ms) of a prepare() of a whole stored conversation."""
+    cpu, wall = [], []
+    with Trimmer(url, summarizer="extractive", background=False) as trimmer:
+        for number, chat in enumerate(conversations(messages, count)):
+            who = {"user": f"user-{number}", "conversation_id": f"c{number}"}
+            trimmer.prepare(chat, **who)  # this process's first sight of it: not timed
+            for _ in range(calls):
+                started, started_cpu = time.perf_counter(), time.process_time()
+                trimmer.prepare(chat, **who)
+                cpu.append(time.process_time() - started_cpu)
+                wall.append(time.perf_counter() - started)
+    return statistics.median(cpu) * 1000, statistics.median(wall) * 1000
+
+
 def group(table: str) -> str:
     if table in HISTORY:
         return table
@@ -165,7 +189,7 @@ def report(
     return beyond, total / bodies
 
 
-def measure_sqlite(messages: int, count: int, step: int) -> tuple[float, float]:
+def measure_sqlite(messages: int, count: int, step: int, calls: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'storage.db'}"
         fill(url, messages, count, step)
@@ -176,6 +200,12 @@ def measure_sqlite(messages: int, count: int, step: int) -> tuple[float, float]:
             connection.execute(text("VACUUM"))
             sizes, total = sqlite_sizes(connection)
             result = report("SQLite, after VACUUM", connection, sizes, total)
+            if calls:  # after the sizes: its ledger rows are not counted
+                cpu, wall = time_prepare(url, messages, count, calls)
+                print(
+                    f"\nSQLite: prepare() of a whole stored conversation: {cpu:.2f} ms CPU, "
+                    f"{wall:.2f} ms wall (median of {calls * count})"
+                )
         engine.dispose()
     return result
 
@@ -196,7 +226,9 @@ def scratch_database(server: str) -> Iterator[str]:
         admin.dispose()
 
 
-def measure_postgres(server: str, messages: int, count: int, step: int) -> tuple[float, float]:
+def measure_postgres(
+    server: str, messages: int, count: int, step: int, calls: int
+) -> tuple[float, float]:
     with scratch_database(server) as url:
         fill(url, messages, count, step)
         engine = create_engine(url, isolation_level="AUTOCOMMIT")
@@ -206,6 +238,12 @@ def measure_postgres(server: str, messages: int, count: int, step: int) -> tuple
             connection.execute(text("VACUUM FULL"))
             sizes, total = postgres_sizes(connection)
             result = report("PostgreSQL, after VACUUM FULL", connection, sizes, total)
+            if calls:  # after the sizes: its ledger rows are not counted
+                cpu, wall = time_prepare(url, messages, count, calls)
+                print(
+                    f"\nPostgreSQL: prepare() of a whole stored conversation: {cpu:.2f} ms CPU, "
+                    f"{wall:.2f} ms wall (median of {calls * count})"
+                )
         engine.dispose()
     return result
 
@@ -216,8 +254,9 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=4)
     parser.add_argument("--step", type=int, default=20, help="messages added per prepare()")
     parser.add_argument("--postgres", default=os.environ.get("CONTEXT_TRIMMER_TEST_POSTGRES_URL"))
+    parser.add_argument("--time-prepare", type=int, default=0, metavar="N")
     arguments = parser.parse_args()
-    shape = (arguments.messages, arguments.conversations, arguments.step)
+    shape = (arguments.messages, arguments.conversations, arguments.step, arguments.time_prepare)
     print(
         f"{arguments.messages:,} messages in {arguments.conversations} conversations "
         f"({arguments.step} per prepare())"

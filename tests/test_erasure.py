@@ -13,11 +13,13 @@ from typing import Any
 from click.testing import CliRunner
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import MetaData, select, update
+from summary_rows import decoded
 
 from context_trimmer import PromptRewriter, Trimmer
 from context_trimmer._jobs.replay import load_conversations
 from context_trimmer._store.ledger import REQUESTS
-from context_trimmer._store.schema import utcnow
+from context_trimmer._store.schema import Base, utcnow
+from context_trimmer._store.summaries import SUMMARIES
 from context_trimmer.cli import main
 
 SYSTEM = "You are the support agent of Crumb, a bakery delivery service."
@@ -41,13 +43,18 @@ def play(trimmer: Trimmer, messages: list[dict[str, Any]], **who: Any) -> None:
 
 
 def every_row(trimmer: Trimmer) -> str:
-    """Every value of every table, as text."""
+    """Every value of every table, as text (a summary kept as a delta decoded too: its
+    text must go as well)."""
     metadata = MetaData()
     metadata.reflect(trimmer._db.engine)
     dump = []
     with trimmer._db.engine.connect() as connection:
-        for table in metadata.sorted_tables:
-            dump += [repr(tuple(row)) for row in connection.execute(select(table))]
+        for reflected in metadata.sorted_tables:
+            table = Base.metadata.tables.get(reflected.name, reflected)  # the model's types
+            found = list(connection.execute(select(table)))
+            dump += [repr(tuple(row)) for row in found]
+            if table is SUMMARIES:
+                dump += [row.text for row in decoded(connection, found)]
     return "\n".join(dump)
 
 

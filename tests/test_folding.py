@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from openai_server import FakeOpenAI, Reply
 from sqlalchemy import select
+from summary_rows import decoded
 
 from context_trimmer import (
     CircuitBreaker,
@@ -49,7 +50,8 @@ def reply_turn(turn: int) -> dict[str, Any]:
 
 def rows(trimmer: Trimmer, table: Any) -> list[Any]:
     with trimmer._db.engine.connect() as connection:
-        return list(connection.execute(select(table).order_by(table.c.id)))
+        found = list(connection.execute(select(table).order_by(table.c.id)))
+        return decoded(connection, found) if table is SUMMARIES else found
 
 
 def summarizer_for(server: FakeOpenAI, **options: Any) -> OpenAISummarizer:

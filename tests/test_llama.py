@@ -24,6 +24,7 @@ import openai
 import pytest
 from gateway_server import ServeProcess
 from sqlalchemy import select
+from summary_rows import decoded
 
 from context_trimmer import OpenAISummarizer, SummarizerError, SummaryRequest, Trimmer
 from context_trimmer._store.db import Database
@@ -176,7 +177,7 @@ def settled(db_url: str, timeout: float = 600) -> tuple[list[Any], list[Any]]:
     try:
         while True:
             with store.engine.connect() as connection:
-                summaries = list(connection.execute(select(SUMMARIES)))
+                summaries = decoded(connection, connection.execute(select(SUMMARIES)))
                 failures = list(connection.execute(select(FAILURES)))
             now = (len(summaries), len(failures))
             if now != last:

@@ -20,6 +20,7 @@ import pytest
 from gateway_server import ServeProcess, ServerThread
 from openai_server import FakeOpenAI, Reply, cut_to_max_tokens
 from sqlalchemy import select
+from summary_rows import decoded
 
 from context_trimmer import SummarizerError, SummaryRequest, Trimmer, count_tokens
 from context_trimmer._store.db import Database
@@ -86,7 +87,8 @@ def rows(db_url: str, table: Any) -> list[Any]:
     store = Database(db_url)
     try:
         with store.engine.connect() as connection:
-            return list(connection.execute(select(table)))
+            found = list(connection.execute(select(table)))
+            return decoded(connection, found) if table is SUMMARIES else found
     finally:
         store.close()
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     create_engine,
+    event,
     func,
     insert,
     inspect,
@@ -33,7 +34,7 @@ from sqlalchemy import (
 from context_trimmer import Prepared, Trimmer, count_tokens
 from context_trimmer._store.db import make_engine
 from context_trimmer._store.migrate import alembic_config, current_revision, downgrade, upgrade
-from context_trimmer._store.schema import Base, Hash
+from context_trimmer._store.schema import Base, Hash, Timestamp
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
@@ -64,8 +65,17 @@ def plain(value: Any) -> Any:
 
 def reflect(bind: Engine | Connection) -> MetaData:
     metadata = MetaData()
+    event.listen(metadata, "column_reflect", _times)
     metadata.reflect(bind, only=lambda name, _m: name.startswith("ct_"))
     return metadata
+
+
+def _times(_inspector: Any, table: Table, column: dict[str, Any]) -> None:
+    """ct_messages.created_at is read and written with the model's type: on SQLite it
+    holds microseconds (an integer) from 0014 on, which it reads as well as the text
+    before (``schema.Timestamp``); elsewhere it is the dialect's DateTime."""
+    if (table.name, column["name"]) == ("ct_messages", "created_at"):
+        column["type"] = Timestamp()
 
 
 def rows_of(engine: Engine, table: Table, columns: list[str]) -> list[dict[str, Any]]:

@@ -9,8 +9,9 @@ Erasure removes text and identifiers and keeps numbers. For the chosen requests:
   messages are never touched; within one user (or among requests with no user) a
   shared prefix, such as the same system prompt, stays while a kept request uses it.
 - Summaries covering those messages, and summarizer failures, keep their token
-  figures but lose their text; LLM rewrites of a system prompt nobody else sends lose
-  theirs. Their hashes and identifiers become opaque.
+  figures but lose their text (a kept summary stored as a delta against an erased
+  one is first written whole again, see ``_store.summary_text``); LLM rewrites of a
+  system prompt nobody else sends lose theirs. Their hashes and identifiers become opaque.
 - Ledger rows keep every figure; the user and conversation become opaque tokens
   (``erased-...``), so report totals do not change. Fold leases of the erased paths and
   (when a whole user is forgotten) their quota windows are deleted.
@@ -35,6 +36,7 @@ from .._exceptions import ConfigurationError
 from .._text.compress import VERSION as COMPRESSION_VERSION
 from . import recall_index as _recall_index
 from . import sessions as _session_store
+from . import summary_text as _summary_text
 from .db import Database
 from .history import COUNTS, MESSAGES
 from .leases import LEASES
@@ -352,7 +354,10 @@ def _erase_summaries(
                     c.covers_hash.in_(chunk)
                 )
             ).all()
-            blank = {"text": ""} if table is SUMMARIES else {"error": ""}
+            blank: dict[str, Any] = {"error": ""}
+            if table is SUMMARIES:
+                blank = {"text": "", "delta": None, "base_id": None}
+                _summary_text.rewrite_whole(connection, [row.id for row in rows])
             for row in rows:
                 connection.execute(
                     update(table)

@@ -20,6 +20,7 @@ from .db import Database, as_utc
 from .history import MESSAGES
 from .ledger import REQUESTS
 from .summaries import SUMMARIES
+from .summary_text import text_of
 
 _CHUNK = 500
 
@@ -110,7 +111,7 @@ def _current_summary(connection: Connection, hashes: list[str]) -> dict[str, Any
     for start in range(0, len(hashes), _CHUNK):
         chunk = hashes[start : start + _CHUNK]
         row = connection.execute(
-            select(s.text, s.covers_depth, s.summarizer, s.created_at)
+            select(s.id, s.text, s.base_id, s.covers_depth, s.summarizer, s.created_at)
             .where(s.covers_hash.in_(chunk))
             .order_by(s.covers_depth.desc())
             .limit(1)
@@ -120,7 +121,7 @@ def _current_summary(connection: Connection, hashes: list[str]) -> dict[str, Any
     if best is None:
         return None
     return {
-        "text": best.text,
+        "text": best.text if best.base_id is None else text_of(connection, best.id),
         "covers_messages": best.covers_depth + 1,
         "summarizer": best.summarizer,
         "created_at": as_utc(best.created_at).isoformat(),

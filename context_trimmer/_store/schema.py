@@ -6,7 +6,8 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 - ``ct_token_counts``: each message's tokens, and the running total of its path, per
   counting key (encoding + image pricing), so stored history is never recounted.
 - ``ct_summaries``: rolling summaries, each keyed by the hash of the last message it
-  covers; immutable, a newer one supersedes by covering more.
+  covers; immutable, a newer one supersedes by covering more. A superseded summary's
+  text is kept as a compressed delta against its first child (``_store.summary_text``).
 - ``ct_summary_failures``: summarizer calls that failed (never stored as summaries).
 - ``ct_leases``: short leases so two workers never summarize the same span at once.
 - ``ct_requests``: the ledger, one row per prepared request; ``ct_usage`` adds the
@@ -21,7 +22,7 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -59,6 +60,52 @@ class Hash(TypeDecorator[str]):
 
 
 HASH = Hash()
+
+
+class Timestamp(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)``; on SQLite stored as an integer, the microseconds
+    since the Unix epoch (8 bytes where SQLAlchemy's DateTime writes 26 characters of
+    text: 18 bytes of every stored message). Text written before migration 0014 is
+    still read. Other dialects store their own timestamp type, untouched. Only for
+    columns no query compares in SQL (``ct_messages.created_at``)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+        return _to_micros
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+        text_processor = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
+        return lambda value: _from_micros(value, text_processor)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _to_micros(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(value: Any, text_processor: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # text: written before 0014
+        moment: datetime = (
+            text_processor(value) if text_processor else datetime.fromisoformat(value)
+        )
+        return moment
+    return _EPOCH + timedelta(microseconds=int(value))
+
+
 SEARCH_TABLE = "ct_message_search"
 WITHOUT_ROWID = {"sqlite_with_rowid": False}
 """SQLite: the table is its primary key's b-tree (no second copy of the key)."""
@@ -87,7 +134,7 @@ class Message(Base):
     depth: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
     body: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
 class TokenCount(Base):
@@ -113,13 +160,17 @@ class Summary(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("ct_summaries.id"))
     conversation_id: Mapped[str | None] = mapped_column(String(200), index=True)
     user: Mapped[str | None] = mapped_column(String(200))
-    text: Mapped[str] = mapped_column(Text)
+    text: Mapped[str] = mapped_column(Text)  # '' when kept as a delta (or erased)
     summarizer: Mapped[str] = mapped_column(String(200))
     prompt_version: Mapped[str] = mapped_column(String(32))
     messages_folded: Mapped[int] = mapped_column(Integer)
     tokens_in: Mapped[int] = mapped_column(Integer)
     tokens_out: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # A superseded summary: its text as a zlib delta against the text of ``base_id``
+    # (its first child), see ``_store.summary_text``; both NULL while the text is whole.
+    base_id: Mapped[int | None] = mapped_column(Integer)
+    delta: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class SummaryFailure(Base):

@@ -4,18 +4,20 @@ Summaries are immutable rows keyed by the hash of the last message they cover (a
 its depth), under the conversation's anchor (its first non-system message). Serving a
 summary is a lookup of the deepest one on the current path: a short indexed scan by
 anchor, checked against the in-memory hashes of the path. A new summary supersedes
-an old one by covering more. Failures are recorded with what they cost, never stored
-as summaries.
+an old one by covering more; the old one's text is then kept as a delta against the
+new one's (``_store.summary_text``), decoded only when a path is served it again.
+Failures are recorded with what they cost, never stored as summaries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select
 
+from . import summary_text as _text
 from .batch import Batch, Pending
 from .db import Database, insert_if_absent
 from .fastsql import Fast
@@ -34,6 +36,7 @@ _DEEPEST = (  # built once: prepare() runs it
         _c.messages_folded,
         _c.tokens_in,
         _c.tokens_out,
+        _c.base_id,
     )
     .where(_c.anchor_hash == bindparam("anchor"), _c.covers_depth < bindparam("depth"))
     .order_by(_c.covers_depth.desc())
@@ -68,6 +71,8 @@ class StoredSummary:
     messages_folded: int
     tokens_in: int
     tokens_out: int
+    base_id: int | None = field(default=None, compare=False)
+    """Not None while ``text`` is still to be decoded (see :meth:`Summaries.whole`)."""
 
     @property
     def next_index(self) -> int:
@@ -87,7 +92,7 @@ class Summaries:
         """The summary covering the most of this path, or None."""
         with Batch(connection) as batch:
             pending = self.send_deepest(batch, anchor, hashes)
-        return self.read_deepest(pending, hashes)
+        return self.whole(connection, self.read_deepest(pending, hashes))
 
     @staticmethod
     def send_deepest(
@@ -103,21 +108,35 @@ class Summaries:
 
     @staticmethod
     def read_deepest(pending: Pending, hashes: Sequence[str]) -> StoredSummary | None:
-        """:meth:`deepest` from the result of :meth:`send_deepest`."""
+        """:meth:`deepest` from the result of :meth:`send_deepest`; a superseded one's
+        text still to be decoded by :meth:`whole`."""
         for row in pending.rows():
             if hashes[row.covers_depth] == row.covers_hash:
                 return StoredSummary(*row[:_FIELDS])
         return None
 
+    @staticmethod
+    def whole(connection: Connection, summary: StoredSummary | None) -> StoredSummary | None:
+        """``summary`` with its text decoded if it was superseded (a query then; the
+        newest summary of a path, what prepare() serves but after an edit, is whole)."""
+        if summary is None or summary.base_id is None:
+            return summary
+        return replace(summary, text=_text.text_of(connection, summary.id), base_id=None)
+
     def add(self, values: Mapping[str, Any]) -> int | None:
-        """Store a summary; returns its id, or None if that span was already summarized."""
+        """Store a summary; returns its id, or None if that span was already summarized.
+        Its parent's text is then kept as a delta against this one's."""
         with self._db.writing() as connection:
             if not insert_if_absent(connection, SUMMARIES, {**values, "created_at": utcnow()}):
                 return None
-            summary_id = connection.execute(
-                select(SUMMARIES.c.id).where(SUMMARIES.c.covers_hash == values["covers_hash"])
-            ).scalar_one()
-            return int(summary_id)
+            summary_id = int(
+                connection.execute(
+                    select(_c.id).where(_c.covers_hash == values["covers_hash"])
+                ).scalar_one()
+            )
+            if values.get("parent_id") is not None:
+                _text.supersede(connection, values["parent_id"], summary_id, values["text"])
+            return summary_id
 
     def add_failure(self, values: Mapping[str, Any]) -> None:
         """Record a summarizer call that failed (its text is never stored as a summary)."""

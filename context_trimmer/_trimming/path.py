@@ -120,6 +120,7 @@ def store_and_look_up(
         extra = None if also is None else also(batch)
     new_from, path_before = _history.finish_probe(connection, probe, path.hashes, key, path.seen)
     summary = None if deepest is None else Summaries.read_deepest(deepest, path.hashes)
+    summary = Summaries.whole(connection, summary)  # a query only after an edit
     refuse_long(path.messages, new_from)  # seen before but not stored (a call that failed)
     stored_by_guess = guess is not None and new_from >= path.seen
     if stored_by_guess:
