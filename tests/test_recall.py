@@ -38,9 +38,12 @@ from context_trimmer._trimming.recall import (
     DOC_BUDGET,
     PROBE_CAP,
     RECALL_HEADER,
+    SET_AFTER,
     Lines,
+    Summarized,
     Words,
     build,
+    forget_recalled,
     query_terms,
     speaker,
 )
@@ -667,6 +670,33 @@ def test_a_line_counts_as_the_sum_of_its_words(words: list[str], model: str) -> 
     line = " ".join(" ".join(word.split()) for word in ["user:", *words] if word.split())
     counter = TokenCounter(ModelTable().get(model))
     assert Words.of(counter).line(line) == (counter.text(line), counter.text(line + "\n"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    summary=st.lists(LINE_TEXT, min_size=0, max_size=12),
+    asked=st.lists(LINE_TEXT, min_size=1, max_size=6),
+)
+def test_whether_the_summary_says_a_line_is_a_scan_of_it(
+    summary: list[str], asked: list[str]
+) -> None:
+    """Summarized answers ``words in text``, first by scanning, then (asked often enough)
+    through its set of words, and remembered: the same answers either way; one object
+    per summary, forgotten after an erasure."""
+    text = " ".join(summary)
+    lines = [" ".join(words.split()) for words in asked if words.split()]
+    lines += [" ".join(text.split()[i : i + 3]) for i in range(0, len(text.split()), 4)]
+    lines = list(dict.fromkeys(lines))  # each scanned once a round
+    forget_recalled()
+    said = Summarized.of(text)
+    assert Summarized.of(text) is said
+    for round_ in range(SET_AFTER // max(len(lines), 1) + 2):  # scans, then the set
+        for line in lines:
+            assert said.says(line) == (line in text), (round_, line)
+        said.asked.clear()  # asked again: not from memory
+    assert not lines or said.words is not None
+    forget_recalled()
+    assert Summarized.of(text) is not said
 
 
 def test_only_the_rarest_terms_within_the_document_budget_are_searched(
