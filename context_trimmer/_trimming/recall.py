@@ -81,7 +81,6 @@ LEARNED_PER_LINE = 3  # a line of more unknown words is encoded whole, these lea
 WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
 SUMMARIES_REMEMBERED = 16  # summaries whose answers recall keeps per process (~1 MB)
 ASKED_REMEMBERED = 4096  # per summary: lines asked whether it says them
-SET_AFTER = 100  # scans of a summary before its set of words is made
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
@@ -510,26 +509,24 @@ def forget_recalled() -> None:
 
 
 class Summarized:
-    """Whether words are in the summary's text, remembered per summary (the summary
-    changes only when a fold moves it, so a conversation asks the same one turn after
-    turn): each answer by the words asked (``ASKED_REMEMBERED`` at most), and, once
-    asked often enough to pay for it (``SET_AFTER`` scans: a 4,000-token summary's set
-    costs about as much as a hundred scans of it), the set of its words, which answers
-    most "no" without a scan: words that are in it have each of their inner words
-    (between two spaces) among its words."""
+    """Whether words are in the summary's text, mostly answered without scanning it
+    (a scan of a 4,000-token summary costs microseconds, for every line): words that
+    are in it have each of their inner words (between two spaces) among its words.
+    Kept per summary (``SUMMARIES_REMEMBERED`` per process), each answer remembered
+    (``ASKED_REMEMBERED``): a summary changes only when a fold moves it, so the set of
+    its words is made once, not on every prepare(), and a line asked again is a lookup."""
 
     _known: ClassVar[dict[str, Summarized]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, text: str):
         self.text = text
-        self.words: frozenset[str] | None = None
-        self.scans = 0
+        self.words = frozenset(text.split())
         self.asked: dict[str, bool] = {}
 
     @classmethod
     def of(cls, text: str) -> Summarized:
-        """The one for ``text`` (``SUMMARIES_REMEMBERED`` kept per process)."""
+        """The one for ``text``, made if not kept."""
         found = cls._known.get(text)
         if found is None:
             found = Summarized(text)
@@ -543,18 +540,12 @@ class Summarized:
         """``words in text`` (``words``: spaces its only blanks, as ``message_text``)."""
         found = self.asked.get(words)
         if found is None:
-            found = self._says(words)
             if len(self.asked) >= ASKED_REMEMBERED:
                 self.asked.clear()
-            self.asked[words] = found
+            found = self.asked[words] = self._says(words)
         return found
 
     def _says(self, words: str) -> bool:
-        if self.words is None:
-            self.scans += 1
-            if self.scans < SET_AFTER:
-                return words in self.text
-            self.words = frozenset(self.text.split())
         if "  " not in words:
             inner = words.split(" ")[1:-1]
             if inner and not self.words.issuperset(inner):
