@@ -39,8 +39,10 @@ from context_trimmer._trimming.recall import (
     PROBE_CAP,
     RECALL_HEADER,
     Lines,
+    Summarized,
     Words,
     build,
+    forget_recalled,
     query_terms,
     speaker,
 )
@@ -667,6 +669,30 @@ def test_a_line_counts_as_the_sum_of_its_words(words: list[str], model: str) -> 
     line = " ".join(" ".join(word.split()) for word in ["user:", *words] if word.split())
     counter = TokenCounter(ModelTable().get(model))
     assert Words.of(counter).line(line) == (counter.text(line), counter.text(line + "\n"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    summary=st.lists(LINE_TEXT, min_size=0, max_size=12),
+    asked=st.lists(LINE_TEXT, min_size=1, max_size=6),
+)
+def test_whether_the_summary_says_a_line_is_a_scan_of_it(
+    summary: list[str], asked: list[str]
+) -> None:
+    """Summarized answers ``words in text`` (through the set of its words where it can),
+    the same when asked again (remembered); one object per summary, forgotten after an
+    erasure."""
+    text = " ".join(summary)
+    lines = [" ".join(words.split()) for words in asked if words.split()]
+    lines += [" ".join(text.split()[i : i + 3]) for i in range(0, len(text.split()), 4)]
+    forget_recalled()
+    said = Summarized.of(text)
+    assert Summarized.of(text) is said
+    for _round in range(2):  # then from memory
+        for line in lines:
+            assert said.says(line) == (line in text), line
+    forget_recalled()
+    assert Summarized.of(text) is not said
 
 
 def test_only_the_rarest_terms_within_the_document_budget_are_searched(

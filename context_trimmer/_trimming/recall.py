@@ -79,6 +79,8 @@ DATE_LOOKBACK = 100
 LINES_REMEMBERED = 4096  # recall lines kept per process, by message hash (~2 MB)
 LEARNED_PER_LINE = 3  # a line of more unknown words is encoded whole, these learned
 WORDS_REMEMBERED = 20_000  # per encoding and kind: words whose tokens recall keeps (~2 MB)
+SUMMARIES_REMEMBERED = 16  # summaries whose answers recall keeps per process (~1 MB)
+ASKED_REMEMBERED = 4096  # per summary: lines asked whether it says them
 _DATE_TAG = re.compile(r"^\[([^\]\n]{4,60})\]\s*")
 SPEAKER_BOOST = 0.3  # a match said by someone the question names scores this much more
 MAX_NAME_WORDS = 3
@@ -392,7 +394,7 @@ def build(
     A neighbour (a line not in ``hits``; None: all are hits) comes only next to a line
     recalled or in the summary: a reply without what it replies to is noise. Each line
     is encoded once (see ``Pieces``): the message's tokens are the sum of its pieces'."""
-    said = Summarized(summary_text)
+    said = Summarized.of(summary_text)
     pieces = Pieces(path.counter)
     dates_of = Dates(path.messages)
     lines = Lines(path)
@@ -495,9 +497,12 @@ class Lines:
 
 
 def forget_recalled() -> None:
-    """Drop what recall remembers of messages (lines, words): after an erasure."""
+    """Drop what recall remembers of messages (lines, words, summaries): after an
+    erasure."""
     with Lines._lock:
         Lines._known.clear()
+    with Summarized._lock:
+        Summarized._known.clear()
     with Words._lock:
         for words in Words._known.values():
             words.forget()
@@ -506,14 +511,41 @@ def forget_recalled() -> None:
 class Summarized:
     """Whether words are in the summary's text, mostly answered without scanning it
     (a scan of a 4,000-token summary costs microseconds, for every line): words that
-    are in it have each of their inner words (between two spaces) among its words."""
+    are in it have each of their inner words (between two spaces) among its words.
+    Kept per summary (``SUMMARIES_REMEMBERED`` per process), each answer remembered
+    (``ASKED_REMEMBERED``): a summary changes only when a fold moves it, so the set of
+    its words is made once, not on every prepare(), and a line asked again is a lookup."""
+
+    _known: ClassVar[dict[str, Summarized]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, text: str):
         self.text = text
         self.words = frozenset(text.split())
+        self.asked: dict[str, bool] = {}
+
+    @classmethod
+    def of(cls, text: str) -> Summarized:
+        """The one for ``text``, made if not kept."""
+        found = cls._known.get(text)
+        if found is None:
+            found = Summarized(text)
+            with cls._lock:
+                if len(cls._known) >= SUMMARIES_REMEMBERED:
+                    cls._known.pop(next(iter(cls._known)), None)
+                cls._known[text] = found
+        return found
 
     def says(self, words: str) -> bool:
         """``words in text`` (``words``: spaces its only blanks, as ``message_text``)."""
+        found = self.asked.get(words)
+        if found is None:
+            if len(self.asked) >= ASKED_REMEMBERED:
+                self.asked.clear()
+            found = self.asked[words] = self._says(words)
+        return found
+
+    def _says(self, words: str) -> bool:
         if "  " not in words:
             inner = words.split(" ")[1:-1]
             if inner and not self.words.issuperset(inner):
