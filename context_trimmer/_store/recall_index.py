@@ -40,9 +40,9 @@ bytes per message down to 173 on SQLite, 1,617 to 1,375 on PostgreSQL, see
 docs/benchmarks-scale.md); migration 0014 dropped PostgreSQL's table of term counts
 (``TERMS_TABLE``), which every append updated for every term of every new message.
 Each fills the index for histories already stored, and each downgrade rebuilds the
-layout before it (:data:`Layout`; 0014's counts the terms of the documents again). Messages are
-never shown from the index (recall renders them from the path), so it holds only what
-the lookups need.
+layout before it (:data:`Layout`; 0014's counts the terms of the documents again).
+Messages are never shown from the index (recall renders them from the path), so it
+holds only what the lookups need.
 """
 
 from __future__ import annotations
