@@ -17,13 +17,16 @@ over the answerable questions and over all of them.
         [--fold-every 10 ...] [--summary-tokens 4000] [--summary-share 0.085 ... | none]
         [--recall-tokens 0 300 ...] [--recall-share 0.08 ... | none]
         [--leave-one-out 0.12] [--misses] [--json]
+        [--db postgresql+psycopg://USER@HOST/DB]
 
 Several values of an option make a sweep over every combination (a replay per summary
 setting; the recall settings reuse it). Without options it measures the defaults of
 ``TrimmerOptions``, with and without recall. ``--leave-one-out SHARE`` then measures
 each conversation with the sweep's cell chosen on the other two (the most answers
 present among cells sending at most SHARE of the history), so the figure is on a
-conversation the settings were not tuned on.
+conversation the settings were not tuned on. ``--db`` replays into a throwaway
+database made on that PostgreSQL server for each conversation (default: a temporary
+SQLite file).
 
 The data: ``locomo-sample.json`` (three conversations of the LoCoMo benchmark, Maharana
 et al. 2024, CC BY-NC 4.0), read from ``../shared/data/`` next to the repository, or
@@ -33,14 +36,16 @@ et al. 2024, CC BY-NC 4.0), read from ``../shared/data/`` next to the repository
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import os
 import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +99,41 @@ def ask(
     return rows
 
 
+@contextlib.contextmanager
+def store(db: str | None) -> Iterator[str]:
+    """The URL of a fresh, empty store, removed after: a temporary SQLite file, or a
+    database made on ``db``'s PostgreSQL server."""
+    if db is None:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    import sqlalchemy
+
+    server = sqlalchemy.create_engine(db, isolation_level="AUTOCOMMIT")
+    name = f"ct_locomo_bench_{os.getpid()}"
+    try:
+        with server.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            connection.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield sqlalchemy.make_url(db).set(database=name).render_as_string(False)
+    finally:
+        with server.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        server.dispose()
+
+
 def measure(
     data: Sequence[tuple[Mapping[str, Any], Conversation]],
     replay_options: Mapping[str, Any],
     recall_settings: Iterable[Mapping[str, Any]],
+    db: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per recall setting (``recall_tokens``, ``recall_share``), each over
-    every conversation."""
+    every conversation (stored on SQLite, or on ``db``'s PostgreSQL server)."""
     settings = [dict(s) for s in recall_settings]
     per_setting: list[list[dict[str, Any]]] = [[] for _ in settings]
     for item, conversation in data:
-        with tempfile.TemporaryDirectory(dir=SCRATCH) as folder:
-            url = f"sqlite:///{folder}/bench.db"
+        with store(db) as url:
             with Trimmer(
                 url, summarizer="extractive", background=False, **replay_options
             ) as trimmer:
@@ -220,6 +248,7 @@ def main() -> None:
     parser.add_argument("--recall-tokens", type=int, nargs="+")
     parser.add_argument("--recall-share", type=share, nargs="+", default=[DEFAULTS.recall_share])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--db", help="store on this PostgreSQL server (default: SQLite)")
     parser.add_argument(
         "--leave-one-out",
         type=float,
@@ -259,7 +288,7 @@ def main() -> None:
             "summary_tokens": summary_tokens,
             "summary_share": summary_share,
         }
-        for result in measure(data, replay_options, recall_settings):
+        for result in measure(data, replay_options, recall_settings, args.db):
             results.append(result)
             if not args.json:
                 print_result(result)

@@ -86,7 +86,8 @@ class PgServer:
     def freeze(self) -> None:
         self.frozen = self.processes()
         for pid in self.frozen:
-            os.kill(pid, signal.SIGSTOP)
+            with contextlib.suppress(ProcessLookupError):  # exited since (a vacuum worker)
+                os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
         for pid in self.frozen:

@@ -28,12 +28,14 @@ from context_trimmer import (
 )
 from context_trimmer._store import recall_index as _recall_index
 from context_trimmer._store.db import Database
+from context_trimmer._store.fastsql import driver_rows
 from context_trimmer._store.keys import create_key
 from context_trimmer._store.ledger import REQUESTS
 from context_trimmer._store.migrate import downgrade
 from context_trimmer._store.recall_index import TERMS_TABLE
 from context_trimmer._store.schema import SEARCH_TABLE
 from context_trimmer._text.tokens import TokenCounter
+from context_trimmer._trimming import recall as _recall
 from context_trimmer._trimming.recall import (
     DOC_BUDGET,
     PROBE_CAP,
@@ -319,11 +321,13 @@ def test_serve_recall_tokens_reaches_the_gateway(
 def test_postgresql_term_counts_follow_appends_and_erasure(
     db_url: str, options: dict[str, Any]
 ) -> None:
-    """On PostgreSQL the index keeps each term's number of messages (what recall asks
-    to pick the rarer words): equal to a recount after the migration's fill, after an
-    append and a resend, and gone with the conversation's erasure."""
+    """On PostgreSQL recall counts each term's messages in the GIN index, up to
+    ``PROBE_CAP`` (what it asks to pick the rarer words): equal to a recount of the
+    documents after the migrations' fill, after an append and a resend, and gone with
+    the conversation's erasure. 0015's downgrade brings back 0013's table of counts,
+    filled with the same counts; its upgrade drops it again."""
     if not db_url.startswith("postgresql"):
-        pytest.skip("term counts are kept on PostgreSQL only (FTS5 counts a term itself)")
+        pytest.skip("terms are counted in the GIN index on PostgreSQL only")
     recount = (
         f"SELECT term, count(*) FROM {SEARCH_TABLE}, unnest(tsvector_to_array(document)) "
         "AS term GROUP BY term"
@@ -331,24 +335,37 @@ def test_postgresql_term_counts_follow_appends_and_erasure(
 
     def counts(trimmer: Trimmer) -> tuple[dict[str, int], dict[str, int]]:
         with trimmer._db.reading() as connection:
-            kept = connection.execute(text(f"SELECT term, docs FROM {TERMS_TABLE}")).all()
-            actual = connection.execute(text(recount)).all()
-        return {t: d for t, d in kept}, {t: d for t, d in actual}
+            actual = {t: d for t, d in connection.execute(text(recount)).all()}
+            asked = driver_rows(connection, _recall._COUNTED, (list(actual),))
+        return dict(asked), {t: min(d, PROBE_CAP) for t, d in actual.items()}
+
+    def tables(trimmer: Trimmer) -> set[str]:
+        with trimmer._db.reading() as connection:
+            return set(inspect(connection).get_table_names())
 
     history = conversation("My sister's dog is called Biscuit.")
     folded(db_url, history, user="ann", **options)
     with Trimmer(db_url, summarizer="extractive", background=False, **options) as trimmer:
-        downgrade(trimmer._db.engine, "0006")
-        assert trimmer._db.upgrade() is True  # 0009 rebuilds the index and its counts
-        kept, actual = counts(trimmer)
+        assert TERMS_TABLE not in tables(trimmer)
+        downgrade(trimmer._db.engine, "0013")
+        with trimmer._db.reading() as connection:  # 0013's counts, filled by the downgrade
+            kept = dict(connection.execute(text(f"SELECT term, docs FROM {TERMS_TABLE}")).all())
+            actual = dict(connection.execute(text(recount)).all())
         assert kept == actual and max(kept.values()) > 1
+        downgrade(trimmer._db.engine, "0006")
+        assert trimmer._db.upgrade() is True  # 0009 rebuilds the index, 0015 drops the counts
+        assert TERMS_TABLE not in tables(trimmer)
+        asked, actual = counts(trimmer)
+        assert asked == actual and max(asked.values()) > 1
         question = ask(history, "What is my sister's dog called?")
-        for _ in range(2):  # the second send stores nothing new, so counts nothing
+        for _ in range(2):  # the second send stores nothing new
             trimmer.prepare(question, user="ann")
-        kept, actual = counts(trimmer)
-        assert kept == actual
+        asked, actual = counts(trimmer)
+        assert asked == actual
+        terms = list(actual)
         trimmer.forget("ann")
-        assert counts(trimmer) == ({}, {})
+        with trimmer._db.reading() as connection:
+            assert driver_rows(connection, _recall._COUNTED, (terms,)) == []
 
 
 def index_terms(trimmer: Trimmer) -> dict[str, int]:

@@ -20,6 +20,8 @@ from sqlalchemy import event, text
 
 from context_trimmer import Trimmer, count_tokens
 from context_trimmer._store import deadlines
+from context_trimmer._store import history as _history
+from context_trimmer._trimming.hashing import ChainCache
 
 WARM_ROUND_TRIPS = 2
 """The pipeline of lookups and new messages, then the ledger row with the commit."""
@@ -182,3 +184,50 @@ def test_a_connection_the_server_closed_is_replaced_without_an_error(
         connection.commit()
     messages.append({"role": "user", "content": "Still there?"})
     assert pg_trimmer.prepare(messages).request_id > 0
+
+
+def test_what_another_trimmer_of_the_process_stored_is_not_sent_again(
+    pg_trimmer: Trimmer, postgres_schema_url: str
+) -> None:
+    """A second Trimmer on the same database (a second server in the process) that saw
+    the list before the app's turn does not send the turn's messages as new when the
+    first stored them: no statement of messages or index rows."""
+    messages = warm(pg_trimmer)
+    with Trimmer(
+        postgres_schema_url,
+        summarizer="extractive",
+        background=False,
+        recall_tokens=pg_trimmer.options.recall_tokens,
+    ) as second:
+        second.prepare(messages)
+        messages.append({"role": "user", "content": "Which day do we fly to Lisbon?"})
+        pg_trimmer.prepare(messages)
+        protocol = Protocol(second)
+        with protocol.recording():
+            prepared = second.prepare(messages)
+        recall = 2 if second.options.recall_tokens else 0
+        assert (protocol.round_trips, protocol.statements) == (
+            expected(second),
+            WARM_STATEMENTS - 2 + recall,
+        ), protocol.messages
+        assert prepared.baseline_tokens == count_tokens(messages)
+
+
+def test_a_path_remembered_as_stored_but_not_is_stored_all_the_same(
+    pg_trimmer: Trimmer,
+) -> None:
+    """The memory of stored paths is a hint: one the store does not have (erased by
+    another process, a transaction rolled back) is stored in a second round trip."""
+    messages = warm(pg_trimmer)
+    messages.append({"role": "user", "content": "Which day do we fly to Lisbon?"})
+    head = ChainCache().chain(messages, None, 0).hashes[-1]  # a cache of its own
+    with pg_trimmer._db.reading() as connection:
+        _history.note_stored(connection, pg_trimmer._counter("gpt-4o").key, head)
+    prepared = pg_trimmer.prepare(messages)
+    assert prepared.baseline_tokens == count_tokens(messages)
+    with pg_trimmer._db.reading() as connection:
+        stored = connection.execute(text("SELECT count(*) FROM ct_messages")).scalar()
+        indexed = connection.execute(text("SELECT count(*) FROM ct_message_search")).scalar()
+    assert stored == len(messages) and indexed == len(messages) - 1  # not the system prompt
+    messages += [{"role": "assistant", "content": "On Tuesday."}, {"role": "user", "content": "Ok"}]
+    assert pg_trimmer.prepare(messages).baseline_tokens == count_tokens(messages)

@@ -34,6 +34,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from .._exceptions import ConfigurationError
 from .._text.compress import VERSION as COMPRESSION_VERSION
+from . import history as _history
 from . import recall_index as _recall_index
 from . import sessions as _session_store
 from . import summary_text as _summary_text
@@ -392,6 +393,7 @@ def _skeletonise(connection: Connection, erased: list[str], opaque: Callable[[st
     erased_set = set(erased)
     for chunk in _chunks(erased):
         _recall_index.remove(connection, list(chunk))  # reads the messages: before they go
+        _history.forget_stored()
         nodes = connection.execute(
             select(m.hash, m.parent_hash, m.depth, m.created_at).where(m.hash.in_(chunk))
         ).all()

@@ -22,7 +22,9 @@ is refused when compiled: the caller passes every value. On PostgreSQL the
 statement is guarded by the store's watchdog (``_store.deadlines``) as a Core one is: a
 server frozen mid-request cannot hold the thread. :meth:`Fast.send` runs a statement
 whose result is read later (:class:`Sent`): in a pipeline (``_store.batch``) it is
-queued, and a list there is one array parameter whatever its length.
+queued, and a list there is one array parameter whatever its length. On PostgreSQL an
+array parameter is sent in binary (psycopg's ``%b``): in text each element is quoted and
+escaped, which took 157 µs of the 9 arrays of a turn's new messages, 66 in binary.
 """
 
 from __future__ import annotations
@@ -214,6 +216,9 @@ def _compile(statement: ClauseElement, dialect: Dialect, params: Mapping[str, An
         sql = _EXPANDING.sub(lambda m: f"IN ({', '.join('?' * len(params[m[1]]))})", sql)
     else:
         sql = _EXPANDING.sub(lambda m: f"= ANY(%({m[1]})s)", sql)
+        for name, value in params.items():  # arrays sent in binary: no text to escape
+            if isinstance(value, (list, tuple)):
+                sql = sql.replace(f"%({name})s", f"%({name})b")
     binds = {
         name: bind.type.dialect_impl(dialect).bind_processor(dialect)
         for name, bind in compiled.binds.items()

@@ -15,6 +15,8 @@ conflicts on the content hash.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,40 @@ class TokenRow:
 
     tokens: int
     path_tokens: int
+
+
+# Paths this process stored with their counts, by database, counting key and newest
+# hash (a chain hash names the whole path): at most STORED_REMEMBERED, the oldest
+# forgotten first. Only a hint (see ``known_stored``): an erasure in this process
+# forgets them all, one elsewhere or a rolled-back transaction costs a round trip.
+_STORED: OrderedDict[tuple[Any, str, str], None] = OrderedDict()
+STORED_REMEMBERED = 4096
+_STORED_LOCK = threading.Lock()  # prepare() runs on many threads (the gateway)
+
+
+def note_stored(connection: Connection, key: str, head: str) -> None:
+    """Remember that the path ending at ``head`` is stored, counted under ``key``, in
+    ``connection``'s database (by this process, in the transaction under way)."""
+    entry = (connection.engine.url, key, head)
+    with _STORED_LOCK:
+        _STORED[entry] = None
+        _STORED.move_to_end(entry)
+        while len(_STORED) > STORED_REMEMBERED:
+            _STORED.popitem(last=False)
+
+
+def known_stored(connection: Connection, key: str, head: str) -> bool:
+    """Whether this process stored the path ending at ``head`` with counts under ``key``
+    in ``connection``'s database (as another Trimmer on the same database, a second
+    server in the process, does): a PostgreSQL call need not send its messages as new
+    before the lookup of what is stored says so. A hint: the lookup still decides."""
+    return (connection.engine.url, key, head) in _STORED
+
+
+def forget_stored() -> None:
+    """Forget every path :func:`note_stored` remembered (an erasure removed messages)."""
+    with _STORED_LOCK:
+        _STORED.clear()
 
 
 def send_probe(

@@ -28,19 +28,21 @@ with the anchor, and a word's document frequency is the conversation's own:
 - PostgreSQL: a ``tsvector`` column (``'simple'`` configuration: our stems as they are)
   keyed by the message's hash (its 32 bytes, as ``ct_messages`` keeps it), with a GIN
   index without a pending list (``fastupdate = off``: every search would scan the
-  unmerged entries), and ``TERMS_TABLE``: each scoped term's number of indexed
-  messages, kept in the statements that index and erase (GIN cannot count a term's
-  matches without building its whole bitmap). ``ts_rank_cd`` needs the positions, so
+  unmerged entries). Recall counts a question's terms in the GIN index itself, each up
+  to its cap (:func:`term_counts`), so an append writes the document and its index
+  entries only; an erasure deletes the rows. ``ts_rank_cd`` needs the positions, so
   the document is kept whole.
 
 Migration 0006 created the index of plain words; migration 0009 rebuilt it with
 scoped stems and the counts; migration 0013 made it compact (contentless on SQLite,
 the unused anchor column and index gone and the hash in bytes on PostgreSQL: 1,150
 bytes per message down to 173 on SQLite, 1,617 to 1,375 on PostgreSQL, see
-docs/benchmarks-scale.md). Each fills it for histories already stored, and each
-downgrade rebuilds the layout before it (:data:`Layout`). Messages are
-never shown from the index (recall renders them from the path), so it holds only what
-the lookups need.
+docs/benchmarks-scale.md); migration 0015 dropped PostgreSQL's table of term counts
+(``TERMS_TABLE``), which every append updated for every term of every new message.
+Each fills the index for histories already stored, and each downgrade rebuilds the
+layout before it (:data:`Layout`; 0015's counts the terms of the documents again).
+Messages are never shown from the index (recall renders them from the path), so it
+holds only what the lookups need.
 """
 
 from __future__ import annotations
@@ -66,9 +68,11 @@ SCOPE = 12  # hex digits of the anchor before each indexed term (48 bits)
 CHUNK = 500  # messages indexed per statement on PostgreSQL
 PREFIX = 6  # on SQLite a longer stem is indexed and looked up by its first PREFIX letters
 _WORD = re.compile(r"[^\W_]+")
-Layout = Literal["words", "stems", "compact"]
-"""The index as migrations 0006 (plain words), 0009 (scoped stems) and 0013 made it."""
-CURRENT: Layout = "compact"
+Layout = Literal["words", "stems", "compact", "uncounted"]
+"""The index as migrations 0006 (plain words), 0009 (scoped stems), 0013 and 0015 made
+it (0015: "compact" without the table of term counts on PostgreSQL)."""
+CURRENT: Layout = "uncounted"
+COMPACT = frozenset({"compact", "uncounted"})  # the layouts of migration 0013's index
 ROWS_TABLE = f"{SEARCH_TABLE}_rows"
 HASH_BYTES = 8  # of each message's hash kept in ROWS_TABLE (SQLite)
 
@@ -150,8 +154,10 @@ def terms_of(text: str, anchor: str | None = None, cut: bool = False) -> str:
 
 
 TERMS_TABLE = f"{SEARCH_TABLE}_terms"
-# On PostgreSQL each scoped term's number of indexed messages, kept with the index: a
-# GIN index cannot count a term's matches without building its whole bitmap.
+# Layouts "stems" and "compact" on PostgreSQL: each scoped term's number of indexed
+# messages, kept with the index by the statements that index and erase. Migration 0015
+# dropped it: its upsert of every term of every new message was most of an append's
+# index work (~0.2-0.4 ms a turn), for counts recall needs only up to PROBE_CAP.
 _ADDED = {
     "stems": f"""
     INSERT INTO {SEARCH_TABLE} (hash, anchor_hash, depth, document)
@@ -180,33 +186,39 @@ _ADD_COUNTED = {  # on the driver's cursor: every prepare() that stores messages
     layout: Fast(text(f"WITH added AS ({added}) {_COUNT_ADDED}"))
     for layout, added in _ADDED.items()
 }
-# The count rows are locked in term order, as appends lock them (their INSERT ... ORDER
-# BY term), so an erasure and an append on one conversation never deadlock.
-_UNCOUNT = f"""
-WITH gone AS (
-    SELECT term, count(*) AS docs FROM {SEARCH_TABLE},
-    unnest(tsvector_to_array(document)) AS term
-    WHERE hash = ANY(CAST(:hashes AS BYTEA[])) GROUP BY term
-), locked AS (
-    SELECT counted.term, gone.docs FROM {TERMS_TABLE} AS counted
-    JOIN gone ON gone.term = counted.term
-    ORDER BY counted.term FOR UPDATE OF counted
-)
-UPDATE {TERMS_TABLE} AS counted SET docs = counted.docs - locked.docs
-FROM locked WHERE counted.term = locked.term
-"""
+_ADD = Fast(text(_ADDED["compact"].replace("RETURNING document", "")))  # "uncounted"
+
+
+def term_counts(cap: int) -> str:
+    """PostgreSQL: the statement counting each scoped term's indexed messages, up to
+    ``cap`` (one driver parameter: the terms), as ``(term, messages)`` rows, a term in
+    none left out. Each count is a lookup of the term's postings in the GIN index, then
+    at most ``cap`` rows: a rare term (what recall searches) costs a few microseconds; a
+    common one builds its whole bitmap (~1 ms per 8,000 messages of the conversation),
+    which recall pays once per process and conversation (it remembers the terms found
+    common: ``common_terms``)."""
+    one = (
+        f"SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
+        f"WHERE document @@ to_tsquery('simple', term) LIMIT {int(cap)}) AS hit"
+    )
+    return (
+        f"SELECT term, docs FROM (SELECT term, ({one}) AS docs "
+        "FROM unnest(CAST(%s AS TEXT[])) AS term) AS counted WHERE docs > 0"
+    )
+
+
 _TOKENIZE = "tokenize='unicode61 remove_diacritics 2'"
 _LAST = chr(0x10FFFF)  # after every character a term can go on with
 
 
 def create(connection: Connection, layout: Layout = CURRENT) -> None:
     """Create the index (empty) on this connection's database, as ``layout``; on
-    PostgreSQL with its table of term counts (migration 0006's index had none)."""
+    PostgreSQL with its table of term counts for "stems" and "compact"."""
     if connection.dialect.name == "sqlite":
         _create_sqlite(connection, layout)
         return
-    key = "hash BYTEA" if layout == "compact" else "hash VARCHAR(64)"
-    anchor = "" if layout == "compact" else "anchor_hash VARCHAR(64) NOT NULL, "
+    key = "hash BYTEA" if layout in COMPACT else "hash VARCHAR(64)"
+    anchor = "" if layout in COMPACT else "anchor_hash VARCHAR(64) NOT NULL, "
     connection.execute(
         text(
             f"CREATE TABLE {SEARCH_TABLE} ({key} PRIMARY KEY, {anchor}"
@@ -219,18 +231,37 @@ def create(connection: Connection, layout: Layout = CURRENT) -> None:
             + (" WITH (fastupdate = off)" if layout != "words" else "")
         )
     )  # no pending list: every search would scan it all (milliseconds) until VACUUM
-    if layout != "compact":  # read by nothing: 0013 dropped it
+    if layout not in COMPACT:  # read by nothing: 0013 dropped it
         connection.execute(
             text(f"CREATE INDEX ix_{SEARCH_TABLE}_anchor ON {SEARCH_TABLE} (anchor_hash, depth)")
         )
-    if layout != "words":
+    if layout in ("stems", "compact"):
+        create_counts(connection)
+
+
+def create_counts(connection: Connection, fill: bool = False) -> None:
+    """PostgreSQL: the table of term counts of layouts "stems" and "compact" (with
+    ``fill``: counted from the documents indexed; the downgrade of migration 0015)."""
+    connection.execute(
+        text(f"CREATE TABLE {TERMS_TABLE} (term TEXT PRIMARY KEY, docs INTEGER NOT NULL)")
+    )
+    if fill:
         connection.execute(
-            text(f"CREATE TABLE {TERMS_TABLE} (term TEXT PRIMARY KEY, docs INTEGER NOT NULL)")
+            text(
+                f"INSERT INTO {TERMS_TABLE} (term, docs) SELECT term, count(*) "
+                f"FROM {SEARCH_TABLE}, unnest(tsvector_to_array(document)) AS term GROUP BY term"
+            )
         )
 
 
+def drop_counts(connection: Connection) -> None:
+    """PostgreSQL: drop the table of term counts (migration 0015; SQLite has none)."""
+    if connection.dialect.name != "sqlite":
+        connection.execute(text(f"DROP TABLE IF EXISTS {TERMS_TABLE}"))
+
+
 def _create_sqlite(connection: Connection, layout: Layout) -> None:
-    if layout != "compact":
+    if layout not in COMPACT:
         connection.execute(
             text(
                 f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5(words, anchor, "
@@ -264,7 +295,7 @@ def add(
 ) -> None:
     """Index ``(hash, anchor_hash, depth, text)`` rows of messages stored just now, as
     ``layout`` (``"words"``: the plain words of migration 0006's index)."""
-    cut = layout == "compact" and connection.dialect.name == "sqlite"
+    cut = layout in COMPACT and connection.dialect.name == "sqlite"
     values: list[dict[str, Any]] = [
         {
             "hash": h,
@@ -288,20 +319,20 @@ def add(
         )
         connection.execute(text(statement), values)
         return
-    counted = _ADD_COUNTED[layout]
+    counted = _ADD if layout == "uncounted" else _ADD_COUNTED[layout]
     plural = {"hash": "hashes", "anchor": "anchors", "depth": "depths", "words": "words"}
-    if layout == "compact":
+    if layout in COMPACT:
         del plural["anchor"]
         for value in values:
             value["hash"] = bytes.fromhex(value["hash"])
     for start in range(0, len(values), CHUNK):  # each statement bounded in time
         chunk = values[start : start + CHUNK]
         arrays = {many: [v[one] for v in chunk] for one, many in plural.items()}
-        counted.run(connection, arrays)  # the rows and the counts of those new here
+        counted.run(connection, arrays)  # the rows (and the counts) of those new here
 
 
 def _add_sqlite(connection: Connection, values: list[dict[str, Any]], layout: Layout) -> None:
-    if layout != "compact":
+    if layout not in COMPACT:
         statement = f"INSERT INTO {SEARCH_TABLE} (words, anchor, hash, depth) VALUES (?, ?, ?, ?)"
         rows_in = [(v["words"], v["anchor"], v["hash"], v["depth"]) for v in values]
         on_driver(connection, statement, rows_in, many=True).close()
@@ -362,8 +393,6 @@ def remove(connection: Connection, hashes: Sequence[str]) -> None:
         _remove_sqlite(connection, hashes)
         return
     keys = [bytes.fromhex(h) for h in hashes]
-    connection.execute(text(_UNCOUNT), {"hashes": keys})
-    connection.execute(text(f"DELETE FROM {TERMS_TABLE} WHERE docs <= 0"))
     marks = ", ".join(f":h{i}" for i in range(len(keys)))
     values = {f"h{i}": h for i, h in enumerate(keys)}
     connection.execute(text(f"DELETE FROM {SEARCH_TABLE} WHERE hash IN ({marks})"), values)

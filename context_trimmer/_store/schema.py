@@ -15,9 +15,9 @@ them; ``tests/test_migrations.py`` fails if the two disagree.
   figures are stored by the first report that computes them.
 - ``ct_sessions``: the head of each Agents SDK session (``integrations.agents``).
 - ``ct_message_search``: the full-text index recall searches (a contentless FTS5 table
-  with ``ct_message_search_rows`` on SQLite, a tsvector table with
-  ``ct_message_search_terms`` on PostgreSQL); made by migrations 0006, 0009 and 0013
-  in SQL, not modelled here (see ``_store.recall_index``).
+  with ``ct_message_search_rows`` on SQLite, a tsvector table with a GIN index on
+  PostgreSQL); made by migrations 0006, 0009, 0013 and 0015 in SQL, not modelled here
+  (see ``_store.recall_index``).
 """
 
 from __future__ import annotations

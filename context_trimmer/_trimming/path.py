@@ -140,15 +140,20 @@ def store_and_look_up(
         missing = [i for i in indexes if path.hashes[i] not in known]
         pending = send_token_rows(batch, stored, missing)
     known.update(_history.read_token_rows(pending))
+    if path.hashes and connection.dialect.name != "sqlite":  # for _send_guessed_append
+        _history.note_stored(connection, key, path.hashes[-1])
     return stored, summary, _rows_of(stored, indexes, known), extra
 
 
 def _send_guessed_append(batch: Batch, path: Path) -> tuple[int, ...] | None:
     """On PostgreSQL, store the messages from ``path.seen`` on (the first this process
-    has not seen) as the new ones; their token counts (None: nothing sent)."""
+    has not seen) as the new ones, unless this process stored the path already; their
+    token counts (None: nothing sent)."""
     seen = path.seen
     if not batch.pipelined or not 0 < seen < len(path.hashes):
         return None
+    if _history.known_stored(batch.connection, path.counter.key, path.hashes[-1]):
+        return None  # stored by another Trimmer of this process: the lookup will say so
     new = path.messages[seen:]
     tokens = tuple(path.counter.message(m) for m in new)
     bodies = [canonical_json(m) for m in new]

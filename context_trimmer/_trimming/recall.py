@@ -53,7 +53,6 @@ from .._store.fastsql import driver_rows
 from .._store.recall_index import (
     CONTROL_ROLES,
     ROWS_TABLE,
-    TERMS_TABLE,
     common_terms,
     fold,
     indexed,
@@ -61,6 +60,7 @@ from .._store.recall_index import (
     note_common,
     scoped,
     stem,
+    term_counts,
     words_of,
 )
 from .._store.schema import SEARCH_TABLE
@@ -318,12 +318,12 @@ def _probe(connection: Connection, lookups: Sequence[str]) -> list[int]:
 
 
 def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
-    """Each scoped term's indexed messages on PostgreSQL, from the index's term counts."""
+    """Each scoped term's indexed messages on PostgreSQL, counted in the index up to the cap."""
     found: dict[str, int] = dict(driver_rows(connection, _COUNTED, (list(keys),)))
     return [found.get(key, 0) for key in keys]
 
 
-_COUNTED = f"SELECT term, docs FROM {TERMS_TABLE} WHERE term = ANY(%s)"
+_COUNTED = term_counts(PROBE_CAP)
 
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
