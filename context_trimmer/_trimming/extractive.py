@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import chain
+from itertools import chain, groupby
 
 from .summarizers import SummaryRequest, SummaryResult, remember_count
 
@@ -155,8 +155,9 @@ def _fit(candidates: list[Fact], chosen: list[int], date: str, request: SummaryR
         return count(render(kept, latest))
 
     lines = _LineCounts(candidates, chosen, count)
-    text = render(*_most_that_fit(candidates, chosen, date, request, lines))
-    tokens = _line_tokens(count, text) if _lines_add_up(text) else count(text)
+    kept, latest = _most_that_fit(candidates, chosen, date, request, lines)
+    text = render(kept, latest)
+    tokens = lines(kept, latest) if _lines_add_up(text) else count(text)
     if tokens <= request.budget:
         remember_count(count, text, tokens)
         return text
@@ -204,21 +205,27 @@ class _LineCounts:
 
     def __init__(self, candidates: list[Fact], chosen: list[int], count: Callable[[str], int]):
         self._candidates = candidates
+        self._dates = [fact.date for fact in candidates]
         self._chosen = chosen
         self._count = count
         self._blocks: dict[tuple[bool, tuple[int, ...]], tuple[int, int]] = {}
+        self._measured: dict[tuple[int, str], int] = {}
 
     def __call__(self, kept: int, latest: str) -> int:
-        order = sorted(self._chosen[:kept])
-        dates = [self._candidates[i].date for i in order]
-        total, last_line = 0, 0  # the last line's count with its newline, and without
-        start = 0
-        for end in range(1, len(order) + 1):
-            if end == len(order) or dates[end] != dates[start]:
-                counted, last_line = self._block(start == 0, tuple(order[start:end]))
-                total += counted
-                start = end
-        if latest and latest != (dates[-1] if dates else ""):
+        tokens = self._measured.get((kept, latest))
+        if tokens is None:
+            tokens = self._measured[kept, latest] = self._measure(kept, latest)
+        return tokens
+
+    def _measure(self, kept: int, latest: str) -> int:
+        total, last_line = 0, 0  # the last line's count with its newline, less without
+        date = ""
+        runs = groupby(sorted(self._chosen[:kept]), key=self._dates.__getitem__)
+        for block, (day, facts) in enumerate(runs):
+            counted, last_line = self._block(block == 0, tuple(facts))
+            total += counted
+            date = day
+        if latest and latest != date:
             counted, last_line = self._pieces(_date_line(latest))
             total += counted
         return total - last_line
@@ -281,42 +288,42 @@ def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> lis
     A value's sum of weights is exact (``math.fsum``), so the order the words come in
     (a set's, which differs between processes) changes nothing.
     """
-    count = request.count_tokens
-    weight = _rarity([_content_words(fact.text) for fact in candidates])
-    words = [_session_words(fact.text, fact.date, fact.speaker) for fact in candidates]
-    for fact in candidates:
-        if fact.date:
-            day, talk = _sessions(fact.date, fact.speaker)
-            weight[day] = DATE_WEIGHT
-            weight[talk] = SPEAKER_WEIGHT
-    costs = [_tokens(count, fact.text) + 1 for fact in candidates]
+    count, budget = request.count_tokens, request.budget
+    terms = [_terms(fact.text, fact.date, fact.speaker, count) for fact in candidates]
+    weight = _rarity([content for content, _, _, _ in terms])
+    for day, talk in {sessions for _, _, _, sessions in terms if sessions}:
+        weight[day] = DATE_WEIGHT
+        weight[talk] = SPEAKER_WEIGHT
+    words = [group for _, group, _, _ in terms]
+    costs = [cost for _, _, cost, _ in terms]
+    priors = [fact.prior for fact in candidates]
     dated = {latest} if latest else set()
     used = _tokens(count, _date_line(latest)) + 1 if latest else 0
     chosen: list[int] = []
     covered: set[str] = set()
-    weight_of = weight.__getitem__
+    weight_of, fsum = weight.__getitem__, math.fsum
     heap = [
-        (-(fact.prior * math.fsum(map(weight_of, group)) / cost), i)
-        for i, (fact, group, cost) in enumerate(zip(candidates, words, costs, strict=True))
+        (-(prior * fsum(map(weight_of, group)) / cost), i)
+        for i, (prior, group, cost) in enumerate(zip(priors, words, costs, strict=True))
         if group
     ]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        best = heapq.heappop(heap)[1]
-        if used + costs[best] > request.budget:
+        best = pop(heap)[1]
+        cost = costs[best]
+        if used + cost > budget:
             continue  # it would never fit: the budget left only shrinks
-        gain = math.fsum(map(weight_of, words[best] - covered))
-        fresh = (-(candidates[best].prior * gain / costs[best]), best)
-        if fresh[0] == 0:
+        value = -(priors[best] * fsum(map(weight_of, words[best] - covered)) / cost)
+        if value == 0:
             continue
-        if heap and fresh > heap[0]:
-            heapq.heappush(heap, fresh)  # outranked once re-scored: try again later
+        if heap and (value, best) > heap[0]:
+            push(heap, (value, best))  # outranked once re-scored: try again later
             continue
         date = candidates[best].date
-        cost = costs[best]
         if date and date not in dated:
             cost += _tokens(count, _date_line(date)) + 1
-        if used + cost <= request.budget:
+        if used + cost <= budget:
             used += cost
             chosen.append(best)
             covered |= words[best]
@@ -503,17 +510,16 @@ def _content_words(text: str) -> frozenset[str]:
 
 
 @lru_cache(maxsize=MEMO)
-def _session_words(text: str, date: str, speaker: str) -> frozenset[str]:
-    """What a fact can cover: its content words and, when it has some and a date, its
-    date and its speaker on that date (each counts as a word)."""
-    words = _content_words(text)
-    return words.union(_sessions(date, speaker)) if date and words else words
-
-
-@lru_cache(maxsize=MEMO)
-def _sessions(date: str, speaker: str) -> tuple[str, str]:
-    """The words of a date and of a speaker on that date."""
-    return f"[{date}]", f"[{date}] {speaker}"
+def _terms(
+    text: str, date: str, speaker: str, count: Callable[[str], int]
+) -> tuple[frozenset[str], frozenset[str], int, tuple[str, str] | None]:
+    """What the greedy needs of a fact: its content words; what it can cover (those
+    and, when it has some and a date, its date and its speaker on that date, each
+    counted as a word); its cost in tokens; the words of its date and speaker."""
+    content = _content_words(text)
+    sessions = (f"[{date}]", f"[{date}] {speaker}") if date else None
+    group = content.union(sessions) if sessions and content else content
+    return content, group, _tokens(count, text) + 1, sessions
 
 
 def _rarity(words: Sequence[AbstractSet[str]]) -> dict[str, float]:
