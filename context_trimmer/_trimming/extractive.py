@@ -244,12 +244,17 @@ class _LineCounts:
         return known
 
     def _pieces(self, text: str) -> tuple[int, int]:
-        """The counts of ``text``'s lines, each with its newline; and the last one's
-        with its newline less that without."""
-        lines = text.split("\n")
-        count = self._count
-        counted = sum(_tokens(count, line + "\n") for line in lines)
-        return counted, _tokens(count, lines[-1] + "\n") - _tokens(count, lines[-1])
+        return _pieces(self._count, text)
+
+
+@lru_cache(maxsize=MEMO)
+def _pieces(count: Callable[[str], int], text: str) -> tuple[int, int]:
+    """The counts of ``text``'s lines, each with its newline; and the last one's with
+    its newline less that without (remembered: a date block's text mostly comes back
+    from one fold to the next)."""
+    lines = text.split("\n")
+    counted = sum(_tokens(count, line + "\n") for line in lines)
+    return counted, _tokens(count, lines[-1] + "\n") - _tokens(count, lines[-1])
 
 
 def _line_tokens(count: Callable[[str], int], text: str) -> int:
