@@ -53,6 +53,7 @@ _TAG_QUESTION = re.compile(
     r",?\s+(?:right|isn't it|aren't they|don't you think|you know|huh|eh)\?$", re.IGNORECASE
 )
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
+_NUMBER = re.compile(r"[0-9]")  # a word (of _WORD) that starts as a number
 _OPENER = re.compile(
     r"^(?:(?:hey|hi|hello|wow|whoa|yeah|yes|yep|oh|ah|aww|haha|omg|lol|cool|great|awesome|"
     r"thanks|thank you|congrats|nice|sure|ok|okay|well|so|and|but)\b[^A-Za-z0-9]*)+",
@@ -529,10 +530,11 @@ def _terms(
 
 def _rarity(words: Sequence[AbstractSet[str]]) -> dict[str, float]:
     """Each word's weight: the log of how rare it is among ``words`` (one set per
-    fact), plus one for a number."""
+    fact), plus one for a number (a word starting with a digit)."""
     frequency = Counter(chain.from_iterable(words))
     total = len(words) + 1
     logs = {count: math.log(total / count) for count in set(frequency.values())}
-    return {
-        word: logs[count] + (1.0 if word[0].isdigit() else 0.0) for word, count in frequency.items()
-    }
+    weight = dict(zip(frequency, map(logs.__getitem__, frequency.values()), strict=True))
+    for number in filter(_NUMBER.match, frequency):
+        weight[number] += 1.0
+    return weight
