@@ -20,10 +20,13 @@ the summary stable between folds. The weights were measured on the LoCoMo
 conversations (``benchmarks/locomo_savings.py``). Same input, same output.
 
 A fold re-reads the previous summary (up to ``summary_tokens``, 4,000 by default) and
-folds a few new turns: what it computes per fact (its content words, its prior, its
-tokens) is memoized by the fact's text, since the summary's facts come back fold after
-fold, so a fold costs mostly what it folds (``benchmarks/fold_cpu.py``). The summary is
-fitted to its budget with a few exact counts (not one per fact dropped).
+folds a few new turns. What it computes per summary line (its facts and their priors),
+per fact (its words, its tokens) and per date block (its lines' counts) is remembered
+by the text it comes from (bounded, per process), since a summary's lines come back
+fold after fold; a process that remembers nothing computes the same. The facts are
+ranked again on every fold (a word's rarity is over all of them), and the summary is
+fitted to its budget by its lines' exact counts, never encoded whole when
+those add up (``benchmarks/fold_cpu.py``).
 """
 
 from __future__ import annotations
@@ -108,8 +111,8 @@ DATE_WEIGHT = 20.0  # the first fact kept from a date
 SPEAKER_WEIGHT = 20.0  # the first fact kept from a speaker on a date
 
 MEMO = 4_096
-"""Facts (and summary lines) whose words, prior and tokens are remembered, per process:
-about ten conversations' summaries, a few MB at most."""
+"""Entries of each memo (facts' words, priors and tokens; summary lines; date blocks'
+counts), per process: about ten conversations' summaries, a few MB each at most."""
 
 
 @dataclass(frozen=True)
