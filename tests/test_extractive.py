@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from context_trimmer import ExtractiveSummarizer, SummaryRequest
+from context_trimmer import ExtractiveSummarizer, SummaryRequest, SummaryResult
 from context_trimmer._text.tokens import counter_for
 from context_trimmer._trimming.extractive import (
     DATE_WEIGHT,
+    FACT_SEPARATOR,
+    KEPT_BONUS,
+    NOTHING_KEPT,
     SPEAKER_WEIGHT,
     Fact,
     _addressed,
     _content_words,
     _line_tokens,
+    _LineCounts,
+    _lines_add_up,
     _prior,
     _rarity,
     _select,
@@ -23,6 +29,8 @@ from context_trimmer._trimming.extractive import (
     parse_summary,
     render_facts,
 )
+from context_trimmer._trimming.summarizers import SummaryRequest as Request
+from context_trimmer._trimming.summarizers import fold
 
 COUNT = counter_for("gpt-4o").text
 TRANSCRIPT = "\n".join(
@@ -302,3 +310,155 @@ def test_a_fold_of_a_long_summary_is_the_same_as_before_memoized() -> None:
     first = summarize(previous, TRANSCRIPT.replace("Portland", "Seattle"), budget=40)
     again = summarize(previous, TRANSCRIPT.replace("Portland", "Seattle"), budget=40)
     assert first == again and COUNT(first) <= 40
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.text(
+            st.sampled_from(["a", "B", "7", " ", "\t", ".", "/", "\r", "\n", ";", "é", "\u2028"]),
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.sampled_from(["gpt-4o", "gpt-4"]),
+)
+def test_a_text_whose_lines_add_up_is_counted_exactly_by_its_lines(
+    lines: list[str], model: str
+) -> None:
+    """The fit counts a summary by its lines when they add up: on any text, they then
+    give its exact count (what a summary is checked against its budget with)."""
+    count = counter_for(model).text
+    text = "\n".join(lines)
+    if _lines_add_up(text):
+        assert _line_tokens(count, text) == count(text)
+
+
+def test_lines_that_a_piece_can_run_into_do_not_add_up() -> None:
+    for text in ("a.\n/b", "a\n\nb", "a\n  \nb", "a\n\rb"):
+        assert not _lines_add_up(text)
+    assert _lines_add_up("[8 May, 2023]\nAnn: went to Lisbon; saw 2 museums\n[9 May, 2023]")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    facts=st.lists(
+        st.tuples(
+            st.sampled_from(["Ann", "Bob", ""]),
+            st.sampled_from(["moved to Lisbon", "has 2 cats.", "a/b test", "x"]),
+            st.sampled_from(["", "8 May, 2023", "9 May, 2023"]),
+        ),
+        min_size=0,
+        max_size=12,
+    ),
+    order=st.randoms(use_true_random=False),
+    latest=st.sampled_from(["", "8 May, 2023", "10 May, 2023"]),
+    model=st.sampled_from(["gpt-4o", "gpt-4"]),
+)
+def test_the_fit_measures_a_rendering_by_its_date_blocks_as_its_lines_count_it(
+    facts: list[tuple[str, str, str]], order: Any, latest: str, model: str
+) -> None:
+    """Dates in any order (a date coming back, undated facts after dated ones): the
+    blocks' counts add up to the rendering's lines' counts, for every prefix."""
+    count = counter_for(model).text
+    candidates = [
+        Fact(speaker, f"{text} {i}", date) for i, (speaker, text, date) in enumerate(facts)
+    ]
+    chosen = list(range(len(candidates)))
+    order.shuffle(chosen)
+    measure = _LineCounts(candidates, chosen, count)
+    for kept in range(len(chosen) + 1):
+        text = render_facts([candidates[i] for i in sorted(chosen[:kept])], latest)
+        assert measure(kept, latest) == _line_tokens(count, text)
+
+
+def reference_parse(summary: str | None) -> tuple[list[Fact], str]:
+    """The summary's facts as the format defines them, read the plain way."""
+    facts: list[Fact] = []
+    date = ""
+    for line in (summary or "").splitlines():
+        if line == NOTHING_KEPT:
+            continue
+        if len(line) > 2 and line[0] == "[" and line[-1] == "]" and "]" not in line[1:-1]:
+            date = line[1:-1]  # (a line holds no newline)
+            continue
+        speaker, separator, body = line.partition(": ")
+        if not separator:
+            speaker, body = "", line
+        facts.extend(Fact(speaker, t, date) for t in body.split(FACT_SEPARATOR) if t.strip())
+    speakers = frozenset(fact.speaker for fact in facts)
+    return [
+        Fact(f.speaker, f.text, f.date, KEPT_BONUS * _prior(f.text, speakers)) for f in facts
+    ], date
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(["[8 May, 2023]", "[9 May]", NOTHING_KEPT, "", "[]", "[a]b]"]),
+            st.builds(
+                lambda speaker, texts: f"{speaker}{': ' if speaker else ''}{'; '.join(texts)}",
+                st.sampled_from(["Ann", "Bob", "", "user"]),
+                st.lists(st.sampled_from(["went home", " ", "I have 2 cats", "Ann, hi", "x: y"])),
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_a_summary_read_from_remembered_lines_is_read_as_the_format_says(lines: list[str]) -> None:
+    summary = "\n".join(lines)
+    expected = reference_parse(summary)
+    for _ in range(2):  # the second time from memory
+        facts, date = parse_summary(summary)
+        assert (facts, date) == expected
+        assert [f.prior for f in facts] == [f.prior for f in expected[0]]
+
+
+def test_a_fold_counts_the_extractive_summary_from_its_lines_not_whole() -> None:
+    """The fit counts the summary by its lines (exact), and the fold's budget check
+    takes that count instead of encoding the summary again."""
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return COUNT(text)
+
+    previous = summarize(None, TRANSCRIPT * 4, budget=120)
+    result = fold(ExtractiveSummarizer(), Request(previous, TRANSCRIPT, 100, count))
+    assert COUNT(result.text) <= 100 and "\n" in result.text
+    assert result.text not in counted
+    assert result.text == summarize(previous, TRANSCRIPT, budget=100)
+
+
+def test_a_fold_checks_any_other_answer_against_its_budget() -> None:
+    class Verbose:
+        name = "verbose"
+        prompt_version = "1"
+        input_tokens = 10_000
+
+        def summarize(self, request: SummaryRequest) -> SummaryResult:
+            return SummaryResult("One fact. " * 50)
+
+    result = fold(Verbose(), Request(None, TRANSCRIPT, 20, COUNT))
+    assert COUNT(result.text) <= 20
+
+
+def test_a_fold_takes_a_count_it_cannot_remember_by() -> None:
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, text: str) -> int:
+            return COUNT(text)
+
+    class Echo:
+        name = "echo"
+        prompt_version = "1"
+        input_tokens = 10_000
+
+        def summarize(self, request: SummaryRequest) -> SummaryResult:
+            return SummaryResult("Ann moved to Lisbon. " * 10)
+
+    result = fold(Echo(), Request(None, TRANSCRIPT, 12, Unhashable()))
+    assert result.text == "Ann moved to Lisbon. Ann moved to Lisbon."

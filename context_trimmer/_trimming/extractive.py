@@ -20,10 +20,13 @@ the summary stable between folds. The weights were measured on the LoCoMo
 conversations (``benchmarks/locomo_savings.py``). Same input, same output.
 
 A fold re-reads the previous summary (up to ``summary_tokens``, 4,000 by default) and
-folds a few new turns: what it computes per fact (its content words, its prior, its
-tokens) is memoized by the fact's text, since the summary's facts come back fold after
-fold, so a fold costs mostly what it folds (``benchmarks/fold_cpu.py``). The summary is
-fitted to its budget with a few exact counts (not one per fact dropped).
+folds a few new turns. What it computes per summary line (its facts and their priors),
+per fact (its words, its tokens) and per date block (its lines' counts) is remembered
+by the text it comes from (bounded, per process), since a summary's lines come back
+fold after fold; a process that remembers nothing computes the same. The facts are
+ranked again on every fold (a word's rarity is over all of them), and the summary is
+fitted to its budget by its lines' exact counts, never encoded whole when
+those add up (``benchmarks/fold_cpu.py``).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from __future__ import annotations
 import heapq
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain, groupby
 
-from .summarizers import SummaryRequest, SummaryResult
+from .summarizers import SummaryRequest, SummaryResult, remember_count
 
 _SPEAKER_LABEL = re.compile(r"^([A-Z][\w'.-]*(?: [A-Z][\w'.-]*){0,2}): ")
 _DATE_TAG = re.compile(r"^\[([^\]]{4,60})\]\s*")
@@ -51,6 +56,7 @@ _TAG_QUESTION = re.compile(
     r",?\s+(?:right|isn't it|aren't they|don't you think|you know|huh|eh)\?$", re.IGNORECASE
 )
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'+-]*")
+_NUMBER = re.compile(r"[0-9]")  # a word (of _WORD) that starts as a number
 _OPENER = re.compile(
     r"^(?:(?:hey|hi|hello|wow|whoa|yeah|yes|yep|oh|ah|aww|haha|omg|lol|cool|great|awesome|"
     r"thanks|thank you|congrats|nice|sure|ok|okay|well|so|and|but)\b[^A-Za-z0-9]*)+",
@@ -104,6 +110,10 @@ KEPT_BONUS = 6.0  # a fact already in the previous summary
 DATE_WEIGHT = 20.0  # the first fact kept from a date
 SPEAKER_WEIGHT = 20.0  # the first fact kept from a speaker on a date
 
+MEMO = 4_096
+"""Entries of each memo (facts' words, priors and tokens; summary lines; date blocks'
+counts), per process: about ten conversations' summaries, a few MB each at most."""
+
 
 @dataclass(frozen=True)
 class Fact:
@@ -137,20 +147,25 @@ def _fit(candidates: list[Fact], chosen: list[int], date: str, request: SummaryR
     """The summary of the most useful ``chosen`` facts (in the greedy's order) that fits
     the budget exactly. Speaker labels were not in the greedy's costs: the least useful
     facts (picked last) go, then the date line. The search counts the summary by its
-    lines (:func:`_line_tokens`, remembered), and the result is counted whole once; if
-    that count disagrees, the search runs again on whole counts."""
+    lines (:class:`_LineCounts`, remembered), and so is the result when its lines'
+    counts add up to its count (:func:`_lines_add_up`; else it is counted whole, and
+    if that count disagrees, the search runs again on whole counts)."""
     count = request.count_tokens
 
     def render(kept: int, latest: str) -> str:
         return render_facts([candidates[i] for i in sorted(chosen[:kept])], latest)
 
-    def by_lines(text: str) -> int:
-        return _line_tokens(count, text)
+    def whole(kept: int, latest: str) -> int:
+        return count(render(kept, latest))
 
-    text = _most_that_fit(candidates, chosen, date, request, render, by_lines)
-    if count(text) <= request.budget:
+    lines = _LineCounts(candidates, chosen, count)
+    kept, latest = _most_that_fit(candidates, chosen, date, request, lines)
+    text = render(kept, latest)
+    tokens = lines(kept, latest) if _lines_add_up(text) else count(text)
+    if tokens <= request.budget:
+        remember_count(count, text, tokens)
         return text
-    return _most_that_fit(candidates, chosen, date, request, render, count)
+    return render(*_most_that_fit(candidates, chosen, date, request, whole))
 
 
 def _most_that_fit(
@@ -158,43 +173,114 @@ def _most_that_fit(
     chosen: list[int],
     date: str,
     request: SummaryRequest,
-    render: Callable[[int, str], str],
-    count: Callable[[str], int],
-) -> str:
-    """The rendering of the most of ``chosen`` (a prefix) that ``count`` says fit the
-    budget: the facts' own tokens say about how many must go (counted again until it
-    fits), then one more is tried while it fits (a summary with one more fact is never
-    shorter); with none left, the date line goes too."""
+    measure: Callable[[int, str], int],
+) -> tuple[int, str]:
+    """How many of ``chosen`` (a prefix) to render, and under which latest date, for
+    the most that ``measure`` (the tokens of a rendering) says fit the budget: the
+    facts' own tokens say about how many must go (measured again until it fits), then
+    one more is tried while it fits (a summary with one more fact is never shorter);
+    with none left, the date line goes too."""
     budget = request.budget
     kept = len(chosen)
-    text = render(kept, date)
-    over = count(text) - budget
+    over = measure(kept, date) - budget
     if over <= 0:
-        return text
+        return kept, date
     while kept and over > 0:
         while kept and over > 0:
             kept -= 1
             over -= _tokens(request.count_tokens, candidates[chosen[kept]].text) + 1
-        text = render(kept, date)
-        over = count(text) - budget
+        over = measure(kept, date) - budget
     while kept < len(chosen):
-        more = render(kept + 1, date)
-        if count(more) > budget:
+        if measure(kept + 1, date) > budget:
             break
-        kept, text = kept + 1, more
-    if not kept and date and count(text) > budget:
-        return render(0, "")
-    return text
+        kept += 1
+    if not kept and date and measure(kept, date) > budget:
+        return 0, ""
+    return kept, date
+
+
+class _LineCounts:
+    """The tokens of a rendering of the first ``kept`` of ``chosen``, as the sum of its
+    lines' counts (:func:`_line_tokens`), without rendering it whole.
+
+    A rendering is a run of date blocks (the facts of one date, under its date line);
+    a block's lines do not depend on the blocks around it, so its counts are
+    remembered for the search, which renders about the same blocks several times."""
+
+    def __init__(self, candidates: list[Fact], chosen: list[int], count: Callable[[str], int]):
+        self._candidates = candidates
+        self._dates = [fact.date for fact in candidates]
+        self._chosen = chosen
+        self._count = count
+        self._blocks: dict[tuple[bool, tuple[int, ...]], tuple[int, int]] = {}
+        self._measured: dict[tuple[int, str], int] = {}
+
+    def __call__(self, kept: int, latest: str) -> int:
+        tokens = self._measured.get((kept, latest))
+        if tokens is None:
+            tokens = self._measured[kept, latest] = self._measure(kept, latest)
+        return tokens
+
+    def _measure(self, kept: int, latest: str) -> int:
+        total, last_line = 0, 0  # the last line's count with its newline, less without
+        date = ""
+        runs = groupby(sorted(self._chosen[:kept]), key=self._dates.__getitem__)
+        for block, (day, facts) in enumerate(runs):
+            counted, last_line = self._block(block == 0, tuple(facts))
+            total += counted
+            date = day
+        if latest and latest != date:
+            counted, last_line = self._pieces(_date_line(latest))
+            total += counted
+        return total - last_line
+
+    def _block(self, first: bool, block: tuple[int, ...]) -> tuple[int, int]:
+        """A block's lines' counts, each with its newline; and its last line's count
+        with its newline less that without (what the summary's last line saves)."""
+        key = (first, block)
+        known = self._blocks.get(key)
+        if known is None:
+            facts = [self._candidates[i] for i in block]
+            text = render_facts(facts)
+            if not first and not facts[0].date:
+                text = _date_line("") + "\n" + text  # as render_facts writes it there
+            known = self._blocks[key] = self._pieces(text)
+        return known
+
+    def _pieces(self, text: str) -> tuple[int, int]:
+        return _pieces(self._count, text)
+
+
+@lru_cache(maxsize=MEMO)
+def _pieces(count: Callable[[str], int], text: str) -> tuple[int, int]:
+    """The counts of ``text``'s lines, each with its newline; and the last one's with
+    its newline less that without (remembered: a date block's text mostly comes back
+    from one fold to the next)."""
+    lines = text.split("\n")
+    counted = sum(_tokens(count, line + "\n") for line in lines)
+    return counted, _tokens(count, lines[-1] + "\n") - _tokens(count, lines[-1])
 
 
 def _line_tokens(count: Callable[[str], int], text: str) -> int:
     """``count(text)`` as the sum of its lines' counts, each with its newline (remembered:
-    a summary's lines mostly come back). tiktoken's encodings split text into pieces
-    before encoding them and no piece runs past a newline unless the next line starts
-    with ``/`` (none of a summary's do), so the sum is the count; :func:`_fit` checks it."""
+    a summary's lines mostly come back). It is the count when :func:`_lines_add_up`."""
     lines = text.split("\n")
     last = lines.pop()
     return sum(_tokens(count, line + "\n") for line in lines) + _tokens(count, last)
+
+
+_CROSSES_A_LINE = re.compile(r"\n(?:[/\r]|\s*\n)")
+
+
+def _lines_add_up(text: str) -> bool:
+    """Whether ``text``'s count is the sum of its lines' counts. tiktoken's encodings
+    (o200k_base, cl100k_base) split text into pieces before encoding them, and a piece
+    runs past a newline only into a line that starts with ``/`` (after punctuation) or
+    a carriage return, or over a blank line; a summary's lines never do (they are dates
+    in brackets and ``speaker: facts``), so its count is known from its lines' (the
+    search counted them) instead of encoding 4,000 tokens again
+    (``tests/test_extractive.py`` checks it on arbitrary text)."""
+    return _CROSSES_A_LINE.search(text) is None
 
 
 def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> list[int]:
@@ -205,42 +291,48 @@ def _select(candidates: list[Fact], latest: str, request: SummaryRequest) -> lis
     (CELF): a fact is re-scored only when it reaches the top of the heap, which keeps
     a fold over thousands of clauses fast. The budget also pays each date's line
     once, and the latest date's line up front (it is always written).
+
+    A weight is a rarity among all the candidates, so every fold scores every fact
+    again; what a fact brings to it (its words, its tokens) is remembered by its text.
+    A value's sum of weights is exact (``math.fsum``), so the order the words come in
+    (a set's, which differs between processes) changes nothing.
     """
-    words = [set(_content_words(fact.text)) for fact in candidates]
-    weight = _rarity(words)
-    for fact, group in zip(candidates, words, strict=True):
-        if fact.date and group:
-            for session, session_weight in (
-                (f"[{fact.date}]", DATE_WEIGHT),
-                (f"[{fact.date}] {fact.speaker}", SPEAKER_WEIGHT),
-            ):
-                group.add(session)
-                weight[session] = session_weight
-    costs = [_tokens(request.count_tokens, fact.text) + 1 for fact in candidates]
+    count, budget = request.count_tokens, request.budget
+    terms = [_terms(fact.text, fact.date, fact.speaker, count) for fact in candidates]
+    weight = _rarity([content for content, _, _, _ in terms])
+    for day, talk in {sessions for _, _, _, sessions in terms if sessions}:
+        weight[day] = DATE_WEIGHT
+        weight[talk] = SPEAKER_WEIGHT
+    words = [group for _, group, _, _ in terms]
+    costs = [cost for _, _, cost, _ in terms]
+    priors = [fact.prior for fact in candidates]
     dated = {latest} if latest else set()
-    used = request.count_tokens(_date_line(latest)) + 1 if latest else 0
+    used = _tokens(count, _date_line(latest)) + 1 if latest else 0
     chosen: list[int] = []
     covered: set[str] = set()
-
-    def value(i: int) -> float:
-        gain = math.fsum(weight[w] for w in words[i] if w not in covered)
-        return candidates[i].prior * gain / costs[i]
-
-    heap = [(-value(i), i) for i in range(len(candidates)) if words[i]]
+    weight_of, fsum = weight.__getitem__, math.fsum
+    heap = [
+        (-(prior * fsum(map(weight_of, group)) / cost), i)
+        for i, (prior, group, cost) in enumerate(zip(priors, words, costs, strict=True))
+        if group
+    ]
     heapq.heapify(heap)
+    pop, push = heapq.heappop, heapq.heappush
     while heap:
-        _, best = heapq.heappop(heap)
-        fresh = (-value(best), best)
-        if fresh[0] == 0:
+        best = pop(heap)[1]
+        cost = costs[best]
+        if used + cost > budget:
+            continue  # it would never fit: the budget left only shrinks
+        value = -(priors[best] * fsum(map(weight_of, words[best] - covered)) / cost)
+        if value == 0:
             continue
-        if heap and fresh > heap[0]:
-            heapq.heappush(heap, fresh)  # outranked once re-scored: try again later
+        if heap and (value, best) > heap[0]:
+            push(heap, (value, best))  # outranked once re-scored: try again later
             continue
         date = candidates[best].date
-        cost = costs[best]
         if date and date not in dated:
-            cost += request.count_tokens(_date_line(date)) + 1
-        if used + cost <= request.budget:
+            cost += _tokens(count, _date_line(date)) + 1
+        if used + cost <= budget:
             used += cost
             chosen.append(best)
             covered |= words[best]
@@ -271,27 +363,46 @@ def render_facts(facts: list[Fact], latest: str = "") -> str:
 
 
 def parse_summary(summary: str | None) -> tuple[list[Fact], str]:
-    """The facts of a rendered summary, and its latest date."""
-    facts: list[Fact] = []
+    """The facts of a rendered summary, and its latest date.
+
+    A summary's lines mostly come back from one fold to the next, so what a line says
+    (:func:`_read_line`) and its facts with their priors (:func:`_kept_facts`) are
+    remembered by the line."""
+    runs: list[tuple[str, tuple[str, ...], str]] = []
     date = ""
     for line in (summary or "").splitlines():
-        if line == NOTHING_KEPT:
-            continue
-        header = _DATE_LINE.fullmatch(line)
-        if header:
-            date = header.group(1)
-            continue
-        speaker, separator, body = line.partition(": ")
-        if not separator:
-            speaker, body = "", line
-        facts.extend(
-            Fact(speaker, text, date) for text in body.split(FACT_SEPARATOR) if text.strip()
-        )
-    speakers = frozenset(fact.speaker for fact in facts)
-    return [
-        Fact(fact.speaker, fact.text, fact.date, KEPT_BONUS * _prior(fact.text, speakers))
-        for fact in facts
-    ], date
+        header, speaker, texts = _read_line(line)
+        if header is not None:
+            date = header
+        elif texts:
+            runs.append((speaker, texts, date))
+    speakers = frozenset(speaker for speaker, _, _ in runs)
+    facts: list[Fact] = []
+    for speaker, texts, day in runs:
+        facts.extend(_kept_facts(speaker, texts, day, speakers))
+    return facts, date
+
+
+@lru_cache(maxsize=MEMO)
+def _read_line(line: str) -> tuple[str | None, str, tuple[str, ...]]:
+    """A summary line's date (if it is a date line), else its speaker and facts' texts."""
+    if line == NOTHING_KEPT:
+        return None, "", ()
+    header = _DATE_LINE.fullmatch(line)
+    if header:
+        return header.group(1), "", ()
+    speaker, separator, body = line.partition(": ")
+    if not separator:
+        speaker, body = "", line
+    return None, speaker, tuple(text for text in body.split(FACT_SEPARATOR) if text.strip())
+
+
+@lru_cache(maxsize=MEMO)
+def _kept_facts(
+    speaker: str, texts: tuple[str, ...], date: str, speakers: frozenset[str]
+) -> tuple[Fact, ...]:
+    """The facts of one summary line, as kept facts (their priors with the bonus)."""
+    return tuple(Fact(speaker, text, date, KEPT_BONUS * _prior(text, speakers)) for text in texts)
 
 
 def facts_of(transcript: str, date: str = "") -> tuple[list[Fact], str]:
@@ -376,11 +487,6 @@ _PRIORS = [
 _VOCATIVE = re.compile(r",\s+([A-Z][a-z]+)$|^([A-Z][a-z]+),\s")
 
 
-MEMO = 4_096
-"""Facts (and summary lines) whose words, prior and tokens are remembered, per process:
-about ten conversations' summaries, a few MB at most."""
-
-
 @lru_cache(maxsize=MEMO)
 def _tokens(count: Callable[[str], int], text: str) -> int:
     """``count(text)``, remembered: a summary's facts are counted fold after fold."""
@@ -412,13 +518,26 @@ def _content_words(text: str) -> frozenset[str]:
     return frozenset({w.lower() for w in _WORD.findall(text)} - _STOPWORDS - _SMALL_TALK)
 
 
+@lru_cache(maxsize=MEMO)
+def _terms(
+    text: str, date: str, speaker: str, count: Callable[[str], int]
+) -> tuple[frozenset[str], frozenset[str], int, tuple[str, str] | None]:
+    """What the greedy needs of a fact: its content words; what it can cover (those
+    and, when it has some and a date, its date and its speaker on that date, each
+    counted as a word); its cost in tokens; the words of its date and speaker."""
+    content = _content_words(text)
+    sessions = (f"[{date}]", f"[{date}] {speaker}") if date else None
+    group = content.union(sessions) if sessions and content else content
+    return content, group, _tokens(count, text) + 1, sessions
+
+
 def _rarity(words: Sequence[AbstractSet[str]]) -> dict[str, float]:
-    frequency: dict[str, int] = {}
-    for group in words:
-        for word in group:
-            frequency[word] = frequency.get(word, 0) + 1
+    """Each word's weight: the log of how rare it is among ``words`` (one set per
+    fact), plus one for a number (a word starting with a digit)."""
+    frequency = Counter(chain.from_iterable(words))
     total = len(words) + 1
-    return {
-        word: math.log(total / count) + (1.0 if word[0].isdigit() else 0.0)
-        for word, count in frequency.items()
-    }
+    logs = {count: math.log(total / count) for count in set(frequency.values())}
+    weight = dict(zip(frequency, map(logs.__getitem__, frequency.values()), strict=True))
+    for number in filter(_NUMBER.match, frequency):
+        weight[number] += 1.0
+    return weight
