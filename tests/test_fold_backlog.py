@@ -55,3 +55,33 @@ def test_a_skipped_fold_is_scheduled_again_by_the_next_prepare(sqlite_url: str) 
         trimmer.wait_for_background(60)
         again = trimmer.prepare([*last, {"role": "user", "content": "and then?"}], model="gpt-4o")
         assert again.summary_id is not None
+
+
+class FinishedAtOnce(Background):
+    """A fold thread faster than its caller: each job is done before ``submit`` returns
+    (a fold with nothing left to do, on an idle thread, can be)."""
+
+    def submit(self, work: Any) -> Any:
+        future = super().submit(work)
+        future.result(30)
+        return future
+
+
+def test_a_job_done_before_it_is_registered_does_not_deadlock() -> None:
+    """The done-callback of a finished job runs at once, in the caller's thread, and
+    takes the backlog's lock: submit_once must not hold it then (CI hung 600 s here)."""
+    background = FinishedAtOnce()
+    results: list[bool] = []
+    caller = threading.Thread(
+        target=lambda: results.append(background.submit_once("a", lambda: None)), daemon=True
+    )
+    try:
+        caller.start()
+        caller.join(10)
+        assert not caller.is_alive(), "submit_once deadlocked on a job already done"
+        assert results == [True]
+        assert background.backlog == 0  # forgotten at once
+        assert background.submit_once("a", lambda: None)  # and can be scheduled again
+    finally:
+        if not caller.is_alive():
+            background.close()

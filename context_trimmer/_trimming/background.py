@@ -52,8 +52,10 @@ class Background:
                 return False
             future = self.submit(work)
             self._pending[key] = future
-            future.add_done_callback(lambda _f: self._forget(key, future))
-            return True
+        # Outside the lock: a job already done (a fold with nothing to do) runs the
+        # callback here, at once, and the callback takes the lock.
+        future.add_done_callback(lambda _f: self._forget(key, future))
+        return True
 
     @property
     def backlog(self) -> int:
