@@ -189,25 +189,34 @@ def report(
     return beyond, total / bodies
 
 
+def measure(
+    url: str, name: str, vacuum: str, messages: int, count: int, step: int, calls: int
+) -> tuple[float, float]:
+    """Fill the store at ``url``, size it before and after ``vacuum``, and time
+    prepare() on it if ``calls``; the report's figures."""
+    sizes_of = sqlite_sizes if url.startswith("sqlite") else postgres_sizes
+    fill(url, messages, count, step)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        _sizes, before = sizes_of(connection)
+        print(f"\n{name} before {vacuum}: {before:,} bytes")
+        connection.execute(text(vacuum))
+        sizes, total = sizes_of(connection)
+        result = report(f"{name}, after {vacuum}", connection, sizes, total)
+        if calls:  # after the sizes: its ledger rows are not counted
+            cpu, wall = time_prepare(url, messages, count, calls)
+            print(
+                f"\n{name}: prepare() of a whole stored conversation: {cpu:.2f} ms CPU, "
+                f"{wall:.2f} ms wall (median of {calls * count})"
+            )
+    engine.dispose()
+    return result
+
+
 def measure_sqlite(messages: int, count: int, step: int, calls: int) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{Path(folder) / 'storage.db'}"
-        fill(url, messages, count, step)
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            _sizes, before = sqlite_sizes(connection)
-            print(f"\nSQLite file before VACUUM: {before:,} bytes")
-            connection.execute(text("VACUUM"))
-            sizes, total = sqlite_sizes(connection)
-            result = report("SQLite, after VACUUM", connection, sizes, total)
-            if calls:  # after the sizes: its ledger rows are not counted
-                cpu, wall = time_prepare(url, messages, count, calls)
-                print(
-                    f"\nSQLite: prepare() of a whole stored conversation: {cpu:.2f} ms CPU, "
-                    f"{wall:.2f} ms wall (median of {calls * count})"
-                )
-        engine.dispose()
-    return result
+        return measure(url, "SQLite", "VACUUM", messages, count, step, calls)
 
 
 @contextmanager
@@ -230,22 +239,7 @@ def measure_postgres(
     server: str, messages: int, count: int, step: int, calls: int
 ) -> tuple[float, float]:
     with scratch_database(server) as url:
-        fill(url, messages, count, step)
-        engine = create_engine(url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as connection:
-            _sizes, before = postgres_sizes(connection)
-            print(f"\nPostgreSQL tables before VACUUM FULL: {before:,} bytes")
-            connection.execute(text("VACUUM FULL"))
-            sizes, total = postgres_sizes(connection)
-            result = report("PostgreSQL, after VACUUM FULL", connection, sizes, total)
-            if calls:  # after the sizes: its ledger rows are not counted
-                cpu, wall = time_prepare(url, messages, count, calls)
-                print(
-                    f"\nPostgreSQL: prepare() of a whole stored conversation: {cpu:.2f} ms CPU, "
-                    f"{wall:.2f} ms wall (median of {calls * count})"
-                )
-        engine.dispose()
-    return result
+        return measure(url, "PostgreSQL", "VACUUM FULL", messages, count, step, calls)
 
 
 def main() -> None:
