@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import hypothesis.strategies as st
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from hypothesis import given
 from sqlalchemy import create_engine, inspect, text
 from warm_workers import warm_workers
 
+from context_trimmer._models import ENCODINGS
 from context_trimmer._store.db import Database, make_engine
 from context_trimmer._store.migrate import (
     VERSION_TABLE,
@@ -18,7 +21,7 @@ from context_trimmer._store.migrate import (
     head_revision,
     newest_script,
 )
-from context_trimmer._store.schema import SEARCH_TABLE, Base
+from context_trimmer._store.schema import SEARCH_TABLE, Base, key_code, key_of_code
 
 
 def test_blank_database_upgrades_to_head_and_again_is_a_no_op(db_url: str) -> None:
@@ -169,3 +172,51 @@ def test_object_owners_table_upgrades_with_data_and_downgrades(db_url: str) -> N
     assert store.upgrade() is True
     assert Ownership(store).owners(["file-1"]) == {}
     store.close()
+
+
+def test_counting_keys_are_stored_as_codes_and_keys_again_on_downgrade(db_url: str) -> None:
+    """0016 stores each token count's counting key as its short code ("0" for gpt-4o's
+    "o200k_base/85/170", "1" for gpt-4's cl100k_base), and turns them back into keys on
+    the way down; the app finds its counts either side of it (nothing counted again)."""
+    from context_trimmer import Trimmer
+    from context_trimmer._store.migrate import upgrade
+
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2 + 2?"},
+    ]
+
+    def stored_keys() -> list[str]:
+        with store.engine.connect() as connection:
+            rows = connection.execute(text("SELECT DISTINCT counting_key FROM ct_token_counts"))
+            return sorted(rows.scalars())
+
+    def prepare_both() -> list[int]:
+        with Trimmer(db_url, recall_tokens=0, summarizer="extractive") as trimmer:
+            return [trimmer.prepare(chat, model=m).prompt_tokens for m in ("gpt-4o", "gpt-4")]
+
+    store = Database(db_url)
+    tokens = prepare_both()
+    assert stored_keys() == ["0", "1"]
+    downgrade(store.engine, "0015_pg_search")
+    assert stored_keys() == ["cl100k_base/85/170", "o200k_base/85/170"]
+    upgrade(store.engine)
+    assert stored_keys() == ["0", "1"]
+    assert prepare_both() == tokens
+    with store.engine.connect() as connection:
+        counts = connection.execute(text("SELECT count(*) FROM ct_token_counts")).scalar()
+    assert counts == 2 * len(chat)  # the second prepare() found every count stored
+    store.close()
+
+
+@given(
+    encoding=st.sampled_from(ENCODINGS),
+    base=st.integers(0, 1_000_000),
+    tile=st.integers(0, 1_000_000),
+)
+def test_a_counting_key_and_its_code_map_one_to_one(encoding: str, base: int, tile: int) -> None:
+    key = f"{encoding}/{base}/{tile}"
+    assert key_of_code(key_code(key)) == key
+    assert key_code(key).isdigit()

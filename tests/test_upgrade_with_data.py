@@ -34,7 +34,7 @@ from sqlalchemy import (
 from context_trimmer import Prepared, Trimmer, count_tokens
 from context_trimmer._store.db import make_engine
 from context_trimmer._store.migrate import alembic_config, current_revision, downgrade, upgrade
-from context_trimmer._store.schema import Base, Hash, Timestamp
+from context_trimmer._store.schema import Base, Hash, Timestamp, key_of_code
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
 SYSTEM = {"role": "system", "content": "You are a concise assistant for Acme Travel."}
@@ -53,9 +53,12 @@ def revisions() -> list[str]:
     return [script.revision for script in reversed(list(scripts.walk_revisions()))]
 
 
-def plain(value: Any) -> Any:
+def plain(value: Any, column: str = "") -> Any:
     """Datetimes compared as UTC instants (SQLite hands them back naive); hashes as hex,
-    whether a revision stores them as hex text or (0008 on) as their bytes."""
+    whether a revision stores them as hex text or (0008 on) as their bytes; counting keys
+    as keys, whether stored whole or (0016 on) as their code."""
+    if column == "counting_key" and "/" not in value:
+        return key_of_code(value)
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
     if isinstance(value, (bytes, memoryview)):
@@ -83,7 +86,7 @@ def rows_of(engine: Engine, table: Table, columns: list[str]) -> list[dict[str, 
         result = connection.execute(
             select(*(table.c[c] for c in columns)).order_by(*table.primary_key.columns)
         )
-        return [{k: plain(v) for k, v in row._mapping.items()} for row in result]
+        return [{k: plain(v, k) for k, v in row._mapping.items()} for row in result]
 
 
 def advance_sequences(engine: Engine) -> None:
@@ -340,6 +343,10 @@ def test_a_database_with_data_upgrades_from_0001_and_the_app_carries_on(
     # 0008: every hash is stored as its 32 bytes (the hex read back above is the same).
     hashes = stored_hashes(target)
     assert hashes and all(isinstance(h, bytes) and len(h) == 32 for h in hashes), hashes[:3]
+    # 0016: the counting key "o200k_base/85/170" (gpt-4o's) is stored as its code, "0".
+    with target.connect() as connection:
+        keys = connection.execute(text("SELECT DISTINCT counting_key FROM ct_token_counts"))
+        assert list(keys.scalars()) == ["0"]
 
     # The app opens it (nothing left to migrate) and carries on with the old data.
     with Trimmer(db_url, recall_tokens=0, summarizer="extractive", background=False) as trimmer:

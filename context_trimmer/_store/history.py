@@ -27,7 +27,7 @@ from . import recall_index as _recall_index
 from .batch import Batch, Pending
 from .db import insert_ignoring_conflicts, insert_new
 from .fastsql import Fast
-from .schema import Message, TokenCount, utcnow
+from .schema import Message, TokenCount, key_code, utcnow
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 COUNTS: Table = TokenCount.__table__  # type: ignore[assignment]
@@ -285,7 +285,7 @@ def _send_arrays(
                 "roles": [messages[i]["role"] for i in range(first, last)],
                 "bodies": [bodies[o] for o in offsets],
                 "times": [now] * (last - first),
-                "key": key,
+                "key": key_code(key),  # a text() statement: the column's code by hand
                 "tokens": [tokens[o] for o in offsets],
                 "totals": [totals[o] for o in offsets],
             },
