@@ -197,9 +197,11 @@ def term_counts(cap: int) -> str:
     common one builds its whole bitmap (~1 ms per 8,000 messages of the conversation),
     which recall pays once per process and conversation (it remembers the terms found
     common: ``common_terms``)."""
+    # OFFSET 0: the condition on docs is not pushed into the subquery, whose count it
+    # would run a second time (a common term's bitmap built twice)
     return (
         f"SELECT term, docs FROM (SELECT term, {term_count(cap)} AS docs "
-        "FROM unnest(CAST(%s AS TEXT[])) AS term) AS counted WHERE docs > 0"
+        "FROM unnest(CAST(%s AS TEXT[])) AS term OFFSET 0) AS counted WHERE docs > 0"
     )
 
 
