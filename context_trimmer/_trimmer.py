@@ -452,7 +452,8 @@ class Trimmer:
         return with_recall(path, plan, recalled)
 
     def _terms_to_count(self, batch: Batch, path: Path) -> Pending | None:
-        """Recall's count of the question's terms, sent with prepare()'s first lookups."""
+        """Recall's count of the question's terms and their matches, sent with
+        prepare()'s first lookups."""
         return send_term_counts(batch, path) if self.options.recall_tokens else None
 
     def _cut(

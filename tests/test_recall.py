@@ -27,6 +27,7 @@ from context_trimmer import (
     count_tokens,
 )
 from context_trimmer._store import recall_index as _recall_index
+from context_trimmer._store.batch import Batch
 from context_trimmer._store.db import Database
 from context_trimmer._store.fastsql import driver_rows
 from context_trimmer._store.keys import create_key
@@ -38,6 +39,7 @@ from context_trimmer._text.tokens import TokenCounter
 from context_trimmer._trimming import recall as _recall
 from context_trimmer._trimming.recall import (
     DOC_BUDGET,
+    MAX_HITS,
     PROBE_CAP,
     RECALL_HEADER,
     Lines,
@@ -316,6 +318,65 @@ def test_serve_recall_tokens_reaches_the_gateway(
         assert len(recalled) == 1 and "called Biscuit" in recalled[0]["content"]
     else:
         assert recalled == []
+
+
+def matching(turns: int) -> list[dict[str, Any]]:
+    """A conversation whose turns name "quokka" (every third, some twice), "zephyr"
+    (every second, up to three times) and "marimba" (the first 75 but every third):
+    together the first two are in fewer than ``DOC_BUDGET`` messages, but more than
+    ``MAX_HITS``; all three, in more; many score the same."""
+    messages: list[dict[str, Any]] = [SYSTEM]
+    for turn in range(turns):
+        words = ["quokka"] * (turn % 3 == 0) * (1 + turn % 2)
+        words += ["zephyr"] * (turn % 2 == 0) * (1 + turn % 5 // 2)
+        words += ["marimba"] * (turn < 75 and turn % 3 != 0)
+        role = "user" if turn % 2 == 0 else "assistant"
+        messages.append({"role": role, "content": f"Turn {turn}: " + " and ".join(words)})
+    return messages
+
+
+def test_the_first_round_trip_finds_the_hits_the_search_would(
+    db_url: str, options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL the count of the question's terms and the matches of those recall
+    chooses come in one statement of prepare()'s first round trip, with no depth bound
+    and no limit; recall bounds, ranks and limits them (``sent_hits``): the same hits as
+    :func:`search` after the plan, at every start, with more than ``MAX_HITS`` matches,
+    matches past the start and a term left out for the budget; none when a term was
+    found common in between (search then). And the same request as a Trimmer that
+    searches after the plan (on SQLite, the only way)."""
+    settings = {**options, "keep_last": 10, "recall_tokens": 2000}
+    history = matching(90)
+    folded(db_url, history, **settings)
+    question = ask(history, "Was it the marimba, the quokka or the zephyr?")
+    with Trimmer(db_url, summarizer="extractive", background=False, **settings) as trimmer:
+        pipelined = trimmer.prepare(question)
+        path = trimmer._path(question, "gpt-4o", None)
+        anchor, asked = path.anchor_hash, query_terms(question[-1]["content"])
+        assert anchor is not None and len(asked) == 3
+        with trimmer._db.writing() as connection:
+            with Batch(connection) as batch:
+                counted = _recall.send_term_counts(batch, path)
+            assert (counted is None) == trimmer._db.is_sqlite
+            chosen = _recall.informative(connection, anchor, asked, counted)
+            assert chosen == _recall.informative(connection, anchor, asked)
+            assert chosen == query_terms("quokka zephyr")  # marimba: over DOC_BUDGET with them
+            searched = {b: _recall.search(connection, anchor, chosen, b) for b in range(93)}
+            assert len(searched[92]) == MAX_HITS and len({h.score for h in searched[92]}) > 2
+            if counted is not None:
+                assert len(counted.rows()) == 3 + 61  # the counts; 60 turns and the question
+                for before, hits in searched.items():
+                    assert _recall.sent_hits(counted, anchor, asked, chosen, before) == hits
+                _recall_index.note_common(trimmer._db.engine, anchor, chosen[:1])
+                rest = _recall.informative(connection, anchor, asked, counted)
+                assert rest == query_terms("zephyr marimba")  # not what was searched
+                assert _recall.sent_hits(counted, anchor, asked, rest, 92) is None
+    with Trimmer(db_url, summarizer="extractive", background=False, **settings) as trimmer:
+        monkeypatch.setattr(trimmer, "_terms_to_count", lambda batch, path: None)
+        searching = trimmer.prepare(question)
+    recalled = recall_message(pipelined)
+    assert recalled is not None and "quokka" in recalled["content"]
+    assert pipelined.messages == searching.messages
 
 
 def test_postgresql_term_counts_follow_appends_and_erasure(

@@ -22,6 +22,7 @@ from context_trimmer import Trimmer, count_tokens
 from context_trimmer._store import deadlines
 from context_trimmer._store import history as _history
 from context_trimmer._trimming.hashing import ChainCache
+from context_trimmer._trimming.recall import RECALL_HEADER
 
 WARM_ROUND_TRIPS = 2
 """The pipeline of lookups and new messages, then the ledger row with the commit."""
@@ -29,9 +30,9 @@ WARM_STATEMENTS = 7
 """BEGIN; what is stored (with the system prompt's token row), the deepest summary
 (with its last message's token row), the new messages with their counts, their index
 rows; the ledger row, COMMIT."""
-RECALL_ROUND_TRIPS = 1
-"""Recall, when the question has a term rare enough to search: the search (the count of
-its terms' messages goes with the first round trip)."""
+RECALL_STATEMENTS = 1
+"""Recall, when the question has a term rare enough to search: the count of its terms'
+messages with the matches of those it searches, one statement in the first round trip."""
 
 
 class Protocol:
@@ -111,11 +112,6 @@ def pg_trimmer(postgres_schema_url: str, request: pytest.FixtureRequest) -> Iter
         yield trimmer
 
 
-def expected(trimmer: Trimmer, base: int = WARM_ROUND_TRIPS) -> int:
-    """The round trips of a warm turn asking about Lisbon (a term recall searches)."""
-    return base + (RECALL_ROUND_TRIPS if trimmer.options.recall_tokens else 0)
-
-
 def warm(trimmer: Trimmer) -> list[dict[str, Any]]:
     """A conversation prepared twice, with a summary: the next turn is a warm one."""
     messages = chat(40)
@@ -134,11 +130,14 @@ def test_a_warm_prepare_is_two_round_trips(pg_trimmer: Trimmer) -> None:
     with protocol.recording():
         prepared = pg_trimmer.prepare(messages)
     assert prepared.summary_id is not None
-    recall = 2 if pg_trimmer.options.recall_tokens else 0  # the count, the search
+    recall = RECALL_STATEMENTS if pg_trimmer.options.recall_tokens else 0
     assert (protocol.round_trips, protocol.statements) == (
-        expected(pg_trimmer),
+        WARM_ROUND_TRIPS,
         WARM_STATEMENTS + recall,
     ), protocol.messages
+    recalled = [m for m in prepared.messages if str(m["content"]).startswith(RECALL_HEADER)]
+    assert len(recalled) == (1 if recall else 0)  # found by the first round trip's search
+    assert all("Lisbon" in m["content"] for m in recalled)
     # the counts it stored are exact: the next turn's baseline is read from them
     messages += [{"role": "assistant", "content": "On Tuesday."}, {"role": "user", "content": "Ok"}]
     assert pg_trimmer.prepare(messages).baseline_tokens == count_tokens(messages)
@@ -152,7 +151,7 @@ def test_the_same_list_again_is_two_round_trips(pg_trimmer: Trimmer) -> None:
     protocol = Protocol(pg_trimmer)
     with protocol.recording():
         pg_trimmer.prepare(messages)  # a retry: nothing new to store
-    assert protocol.round_trips == expected(pg_trimmer), protocol.messages
+    assert protocol.round_trips == WARM_ROUND_TRIPS, protocol.messages
 
 
 def test_a_connection_idle_for_long_is_pinged_first(
@@ -164,7 +163,7 @@ def test_a_connection_idle_for_long_is_pinged_first(
     messages.append({"role": "user", "content": "Which day do we fly to Lisbon?"})
     with protocol.recording():
         pg_trimmer.prepare(messages)
-    assert protocol.round_trips == expected(pg_trimmer) + 1, protocol.messages
+    assert protocol.round_trips == WARM_ROUND_TRIPS + 1, protocol.messages
 
 
 def test_a_connection_the_server_closed_is_replaced_without_an_error(
@@ -205,9 +204,9 @@ def test_what_another_trimmer_of_the_process_stored_is_not_sent_again(
         protocol = Protocol(second)
         with protocol.recording():
             prepared = second.prepare(messages)
-        recall = 2 if second.options.recall_tokens else 0
+        recall = RECALL_STATEMENTS if second.options.recall_tokens else 0
         assert (protocol.round_trips, protocol.statements) == (
-            expected(second),
+            WARM_ROUND_TRIPS,
             WARM_STATEMENTS - 2 + recall,
         ), protocol.messages
         assert prepared.baseline_tokens == count_tokens(messages)

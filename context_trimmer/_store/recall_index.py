@@ -197,13 +197,20 @@ def term_counts(cap: int) -> str:
     common one builds its whole bitmap (~1 ms per 8,000 messages of the conversation),
     which recall pays once per process and conversation (it remembers the terms found
     common: ``common_terms``)."""
-    one = (
-        f"SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
-        f"WHERE document @@ to_tsquery('simple', term) LIMIT {int(cap)}) AS hit"
-    )
+    # OFFSET 0: the condition on docs is not pushed into the subquery, whose count it
+    # would run a second time (a common term's bitmap built twice)
     return (
-        f"SELECT term, docs FROM (SELECT term, ({one}) AS docs "
-        "FROM unnest(CAST(%s AS TEXT[])) AS term) AS counted WHERE docs > 0"
+        f"SELECT term, docs FROM (SELECT term, {term_count(cap)} AS docs "
+        "FROM unnest(CAST(%s AS TEXT[])) AS term OFFSET 0) AS counted WHERE docs > 0"
+    )
+
+
+def term_count(cap: int) -> str:
+    """PostgreSQL: :func:`term_counts`' count of one scoped term (the column ``term``),
+    a scalar subquery."""
+    return (
+        f"(SELECT count(*) FROM (SELECT 1 FROM {SEARCH_TABLE} "
+        f"WHERE document @@ to_tsquery('simple', term) LIMIT {int(cap)}) AS hit)"
     )
 
 

@@ -27,6 +27,14 @@ messages, so the request stays valid. Its tokens are counted exactly. It goes ri
 before the newest user message, after the cache-stable ``[system][summary][tail]``.
 Same path and question, same message.
 
+Round trips: none on SQLite (in-process). On PostgreSQL the count of the question's
+terms and the matches of those recall will search go in one statement with prepare()'s
+first round trip (:func:`send_term_counts`), before the plan knows where the summary
+starts: every match, at most ``DOC_BUDGET`` rows; recall bounds, ranks and limits
+them here (:func:`sent_hits`), so it adds no round trip. Otherwise (a plan made
+again, after a fold or cut to fit; a term found common in between by another thread)
+it counts and searches then.
+
 Cost: this runs on every prepare() with a summary. The ranking scores at most
 ``DOC_BUDGET`` messages; each candidate line is rendered and counted at most once, and
 not at all when a lower bound of its tokens (its words) does not fit what is left; the
@@ -60,6 +68,7 @@ from .._store.recall_index import (
     note_common,
     scoped,
     stem,
+    term_count,
     term_counts,
     words_of,
 )
@@ -155,18 +164,20 @@ def recall(
 ) -> Recalled:
     """The recall message for ``path``, searching the messages before ``start`` (those
     folded into the summary, or not sent), within ``budget``; ``summary_text``: what
-    the request's summary already says; ``counted``: the term counts
-    :func:`send_term_counts` read already."""
+    the request's summary already says; ``counted``: the term counts and
+    matches :func:`send_term_counts` read already."""
     question = newest_user(path.messages)
     if budget <= 0 or start <= 0 or question is None or path.anchor_hash is None:
         return NOTHING
     terms = query_terms(message_text(path.messages[question]))
     if not terms:
         return NOTHING
-    terms = informative(connection, path.anchor_hash, terms, counted)
-    if not terms:
+    chosen = informative(connection, path.anchor_hash, terms, counted)
+    if not chosen:
         return NOTHING
-    found = [hit for hit in search(connection, path.anchor_hash, terms, start) if on(path, hit)]
+    sent = None if counted is None else sent_hits(counted, path.anchor_hash, terms, chosen, start)
+    matches = search(connection, path.anchor_hash, chosen, start) if sent is None else sent
+    found = [hit for hit in matches if on(path, hit)]
     hits = by_speaker(path.messages, found, fold(message_text(path.messages[question])))
     floor = MIN_SCORE_SHARE * hits[0][0] if hits else 0.0
     on_path = [depth for score, depth in hits if score >= floor]
@@ -256,9 +267,10 @@ def _match(dialect: str, anchor: str, terms: Sequence[str]) -> tuple[str, str]:
 
 
 def send_term_counts(batch: Batch, path: Path) -> Pending | None:
-    """PostgreSQL: :func:`informative`'s count of the newest user message's terms, added
-    to ``batch`` (with the lookups of prepare()'s first round trip, after the new
-    messages it stores: the same counts, one round trip fewer). None: nothing to count."""
+    """PostgreSQL: :func:`informative`'s count of the newest user message's terms and
+    the matches of those it will choose (:func:`counts_and_matches`), added to ``batch``
+    (with the lookups of prepare()'s first round trip, after the new messages it
+    stores: the same counts and hits, two round trips fewer). None: nothing to count."""
     question = newest_user(path.messages)
     if not batch.pipelined or question is None or path.anchor_hash is None:
         return None
@@ -266,7 +278,7 @@ def send_term_counts(batch: Batch, path: Path) -> Pending | None:
     terms = [t for t in query_terms(message_text(path.messages[question])) if t not in known]
     if not terms:
         return None
-    return batch.sql(_COUNTED, ([scoped(path.anchor_hash, term) for term in terms],))
+    return batch.sql(_COUNTED_AND_MATCHED, ([scoped(path.anchor_hash, t) for t in terms],))
 
 
 def informative(
@@ -285,13 +297,20 @@ def informative(
     if connection.dialect.name == "sqlite":
         counts = _probe(connection, [lookup("sqlite", anchor, term) for term in terms])
     elif counted is not None:
-        docs: dict[str, int] = dict(counted.rows())
+        docs = _counts(counted)
         counts = [docs.get(scoped(anchor, term), 0) for term in terms]
     else:
         counts = _counted(connection, [scoped(anchor, term) for term in terms])
     common = [term for term, found in zip(terms, counts, strict=True) if found >= PROBE_CAP]
     if common:
         note_common(connection.engine, anchor, common)
+    return rarest(terms, counts)
+
+
+def rarest(terms: Sequence[str], counts: Sequence[int]) -> list[str]:
+    """:func:`informative`'s choice among ``terms`` found in ``counts`` messages (each
+    up to ``PROBE_CAP``): by fewest messages (then by position), while each is under the
+    cap and together they are in at most ``DOC_BUDGET`` messages."""
     kept, total = [], 0
     for i, found in sorted(enumerate(counts), key=lambda row: (row[1], row[0])):
         if found == 0:
@@ -324,6 +343,58 @@ def _counted(connection: Connection, keys: Sequence[str]) -> list[int]:
 
 
 _COUNTED = term_counts(PROBE_CAP)
+
+
+def counts_and_matches() -> str:
+    """PostgreSQL: :data:`_COUNTED`'s counts, as ``(term, messages, NULL, NULL, NULL)``
+    rows, and, in the same statement, every message matching the terms :func:`rarest`
+    chooses from them, as ``(NULL, NULL, hash, depth, score)`` rows, scored as
+    :func:`search` scores them (the same query text: the terms joined by `` | `` in
+    the chosen order). No depth bound and no limit: the plan's start is not known
+    yet, and the chosen terms are together in at most ``DOC_BUDGET`` messages (the
+    counts under the cap are exact), so it is at most that many rows;
+    :func:`sent_hits` bounds and ranks them."""
+    return f"""
+WITH counted AS (
+    SELECT term, {term_count(PROBE_CAP)} AS docs, position
+    FROM unnest(CAST(%s AS TEXT[])) WITH ORDINALITY AS asked (term, position)
+), ranked AS (
+    SELECT term, docs, position,
+        sum(docs) OVER (ORDER BY docs, position ROWS UNBOUNDED PRECEDING) AS total
+    FROM counted WHERE docs > 0
+), chosen AS (
+    SELECT to_tsquery('simple', string_agg(term, ' | ' ORDER BY docs, position)) AS query
+    FROM ranked WHERE docs < {PROBE_CAP} AND total <= {DOC_BUDGET}
+)
+SELECT term, docs, NULL, NULL, NULL FROM counted WHERE docs > 0
+UNION ALL
+SELECT NULL, NULL, encode(hash, 'hex'), depth, ts_rank_cd(document, (SELECT query FROM chosen))
+FROM {SEARCH_TABLE} WHERE document @@ (SELECT query FROM chosen)
+"""
+
+
+_COUNTED_AND_MATCHED = counts_and_matches()
+
+
+def _counts(counted: Pending) -> dict[str, int]:
+    """The term counts of :func:`counts_and_matches`' rows, by scoped term."""
+    return {row[0]: row[1] for row in counted.rows() if row[0] is not None}
+
+
+def sent_hits(
+    counted: Pending, anchor: str, asked: Sequence[str], chosen: Sequence[str], before: int
+) -> list[Hit] | None:
+    """:func:`search`'s hits for ``chosen`` (from ``asked``, the question's terms) above
+    depth ``before``, taken from the matches :func:`counts_and_matches` read: the same
+    rows, bounded, ordered (score, then depth) and limited here. None when it matched
+    other terms than ``chosen`` (one found common since, by another thread): search."""
+    docs = _counts(counted)
+    sent = [term for term in asked if scoped(anchor, term) in docs]  # in the order sent
+    if rarest(sent, [docs[scoped(anchor, term)] for term in sent]) != list(chosen):
+        return None
+    hits = [Hit(*row[2:]) for row in counted.rows() if row[0] is None and row[3] < before]
+    hits.sort(key=lambda hit: (-hit.score, hit.depth))
+    return hits[:MAX_HITS]
 
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
