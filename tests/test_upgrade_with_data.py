@@ -57,7 +57,7 @@ def plain(value: Any, column: str = "") -> Any:
     """Datetimes compared as UTC instants (SQLite hands them back naive); hashes as hex,
     whether a revision stores them as hex text or (0008 on) as their bytes; counting keys
     as keys, whether stored whole or (0016 on) as their code."""
-    if column == "counting_key" and "/" not in value:
+    if column == "counting_key":
         return key_of_code(value)
     if isinstance(value, datetime):
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value

@@ -391,9 +391,9 @@ def _skeletonise(connection: Connection, erased: list[str], opaque: Callable[[st
     and token counts under a new hash."""
     m, c = MESSAGES.c, COUNTS.c
     erased_set = set(erased)
+    _history.forget_stored()
     for chunk in _chunks(erased):
         _recall_index.remove(connection, list(chunk))  # reads the messages: before they go
-        _history.forget_stored()
         nodes = connection.execute(
             select(m.hash, m.parent_hash, m.depth, m.created_at).where(m.hash.in_(chunk))
         ).all()

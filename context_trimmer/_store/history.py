@@ -27,7 +27,7 @@ from . import recall_index as _recall_index
 from .batch import Batch, Pending
 from .db import insert_ignoring_conflicts, insert_new
 from .fastsql import Fast
-from .schema import Message, TokenCount, key_code, utcnow
+from .schema import CountingKey, Message, TokenCount, utcnow
 
 MESSAGES: Table = Message.__table__  # type: ignore[assignment]
 COUNTS: Table = TokenCount.__table__  # type: ignore[assignment]
@@ -208,6 +208,7 @@ _STORE_MESSAGES = (  # a statement's first part: the messages, skipping those st
     "CAST(:depths AS INTEGER[]), CAST(:roles AS VARCHAR[]), CAST(:bodies AS TEXT[]), "
     "CAST(:times AS TIMESTAMPTZ[])) ON CONFLICT DO NOTHING) "
 )
+_KEY = bindparam("key", type_=CountingKey())  # stored as its code, as the column is
 _APPEND = Fast(  # then their counts, from the running totals given
     text(
         _STORE_MESSAGES
@@ -215,7 +216,7 @@ _APPEND = Fast(  # then their counts, from the running totals given
         "SELECT hash, :key, tokens, total FROM unnest(CAST(:hashes AS BYTEA[]), "
         "CAST(:tokens AS INTEGER[]), CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
         "ON CONFLICT DO NOTHING"
-    )
+    ).bindparams(_KEY)
 )
 _APPEND_AFTER = Fast(  # then their counts, only if the message before them is counted
     text(
@@ -226,7 +227,7 @@ _APPEND_AFTER = Fast(  # then their counts, only if the message before them is c
         "CAST(:totals AS BIGINT[])) AS row (hash, tokens, total) "
         "CROSS JOIN (SELECT path_tokens FROM ct_token_counts WHERE message_hash = "
         "CAST(:base AS BYTEA) AND counting_key = :key) AS base ON CONFLICT DO NOTHING"
-    )
+    ).bindparams(_KEY)
 )
 
 
@@ -285,7 +286,7 @@ def _send_arrays(
                 "roles": [messages[i]["role"] for i in range(first, last)],
                 "bodies": [bodies[o] for o in offsets],
                 "times": [now] * (last - first),
-                "key": key_code(key),  # a text() statement: the column's code by hand
+                "key": key,
                 "tokens": [tokens[o] for o in offsets],
                 "totals": [totals[o] for o in offsets],
             },
