@@ -46,12 +46,13 @@ words' and lines' token counts per encoding (``Words``).
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar
 
 from sqlalchemy import Connection
 
@@ -483,15 +484,18 @@ def build(
                 covered.add(index)
         return index in covered
 
+    hashes = path.hashes
     for index in ranked:
         neighbour = hits is not None and index not in hits
         if neighbour and not covers(index - 1) and not covers(index + 1):
             continue
-        least = lines.least(index)
-        if least is not None and used + least > budget:
-            unsaid.add(index)  # cannot fit: neither rendered nor counted
-            continue
-        line = lines.get(index)
+        key = hashes[index]
+        line = lines.known(key)
+        if line is _UNKNOWN:
+            if lines.too_long(index, budget - used):
+                unsaid.add(index)  # cannot fit: neither rendered nor counted
+                continue
+            line = lines.render(index, key)
         if line is None or said.says(line.words):
             covered.add(index)
             continue
@@ -505,7 +509,7 @@ def build(
         if dated:
             cost += pieces.date(date)
         if used + cost <= budget:
-            chosen[index] = lines.dated(index, line, date)
+            chosen[index] = lines.dated(key, line, date)
             covered.add(index)
             used += cost
             if dated:
@@ -532,31 +536,42 @@ class Lines:
 
     def get(self, index: int) -> Line | None:
         key = self.path.hashes[index]
-        try:
-            return self._known[key]  # None: a message without words
-        except KeyError:  # not remembered (or just forgotten by another thread)
-            pass
+        line = self.known(key)
+        return self.render(index, key) if line is _UNKNOWN else line
+
+    def known(self, key: str) -> Line | Literal[_Unknown.LINE] | None:
+        """The line remembered for the message of hash ``key`` (None: a message without
+        words), or ``_UNKNOWN``."""
+        return self._known.get(key, _UNKNOWN)
+
+    def render(self, index: int, key: str) -> Line | None:
+        """The line of ``messages[index]`` (hash ``key``), rendered and remembered."""
         line = render(self.path.messages, index)
         self._remember(key, line)
         return line
 
-    def least(self, index: int) -> int | None:
-        """``least_tokens`` of the line of a message not remembered, from its text as
-        the app sent it (no rendering); None when remembered, or not plain text."""
+    def too_long(self, index: int, room: int) -> bool:
+        """Whether the line of ``messages[index]`` surely takes more than ``room``
+        tokens, judged from its text as the app sent it, without rendering it: its
+        ``least_tokens``, its words not even counted when a word per two characters
+        (the most it can have) would fit. False when not plain text."""
         message = self.path.messages[index]
         content = message.get("content")
-        if type(content) is not str or message.get("tool_calls") or "\x00" in content:
-            return None
+        if type(content) is not str or (len(content) + 1) // 2 + 2 <= room:
+            return False  # it may fit (a role adds at most one word: "tool result")
+        if message.get("tool_calls") or "\x00" in content:
+            return False
         words = len(content.split())
-        if not words or content.lstrip()[:1] == "[" or self.path.hashes[index] in self._known:
-            return None
-        return words + 1 + (1 if message["role"] == "tool" else message["role"].count(" "))
+        if not words or content.lstrip()[:1] == "[":
+            return False
+        role = message["role"]
+        return words + 1 + (1 if role == "tool" else role.count(" ")) > room
 
-    def dated(self, index: int, line: Line, date: str) -> Line:
-        """``line`` with its session date, remembered so."""
+    def dated(self, key: str, line: Line, date: str) -> Line:
+        """``line`` (of the message of hash ``key``) with its session date, remembered so."""
         if line.date is None:
             line = Line(line.text, line.words, date)
-            self._remember(self.path.hashes[index], line)
+            self._remember(key, line)
         return line
 
     def _remember(self, key: str, line: Line | None) -> None:
@@ -779,6 +794,15 @@ def _content(chosen: Mapping[int, Line]) -> str:
     return "\n".join(lines)
 
 
+class _Unknown(enum.Enum):
+    """What :meth:`Lines.known` returns for a message whose line is not remembered."""
+
+    LINE = 0
+
+
+_UNKNOWN = _Unknown.LINE
+
+
 @dataclass(frozen=True)
 class Line:
     """One recalled message: ``text`` (``role: words``), its ``words``, its session date."""
@@ -834,7 +858,7 @@ class Dates:
         floor = max(index - DATE_LOOKBACK, 0)
         at, found, low = index - 1, -1, floor
         seen: list[int] = []
-        nearest = self.nearest
+        nearest, messages = self.nearest, self.messages
         while at >= floor:
             known = nearest.get(at)
             if known is not None:
@@ -844,7 +868,8 @@ class Dates:
                 at = low - 1
                 continue
             seen.append(at)
-            if self._tagged(at):
+            content = messages[at].get("content")
+            if isinstance(content, str) and content[:1] == "[" and self._tagged(at, content):
                 found = at
                 break
             at -= 1
@@ -853,11 +878,8 @@ class Dates:
             nearest[at] = (found, low)
         return self.tags[found] if found >= floor else ""
 
-    def _tagged(self, at: int) -> bool:
-        content = self.messages[at].get("content")
-        if isinstance(content, str) and content[:1] == "[":
-            tagged = _DATE_TAG.match(content)
-            if tagged:
-                self.tags[at] = tagged.group(1)
-                return True
-        return False
+    def _tagged(self, at: int, content: str) -> bool:
+        tagged = _DATE_TAG.match(content)
+        if tagged:
+            self.tags[at] = tagged.group(1)
+        return tagged is not None
