@@ -61,6 +61,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,9 +180,16 @@ class Locomo:
                 return {"role": line["role"] if role is None else role, "content": line["content"]}
 
 
-def locomo_worker(size: int, turns: int, db: str | None, data: Path) -> dict[str, Any]:
+def locomo_worker(
+    size: int,
+    turns: int,
+    db: str | None,
+    data: Path,
+    then: Callable[[Trimmer], None] | None = None,
+) -> dict[str, Any]:
     """(wall, CPU) seconds of each turn's prepare() with recall off and on, on LoCoMo text:
-    ``{"questions": [off, on], "dialogue": [off, on]}``, each a list of (wall, CPU)."""
+    ``{"questions": [off, on], "dialogue": [off, on]}``, each a list of (wall, CPU);
+    ``then``: called with the Trimmer with recall on after the turns, the store open."""
     source = Locomo(data)
     rng = random.Random(size)
     messages = source.history(size)
@@ -215,29 +223,47 @@ def locomo_worker(size: int, turns: int, db: str | None, data: Path) -> dict[str
                 messages.append(source.take("assistant"))
                 if prepared.fold_pending:
                     writer.compact(messages)
+            if then is not None:
+                then(on)
     finally:
         remove()
     return {kind: list(pair) for kind, pair in times.items()}
+
+
+def in_trees(
+    command_for: Callable[[int], list[str]],
+    trees: Mapping[str, str | None],
+    sizes: Sequence[int],
+    processes: int,
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """Each size's worker (``command_for(size)``, printing its JSON result last) in
+    ``processes`` processes per source tree (None: this one; else imported from that
+    tree), the trees alternating process by process so they share the load."""
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (tree, size): [] for tree in trees for size in sizes
+    }
+    for _process in range(processes):
+        for size in sizes:
+            for name, tree in trees.items():
+                env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+                output = subprocess.run(
+                    command_for(size), check=True, capture_output=True, text=True, env=env
+                ).stdout
+                runs[name, size].append(json.loads(output.splitlines()[-1]))
+    return runs
 
 
 def compare_recall_locomo(args: argparse.Namespace) -> None:
     """``--recall --text locomo``: each size in ``--processes`` worker processes; with
     ``--against``, another source tree too, process by process in turn (same load)."""
     trees = {"this": None, **({"against": args.against} if args.against else {})}
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
-        (tree, size): [] for tree in trees for size in args.sizes
-    }
-    for _process in range(args.processes):
-        for size in args.sizes:
-            for name, tree in trees.items():
-                command = [sys.executable, __file__, "--worker", "locomo", "--sizes", str(size)]
-                command += ["--turns", str(args.turns), "--data", str(args.data)]
-                command += ["--db", args.db] if args.db else []
-                env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-                output = subprocess.run(
-                    command, check=True, capture_output=True, text=True, env=env
-                ).stdout
-                runs[name, size].append(json.loads(output.splitlines()[-1]))
+
+    def command_for(size: int) -> list[str]:
+        command = [sys.executable, __file__, "--worker", "locomo", "--sizes", str(size)]
+        command += ["--turns", str(args.turns), "--data", str(args.data)]
+        return command + (["--db", args.db] if args.db else [])
+
+    runs = in_trees(command_for, trees, args.sizes, args.processes)
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; LoCoMo text, "
         f"{'PostgreSQL' if args.db else 'SQLite'}, recall_tokens="

@@ -1,10 +1,11 @@
 """Recall's ``build`` alone, replayed: the CPU of choosing and counting the recall
 message's lines, apart from the noise of the rest of prepare().
 
-The LoCoMo turns of ``prepare_speed.py --recall --text locomo`` (the same history,
-questions and dialogue lines) are run once at each size, on SQLite in this process, and
-every call of ``_trimming.recall.build`` is captured with its arguments (the path, the
-ranked candidates, the summary's text, the budget). The same calls are then replayed
+The LoCoMo turns of ``prepare_speed.py --recall --text locomo`` (its worker: the same
+history, questions and dialogue lines) are run once at each size, on SQLite in this
+process, and every call of ``_trimming.recall.build`` (and of ``recall()``) is captured
+with its arguments (the path, the ranked candidates, the summary's text, the budget).
+The same calls are then replayed
 ``--repeats`` times three ways:
 
 - cold: every cache of recall emptied first (a process that has seen nothing);
@@ -32,19 +33,15 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prepare_speed import DEFAULT_DATA, Locomo
+from prepare_speed import DEFAULT_DATA, in_trees, locomo_worker
 
 import context_trimmer._trimmer as trimmer_module
 from context_trimmer import Trimmer
@@ -64,9 +61,9 @@ class Captured:
     connection: Any = None
 
 
-@contextmanager
-def captured(size: int, turns: int, data: Path) -> Iterator[Captured]:
-    """The calls of ``turns`` LoCoMo turns at ``size`` messages, the store kept open."""
+def replayed(size: int, turns: int, data: Path, measure: Callable[[Captured], None]) -> None:
+    """``measure`` the calls of the turns of ``prepare_speed.py --recall --text locomo``
+    at ``size`` messages (its ``locomo_worker``), with the store still open."""
     found = Captured()
     build, recall = recall_module.build, trimmer_module.recall
 
@@ -78,34 +75,17 @@ def captured(size: int, turns: int, data: Path) -> Iterator[Captured]:
         found.recalls.append((args[1:], kwargs))
         return recall(*args, **kwargs)
 
-    source = Locomo(data)
-    rng = random.Random(size)
-    messages = source.history(size)
-    options: dict[str, Any] = {"summarizer": "extractive", "background": False}
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{folder}/recall.db"
-        with Trimmer(url, recall_tokens=0, **options) as writer, Trimmer(url, **options) as on:
-            for trimmer in (writer, on):
-                trimmer.prepare(messages)
-            writer.compact(messages, force=True)
-            recall_module.build, trimmer_module.recall = building, recalling
-            try:
-                for turn in range(turns):
-                    if turn % 2 == 0:
-                        asked = {"role": "user", "content": rng.choice(source.questions)}
-                    else:
-                        asked = source.take("user")
-                    messages.append(asked)
-                    writer.prepare(messages)
-                    prepared = on.prepare(messages)
-                    messages.append(source.take("assistant"))
-                    if prepared.fold_pending:
-                        writer.compact(messages)
-            finally:
-                recall_module.build, trimmer_module.recall = build, recall
-            with on._db.writing() as connection:
-                found.connection = connection
-                yield found
+    def then(on: Trimmer) -> None:
+        recall_module.build, trimmer_module.recall = build, recall
+        with on._db.writing() as connection:
+            found.connection = connection
+            measure(found)
+
+    recall_module.build, trimmer_module.recall = building, recalling
+    try:
+        locomo_worker(size, turns, None, data, then)
+    finally:
+        recall_module.build, trimmer_module.recall = build, recall
 
 
 def forget_lines() -> None:
@@ -167,41 +147,47 @@ def worker(size: int, turns: int, repeats: int, data: Path, parts: bool) -> dict
     ``parts``, of a replay forgetting each cache alone, and of ``recall()`` whole (every
     line remembered), with and without ``build``."""
     forgetting = {"cold": recall_module.forget_recalled, "lines cold": forget_lines}
-    least = {kind: float("inf") for kind in KINDS}
-    built: list[Any] = []
-    with captured(size, turns, data) as calls:
-        for _repeat in range(repeats):
-            for kind in KINDS:
-                forgetting.get(kind, lambda: None)()
-                start = time.process_time()
-                built = [recall_module.build(*args, **kwargs) for args, kwargs in calls.builds]
-                least[kind] = min(least[kind], (time.process_time() - start) / len(calls.builds))
+    least: dict[str, float] = {}
+    result: dict[str, Any] = {"least": least}
+
+    def build(call: Call) -> Any:
+        return recall_module.build(*call[0], **call[1])
+
+    def measure(calls: Captured) -> None:
+        for kind in KINDS:
+            least[kind] = least_per_turn(
+                calls.builds, build, forgetting.get(kind, _nothing), repeats
+            )
+        built = [build(call) for call in calls.builds]
+        digest = hashlib.sha256(json.dumps([(r.message, r.tokens) for r in built]).encode())
+        result["digest"] = digest.hexdigest()[:16]
         if parts:
             for name, forget in PARTS.items():
-                least[name] = least_per_turn(
-                    calls.builds,
-                    lambda call: recall_module.build(*call[0], **call[1]),
-                    forget,
-                    repeats,
-                )
-            recall = recall_module.recall
+                least[name] = least_per_turn(calls.builds, build, forget, repeats)
+            least.update(whole_recall(calls, repeats))
 
-            def whole(call: Call) -> Any:
-                return recall(calls.connection, *call[0], **call[1])
+    replayed(size, turns, data, measure)
+    return result
 
-            least["recall()"] = least_per_turn(calls.recalls, whole, lambda: None, repeats)
-            build, recall_module.build = (
-                recall_module.build,
-                lambda *_a, **_k: recall_module.NOTHING,
-            )
-            try:
-                least["recall() without build"] = least_per_turn(
-                    calls.recalls, whole, lambda: None, repeats
-                )
-            finally:
-                recall_module.build = build
-    digest = hashlib.sha256(json.dumps([(r.message, r.tokens) for r in built]).encode())
-    return {"least": least, "digest": digest.hexdigest()[:16], "turns": len(calls.builds)}
+
+def whole_recall(calls: Captured, repeats: int) -> dict[str, float]:
+    """Least CPU seconds per turn of ``recall()`` replayed warm, with and without ``build``."""
+    recall, build = recall_module.recall, recall_module.build
+
+    def whole(call: Call) -> Any:
+        return recall(calls.connection, *call[0], **call[1])
+
+    figures = {"recall()": least_per_turn(calls.recalls, whole, _nothing, repeats)}
+    recall_module.build = lambda *_args, **_kwargs: recall_module.NOTHING  # type: ignore[assignment]
+    try:
+        figures["recall() without build"] = least_per_turn(calls.recalls, whole, _nothing, repeats)
+    finally:
+        recall_module.build = build  # type: ignore[assignment]
+    return figures
+
+
+def _nothing() -> None:
+    pass
 
 
 def main() -> None:
@@ -220,20 +206,13 @@ def main() -> None:
         print(json.dumps(result))
         return
     trees = {"this": None, **({"against": args.against} if args.against else {})}
-    runs: dict[tuple[str, int], list[dict[str, Any]]] = {
-        (tree, size): [] for tree in trees for size in args.sizes
-    }
-    for _process in range(args.processes):
-        for size in args.sizes:
-            for name, tree in trees.items():
-                command = [sys.executable, __file__, "--worker", "--sizes", str(size)]
-                command += ["--turns", str(args.turns), "--repeats", str(args.repeats)]
-                command += ["--data", str(args.data)] + (["--parts"] if args.parts else [])
-                env = None if tree is None else {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-                output = subprocess.run(
-                    command, check=True, capture_output=True, text=True, env=env
-                ).stdout
-                runs[name, size].append(json.loads(output.splitlines()[-1]))
+
+    def command_for(size: int) -> list[str]:
+        command = [sys.executable, __file__, "--worker", "--sizes", str(size)]
+        command += ["--turns", str(args.turns), "--repeats", str(args.repeats)]
+        return command + ["--data", str(args.data)] + (["--parts"] if args.parts else [])
+
+    runs = in_trees(command_for, trees, args.sizes, args.processes)
     print(
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; recall's build "
         f"replayed, CPU ms per turn: the median over {args.processes} processes of the "
