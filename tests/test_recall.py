@@ -48,6 +48,7 @@ from context_trimmer._trimming.recall import (
     build,
     forget_recalled,
     query_terms,
+    render,
     speaker,
 )
 from context_trimmer.cli._gateway import serve
@@ -747,6 +748,30 @@ def test_a_line_counts_as_the_sum_of_its_words(words: list[str], model: str) -> 
     line = " ".join(" ".join(word.split()) for word in ["user:", *words] if word.split())
     counter = TokenCounter(ModelTable().get(model))
     assert Words.of(counter).line(line) == (counter.text(line), counter.text(line + "\n"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    content=LINE_TEXT,
+    role=st.sampled_from(["user", "assistant", "tool", "system"]),
+    room=st.integers(0, 80),
+    model=st.sampled_from(["gpt-4o", "gpt-4"]),
+)
+def test_a_line_judged_too_long_never_fits(content: str, role: str, room: int, model: str) -> None:
+    """``Lines.too_long`` (which skips a line without rendering it) says a line takes
+    more than ``room`` tokens exactly when its words and role do (one token a word at
+    least), whether or not it counted them; and such a line never fits."""
+    messages = [{"role": role, "content": content}]
+    path = SimpleNamespace(messages=messages, hashes=[uuid.uuid4().hex])
+    words = len(content.split())
+    plain = "\x00" not in content and words > 0 and content.lstrip()[:1] != "["
+    least = words + 1 + (1 if role == "tool" else 0)
+    judged = Lines(path).too_long(0, room)  # type: ignore[arg-type]
+    assert judged == (plain and least > room)
+    if judged:
+        line = render(messages, 0)
+        assert line is not None
+        assert TokenCounter(ModelTable().get(model)).text(line.text) > room
 
 
 @settings(max_examples=100, deadline=None)
