@@ -129,9 +129,10 @@ PARTS: dict[str, Callable[[], None]] = {
 
 
 def least_per_turn(
-    calls: list[Call], run: Callable[[Call], Any], before: Any, repeats: int
+    calls: list[Call], run: Callable[[Call], Any], before: Callable[[], None], repeats: int
 ) -> float:
-    """The least CPU seconds per call of ``calls`` run through ``run``, ``before`` each replay."""
+    """The least CPU seconds per call (a turn's) of ``calls`` run through ``run``,
+    ``before`` called ahead of each replay."""
     least = float("inf")
     for _repeat in range(repeats):
         before()
