@@ -5,7 +5,9 @@ from __future__ import annotations
 import tracemalloc
 from typing import Any
 
-from context_trimmer._trimming.hashing import ChainCache, chain_digests
+import pytest
+
+from context_trimmer._trimming.hashing import ChainCache, chain_digests, digest_reader
 
 
 def chat(turns: int, tag: str = "") -> list[dict[str, Any]]:
@@ -35,6 +37,19 @@ def test_each_turn_reuses_what_is_known_and_views_keep_their_length() -> None:
     assert known == len(messages)
     assert list(second) == hexes(longer)
     assert len(first) == len(messages) and list(first) == hexes(messages)  # unchanged view
+
+
+def test_a_view_reads_its_digests_as_bytes_within_its_own_length() -> None:
+    cache = ChainCache()
+    messages = chat(3)
+    _, view = prepare(cache, messages, "c1")
+    prepare(cache, [*messages, {"role": "user", "content": "more"}], "c1")  # grows in place
+    read, from_hex = digest_reader(view), digest_reader(list(view))
+    assert [read(i) for i in range(len(view))] == [from_hex(i) for i in range(len(view))]
+    assert [read(i).hex() for i in range(len(view))] == hexes(messages)
+    for outside in (len(messages), -1):  # the grown entry's digest is not this view's
+        with pytest.raises(IndexError):
+            read(outside)
 
 
 def test_an_edit_in_place_is_seen_and_hashed_again() -> None:

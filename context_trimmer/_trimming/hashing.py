@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -442,3 +442,17 @@ class HexDigests(Sequence[str]):
         if isinstance(index, slice):
             return [self._digests[i].hex() for i in range(self._length)[index]]
         return self._digests[range(self._length)[index]].hex()
+
+    def digest(self, index: int) -> bytes:
+        """The digest at ``index`` (0 <= index < len), as bytes: no hex string made."""
+        if not 0 <= index < self._length:
+            raise IndexError(index)
+        return self._digests[index]
+
+
+def digest_reader(hashes: Sequence[str]) -> Callable[[int], bytes]:
+    """How to read the chain digest at an index of ``hashes`` as bytes: a view's own
+    (:meth:`HexDigests.digest`: no hex string made), else from its hex."""
+    if type(hashes) is HexDigests:
+        return hashes.digest
+    return lambda index: bytes.fromhex(hashes[index])

@@ -75,6 +75,7 @@ from .._store.recall_index import (
 )
 from .._store.schema import SEARCH_TABLE
 from .._text.tokens import TokenCounter
+from .hashing import digest_reader
 from .path import Path, StoredPath
 
 Message = Mapping[str, Any]
@@ -238,9 +239,13 @@ def _name_word(word: str) -> bool:
 
 
 def on(path: StoredPath, hit: Any) -> bool:
-    """Whether a hit (a message at ``hit.depth``) is this path's own message (on SQLite
-    the index keeps the first 8 bytes of its hash: ``_store.recall_index``)."""
-    return bool(hit.depth < len(path.hashes) and path.hashes[hit.depth].startswith(hit.hash))
+    """Whether a hit (a message at ``hit.depth``, its hash's bytes) is this path's own
+    message (on SQLite the index keeps the first 8 bytes of its hash:
+    ``_store.recall_index``)."""
+    return bool(
+        0 <= hit.depth < len(path.hashes)
+        and digest_reader(path.hashes)(hit.depth).startswith(hit.hash)
+    )
 
 
 def lookup(dialect: str, anchor: str, term: str) -> str:
@@ -369,7 +374,7 @@ WITH counted AS (
 )
 SELECT term, docs, NULL, NULL, NULL FROM counted WHERE docs > 0
 UNION ALL
-SELECT NULL, NULL, encode(hash, 'hex'), depth, ts_rank_cd(document, (SELECT query FROM chosen))
+SELECT NULL, NULL, hash, depth, ts_rank_cd(document, (SELECT query FROM chosen))
 FROM {SEARCH_TABLE} WHERE document @@ (SELECT query FROM chosen)
 """
 
@@ -400,19 +405,20 @@ def sent_hits(
 
 def search(connection: Connection, anchor: str, terms: Sequence[str], before: int) -> list[Any]:
     """(hash, depth, score) of the best matches under ``anchor`` above depth ``before``,
-    best first. The driver's own statement, as in ``_probe``: it runs on every prepare()."""
+    best first, each hash as bytes (on SQLite its first 8). The driver's own statement,
+    as in ``_probe``: it runs on every prepare()."""
     condition, query = _match(connection.dialect.name, anchor, terms)
     parameters: tuple[str, ...] = (query,)
     if connection.dialect.name == "sqlite":  # the contentless index's rows: ROWS_TABLE
         statement = (
-            f"SELECT lower(hex(kept.hash)), kept.depth, -bm25({SEARCH_TABLE}, 1.0, 0.0) AS score "
+            f"SELECT kept.hash, kept.depth, -bm25({SEARCH_TABLE}, 1.0, 0.0) AS score "
             f"FROM {SEARCH_TABLE} JOIN {ROWS_TABLE} AS kept ON kept.id = {SEARCH_TABLE}.rowid "
             f"WHERE {condition} AND kept.depth < ? ORDER BY score DESC, kept.depth "
             f"LIMIT {MAX_HITS}"
         )
     else:
         statement = (
-            "SELECT encode(hash, 'hex'), depth, "
+            "SELECT hash, depth, "
             "ts_rank_cd(document, to_tsquery('simple', %s)) AS score "
             f"FROM {SEARCH_TABLE} WHERE {condition} AND depth < %s "
             f"ORDER BY score DESC, depth LIMIT {MAX_HITS}"
@@ -422,9 +428,10 @@ def search(connection: Connection, anchor: str, terms: Sequence[str], before: in
 
 
 class Hit(NamedTuple):
-    """A message matching the question: its hash, its depth on the path, its score."""
+    """A message matching the question: its hash (bytes: on SQLite the first 8), its
+    depth on the path, its score."""
 
-    hash: Any
+    hash: bytes
     depth: int
     score: float
 
@@ -484,12 +491,12 @@ def build(
                 covered.add(index)
         return index in covered
 
-    hashes = path.hashes
+    digest = digest_reader(path.hashes)
     for index in ranked:
         neighbour = hits is not None and index not in hits
         if neighbour and not covers(index - 1) and not covers(index + 1):
             continue
-        key = hashes[index]
+        key = digest(index)
         line = lines.known(key)
         if line is _UNKNOWN:
             if lines.too_long(index, budget - used):
@@ -528,23 +535,23 @@ class Lines:
     message and everything before it, so its line and session date never change, and a
     conversation's questions recall many of the same lines turn after turn."""
 
-    _known: ClassVar[dict[str, Line | None]] = {}
+    _known: ClassVar[dict[bytes, Line | None]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, path: StoredPath):
         self.path = path
 
     def get(self, index: int) -> Line | None:
-        key = self.path.hashes[index]
+        key = digest_reader(self.path.hashes)(index)
         line = self.known(key)
         return self.render(index, key) if line is _UNKNOWN else line
 
-    def known(self, key: str) -> Line | Literal[_Unknown.LINE] | None:
+    def known(self, key: bytes) -> Line | Literal[_Unknown.LINE] | None:
         """The line remembered for the message of hash ``key`` (None: a message without
         words), or ``_UNKNOWN``."""
         return self._known.get(key, _UNKNOWN)
 
-    def render(self, index: int, key: str) -> Line | None:
+    def render(self, index: int, key: bytes) -> Line | None:
         """The line of ``messages[index]`` (hash ``key``), rendered and remembered."""
         line = render(self.path.messages, index)
         self._remember(key, line)
@@ -567,14 +574,14 @@ class Lines:
         role = message["role"]
         return words + 1 + (1 if role == "tool" else role.count(" ")) > room
 
-    def dated(self, key: str, line: Line, date: str) -> Line:
+    def dated(self, key: bytes, line: Line, date: str) -> Line:
         """``line`` (of the message of hash ``key``) with its session date, remembered so."""
         if line.date is None:
             line = Line(line.text, line.words, date)
             self._remember(key, line)
         return line
 
-    def _remember(self, key: str, line: Line | None) -> None:
+    def _remember(self, key: bytes, line: Line | None) -> None:
         known = self._known
         with self._lock:
             if len(known) >= LINES_REMEMBERED and key not in known:
