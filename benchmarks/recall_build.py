@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import os
 import statistics
@@ -72,7 +73,8 @@ def replayed(size: int, turns: int, data: Path, measure: Callable[[Captured], No
         return build(*args, **kwargs)
 
     def recalling(*args: Any, **kwargs: Any) -> Any:
-        found.recalls.append((args[1:], kwargs))
+        if inspect.signature(recall).bind(*args, **kwargs).arguments["budget"] > 0:
+            found.recalls.append((args[1:], kwargs))  # not the calls with recall off
         return recall(*args, **kwargs)
 
     def then(on: Trimmer) -> None:
