@@ -186,14 +186,16 @@ def locomo_worker(
     db: str | None,
     data: Path,
     then: Callable[[Trimmer], None] | None = None,
+    recall_tokens: int | None = None,
 ) -> dict[str, Any]:
     """(wall, CPU) seconds of each turn's prepare() with recall off and on, on LoCoMo text:
     ``{"questions": [off, on], "dialogue": [off, on]}``, each a list of (wall, CPU);
-    ``then``: called with the Trimmer with recall on after the turns, the store open."""
+    ``then``: called with the Trimmer with recall on after the turns, the store open;
+    ``recall_tokens``: its budget (None: the default)."""
     source = Locomo(data)
     rng = random.Random(size)
     messages = source.history(size)
-    budget = TrimmerOptions().recall_tokens
+    budget = TrimmerOptions().recall_tokens if recall_tokens is None else recall_tokens
     times: dict[str, tuple[list[Any], list[Any]]] = {"questions": ([], []), "dialogue": ([], [])}
     options = {"summarizer": "extractive", "background": False}
     url, remove = recall_store(db)
