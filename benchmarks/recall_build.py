@@ -37,7 +37,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ def replayed(size: int, turns: int, data: Path, measure: Callable[[Captured], No
         return build(*args, **kwargs)
 
     def recalling(*args: Any, **kwargs: Any) -> Any:
-        if inspect.signature(recall).bind(*args, **kwargs).arguments["budget"] > 0:
+        if recall_budget(args, kwargs) > 0:
             found.recalls.append((args[1:], kwargs))  # not the calls with recall off
         return recall(*args, **kwargs)
 
@@ -88,6 +88,15 @@ def replayed(size: int, turns: int, data: Path, measure: Callable[[Captured], No
         locomo_worker(size, turns, None, data, then)
     finally:
         recall_module.build, trimmer_module.recall = build, recall
+
+
+_RECALL = inspect.signature(recall_module.recall)
+
+
+def recall_budget(args: Sequence[Any], kwargs: dict[str, Any]) -> int:
+    """The ``budget`` of a call of ``recall()`` (0: the call of a Trimmer with recall off)."""
+    budget: int = _RECALL.bind(*args, **kwargs).arguments["budget"]
+    return budget
 
 
 def forget_lines() -> None:

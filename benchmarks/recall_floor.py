@@ -25,18 +25,18 @@ and the answers present with the other defaults (``locomo_questions.py``'s repla
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prepare_speed import DEFAULT_DATA, locomo_worker
+from recall_build import recall_budget
 
 import context_trimmer._trimmer as trimmer_module
 from context_trimmer import TrimmerOptions
@@ -74,7 +74,7 @@ def parts_worker(size: int, turns: int, data: Path) -> dict[str, float]:
     recall = trimmer_module.recall
 
     def recalling(*args: Any, **kwargs: Any) -> Any:
-        if _budget(recall, args, kwargs) <= 0:  # the recall-off Trimmers'
+        if recall_budget(args, kwargs) <= 0:  # the recall-off Trimmers'
             return recall(*args, **kwargs)
         results = []
         for number, name in enumerate(CALLS):
@@ -95,11 +95,6 @@ def parts_worker(size: int, turns: int, data: Path) -> dict[str, float]:
             setattr(recall_module, function, original)
         trimmer_module.recall = recall
     return {name: statistics.median(found) * 1e3 for name, found in times.items() if found}
-
-
-def _budget(recall: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> int:
-    budget: int = inspect.signature(recall).bind(*args, **kwargs).arguments["budget"]
-    return budget
 
 
 def parse_setting(text: str) -> tuple[int, int, int]:
